@@ -1,0 +1,5 @@
+import sys
+
+from transmamba.cli import main
+
+sys.exit(main())

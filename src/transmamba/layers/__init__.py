@@ -1,0 +1,1 @@
+"""transmamba.layers"""

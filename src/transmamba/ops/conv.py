@@ -1,0 +1,104 @@
+"""Causal depthwise 1-D convolution (the short conv of Mamba blocks), its state, and its decode step.
+
+Layout follows `causal_conv1d`: x is (batch, dim, seqlen), weight is (dim, width).
+
+    y[b, d, t] = bias[d] + sum_{k=0}^{W-1} weight[d, k] * x[b, d, t - (W-1) + k]
+
+where positions before 0 read from `initial_state` (batch, dim, W-1) or zeros. With `seq_idx` (batch, seqlen)
+a tap never reads across a document boundary: inputs of an earlier document count as zeros.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from transmamba.ops.checks import check_shape
+
+_ACTIVATIONS = (None, "silu", "swish")
+
+
+def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+    return F.silu(y) if activation in ("silu", "swish") else y
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    activation: str | None = None,
+    seq_idx: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Causal depthwise conv over time.
+
+    Args:
+        x: (batch, dim, seqlen).
+        weight: (dim, width).
+        bias: (dim,) or None.
+        activation: None or "silu".
+        seq_idx: (batch, seqlen) int document ids, non-decreasing along time; taps never cross documents.
+        initial_state: (batch, dim, width-1), the inputs before position 0 (belong to the first document).
+        return_final_state: also return the last width-1 inputs (batch, dim, width-1), the decode state.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"causal_conv1d: x must be (batch, dim, seqlen), got shape {tuple(x.shape)}")
+    batch, dim, seqlen = x.shape
+    if weight.dim() != 2 or weight.shape[0] != dim:
+        raise ValueError(f"causal_conv1d: weight must be (dim={dim}, width), got shape {tuple(weight.shape)}")
+    width = weight.shape[1]
+    if bias is not None:
+        check_shape("causal_conv1d", "bias", bias, (dim,))
+    if seq_idx is not None:
+        check_shape("causal_conv1d", "seq_idx", seq_idx, (batch, seqlen))
+    if initial_state is None:
+        prefix = x.new_zeros(batch, dim, width - 1)
+    else:
+        check_shape("causal_conv1d", "initial_state", initial_state, (batch, dim, width - 1))
+        prefix = initial_state.to(x.dtype)
+    xp = torch.cat([prefix, x], dim=-1)  # (batch, dim, width-1+seqlen)
+    if seq_idx is not None:
+        # document id of every padded position; the prefix belongs to the first token's document
+        sp = torch.cat([seq_idx[:, :1].expand(batch, width - 1), seq_idx], dim=-1)  # (batch, width-1+seqlen)
+    y = x.new_zeros(batch, dim, seqlen) if bias is None else bias.to(x.dtype)[None, :, None].expand(batch, dim, seqlen)
+    for k in range(width):
+        tap = xp[:, :, k : k + seqlen]  # input at t - (width-1) + k
+        if seq_idx is not None:
+            same_doc = (sp[:, k : k + seqlen] == seq_idx).unsqueeze(1)  # (batch, 1, seqlen)
+            tap = tap * same_doc.to(x.dtype)
+        y = y + weight[:, k].to(x.dtype)[None, :, None] * tap
+    y = _activate(y, activation)
+    if not return_final_state:
+        return y
+    final = xp[:, :, -(width - 1) :] if width > 1 else x.new_zeros(batch, dim, 0)
+    if seq_idx is not None and width > 1:
+        same_doc = (sp[:, -(width - 1) :] == seq_idx[:, -1:]).unsqueeze(1)
+        final = final * same_doc.to(final.dtype)
+    return y, final
+
+
+def causal_conv1d_update(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step. x: (batch, dim); conv_state: (batch, dim, width-1) the previous inputs.
+
+    Returns (y (batch, dim), new_state (batch, dim, width-1)); `conv_state` is not modified.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"causal_conv1d_update: x must be (batch, dim), got shape {tuple(x.shape)}")
+    batch, dim = x.shape
+    width = weight.shape[1]
+    check_shape("causal_conv1d_update", "conv_state", conv_state, (batch, dim, width - 1))
+    window = torch.cat([conv_state.to(x.dtype), x.unsqueeze(-1)], dim=-1)  # (batch, dim, width)
+    y = (window * weight.to(x.dtype)).sum(-1)
+    if bias is not None:
+        y = y + bias.to(x.dtype)
+    return _activate(y, activation), window[:, :, 1:]
