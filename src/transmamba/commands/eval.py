@@ -1,0 +1,171 @@
+"""`transmamba eval`: score a saved checkpoint on recall tasks or on held-out text.
+
+    transmamba eval phonebook      --checkpoint DIR [--lengths 128 256 512] [--generate]
+    transmamba eval mqar           --checkpoint DIR [--lengths ...]
+    transmamba eval selective-copy --checkpoint DIR [--lengths ...]
+    transmamba eval perplexity     --checkpoint DIR --data PATH [--seq-len 256]
+
+Recall tasks are generated fresh from `--seed` at each length (token ids, no tokenizer; the checkpoint's
+vocabulary must be at least 18 + symbols, see `transmamba.data.synthetic`). Perplexity tokenizes `--data`
+with the `tokenizer.json` saved in the checkpoint folder (or `--tokenizer`). `--transpoints` swaps the
+TransMamba schedule before scoring (the paper's inference-time swap). `--json FILE` writes the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+RECALL_TASKS = ("phonebook", "mqar", "selective-copy")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="folder written by save_pretrained / `transmamba train` (config.json + weights)")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda if available, else cpu) | cpu | cuda | cuda:N")
+    p.add_argument("--transpoints", default=None, metavar="SCHEDULE",
+                   help="swap the TransMamba schedule before scoring: a name V1..V9 (scaled like the "
+                        "checkpoint's own) or comma-separated TransPoints, e.g. 0,64,128,256")
+    p.add_argument("--batch-size", type=int, default=32, help="rows per forward pass")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results to this JSON file")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="score a checkpoint: recall tasks (PhoneBook, MQAR, selective copy) or perplexity",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tasks = parser.add_subparsers(dest="eval_task", metavar="TASK")
+    for task in RECALL_TASKS:
+        p = tasks.add_parser(task, help=f"accuracy on {task} by context length",
+                             description=f"Teacher-forced accuracy of a checkpoint on fresh {task} rows "
+                                         "at each context length (chance level printed beside it).")
+        _common(p)
+        p.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 512],
+                       help="context lengths in tokens; each gets its own batch (default: 128 256 512)")
+        p.add_argument("--n-rows", type=int, default=256, help="rows scored per length (default 256)")
+        p.add_argument("--seed", type=int, default=1234, help="seed of the generated rows")
+        if task == "phonebook":
+            p.add_argument("--name-len", type=int, default=3, help="symbols per name")
+            p.add_argument("--number-len", type=int, default=4, help="digits per phone number")
+            p.add_argument("--generate", action="store_true",
+                           help="also greedy-generate each number (the decode path) and report exact match")
+        if task == "selective-copy":
+            p.add_argument("--n-tokens", type=int, default=8, help="data tokens to copy per row")
+        p.set_defaults(func=_run_recall)
+    p = tasks.add_parser("perplexity", help="loss and perplexity on a text corpus",
+                         description="Mean next-token loss over non-overlapping windows of --data.")
+    _common(p)
+    p.add_argument("--data", required=True, metavar="PATH",
+                   help="text file, folder of .txt/.md, .jsonl or .parquet, or 'shakespeare' (bundled)")
+    p.add_argument("--split", choices=("all", "val", "train"), default="all",
+                   help="score all documents, or the train/val split made as `transmamba train` makes it")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="held-out fraction for --split")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the document split")
+    p.add_argument("--tokenizer", default=None, metavar="FILE",
+                   help="tokenizer.json (default: the one in the checkpoint folder)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per window")
+    p.add_argument("--max-windows", type=int, default=None, help="score at most this many windows")
+    p.set_defaults(func=_run_perplexity)
+    parser.set_defaults(func=lambda args: (parser.print_help(), 0)[1])
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model(args):
+    """The checkpoint's CausalLM in eval mode on the chosen device, schedule swapped if asked."""
+    from transmamba.models.lm import CausalLM
+
+    ckpt = Path(args.checkpoint)
+    if not (ckpt / "config.json").is_file():
+        raise SystemExit(f"eval: {ckpt} is not a checkpoint folder (no config.json)")
+    model = CausalLM.from_pretrained(str(ckpt)).to(_device(args.device)).eval()
+    if args.transpoints:
+        sched = args.transpoints
+        if "," in sched or sched.isdigit():
+            sched = [int(x) for x in sched.split(",") if x.strip()]
+        model.set_transpoints(sched)
+    return model
+
+
+def _emit(args, result: dict) -> None:
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+def _run_recall(args) -> int:
+    from transmamba.eval.recall import evaluate_lengths
+
+    model = load_model(args)
+    kw = {}
+    if args.eval_task == "phonebook":
+        kw = {"name_len": args.name_len, "number_len": args.number_len}
+    elif args.eval_task == "selective-copy":
+        kw = {"n_tokens": args.n_tokens}
+    rows = evaluate_lengths(model, args.eval_task, args.lengths, n_rows=args.n_rows, seed=args.seed,
+                            batch_size=args.batch_size, generate=getattr(args, "generate", False), **kw)
+    print(f"{args.eval_task}  checkpoint={args.checkpoint}  transpoints={_transpoints(model)}")
+    head = f"{'length':>7} {'token_acc':>10} {'answer_acc':>11} {'chance':>8}"
+    if getattr(args, "generate", False):
+        head += f" {'gen_exact':>10}"
+    print(head)
+    for r in rows:
+        line = (f"{r['length']:>7} {r['token_accuracy']:>10.4f} {r['answer_accuracy']:>11.4f} "
+                f"{r['chance']['token_accuracy']:>8.4f}")
+        if "generate_exact_match" in r:
+            line += f" {r['generate_exact_match']:>10.4f}"
+        print(line)
+    _emit(args, {"task": args.eval_task, "checkpoint": str(args.checkpoint),
+                 "transpoints": _transpoints(model), "results": rows})
+    return 0
+
+
+def _transpoints(model):
+    """The model's TransPoints now (one per `T` layer), or None for a model without TransMamba layers."""
+    cfg = model.config
+    if not getattr(cfg, "n_transmamba", 0):
+        return None
+    return list(cfg.resolved_transpoints())
+
+
+def _run_perplexity(args) -> int:
+    import numpy as np
+    import torch
+
+    from transmamba.data.text import load_documents, train_val_split
+    from transmamba.data.tokenizer import TextTokenizer, encode_documents
+    from transmamba.eval.perplexity import perplexity
+
+    tok_path = Path(args.tokenizer) if args.tokenizer else Path(args.checkpoint) / "tokenizer.json"
+    if not tok_path.is_file():
+        print(f"eval perplexity: no tokenizer at {tok_path}; pass --tokenizer FILE", file=sys.stderr)
+        return 2
+    tok = TextTokenizer.from_file(tok_path)
+    docs = load_documents(args.data)
+    if args.split != "all":
+        train, val = train_val_split(docs, args.val_fraction, seed=args.split_seed)
+        docs = val if args.split == "val" else train
+    arrays = encode_documents(tok, docs)
+    ids = np.concatenate([np.append(a, tok.eos_id) for a in arrays]).astype(np.int64)
+    model = load_model(args)
+    if tok.vocab_size > model.config.vocab_size:
+        print(f"eval perplexity: tokenizer has {tok.vocab_size} ids, model only {model.config.vocab_size}",
+              file=sys.stderr)
+        return 2
+    res = perplexity(model, torch.from_numpy(ids), seq_len=args.seq_len, batch_size=args.batch_size,
+                     max_windows=args.max_windows)
+    res.update({"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
+                "documents": len(docs), "transpoints": _transpoints(model)})
+    print(f"loss {res['loss']:.4f}  perplexity {res['perplexity']:.3f}  "
+          f"bits/token {res['bits_per_token']:.4f}  "
+          f"({res['tokens']} tokens, {res['windows']} windows of {res['seq_len']})")
+    _emit(args, res)
+    return 0
