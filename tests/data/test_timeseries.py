@@ -56,9 +56,15 @@ def test_ratio_split_and_windows_hand_computed(tmp_path):
 
 def test_ett_borders_hand_computed():
     assert split_borders(17420, 96, "ett-hour") == {
-        "train": (0, 8640), "val": (8544, 11520), "test": (11424, 14400)}
+        "train": (0, 8640),
+        "val": (8544, 11520),
+        "test": (11424, 14400),
+    }
     assert split_borders(69680, 192, "ett-minute") == {
-        "train": (0, 34560), "val": (34368, 46080), "test": (45888, 57600)}
+        "train": (0, 34560),
+        "val": (34368, 46080),
+        "test": (45888, 57600),
+    }
     with pytest.raises(ForecastDataError, match="at least 14400 rows"):
         split_borders(1000, 96, "ett-hour")
 

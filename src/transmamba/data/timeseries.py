@@ -145,12 +145,14 @@ def read_csv(path: str | Path, *, date_column: str = "date") -> TimeSeriesFrame:
             rows.append(vals)
     if not rows:
         raise ForecastDataError(f"{path}: the header is there but there are no data rows")
-    return TimeSeriesFrame(np.array(dates, dtype="datetime64[s]"), np.array(rows, dtype=np.float64), columns,
-                           name=path.stem)
+    return TimeSeriesFrame(
+        np.array(dates, dtype="datetime64[s]"), np.array(rows, dtype=np.float64), columns, name=path.stem
+    )
 
 
-def synthetic_series(n_steps: int = 4000, n_vars: int = 7, *, seed: int = 0,
-                     start: str = "2020-01-01T00:00:00") -> TimeSeriesFrame:
+def synthetic_series(
+    n_steps: int = 4000, n_vars: int = 7, *, seed: int = 0, start: str = "2020-01-01T00:00:00"
+) -> TimeSeriesFrame:
     """A deterministic hourly multivariate series: per variable ``level + trend·t + a·sin(2πt/24 + φ)
     + b·sin(2πt/168 + ψ) + AR(1) noise``, real hourly timestamps from ``start``; last column ``OT``."""
     rng = np.random.default_rng(seed)
@@ -166,8 +168,13 @@ def synthetic_series(n_steps: int = 4000, n_vars: int = 7, *, seed: int = 0,
         for i in range(n_steps):  # AR(1), rho = 0.7
             acc = 0.7 * acc + eps[i]
             noise[i] = acc
-        cols.append(level + trend * t + a * np.sin(2 * np.pi * t / 24 + phi)
-                    + b * np.sin(2 * np.pi * t / 168 + psi) + noise)
+        cols.append(
+            level
+            + trend * t
+            + a * np.sin(2 * np.pi * t / 24 + phi)
+            + b * np.sin(2 * np.pi * t / 168 + psi)
+            + noise
+        )
     dates = np.datetime64(start, "s") + np.arange(n_steps) * np.timedelta64(3600, "s")
     names = [f"x{i}" for i in range(n_vars - 1)] + ["OT"]
     return TimeSeriesFrame(dates, np.stack(cols, axis=1), names, name=f"synthetic-s{seed}")
@@ -309,8 +316,17 @@ class ForecastWindows(torch.utils.data.Dataset):
     """Sliding windows over one split: item ``i`` is ``(x, y, x_mark, y_mark)`` with
     x (L, C) = rows [i, i+L), y (label_len + H, C) = rows [i+L−label_len, i+L+H), marks alike (.., F)."""
 
-    def __init__(self, data: np.ndarray, stamps: np.ndarray, seq_len: int, label_len: int, pred_len: int,
-                 *, name: str = "split", row_offset: int = 0):
+    def __init__(
+        self,
+        data: np.ndarray,
+        stamps: np.ndarray,
+        seq_len: int,
+        label_len: int,
+        pred_len: int,
+        *,
+        name: str = "split",
+        row_offset: int = 0,
+    ):
         if not 0 <= label_len <= seq_len:
             raise ValueError(f"label_len must be in [0, seq_len={seq_len}], got {label_len}")
         if seq_len < 1 or pred_len < 1:
@@ -335,7 +351,12 @@ class ForecastWindows(torch.utils.data.Dataset):
         i = i % len(self)
         L, lab, H = self.seq_len, self.label_len, self.pred_len
         r0 = i + L - lab
-        return (self.data[i:i + L], self.data[r0:i + L + H], self.stamps[i:i + L], self.stamps[r0:i + L + H])
+        return (
+            self.data[i : i + L],
+            self.data[r0 : i + L + H],
+            self.stamps[i : i + L],
+            self.stamps[r0 : i + L + H],
+        )
 
     def batch(self, index: torch.Tensor | Sequence[int]):
         """Stack windows ``index`` (B,) at once: x (B, L, C), y (B, label_len + H, C), x_mark, y_mark."""
@@ -345,15 +366,22 @@ class ForecastWindows(torch.utils.data.Dataset):
         yi = index[:, None] + (L - lab) + torch.arange(lab + H)
         return self.data[xi], self.data[yi], self.stamps[xi], self.stamps[yi]
 
-    def batches(self, batch_size: int, *, shuffle: bool = False, drop_last: bool = False,
-                generator: torch.Generator | None = None, limit: int | None = None) -> Iterator[tuple]:
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        generator: torch.Generator | None = None,
+        limit: int | None = None,
+    ) -> Iterator[tuple]:
         """Iterate batches; ``limit`` caps the number of windows used (a random subset when shuffling)."""
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         if limit is not None:
             order = order[:limit]
         stop = len(order) - (len(order) % batch_size if drop_last else 0)
         for s in range(0, stop, batch_size):
-            yield self.batch(order[s:s + batch_size])
+            yield self.batch(order[s : s + batch_size])
 
 
 @dataclass
@@ -384,10 +412,21 @@ class ForecastData:
         return getattr(self, name)
 
 
-def load_forecast_data(path: str | Path | None = None, *, seq_len: int = 192, pred_len: int = 96,
-                       label_len: int | None = None, features: str = "M", target: str = "OT",
-                       split: str = "auto", scale: bool = True, freq: str | None = None,
-                       synthetic_steps: int = 4000, synthetic_vars: int = 7, seed: int = 0) -> ForecastData:
+def load_forecast_data(
+    path: str | Path | None = None,
+    *,
+    seq_len: int = 192,
+    pred_len: int = 96,
+    label_len: int | None = None,
+    features: str = "M",
+    target: str = "OT",
+    split: str = "auto",
+    scale: bool = True,
+    freq: str | None = None,
+    synthetic_steps: int = 4000,
+    synthetic_vars: int = 7,
+    seed: int = 0,
+) -> ForecastData:
     """Load a CSV (or, with ``path=None``, the synthetic series) into train/val/test windows.
 
     features: "M" (all variables in and out) or "S" (the ``target`` column only).
@@ -417,10 +456,25 @@ def load_forecast_data(path: str | Path | None = None, *, seq_len: int = 192, pr
     freq = freq or infer_freq(frame.dates)
     stamps = time_features(frame.dates, freq)
     sets = {
-        name: ForecastWindows(values[lo:hi], stamps[lo:hi], seq_len, label_len, pred_len,
-                              name=name, row_offset=lo)
+        name: ForecastWindows(
+            values[lo:hi], stamps[lo:hi], seq_len, label_len, pred_len, name=name, row_offset=lo
+        )
         for name, (lo, hi) in borders.items()
     }
-    return ForecastData(sets["train"], sets["val"], sets["test"], scaler, columns, freq, borders, frame.name,
-                        meta={"path": str(path) if path else None, "features": features, "split": split,
-                              "n_rows": len(frame), "dates": frame.dates})
+    return ForecastData(
+        sets["train"],
+        sets["val"],
+        sets["test"],
+        scaler,
+        columns,
+        freq,
+        borders,
+        frame.name,
+        meta={
+            "path": str(path) if path else None,
+            "features": features,
+            "split": split,
+            "n_rows": len(frame),
+            "dates": frame.dates,
+        },
+    )
