@@ -1,0 +1,303 @@
+"""TransMamba (arXiv 2503.24067): one layer, Mamba-2's parameters, attention before the TransPoint P.
+
+With the Mamba-2 pieces of `layers.mamba2` (z, x, B, C, dt after in_proj, conv + SiLU on xBC):
+
+    t < P    y_t = softmax_s≤t(C_t · B_s / √N) x_s  (+ D x_t)      head i uses its group's C/B (i // (H/G))
+             out_t = out_proj(rms_norm(y_t))                        no z gate on this path
+    t ≥ P    h_{P-1} = Σ_{s<P} exp(Σ_{r=s+1}^{P-1} dt_r A) dt_s x_s B_sᵀ     the Memory Converter
+             h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_tᵀ,  y_t = h_t C_t + D x_t
+             out_t = out_proj(rms_norm(y_t * silu(z_t)))
+
+The converter is exact: outputs at t ≥ P equal a full Mamba-2 pass at t ≥ P. See docs/transmamba-layer.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from transmamba.layers.mamba2 import Mamba2
+from transmamba.layers.ssm_state import TransMambaState
+from transmamba.ops.checks import check_shape
+from transmamba.ops.conv import causal_conv1d_update
+from transmamba.ops.ssd import ssd, ssd_final_state, ssd_step
+
+
+def _check_transpoint(op: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{op}: transpoint must be a non-negative int, got {value!r}")
+    return int(value)
+
+
+def position_in_document(seq_idx: torch.Tensor) -> torch.Tensor:
+    """(b, t) non-decreasing document ids -> (b, t) long: each token's position from its document's start."""
+    b, t = seq_idx.shape
+    idx = torch.arange(t, device=seq_idx.device).expand(b, t)
+    starts = torch.ones_like(seq_idx, dtype=torch.bool)
+    starts[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+    start_pos = torch.cummax(torch.where(starts, idx, torch.zeros_like(idx)), dim=1).values
+    return idx - start_pos
+
+
+class TransMamba(Mamba2):
+    """A Mamba-2 layer whose first `transpoint` positions use softmax attention (Q = C, K = B, V = x).
+
+    Args: those of `Mamba2`, plus
+        transpoint: P >= 0 (keyword). Positions t < P use attention, t >= P the SSM started from the
+            converted state. P = 0 is exactly Mamba-2, P >= T pure attention. Settable after construction
+            (`layer.transpoint = P` or `set_transpoint(P)`), e.g. to change a schedule at inference.
+        attn_d_skip: add the D skip (D_i · x_t) on the attention path too (default True).
+
+    Choices the paper leaves open:
+        * No RoPE on the attention path. The causal conv already mixes the 4 nearest tokens, so Q/K carry
+          local order, and without RoPE the attention Q/K are exactly the SSM's C/B, which is what makes a
+          layer trained with one P usable with another (and keeps attention and SSM on the same features).
+        * D skip on the attention path: on by default. D·x_t is a per-token skip, not part of the mixing;
+          keeping it on both paths means the two paths differ only in how they mix the past (and in the z
+          gate, which the paper's ablation removes from attention). `attn_d_skip=False` drops it.
+        * Scale 1/√N (N = d_state), no z gate, then the layer's RMSNorm (same weight, grouped, ungated).
+        * Packed sequences (`seq_idx`): P counts from each document's start. Both paths run over the whole
+          row (attention with document masks, SSD with seq_idx) and each token takes the path its
+          position-in-document selects. That is correct because the converter is exact; it costs an
+          (t × t) masked attention and a full SSD per row instead of the split of the unpacked path.
+    """
+
+    def __init__(self, d_model: int, *args, transpoint: int = 0, attn_d_skip: bool = True, **kwargs):
+        super().__init__(d_model, *args, **kwargs)
+        self._transpoint = _check_transpoint(type(self).__name__, transpoint)
+        self.attn_d_skip = bool(attn_d_skip)
+
+    @property
+    def transpoint(self) -> int:
+        return self._transpoint
+
+    @transpoint.setter
+    def transpoint(self, value: int) -> None:
+        self._transpoint = _check_transpoint(type(self).__name__, value)
+
+    def set_transpoint(self, value: int) -> None:
+        """Change P (e.g. a new schedule at inference). States made by `init_state` keep the P they had."""
+        self.transpoint = value
+
+    # ------------------------------------------------------------------------------------ the two paths
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        q_start: int = 0,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Grouped softmax attention. q (b, tq, g, n), k (b, tk, g, n), v (b, tk, h, p) -> (b, tq, h, p).
+
+        Every head of a group shares that group's attention pattern, so the group's heads are attended as
+        one value of width (h/g)·p. Without `mask`, query i sits at position q_start + i and sees keys
+        0..q_start + i; `mask` (bool, broadcastable to (b, g, tq, tk)) overrides that.
+        """
+        b, tq, g, n = q.shape
+        tk, h, p = k.shape[1], v.shape[2], v.shape[3]
+        vg = v.reshape(b, tk, g, (h // g) * p).transpose(1, 2)  # (b, g, tk, r·p)
+        causal = False
+        if mask is None:
+            if q_start == 0 and tq == tk:
+                causal = True
+            else:
+                qpos = torch.arange(q_start, q_start + tq, device=q.device)
+                mask = torch.arange(tk, device=q.device)[None, :] <= qpos[:, None]  # (tq, tk)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2).to(q.dtype), vg.to(q.dtype),
+            attn_mask=mask, is_causal=causal, scale=1.0 / math.sqrt(n),
+        )  # (b, g, tq, r·p)
+        return out.transpose(1, 2).reshape(b, tq, h, p)
+
+    def _attention_out(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Attention-path tail: y, x (..., h, p) -> ungated RMSNorm of y (+ D x), (..., d_inner)."""
+        if self.attn_d_skip:
+            y = y + x.to(y.dtype) * self.D.to(y.dtype)[:, None]
+        return self.norm(y.flatten(-2), None)
+
+    def _ssm_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """SSM-path tail: y (..., h, p) (D already in), z (..., d_inner) -> gated RMSNorm (..., d_inner)."""
+        return self.norm(y.flatten(-2), z)
+
+    def _ssd(self, x, dt, B, C, **kw):
+        return ssd(x, dt, self.A, B, C, chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias,
+                   dt_softplus=True, **kw)
+
+    def _convert(self, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        """The Memory Converter: SSM state after a prefix (b, l, ...) -> (b, h, p, n)."""
+        return ssd_final_state(x, dt, self.A, B, dt_bias=self.dt_bias, dt_softplus=True,
+                               chunk_size=self.chunk_size)
+
+    # --------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        *,
+        seq_idx: torch.Tensor | None = None,
+        state: TransMambaState | None = None,
+    ) -> torch.Tensor:
+        """hidden (b, t, D) -> (b, t, D). With `state`: prefill continuing from it (rows may sit at different
+        positions and may cross P), updating it in place. `seq_idx` (packing) and `state` do not combine."""
+        self.check_hidden(hidden, seq_idx)
+        if state is not None:
+            if seq_idx is not None:
+                raise ValueError("TransMamba: seq_idx (packed documents) cannot be used with a decode state")
+            return self._prefill(hidden, state)
+        if seq_idx is not None:
+            return self._forward_packed(hidden, seq_idx)
+        b, t, _ = hidden.shape
+        P = self.transpoint
+        if P == 0:
+            return super().forward(hidden)
+        z, x, B, C, dt, _ = self.project_and_conv(hidden, None, None)
+        n_att = min(P, t)
+        # positions [0, n_att): attention among themselves only
+        parts = [self._attention_out(self._attend(C[:, :n_att], B[:, :n_att], x[:, :n_att]), x[:, :n_att])]
+        if n_att < t:  # positions [P, t): SSD from the converted state; prefix SSD outputs never computed
+            h0 = self._convert(x[:, :P], dt[:, :P], B[:, :P])
+            y = self._ssd(x[:, P:], dt[:, P:], B[:, P:], C[:, P:], initial_state=h0)
+            parts.append(self._ssm_out(y, z[:, P:]))
+        return self.out_proj(torch.cat(parts, dim=1))
+
+    def _forward_packed(self, hidden: torch.Tensor, seq_idx: torch.Tensor) -> torch.Tensor:
+        P = self.transpoint
+        use_attn = position_in_document(seq_idx) < P  # (b, t)
+        if not bool(use_attn.any()):
+            return super().forward(hidden, seq_idx=seq_idx)
+        z, x, B, C, dt, _ = self.project_and_conv(hidden, seq_idx, None)
+        t = hidden.shape[1]
+        causal = torch.ones(t, t, dtype=torch.bool, device=hidden.device).tril()
+        same_doc = seq_idx[:, :, None] == seq_idx[:, None, :]  # (b, t, t)
+        y = self._attention_out(self._attend(C, B, x, mask=(same_doc & causal)[:, None]), x)
+        if not bool(use_attn.all()):
+            y_ssm = self._ssm_out(self._ssd(x, dt, B, C, seq_idx=seq_idx), z)
+            y = torch.where(use_attn[..., None], y, y_ssm)
+        return self.out_proj(y)
+
+    # ---------------------------------------------------------------------------------------- decode
+    def init_state(
+        self, batch: int, *, max_len: int | None = None, device=None, dtype=None
+    ) -> TransMambaState:
+        """A fresh state at position 0. The KV buffers are preallocated for min(P, max_len) positions (only
+        positions < P ever use attention) and grow on demand up to P; with P = 0 there are none."""
+        offset, conv, ssm_state = self._state_tensors(batch, device, dtype)
+        P = self.transpoint
+        kv = {}
+        if P > 0:
+            cap = P if max_len is None else max(0, min(P, int(max_len)))
+            g, n, h, p = self.ngroups, self.d_state, self.nheads, self.headdim
+            kv = {
+                "kv_B": conv.new_zeros(batch, cap, g, n),
+                "kv_x": conv.new_zeros(batch, cap, h, p),
+                "kv_dt": conv.new_zeros(batch, cap, h),
+            }
+        converted = torch.full((batch,), P == 0, dtype=torch.bool, device=offset.device)
+        return TransMambaState(
+            seqlen_offset=offset, conv_state=conv, ssm_state=ssm_state, converted=converted,
+            transpoint=P, **kv,
+        )
+
+    def _check_tm_state(self, state, batch: int) -> None:
+        self.check_state(state, batch, TransMambaState)
+        if state.transpoint != self.transpoint:
+            raise ValueError(
+                f"TransMamba: the state was made for transpoint={state.transpoint} but the layer now has "
+                f"transpoint={self.transpoint}; make a new state after changing the transpoint"
+            )
+
+    def _convert_rows(self, state: TransMambaState, rows: torch.Tensor) -> None:
+        """Memory Converter for `rows` (long indices) whose caches hold all P prefix positions."""
+        P = state.transpoint
+        h0 = self._convert(state.kv_x[rows, :P], state.kv_dt[rows, :P], state.kv_B[rows, :P])
+        state.ssm_state[rows] = h0.to(state.ssm_state.dtype)
+        state.converted[rows] = True
+
+    def _prefill(self, hidden: torch.Tensor, state: TransMambaState) -> torch.Tensor:
+        b, t, _ = hidden.shape
+        self._check_tm_state(state, b)
+        z, x, B, C, dt, conv_final = self.project_and_conv(hidden, None, state.conv_state)
+        state.conv_state.copy_(conv_final)
+        y = hidden.new_empty(b, t, self.d_inner)
+        offsets = state.seqlen_offset
+        for o in torch.unique(offsets).tolist():  # rows at the same position are processed together
+            rows = (offsets == o).nonzero().squeeze(1)
+            y[rows] = self._prefill_rows(state, rows, int(o), z[rows], x[rows], B[rows], C[rows], dt[rows])
+        state.seqlen_offset += t
+        state.drop_cache_if_done()
+        return self.out_proj(y)
+
+    def _prefill_rows(self, state, rows, o, z, x, B, C, dt) -> torch.Tensor:
+        """Rows `rows`, all at position o, consume t tokens: [o, P) by attention, [max(o, P), o+t) by SSD."""
+        P, t = state.transpoint, x.shape[1]
+        n_att = max(0, min(P - o, t))
+        parts = []
+        if n_att > 0:
+            end = o + n_att
+            state.ensure_capacity(end)
+            state.kv_B[rows, o:end] = B[:, :n_att].to(state.kv_B.dtype)
+            state.kv_x[rows, o:end] = x[:, :n_att].to(state.kv_x.dtype)
+            state.kv_dt[rows, o:end] = dt[:, :n_att].to(state.kv_dt.dtype)
+            att = self._attend(C[:, :n_att], state.kv_B[rows, :end], state.kv_x[rows, :end], q_start=o)
+            parts.append(self._attention_out(att, x[:, :n_att]))
+        if n_att < t:
+            todo = rows[~state.converted[rows]]
+            if todo.numel():
+                self._convert_rows(state, todo)
+            y, final = self._ssd(x[:, n_att:], dt[:, n_att:], B[:, n_att:], C[:, n_att:],
+                                 initial_state=state.ssm_state[rows], return_final_state=True)
+            state.ssm_state[rows] = final.to(state.ssm_state.dtype)
+            parts.append(self._ssm_out(y, z[:, n_att:]))
+        return torch.cat(parts, dim=1)
+
+    def step(self, hidden: torch.Tensor, state: TransMambaState) -> torch.Tensor:
+        """One token per row: hidden (b, D) -> (b, D). Rows before P decode with attention against their KV
+        cache; a row at its first position >= P converts its cache to the SSM state first."""
+        check_shape(type(self).__name__, "hidden", hidden, (None, self.d_model))
+        b = hidden.shape[0]
+        self._check_tm_state(state, b)
+        P = state.transpoint
+        z, xbc, dt = self.split_proj(self.in_proj(hidden))
+        xbc, conv_new = causal_conv1d_update(
+            xbc, state.conv_state, self.conv_weight(), self.conv1d.bias, activation="silu"
+        )
+        state.conv_state.copy_(conv_new)
+        x, B, C = self.split_xbc(xbc)  # (b, h, p), (b, g, n), (b, g, n)
+        pos = state.seqlen_offset
+        attn_rows = (pos < P).nonzero().squeeze(1)
+        ssm_rows = (pos >= P).nonzero().squeeze(1)
+        y = hidden.new_empty(b, self.d_inner)
+        if attn_rows.numel():
+            rp = pos[attn_rows]
+            state.ensure_capacity(int(rp.max()) + 1)
+            state.kv_B[attn_rows, rp] = B[attn_rows].to(state.kv_B.dtype)
+            state.kv_x[attn_rows, rp] = x[attn_rows].to(state.kv_x.dtype)
+            state.kv_dt[attn_rows, rp] = dt[attn_rows].to(state.kv_dt.dtype)
+            cap = state.kv_capacity
+            mask = torch.arange(cap, device=pos.device)[None, :] <= rp[:, None]  # (r, cap)
+            att = self._attend(
+                C[attn_rows, None], state.kv_B[attn_rows], state.kv_x[attn_rows], mask=mask[:, None, None, :]
+            )[:, 0]
+            y[attn_rows] = self._attention_out(att, x[attn_rows])
+        if ssm_rows.numel():
+            todo = ssm_rows[~state.converted[ssm_rows]]
+            if todo.numel():
+                self._convert_rows(state, todo)
+            ys, new = ssd_step(
+                state.ssm_state[ssm_rows], x[ssm_rows], dt[ssm_rows], self.A, B[ssm_rows], C[ssm_rows],
+                D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+            )
+            state.ssm_state[ssm_rows] = new
+            y[ssm_rows] = self._ssm_out(ys, z[ssm_rows])
+        state.seqlen_offset += 1
+        state.drop_cache_if_done()
+        return self.out_proj(y)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, transpoint={self.transpoint}, attn_d_skip={self.attn_d_skip}"
+
+
+__all__ = ["TransMamba", "position_in_document"]
