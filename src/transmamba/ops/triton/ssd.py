@@ -1,0 +1,337 @@
+# ruff: noqa: E501  (kernel code reads better with long index expressions on one line)
+"""Triton SSD (Mamba-2): `ssd_triton` (forward + backward, an autograd Function), `ssd_final_state_triton`
+(the Memory Converter: state only, no outputs) and `ssd_step_triton` (one decode token).
+
+Same arguments and results as `transmamba.ops.ssd.ssd` (the torch reference is the spec); the algorithm
+and the backward formulas are in `ssd_kernels.py`. Forward: 5 launches (chunk cumsum with dt bias/softplus
+fused, C·B per chunk and group, chunk states, state passing, chunk scan with D and the z gate fused).
+Backward recomputes the chunk states, incoming states and C·B (nothing of size (b, c, h, p, n) is kept
+between forward and backward), then 6 launches and a few small torch ops on (b, h, L) tensors.
+Saved for backward: the inputs, the pre-gate output y (the output itself when z is None) and two fp32
+(b, h, L) tensors (dt_eff and the chunk-cumulative log decays).
+
+Compute: matmul operands in the inputs' dtype (bf16 / fp16; fp32 uses tf32 unless `TRANSMAMBA_SSD_IEEE=1`
+or the Triton interpreter runs), accumulation and all decays in fp32; the final state is fp32.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from transmamba.ops.triton import ssd_kernels as K
+
+__all__ = ["ssd_triton", "ssd_final_state_triton", "ssd_step_triton"]
+
+
+def _p2(v: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(int(v)))
+
+
+def _ieee(x: torch.Tensor) -> bool:
+    return x.dtype == torch.float32 and (
+        os.environ.get("TRANSMAMBA_SSD_IEEE") == "1" or os.environ.get("TRITON_INTERPRET") == "1"
+    )
+
+
+def _chunk(chunk_size: int, seqlen: int) -> int:
+    """Chunk length actually used: a power of two in [16, 256] (results do not depend on it)."""
+    q = min(_p2(chunk_size), 256)
+    return max(16, min(q, _p2(seqlen)))
+
+
+class _Cfg:
+    """Shapes, block sizes and flags of one call."""
+
+    def __init__(self, x, B, chunk_size, seq_idx):
+        self.b, self.l, self.h, self.p = x.shape
+        self.g, self.n = B.shape[2], B.shape[3]
+        self.Q = _chunk(chunk_size, self.l)
+        self.nc = triton.cdiv(self.l, self.Q)
+        self.BN = _p2(self.n)
+        self.BP = min(64, _p2(self.p))
+        self.BT = min(64, self.Q)
+        self.ieee = _ieee(x)
+        self.has_seq = seq_idx is not None
+        self.seq_ptr = seq_idx if seq_idx is not None else x  # never read without HAS_SEQ
+        self.seq_strides = (seq_idx.stride(0), seq_idx.stride(1)) if seq_idx is not None else (0, 0)
+
+
+def _cumsum(cfg, dt, A, dt_bias, dt_softplus):
+    dev = dt.device
+    dt_eff = torch.empty(cfg.b, cfg.h, cfg.nc, cfg.Q, device=dev, dtype=torch.float32)
+    dA = torch.empty_like(dt_eff)
+    BH = min(_p2(cfg.h, 1), max(1, 4096 // cfg.Q))
+    K.chunk_cumsum_kernel[(cfg.b, cfg.nc, triton.cdiv(cfg.h, BH))](
+        dt, A, dt_bias if dt_bias is not None else A, dt_eff, dA, cfg.l, cfg.h,
+        dt.stride(0), dt.stride(1), dt.stride(2),
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), Q=cfg.Q, BH=BH,
+    )
+    return dt_eff, dA
+
+
+def _chunk_states(cfg, x, B, dt_eff, dA, seq_idx, reverse=False):
+    """Forward: own states of each chunk; reverse (x = dy, B = C): u_c. (b, c, h, p, n) fp32."""
+    out = torch.empty(cfg.b, cfg.nc, cfg.h, cfg.p, cfg.n, device=x.device, dtype=torch.float32)
+    BN = min(cfg.BN, 128)
+    grid = (cfg.b * cfg.nc * cfg.h, triton.cdiv(cfg.p, cfg.BP) * triton.cdiv(cfg.n, BN))
+    K.chunk_state_kernel[grid](
+        x, B, dt_eff, dA, cfg.seq_ptr, out, cfg.l, cfg.h, cfg.g, cfg.p, cfg.n,
+        *x.stride(), *B.stride(), *cfg.seq_strides,
+        REVERSE=reverse, HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, Q=cfg.Q, BP=cfg.BP, BN=BN, BK=cfg.BT,
+        num_warps=4, num_stages=2,
+    )
+    return out
+
+
+def _pass_states(cfg, states, dA, init, seq_idx, store=True):
+    """-> (S_c entering each chunk (b, c, h, p, n) or None, final (b, h, p, n)), fp32."""
+    size = cfg.p * cfg.n
+    prev = torch.empty_like(states) if store else states
+    final = torch.empty(cfg.b, cfg.h, cfg.p, cfg.n, device=states.device, dtype=torch.float32)
+    BS = min(1024, _p2(size))
+    init_t = init.float().contiguous() if init is not None else final
+    K.state_passing_kernel[(cfg.b * cfg.h, triton.cdiv(size, BS))](
+        states, dA, init_t, cfg.seq_ptr, prev, final, dA, cfg.l, cfg.h, size, *cfg.seq_strides,
+        REVERSE=False, HAS_INIT=init is not None, HAS_SEQ=cfg.has_seq, STORE=store, Q=cfg.Q, BS=BS,
+        num_warps=4,
+    )
+    return (prev if store else None), final
+
+
+def _cb(cfg, C, B):
+    cb = torch.empty(cfg.b, cfg.nc, cfg.g, cfg.Q, cfg.Q, device=C.device, dtype=torch.float32)
+    Bt = cfg.BT
+    K.bmm_cb_kernel[(cfg.b * cfg.nc * cfg.g, cfg.Q // Bt, cfg.Q // Bt)](
+        C, B, cb, cfg.l, cfg.g, cfg.n, *B.stride(),
+        IEEE=cfg.ieee, Q=cfg.Q, BI=Bt, BJ=Bt, BK=min(64, cfg.BN), num_warps=4, num_stages=2,
+    )
+    return cb
+
+
+def _prep(x, dt, A, B, C, D, z, dt_bias, seq_idx):
+    x = x.contiguous()
+    B = B.contiguous()
+    C = C.contiguous()
+    z = z.contiguous() if z is not None else None
+    D = D.contiguous() if D is not None else None
+    A = A.contiguous()
+    dt_bias = dt_bias.contiguous() if dt_bias is not None else None
+    return x, dt, A, B, C, D, z, dt_bias, seq_idx
+
+
+def _forward(cfg, x, dt, A, B, C, D, z, dt_bias, dt_softplus, init, seq_idx):
+    dt_eff, dA = _cumsum(cfg, dt, A, dt_bias, dt_softplus)
+    states = _chunk_states(cfg, x, B, dt_eff, dA, seq_idx)
+    prev, final = _pass_states(cfg, states, dA, init, seq_idx)
+    del states
+    cb = _cb(cfg, C, B)
+    y = torch.empty_like(x)
+    ypre = torch.empty_like(x) if z is not None else y
+    K.chunk_scan_kernel[(cfg.b * cfg.nc * cfg.h, cfg.Q // cfg.BT, triton.cdiv(cfg.p, cfg.BP))](
+        x, C, cb, dt_eff, dA, prev, cfg.seq_ptr, D if D is not None else A, z if z is not None else x, y, ypre,
+        cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *C.stride(), *cfg.seq_strides,
+        HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
+        IEEE=cfg.ieee, Q=cfg.Q, BM=cfg.BT, BP=cfg.BP, BN=cfg.BN, BK=cfg.BT, num_warps=4, num_stages=2,
+    )
+    return y, ypre, final, dt_eff, dA
+
+
+def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, init, seq_idx, ypre, dt_eff, dA):
+    dz = None
+    if z is not None:
+        zf = z.float()
+        sig = torch.sigmoid(zf)
+        dof = dout.float()
+        dz = (dof * ypre.float() * sig * (1 + zf * (1 - sig))).to(z.dtype)
+        dy = (dof * zf * sig).to(x.dtype)
+    else:
+        dy = dout.to(x.dtype)
+    dy = dy.contiguous()
+    # recompute the incoming states and C·B
+    states = _chunk_states(cfg, x, B, dt_eff, dA, seq_idx)
+    prev, _ = _pass_states(cfg, states, dA, init, seq_idx)
+    del states
+    cb = _cb(cfg, C, B)
+    # state gradients: u_c, then the reverse scan -> ds_c = G_{c+1}, dinit = G_0, da_last terms
+    u = _chunk_states(cfg, dy, C, dt_eff, dA, seq_idx, reverse=True)
+    dda = torch.zeros_like(dA)
+    ddt = torch.zeros_like(dA)
+    g_buf = (dfinal.float().clone() if dfinal is not None
+             else torch.zeros(cfg.b, cfg.h, cfg.p, cfg.n, device=x.device, dtype=torch.float32)).contiguous()
+    ds = torch.empty_like(u)
+    size = cfg.p * cfg.n
+    BS = min(1024, _p2(size))
+    K.state_passing_kernel[(cfg.b * cfg.h, triton.cdiv(size, BS))](
+        u, dA, g_buf, cfg.seq_ptr, ds, prev, dda, cfg.l, cfg.h, size, *cfg.seq_strides,
+        REVERSE=True, HAS_INIT=True, HAS_SEQ=cfg.has_seq, STORE=True, Q=cfg.Q, BS=BS, num_warps=4,
+    )
+    del u
+    # dx, ddt, da, dD
+    dx = torch.empty_like(x)
+    nj = cfg.Q // cfg.BT
+    dD_part = torch.empty(cfg.b * cfg.nc * cfg.h, nj, cfg.p, device=x.device, dtype=torch.float32)
+    K.bwd_dx_kernel[(cfg.b * cfg.nc * cfg.h, nj, triton.cdiv(cfg.p, cfg.BP))](
+        x, dy, ypre, B, cb, dt_eff, dA, ds, cfg.seq_ptr, D if D is not None else A,
+        dx, ddt, dda, dD_part,
+        cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *B.stride(), *cfg.seq_strides,
+        HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+        IEEE=cfg.ieee, Q=cfg.Q, BJ=cfg.BT, BP=cfg.BP, BN=cfg.BN, BK=cfg.BT, num_warps=4, num_stages=2,
+    )
+    # dC, dB
+    dcb = cb  # reuse the buffer: C·B is no longer needed
+    K.bwd_dcb_kernel[(cfg.b * cfg.nc * cfg.g, cfg.Q // cfg.BT, cfg.Q // cfg.BT)](
+        x, dy, dt_eff, dA, cfg.seq_ptr, dcb, cfg.l, cfg.h, cfg.g, cfg.p, *x.stride(), *cfg.seq_strides,
+        HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, Q=cfg.Q, BI=cfg.BT, BJ=cfg.BT, BK=cfg.BP, num_warps=4, num_stages=2,
+    )
+    L = cfg.nc * cfg.Q
+    dC = torch.empty(cfg.b, L, cfg.g, cfg.n, device=x.device, dtype=torch.float32)
+    dB = torch.empty_like(dC)
+    BN2 = min(cfg.BN, 64)
+    K.bwd_bc_state_kernel[(cfg.b * cfg.nc * cfg.g, cfg.Q // cfg.BT, triton.cdiv(cfg.n, BN2))](
+        x, dy, dt_eff, dA, prev, ds, cfg.seq_ptr, dC, dB, cfg.l, cfg.h, cfg.g, cfg.p, cfg.n,
+        *x.stride(), *cfg.seq_strides,
+        HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, Q=cfg.Q, BT=cfg.BT, BN=BN2, BP=cfg.BP, num_warps=4, num_stages=2,
+    )
+    pad = L - cfg.l
+    Bp = F.pad(B, (0, 0, 0, 0, 0, pad)).view(cfg.b, cfg.nc, cfg.Q, cfg.g, cfg.n).float()
+    Cp = F.pad(C, (0, 0, 0, 0, 0, pad)).view(cfg.b, cfg.nc, cfg.Q, cfg.g, cfg.n).float()
+    dC = dC.view(cfg.b, cfg.nc, cfg.Q, cfg.g, cfg.n) + torch.einsum("bcgij,bcjgn->bcign", dcb, Bp)
+    dB = dB.view(cfg.b, cfg.nc, cfg.Q, cfg.g, cfg.n) + torch.einsum("bcgij,bcign->bcjgn", dcb, Cp)
+    dC = dC.view(cfg.b, L, cfg.g, cfg.n)[:, : cfg.l].to(C.dtype)
+    dB = dB.view(cfg.b, L, cfg.g, cfg.n)[:, : cfg.l].to(B.dtype)
+    # dt, A, dt_bias: a = cumsum(dt_eff A) -> d(dt_eff A)_k = sum_{i>=k} da_i
+    rcs = dda.flip(-1).cumsum(-1).flip(-1)
+    ddt_eff = ddt + A.float()[None, :, None, None] * rcs
+    dA_ = (dt_eff * rcs).sum((0, 2, 3)).to(A.dtype)
+    ddt_eff = ddt_eff.view(cfg.b, cfg.h, L)[:, :, : cfg.l].transpose(1, 2)  # (b, l, h)
+    ddt_raw = ddt_eff
+    if dt_softplus:
+        v = dt.float() + (dt_bias.float() if dt_bias is not None else 0.0)
+        ddt_raw = ddt_eff * torch.sigmoid(v)
+    d_bias = ddt_raw.sum((0, 1)).to(dt_bias.dtype) if dt_bias is not None else None
+    dD = None
+    if D is not None:
+        part = dD_part.view(cfg.b * cfg.nc, cfg.h, nj, cfg.p).sum((0, 2))
+        dD = (part if D.dim() == 2 else part.sum(-1)).to(D.dtype)
+    dinit = g_buf.to(init.dtype) if init is not None else None
+    return dx, ddt_raw.to(dt.dtype), dA_, dB, dC, dD, dz, d_bias, dinit
+
+
+class _SSDFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, chunk_size, dt_softplus):
+        x, dt, A, B, C, D, z, dt_bias, seq_idx = _prep(x, dt, A, B, C, D, z, dt_bias, seq_idx)
+        cfg = _Cfg(x, B, chunk_size, seq_idx)
+        y, ypre, final, dt_eff, dA = _forward(cfg, x, dt, A, B, C, D, z, dt_bias, dt_softplus, init, seq_idx)
+        ctx.cfg = cfg
+        ctx.dt_softplus = dt_softplus
+        ctx.has = (D is not None, z is not None, dt_bias is not None, init is not None)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, ypre, dt_eff, dA)
+        ctx.set_materialize_grads(False)
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dout, dfinal):
+        x, dt, A, B, C, D, z, dt_bias, init, seq_idx, ypre, dt_eff, dA = ctx.saved_tensors
+        if dout is None:
+            dout = torch.zeros_like(x)
+        grads = _backward(ctx.cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, ctx.dt_softplus, init, seq_idx,
+                          ypre, dt_eff, dA)
+        dx, ddt, dA_, dB, dC, dD, dz, d_bias, dinit = grads
+        return dx, ddt, dA_, dB, dC, dD, dz, d_bias, dinit, None, None, None
+
+
+def ssd_triton(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    *,
+    chunk_size: int = 256,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+    seq_idx: torch.Tensor | None = None,
+):
+    """Mamba-2 SSD on the GPU (see `transmamba.ops.ssd.ssd` for the arguments). Differentiable in x, dt, A,
+    B, C, D, z, dt_bias and initial_state. Returns y (b, l, h, p) [, final_state (b, h, p, n) fp32]."""
+    from transmamba.ops.ssd_args import check_ssd_args
+
+    check_ssd_args("ssd_triton", x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
+                   seq_idx=seq_idx, chunk_size=chunk_size)
+    y, final = _SSDFunction.apply(x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx, chunk_size,
+                                  bool(dt_softplus))
+    return (y, final) if return_final_state else y
+
+
+@torch.no_grad()
+def ssd_final_state_triton(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    *,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
+    chunk_size: int = 256,
+) -> torch.Tensor:
+    """The Memory Converter on the GPU: the state (b, h, p, n) fp32 after x, without any output tokens.
+    Three launches (chunk cumsum, chunk states, state passing); not differentiable."""
+    x, dt, A, B, _, _, _, dt_bias, seq_idx = _prep(x, dt, A, B, B, None, None, dt_bias, seq_idx)
+    cfg = _Cfg(x, B, chunk_size, seq_idx)
+    dt_eff, dA = _cumsum(cfg, dt, A, dt_bias, dt_softplus)
+    states = _chunk_states(cfg, x, B, dt_eff, dA, seq_idx)
+    _, final = _pass_states(cfg, states, dA, initial_state, seq_idx, store=False)
+    return final
+
+
+@torch.no_grad()
+def ssd_step_triton(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    *,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    inplace: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode token (see `transmamba.ops.ssd.ssd_step`): one launch, reads the state once and writes it
+    once. state (b, h, p, n) (fp32 recommended), x (b, h, p), dt (b, h), B, C (b, g, n). With `inplace`
+    the new state overwrites `state` (needs a contiguous state) and `state` itself is returned."""
+    b, h, p = x.shape
+    g, n = B.shape[1], B.shape[2]
+    x = x.contiguous()
+    z = z.contiguous() if z is not None else None
+    B = B.contiguous()
+    C = C.contiguous()
+    dt = dt.contiguous()
+    if inplace and state.is_contiguous():
+        new = state
+    else:
+        state = state.contiguous()
+        new = torch.empty_like(state)
+    y = torch.empty_like(x)
+    BN = _p2(n, 1)
+    BP = min(_p2(p, 1), max(1, 4096 // BN))
+    K.ssd_step_kernel[(b * h, triton.cdiv(p, BP))](
+        state, x, dt, A, B, C, D if D is not None else A, z if z is not None else x,
+        dt_bias if dt_bias is not None else A, y, new, h, g, p, n,
+        HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), BP=BP, BN=BN, num_warps=4,
+    )
+    return y, new

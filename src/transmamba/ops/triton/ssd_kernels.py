@@ -1,0 +1,569 @@
+# ruff: noqa: E501  (kernel code reads better with long index expressions on one line)
+"""Triton kernels of Mamba-2's chunked SSD, forward and backward. Launchers are in `ssd.py`.
+
+Notation, per (batch, head), chunk c of Q tokens, token i of the chunk:
+
+    a_i   = sum_{k<=i} dt_k A              cumulative log decay inside the chunk   (chunk_cumsum)
+    s_c   = sum_j exp(a_last - a_j) dt_j x_j B_jᵀ          the chunk's own state (p, n)   (chunk_state)
+    S_c   = state entering chunk c:  S_{c+1} = exp(a_last) S_c + s_c                   (state_passing)
+    CB_ij = C_i · B_j                                  per group, (Q, Q) per chunk       (bmm_cb)
+    y_i   = sum_{j<=i} CB_ij exp(a_i - a_j) dt_j x_j + exp(a_i) S_c C_i + D x_i        (chunk_scan)
+
+Documents (seq_idx): a decay between tokens of different documents is 0; a chunk's own state only
+gathers tokens of its last document; S_c survives chunk c only if the chunk ends in the document of S_c
+(the document of chunk c-1's last token, or of token 0 for the initial state) and only tokens of that
+document read it.
+
+Backward (dy given, G_c = dL/dS_c):
+
+    u_c    = sum_i exp(a_i) dy_i C_iᵀ                       (chunk_state kernel, REVERSE mode)
+    G_c    = exp(a_last,c) G_{c+1} + u_c,   G_nc = dL/dfinal,   ds_c = G_{c+1}   (state_passing, REVERSE)
+    dx_j   = dt_j sum_{i>=j} CB_ij exp(a_i - a_j) dy_i + dt_j exp(a_last - a_j) ds_c B_j + D dy_j
+    ddt_j  = sum_{i>=j} CB_ij exp(a_i - a_j) dy_i·x_j + exp(a_last - a_j) x_j·(ds_c B_j)       (=: r_j + q_j)
+    da_i   = dy_i·(y_i - D x_i) - dt_i r_i - dt_i q_i  (+ sum_j dt_j q_j + exp(a_last) <G_{c+1}, S_c> at i = last)
+    dCB_ij = sum_{heads of the group} exp(a_i - a_j) dt_j dy_i·x_j   (i >= j);  dC = dCB B + ..., dB = dCBᵀ C + ...
+    dC_i  += sum_h exp(a_i) dy_i S_c;   dB_j += sum_h exp(a_last - a_j) dt_j x_j ds_c
+
+The da row terms use dy_i·y_i (y saved from the forward) instead of a second pass over the chunk; a is a
+cumulative sum, so d(dt_k A) = sum_{i>=k} da_i, done in torch on the small (b, h, L) tensors.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# forward
+# ----------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def chunk_cumsum_kernel(
+    DT, A, BIAS, DT_OUT, DA_OUT,
+    seqlen, nheads,
+    s_dt_b, s_dt_l, s_dt_h,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, Q: tl.constexpr, BH: tl.constexpr,
+):
+    """dt_eff = softplus(dt + bias) (or dt + bias) and a = cumsum(dt_eff * A) per chunk.
+    Grid (b, nchunks, cdiv(h, BH)). Outputs (b, h, nchunks, Q) fp32; padded tokens get dt_eff = 0."""
+    pid_b = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    pid_h = tl.program_id(2)
+    nchunks = tl.num_programs(1)
+    offs_h = pid_h * BH + tl.arange(0, BH)
+    offs_t = pid_c * Q + tl.arange(0, Q)
+    mask_h = offs_h < nheads
+    mask = mask_h[:, None] & (offs_t[None, :] < seqlen)
+    dt = tl.load(DT + pid_b * s_dt_b + offs_t[None, :] * s_dt_l + offs_h[:, None] * s_dt_h, mask=mask, other=0.0)
+    dt = dt.to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(BIAS + offs_h, mask=mask_h, other=0.0).to(tl.float32)[:, None]
+    if SOFTPLUS:
+        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
+    dt = tl.where(mask, dt, 0.0)
+    a = tl.load(A + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    da = tl.cumsum(dt * a[:, None], axis=1)
+    out = ((pid_b * nheads + offs_h[:, None]) * nchunks + pid_c) * Q + tl.arange(0, Q)[None, :]
+    tl.store(DT_OUT + out, dt, mask=mask_h[:, None])
+    tl.store(DA_OUT + out, da, mask=mask_h[:, None])
+
+
+@triton.jit
+def chunk_state_kernel(
+    X, BM, DT, DA, SEQ, OUT,
+    seqlen, nheads, ngroups, headdim, dstate,
+    s_x_b, s_x_l, s_x_h, s_x_p,
+    s_b_b, s_b_l, s_b_g, s_b_n,
+    s_seq_b, s_seq_l,
+    REVERSE: tl.constexpr, HAS_SEQ: tl.constexpr, IEEE: tl.constexpr,
+    Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    """Forward: OUT[b,c,h] = sum_j x_j (exp(a_last - a_j) dt_j B_j)ᵀ  (tokens of the chunk's last document).
+    REVERSE (X = dy, BM = C): OUT[b,c,h] = sum_i dy_i (exp(a_i) C_i)ᵀ  (tokens of the incoming state's document).
+    Grid (b * nchunks * h, cdiv(p, BP) * cdiv(n, BN)). OUT (b, c, h, p, n) fp32."""
+    pid = tl.program_id(0)
+    pid_pn = tl.program_id(1)
+    h = pid % nheads
+    bc = pid // nheads
+    nchunks = tl.cdiv(seqlen, Q)
+    c = bc % nchunks
+    b = bc // nchunks
+    g = h // (nheads // ngroups)
+    npb = tl.cdiv(dstate, BN)
+    offs_p = (pid_pn // npb) * BP + tl.arange(0, BP)
+    offs_n = (pid_pn % npb) * BN + tl.arange(0, BN)
+    t0 = c * Q
+    da_base = ((b * nheads + h) * nchunks + c) * Q
+    a_last = tl.load(DA + da_base + Q - 1)
+    if HAS_SEQ:
+        if REVERSE:
+            ref_t = tl.maximum(t0 - 1, 0)
+        else:
+            ref_t = tl.minimum(t0 + Q, seqlen) - 1
+        seq_ref = tl.load(SEQ + b * s_seq_b + ref_t * s_seq_l)
+    acc = tl.zeros((BP, BN), dtype=tl.float32)
+    xb = X + b * s_x_b + h * s_x_h
+    bb = BM + b * s_b_b + g * s_b_g
+    for k in range(0, Q, BK):
+        offs_k = k + tl.arange(0, BK)
+        t = t0 + offs_k
+        mt = t < seqlen
+        xt = tl.load(xb + t[None, :] * s_x_l + offs_p[:, None] * s_x_p,
+                     mask=mt[None, :] & (offs_p[:, None] < headdim), other=0.0)  # (BP, BK)
+        bt = tl.load(bb + t[:, None] * s_b_l + offs_n[None, :] * s_b_n,
+                     mask=mt[:, None] & (offs_n[None, :] < dstate), other=0.0)  # (BK, BN)
+        a_k = tl.load(DA + da_base + offs_k)
+        if REVERSE:
+            w = tl.exp(a_k)
+        else:
+            w = tl.exp(a_last - a_k) * tl.load(DT + da_base + offs_k)
+        if HAS_SEQ:
+            sq = tl.load(SEQ + b * s_seq_b + t * s_seq_l, mask=mt, other=-1)
+            w = tl.where(sq == seq_ref, w, 0.0)
+        w = tl.where(mt, w, 0.0)
+        bt = (bt.to(tl.float32) * w[:, None]).to(X.dtype.element_ty)
+        acc += _dot(xt, bt, IEEE)
+    out = OUT + (bc * nheads + h) * headdim * dstate
+    tl.store(out + offs_p[:, None] * dstate + offs_n[None, :], acc,
+             mask=(offs_p[:, None] < headdim) & (offs_n[None, :] < dstate))
+
+
+@triton.jit
+def state_passing_kernel(
+    STATES, DA, INIT, SEQ, OUT, FINAL, DA_GRAD,
+    seqlen, nheads, size,
+    s_seq_b, s_seq_l,
+    REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, STORE: tl.constexpr,
+    Q: tl.constexpr, BS: tl.constexpr,
+):
+    """Sequential scan over chunks for one (b, h) and a slice BS of the flattened (p*n) state.
+    Grid (b * h, cdiv(p * n, BS)); chunked tensors (b, c, h, p, n) fp32.
+    Forward: OUT[c] = S_c (state entering chunk c), S_{c+1} = exp(a_last) S_c + STATES[c]; FINAL = S_nc;
+        INIT = initial state (if HAS_INIT); DA_GRAD unused; OUT written only if STORE.
+    REVERSE: STATES = u, INIT = dL/dfinal on entry (HAS_INIT must be set) and dL/dinitial on exit,
+        FINAL = the forward's S_c (read), OUT[c] = G_{c+1} = ds_c, and DA_GRAD (b, h, c, Q) gets
+        exp(a_last) <G_{c+1}, S_c> added at each chunk's last slot."""
+    pid_bh = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    h = pid_bh % nheads
+    b = pid_bh // nheads
+    nchunks = tl.cdiv(seqlen, Q)
+    offs = pid_s * BS + tl.arange(0, BS)
+    m = offs < size
+    if HAS_INIT:
+        s = tl.load(INIT + pid_bh * size + offs, mask=m, other=0.0).to(tl.float32)
+    else:
+        s = tl.zeros((BS,), dtype=tl.float32)
+    if not REVERSE:
+        for c in range(0, nchunks):
+            base = ((b * nchunks + c) * nheads + h) * size
+            if STORE:
+                tl.store(OUT + base + offs, s, mask=m)
+            scale = tl.exp(tl.load(DA + ((b * nheads + h) * nchunks + c) * Q + Q - 1))
+            if HAS_SEQ:
+                last = tl.load(SEQ + b * s_seq_b + (tl.minimum(c * Q + Q, seqlen) - 1) * s_seq_l)
+                prev = tl.load(SEQ + b * s_seq_b + tl.maximum(c * Q - 1, 0) * s_seq_l)
+                scale = tl.where(last == prev, scale, 0.0)
+            s = scale * s + tl.load(STATES + base + offs, mask=m, other=0.0)
+        tl.store(FINAL + pid_bh * size + offs, s, mask=m)
+    else:
+        for cc in range(0, nchunks):
+            c = nchunks - 1 - cc
+            base = ((b * nchunks + c) * nheads + h) * size
+            tl.store(OUT + base + offs, s, mask=m)
+            da_idx = ((b * nheads + h) * nchunks + c) * Q + Q - 1
+            scale = tl.exp(tl.load(DA + da_idx))
+            if HAS_SEQ:
+                last = tl.load(SEQ + b * s_seq_b + (tl.minimum(c * Q + Q, seqlen) - 1) * s_seq_l)
+                prev = tl.load(SEQ + b * s_seq_b + tl.maximum(c * Q - 1, 0) * s_seq_l)
+                scale = tl.where(last == prev, scale, 0.0)
+            s_prev = tl.load(FINAL + base + offs, mask=m, other=0.0)
+            tl.atomic_add(DA_GRAD + da_idx, scale * tl.sum(s * s_prev, axis=0))
+            s = scale * s + tl.load(STATES + base + offs, mask=m, other=0.0)
+        tl.store(INIT + pid_bh * size + offs, s, mask=m)
+
+
+@triton.jit
+def bmm_cb_kernel(
+    C, BM, OUT,
+    seqlen, ngroups, dstate,
+    s_b_b, s_b_l, s_b_g, s_b_n,
+    IEEE: tl.constexpr, Q: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+):
+    """OUT[b, c, g, i, j] = C_i · B_j for the lower block triangle (j-block <= i-block). Grid
+    (b * nchunks * g, Q // BI, Q // BJ). B and C share strides. OUT fp32 (b, c, g, Q, Q)."""
+    pid = tl.program_id(0)
+    pi = tl.program_id(1)
+    pj = tl.program_id(2)
+    if pj * BJ > pi * BI + BI - 1:
+        return
+    g = pid % ngroups
+    bc = pid // ngroups
+    nchunks = tl.cdiv(seqlen, Q)
+    c = bc % nchunks
+    b = bc // nchunks
+    ti = c * Q + pi * BI + tl.arange(0, BI)
+    tj = c * Q + pj * BJ + tl.arange(0, BJ)
+    acc = tl.zeros((BI, BJ), dtype=tl.float32)
+    base = b * s_b_b + g * s_b_g
+    for k in range(0, dstate, BK):
+        offs_k = k + tl.arange(0, BK)
+        mk = offs_k < dstate
+        ci = tl.load(C + base + ti[:, None] * s_b_l + offs_k[None, :] * s_b_n,
+                     mask=(ti[:, None] < seqlen) & mk[None, :], other=0.0)
+        bj = tl.load(BM + base + tj[None, :] * s_b_l + offs_k[:, None] * s_b_n,
+                     mask=(tj[None, :] < seqlen) & mk[:, None], other=0.0)
+        acc += _dot(ci, bj, IEEE)
+    out = OUT + pid * Q * Q
+    tl.store(out + (pi * BI + tl.arange(0, BI))[:, None] * Q + (pj * BJ + tl.arange(0, BJ))[None, :], acc)
+
+
+@triton.jit
+def chunk_scan_kernel(
+    X, CM, CB, DT, DA, SPREV, SEQ, DPTR, Z, Y, YPRE,
+    seqlen, nheads, ngroups, headdim, dstate,
+    s_x_b, s_x_l, s_x_h, s_x_p,
+    s_c_b, s_c_l, s_c_g, s_c_n,
+    s_seq_b, s_seq_l,
+    HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr,
+    IEEE: tl.constexpr, Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+    BK: tl.constexpr,
+):
+    """y_i = exp(a_i) C_i S_c + sum_{j<=i} CB_ij exp(a_i - a_j) dt_j x_j + D x_i  (then YPRE = y, Y = y silu(z)).
+    Grid (b * nchunks * h, Q // BM, cdiv(p, BP)). X, Z, Y, YPRE share strides. BN >= dstate."""
+    pid = tl.program_id(0)
+    pm = tl.program_id(1)
+    pp = tl.program_id(2)
+    h = pid % nheads
+    bc = pid // nheads
+    nchunks = tl.cdiv(seqlen, Q)
+    c = bc % nchunks
+    b = bc // nchunks
+    g = h // (nheads // ngroups)
+    t0 = c * Q
+    offs_m = pm * BM + tl.arange(0, BM)
+    tm = t0 + offs_m
+    mm = tm < seqlen
+    offs_p = pp * BP + tl.arange(0, BP)
+    mp = offs_p < headdim
+    offs_n = tl.arange(0, BN)
+    mn = offs_n < dstate
+    da_base = ((b * nheads + h) * nchunks + c) * Q
+    a_m = tl.load(DA + da_base + offs_m)
+    # incoming state, read through C
+    cm = tl.load(CM + b * s_c_b + g * s_c_g + tm[:, None] * s_c_l + offs_n[None, :] * s_c_n,
+                 mask=mm[:, None] & mn[None, :], other=0.0)  # (BM, BN)
+    sp = tl.load(SPREV + (bc * nheads + h) * headdim * dstate + offs_p[None, :] * dstate + offs_n[:, None],
+                 mask=mp[None, :] & mn[:, None], other=0.0)  # (BN, BP) = S_cᵀ
+    w_state = tl.exp(a_m)
+    if HAS_SEQ:
+        seq_m = tl.load(SEQ + b * s_seq_b + tm * s_seq_l, mask=mm, other=-1)
+        seq_prev = tl.load(SEQ + b * s_seq_b + tl.maximum(t0 - 1, 0) * s_seq_l)
+        w_state = tl.where(seq_m == seq_prev, w_state, 0.0)
+    acc = _dot(cm, sp.to(cm.dtype), IEEE) * w_state[:, None]
+    # intra-chunk
+    xb = X + b * s_x_b + h * s_x_h
+    cbb = CB + (bc * ngroups + g) * Q * Q
+    for k in range(0, (pm + 1) * BM, BK):
+        offs_k = k + tl.arange(0, BK)
+        tk = t0 + offs_k
+        mk = tk < seqlen
+        cb = tl.load(cbb + offs_m[:, None] * Q + offs_k[None, :])  # (BM, BK)
+        a_k = tl.load(DA + da_base + offs_k)
+        dt_k = tl.load(DT + da_base + offs_k)
+        keep = offs_m[:, None] >= offs_k[None, :]
+        if HAS_SEQ:
+            seq_k = tl.load(SEQ + b * s_seq_b + tk * s_seq_l, mask=mk, other=-2)
+            keep &= seq_m[:, None] == seq_k[None, :]
+        w = tl.where(keep, cb * tl.exp(tl.where(keep, a_m[:, None] - a_k[None, :], 0.0)) * dt_k[None, :], 0.0)
+        xk = tl.load(xb + tk[:, None] * s_x_l + offs_p[None, :] * s_x_p, mask=mk[:, None] & mp[None, :], other=0.0)
+        acc += _dot(w.to(xk.dtype), xk, IEEE)
+    off_out = b * s_x_b + h * s_x_h + tm[:, None] * s_x_l + offs_p[None, :] * s_x_p
+    mo = mm[:, None] & mp[None, :]
+    if HAS_D:
+        xm = tl.load(X + off_out, mask=mo, other=0.0).to(tl.float32)
+        if D_PER_P:
+            d = tl.load(DPTR + h * headdim + offs_p, mask=mp, other=0.0).to(tl.float32)
+            acc += xm * d[None, :]
+        else:
+            acc += xm * tl.load(DPTR + h).to(tl.float32)
+    if HAS_Z:
+        tl.store(YPRE + off_out, acc, mask=mo)
+        zz = tl.load(Z + off_out, mask=mo, other=0.0).to(tl.float32)
+        acc = acc * zz * tl.sigmoid(zz)
+    tl.store(Y + off_out, acc, mask=mo)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# backward
+# ----------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def bwd_dx_kernel(
+    X, DY, Y, BM, CB, DT, DA, DS, SEQ, DPTR,
+    DX, DDT, DDA, DD,
+    seqlen, nheads, ngroups, headdim, dstate,
+    s_x_b, s_x_l, s_x_h, s_x_p,
+    s_b_b, s_b_l, s_b_g, s_b_n,
+    s_seq_b, s_seq_l,
+    HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
+    IEEE: tl.constexpr, Q: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+    BK: tl.constexpr,
+):
+    """For tokens j of a block: dx_j, and the (b, h, c, Q) partial sums of ddt_j and da_j (atomics over p
+    blocks), dD partial (b, c, h, Q // BJ, p). X, DY, Y, DX share strides. Grid (b * nchunks * h, Q // BJ, cdiv(p, BP))."""
+    pid = tl.program_id(0)
+    pj = tl.program_id(1)
+    pp = tl.program_id(2)
+    h = pid % nheads
+    bc = pid // nheads
+    nchunks = tl.cdiv(seqlen, Q)
+    c = bc % nchunks
+    b = bc // nchunks
+    g = h // (nheads // ngroups)
+    t0 = c * Q
+    offs_j = pj * BJ + tl.arange(0, BJ)
+    tj = t0 + offs_j
+    mj = tj < seqlen
+    offs_p = pp * BP + tl.arange(0, BP)
+    mp = offs_p < headdim
+    offs_n = tl.arange(0, BN)
+    mn = offs_n < dstate
+    da_base = ((b * nheads + h) * nchunks + c) * Q
+    a_j = tl.load(DA + da_base + offs_j)
+    dt_j = tl.load(DT + da_base + offs_j)
+    a_last = tl.load(DA + da_base + Q - 1)
+    if HAS_SEQ:
+        seq_j = tl.load(SEQ + b * s_seq_b + tj * s_seq_l, mask=mj, other=-1)
+        seq_last = tl.load(SEQ + b * s_seq_b + (tl.minimum(t0 + Q, seqlen) - 1) * s_seq_l)
+    xyb = b * s_x_b + h * s_x_h
+    # intra-chunk: acc[j, p] = sum_{i>=j} CB_ij exp(a_i - a_j) dy_i[p]
+    acc = tl.zeros((BJ, BP), dtype=tl.float32)
+    cbb = CB + (bc * ngroups + g) * Q * Q
+    for k in range(pj * BJ, Q, BK):
+        offs_i = k + tl.arange(0, BK)
+        ti = t0 + offs_i
+        mi = ti < seqlen
+        cbt = tl.load(cbb + offs_i[None, :] * Q + offs_j[:, None])  # (BJ, BK) = CBᵀ
+        a_i = tl.load(DA + da_base + offs_i)
+        keep = (offs_i[None, :] >= offs_j[:, None]) & mi[None, :]
+        if HAS_SEQ:
+            seq_i = tl.load(SEQ + b * s_seq_b + ti * s_seq_l, mask=mi, other=-2)
+            keep &= seq_i[None, :] == seq_j[:, None]
+        w = tl.where(keep, cbt * tl.exp(tl.where(keep, a_i[None, :] - a_j[:, None], 0.0)), 0.0)
+        dyi = tl.load(DY + xyb + ti[:, None] * s_x_l + offs_p[None, :] * s_x_p,
+                      mask=mi[:, None] & mp[None, :], other=0.0)
+        acc += _dot(w.to(dyi.dtype), dyi, IEEE)
+    off_j = xyb + tj[:, None] * s_x_l + offs_p[None, :] * s_x_p
+    mo = mj[:, None] & mp[None, :]
+    xj = tl.load(X + off_j, mask=mo, other=0.0).to(tl.float32)
+    r = tl.sum(acc * xj, axis=1)  # ddt intra part (partial over p)
+    # chunk-state part: z[j, p] = exp(a_last - a_j) (ds B_j)[p]
+    bj = tl.load(BM + b * s_b_b + g * s_b_g + tj[:, None] * s_b_l + offs_n[None, :] * s_b_n,
+                 mask=mj[:, None] & mn[None, :], other=0.0)  # (BJ, BN)
+    ds = tl.load(DS + (bc * nheads + h) * headdim * dstate + offs_p[None, :] * dstate + offs_n[:, None],
+                 mask=mp[None, :] & mn[:, None], other=0.0)  # (BN, BP) = dsᵀ
+    wz = tl.exp(a_last - a_j)
+    if HAS_SEQ:
+        wz = tl.where(seq_j == seq_last, wz, 0.0)
+    wz = tl.where(mj, wz, 0.0)
+    zs = _dot(bj, ds.to(bj.dtype), IEEE) * wz[:, None]
+    q = tl.sum(zs * xj, axis=1)
+    dx = (acc + zs) * dt_j[:, None]
+    dyj = tl.load(DY + off_j, mask=mo, other=0.0).to(tl.float32)
+    yj = tl.load(Y + off_j, mask=mo, other=0.0).to(tl.float32)
+    if HAS_D:
+        if D_PER_P:
+            d = tl.load(DPTR + h * headdim + offs_p, mask=mp, other=0.0).to(tl.float32)[None, :]
+        else:
+            d = tl.load(DPTR + h).to(tl.float32)
+        dx += dyj * d
+        yj -= xj * d
+        tl.store(DD + ((bc * nheads + h) * tl.num_programs(1) + pj) * headdim + offs_p,
+                 tl.sum(dyj * xj, axis=0), mask=mp)
+    tl.store(DX + off_j, dx, mask=mo)
+    da = tl.sum(dyj * yj, axis=1) - dt_j * (r + q)
+    tl.atomic_add(DDT + da_base + offs_j, r + q, mask=mj)
+    tl.atomic_add(DDA + da_base + offs_j, da, mask=mj)
+    tl.atomic_add(DDA + da_base + Q - 1, tl.sum(dt_j * q, axis=0))
+
+
+@triton.jit
+def bwd_dcb_kernel(
+    X, DY, DT, DA, SEQ, OUT,
+    seqlen, nheads, ngroups, headdim,
+    s_x_b, s_x_l, s_x_h, s_x_p,
+    s_seq_b, s_seq_l,
+    HAS_SEQ: tl.constexpr, IEEE: tl.constexpr,
+    Q: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+):
+    """OUT[b, c, g, i, j] = sum_{h of g} exp(a_i - a_j) dt_j dy_i·x_j for i >= j (0 elsewhere).
+    Grid (b * nchunks * g, Q // BI, Q // BJ). OUT fp32."""
+    pid = tl.program_id(0)
+    pi = tl.program_id(1)
+    pj = tl.program_id(2)
+    g = pid % ngroups
+    bc = pid // ngroups
+    nchunks = tl.cdiv(seqlen, Q)
+    c = bc % nchunks
+    b = bc // nchunks
+    offs_i = pi * BI + tl.arange(0, BI)
+    offs_j = pj * BJ + tl.arange(0, BJ)
+    acc = tl.zeros((BI, BJ), dtype=tl.float32)
+    if pj * BJ <= pi * BI + BI - 1:
+        t0 = c * Q
+        ti = t0 + offs_i
+        tj = t0 + offs_j
+        mi = ti < seqlen
+        mj = tj < seqlen
+        keep = (offs_i[:, None] >= offs_j[None, :]) & mi[:, None] & mj[None, :]
+        if HAS_SEQ:
+            seq_i = tl.load(SEQ + b * s_seq_b + ti * s_seq_l, mask=mi, other=-1)
+            seq_j = tl.load(SEQ + b * s_seq_b + tj * s_seq_l, mask=mj, other=-2)
+            keep &= seq_i[:, None] == seq_j[None, :]
+        hpg = nheads // ngroups
+        for hh in range(0, hpg):
+            h = g * hpg + hh
+            da_base = ((b * nheads + h) * nchunks + c) * Q
+            a_i = tl.load(DA + da_base + offs_i)
+            a_j = tl.load(DA + da_base + offs_j)
+            dt_j = tl.load(DT + da_base + offs_j)
+            m = tl.zeros((BI, BJ), dtype=tl.float32)
+            for k in range(0, headdim, BK):
+                offs_k = k + tl.arange(0, BK)
+                mk = offs_k < headdim
+                dyi = tl.load(DY + b * s_x_b + h * s_x_h + ti[:, None] * s_x_l + offs_k[None, :] * s_x_p,
+                              mask=mi[:, None] & mk[None, :], other=0.0)
+                xj = tl.load(X + b * s_x_b + h * s_x_h + tj[None, :] * s_x_l + offs_k[:, None] * s_x_p,
+                             mask=mj[None, :] & mk[:, None], other=0.0)
+                m += _dot(dyi, xj, IEEE)
+            acc += tl.where(keep, m * tl.exp(tl.where(keep, a_i[:, None] - a_j[None, :], 0.0)) * dt_j[None, :], 0.0)
+    tl.store(OUT + pid * Q * Q + offs_i[:, None] * Q + offs_j[None, :], acc)
+
+
+@triton.jit
+def bwd_bc_state_kernel(
+    X, DY, DT, DA, SPREV, DS, SEQ, DC, DB,
+    seqlen, nheads, ngroups, headdim, dstate,
+    s_x_b, s_x_l, s_x_h, s_x_p,
+    s_seq_b, s_seq_l,
+    HAS_SEQ: tl.constexpr, IEEE: tl.constexpr,
+    Q: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
+):
+    """State parts of dC and dB for a block of tokens, summed over the heads of the group:
+    DC[t] = sum_h exp(a_t) dy_t S_c,  DB[t] = sum_h exp(a_last - a_t) dt_t x_t ds_c.
+    Grid (b * nchunks * g, Q // BT, cdiv(n, BN)). DC, DB fp32 (b, nchunks*Q, g, n) contiguous."""
+    pid = tl.program_id(0)
+    pt = tl.program_id(1)
+    pn = tl.program_id(2)
+    g = pid % ngroups
+    bc = pid // ngroups
+    nchunks = tl.cdiv(seqlen, Q)
+    c = bc % nchunks
+    b = bc // nchunks
+    t0 = c * Q
+    offs_t = pt * BT + tl.arange(0, BT)
+    tt = t0 + offs_t
+    mt = tt < seqlen
+    offs_n = pn * BN + tl.arange(0, BN)
+    mn = offs_n < dstate
+    keep_c = mt
+    keep_b = mt
+    if HAS_SEQ:
+        seq_t = tl.load(SEQ + b * s_seq_b + tt * s_seq_l, mask=mt, other=-1)
+        seq_prev = tl.load(SEQ + b * s_seq_b + tl.maximum(t0 - 1, 0) * s_seq_l)
+        seq_last = tl.load(SEQ + b * s_seq_b + (tl.minimum(t0 + Q, seqlen) - 1) * s_seq_l)
+        keep_c &= seq_t == seq_prev
+        keep_b &= seq_t == seq_last
+    acc_c = tl.zeros((BT, BN), dtype=tl.float32)
+    acc_b = tl.zeros((BT, BN), dtype=tl.float32)
+    hpg = nheads // ngroups
+    for hh in range(0, hpg):
+        h = g * hpg + hh
+        da_base = ((b * nheads + h) * nchunks + c) * Q
+        a_t = tl.load(DA + da_base + offs_t)
+        dt_t = tl.load(DT + da_base + offs_t)
+        a_last = tl.load(DA + da_base + Q - 1)
+        wc = tl.where(keep_c, tl.exp(a_t), 0.0)
+        wb = tl.where(keep_b, tl.exp(a_last - a_t) * dt_t, 0.0)
+        st_base = (bc * nheads + h) * headdim * dstate
+        pc = tl.zeros((BT, BN), dtype=tl.float32)
+        pb = tl.zeros((BT, BN), dtype=tl.float32)
+        for k in range(0, headdim, BP):
+            offs_p = k + tl.arange(0, BP)
+            mp = offs_p < headdim
+            off = b * s_x_b + h * s_x_h + tt[:, None] * s_x_l + offs_p[None, :] * s_x_p
+            dyt = tl.load(DY + off, mask=mt[:, None] & mp[None, :], other=0.0)
+            xt = tl.load(X + off, mask=mt[:, None] & mp[None, :], other=0.0)
+            sp = tl.load(SPREV + st_base + offs_p[:, None] * dstate + offs_n[None, :],
+                         mask=mp[:, None] & mn[None, :], other=0.0)
+            ds = tl.load(DS + st_base + offs_p[:, None] * dstate + offs_n[None, :],
+                         mask=mp[:, None] & mn[None, :], other=0.0)
+            pc += _dot(dyt, sp.to(dyt.dtype), IEEE)
+            pb += _dot(xt, ds.to(xt.dtype), IEEE)
+        acc_c += pc * wc[:, None]
+        acc_b += pb * wb[:, None]
+    out = ((b * nchunks * Q + tt[:, None]) * ngroups + g) * dstate + offs_n[None, :]
+    tl.store(DC + out, acc_c, mask=mt[:, None] & mn[None, :])
+    tl.store(DB + out, acc_b, mask=mt[:, None] & mn[None, :])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# decode
+# ----------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def ssd_step_kernel(
+    STATE, X, DT, A, BM, CM, DPTR, Z, BIAS, Y, NEW,
+    nheads, ngroups, headdim, dstate,
+    HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+):
+    """One token: S' = exp(dt A) S + dt x Bᵀ, y = S' C + D x, y *= silu(z). All inputs contiguous:
+    STATE/NEW (b, h, p, n), X/Z/Y (b, h, p), DT (b, h), B/C (b, g, n). Grid (b * h, cdiv(p, BP)).
+    NEW may alias STATE (in-place update)."""
+    pid = tl.program_id(0)
+    pp = tl.program_id(1)
+    h = pid % nheads
+    b = pid // nheads
+    g = h // (nheads // ngroups)
+    offs_p = pp * BP + tl.arange(0, BP)
+    mp = offs_p < headdim
+    offs_n = tl.arange(0, BN)
+    mn = offs_n < dstate
+    dt = tl.load(DT + pid).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(BIAS + h).to(tl.float32)
+    if SOFTPLUS:
+        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
+    decay = tl.exp(dt * tl.load(A + h).to(tl.float32))
+    x = tl.load(X + pid * headdim + offs_p, mask=mp, other=0.0).to(tl.float32)
+    bv = tl.load(BM + (b * ngroups + g) * dstate + offs_n, mask=mn, other=0.0).to(tl.float32)
+    cv = tl.load(CM + (b * ngroups + g) * dstate + offs_n, mask=mn, other=0.0).to(tl.float32)
+    so = pid * headdim * dstate + offs_p[:, None] * dstate + offs_n[None, :]
+    ms = mp[:, None] & mn[None, :]
+    s = tl.load(STATE + so, mask=ms, other=0.0).to(tl.float32)
+    s = s * decay + (dt * x)[:, None] * bv[None, :]
+    tl.store(NEW + so, s, mask=ms)
+    y = tl.sum(s * cv[None, :], axis=1)
+    if HAS_D:
+        if D_PER_P:
+            y += x * tl.load(DPTR + h * headdim + offs_p, mask=mp, other=0.0).to(tl.float32)
+        else:
+            y += x * tl.load(DPTR + h).to(tl.float32)
+    if HAS_Z:
+        zz = tl.load(Z + pid * headdim + offs_p, mask=mp, other=0.0).to(tl.float32)
+        y = y * zz * tl.sigmoid(zz)
+    tl.store(Y + pid * headdim + offs_p, y, mask=mp)
