@@ -147,7 +147,8 @@ def ssd_chunked(
     keep = idx[:, None] >= idx[None, :]  # [t, s]: causal within the chunk
     if ch.seq is not None:
         keep = keep & (ch.seq[:, :, None, :, None] == ch.seq[:, :, None, None, :])  # (b, c, 1, t, s)
-    decay = torch.exp(seg.masked_fill(~keep, float("-inf")))  # (b, c, h, t, s)
+    # in place is safe: cumsum saves no output for backward
+    decay = torch.exp(seg.masked_fill_(~keep, float("-inf")))  # (b, c, h, t, s)
     CB = torch.einsum("bctgn,bcsgn->bcgts", Cc, ch.B)  # (b, c, g, t, s): no per-head copies of B, C
     M = CB[:, :, :, None] * decay.view(b, nc, g, r, Q, Q)
     y = torch.einsum("bcgrts,bcsgrp->bctgrp", M, ch.xdt)
