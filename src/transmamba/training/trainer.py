@@ -1,0 +1,397 @@
+"""The training loop for causal language models on packed text.
+
+One optimizer step = ``grad_accum`` micro-batches of ``batch_size`` packed rows (per rank)::
+
+    loss_micro = out.loss + aux_loss_coef * out.aux_loss          # out = model(ids, seq_idx=, labels=)
+    (loss_micro / grad_accum).backward()
+    clip_grad_norm_(params, grad_clip);  AdamW step;  warmup + cosine lr step
+
+Precision: bf16 autocast on CUDA (weights and optimizer state stay fp32), plain fp32 on CPU.
+Evaluation (every ``eval_every`` steps and at the end) reports the validation loss (nats per target
+token, summed over targets then divided, so batch composition does not matter) and bits per byte.
+Checkpoints (``training/checkpoint.py``) hold everything needed to continue the *same* loss curve:
+weights, optimizer and scheduler state, RNG states, the data loader's position, step and best loss.
+A non-finite loss or gradient norm stops the run before the optimizer touches the weights, leaves the
+last good checkpoint in place and says at which step it happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from transmamba.data.packing import PackedLoader, TextData, iter_eval_batches, prepare_text_data
+from transmamba.training import distributed as dist_mod
+from transmamba.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from transmamba.training.config import ConfigError, TrainConfig, unknown_key_message
+from transmamba.training.metrics import MetricsLogger, bits_per_byte, plot_curves
+from transmamba.training.optim import build_optimizer, build_scheduler
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss, a model that cannot take the data...)."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    train_losses: dict[int, float]  # step -> loss of that optimizer step (mean over micro-batches)
+    evals: list[dict]  # {"step", "val_loss", "val_bpb", "val_tokens", "val_bytes"}
+    best_val_loss: float | None
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    wall_s: float
+    tokens: int
+    stats: dict
+
+    @property
+    def final_val_loss(self) -> float | None:
+        return self.evals[-1]["val_loss"] if self.evals else None
+
+    @property
+    def final_val_bpb(self) -> float | None:
+        return self.evals[-1]["val_bpb"] if self.evals else None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_lm(cfg: TrainConfig, vocab_size: int) -> nn.Module:
+    """The preset's CausalLM with ``cfg.model`` overrides and the tokenizer's vocabulary size."""
+    from transmamba.models.config import ModelConfig
+    from transmamba.models.presets import get_preset, list_presets
+
+    if cfg.preset not in list_presets():
+        import difflib
+
+        close = difflib.get_close_matches(cfg.preset, list_presets(), n=3)
+        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise ConfigError(f"unknown preset {cfg.preset!r}.{hint} Available: {', '.join(list_presets())}")
+    valid = ModelConfig.field_names()
+    for key in cfg.model:
+        if key not in valid:
+            raise ConfigError(unknown_key_message(key, valid, "model override"))
+    overrides = {**cfg.model, "vocab_size": vocab_size}
+    try:
+        mcfg = get_preset(cfg.preset, **overrides)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.seq_len > mcfg.max_seq_len:
+        raise ConfigError(
+            f"seq_len={cfg.seq_len} is longer than the model's max_seq_len={mcfg.max_seq_len} "
+            f"(preset {cfg.preset!r}); use --seq_len {mcfg.max_seq_len} or less, "
+            f"or raise it with --model.max_seq_len {cfg.seq_len}"
+        )
+    from transmamba.models.lm import CausalLM
+
+    return CausalLM(mcfg)
+
+
+def _autocast(device: torch.device, dtype: str):
+    use_bf16 = dtype == "bf16" or (dtype == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _scalar(x) -> float:
+    return float(x.detach().float().item()) if torch.is_tensor(x) else float(x)
+
+
+class Trainer:
+    """Train ``cfg.preset`` (or a given model) on ``cfg.data``; see the module docstring.
+
+    ``model_factory(vocab_size) -> nn.Module`` and ``data`` can be injected (tests use a small stand-in
+    module with the CausalLM call signature). ``stop_at`` ends the loop after that step as if the process
+    had been killed there (the resume tests use it).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        model_factory: Callable[[int], nn.Module] | None = None,
+        data: TextData | None = None,
+        log: Callable[[str], None] | None = None,
+        stop_at: int | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.stop_at = stop_at
+        self.model_factory = model_factory
+        self._data = data
+        self._log = log or print
+        self.bar = None
+
+    # ------------------------------------------------------------------ helpers
+    def log(self, msg: str) -> None:
+        if not self.info.is_main:
+            return
+        if self.bar is not None:
+            self.bar.write(msg)
+        else:
+            self._log(msg)
+
+    def _check_finite(self, value: float, what: str, step: int) -> None:
+        bad = not math.isfinite(value)
+        if dist_mod.any_flag(bad, self.info, self.device):
+            last = find_checkpoint(self.run_dir) if self.run_dir.exists() else None
+            where = f"the last good checkpoint is {last}" if last else "no checkpoint was written before it"
+            raise TrainingError(
+                f"{what} became {value} at step {step}; stopped before updating the weights, {where}. "
+                "Try a lower --lr, a smaller --grad_clip, or --dtype fp32."
+            )
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict:
+        cfg, data = self.cfg, self.data
+        was_training = model.training
+        model.eval()
+        total_loss, n_tok, n_bytes = 0.0, 0, 0
+        token_bytes = torch.from_numpy(data.token_bytes)
+        batches = iter_eval_batches(data.val, cfg.batch_size, cfg.eval_batches or None,
+                                    rank=self.info.rank, world_size=self.info.world_size)
+        for batch in batches:
+            labels = batch["labels"]
+            targets = labels[:, 1:]
+            valid = targets != -100
+            count = int(valid.sum())
+            if count == 0:
+                continue
+            with _autocast(self.device, cfg.dtype):
+                out = model(batch["input_ids"].to(self.device), seq_idx=batch["seq_idx"].to(self.device),
+                            labels=labels.to(self.device))
+            total_loss += _scalar(out.loss) * count
+            n_tok += count
+            n_bytes += int(token_bytes[targets[valid].clamp(min=0, max=len(token_bytes) - 1)].sum())
+        total_loss, n_tok, n_bytes = dist_mod.all_reduce_sum([total_loss, n_tok, n_bytes], self.info,
+                                                             self.device)
+        if was_training:
+            model.train()
+        mean = total_loss / max(n_tok, 1)
+        return {"val_loss": mean, "val_bpb": bits_per_byte(mean, int(n_tok), int(n_bytes)),
+                "val_tokens": int(n_tok), "val_bytes": int(n_bytes)}
+
+    # ------------------------------------------------------------------ the run
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = dist_mod.local_device(cfg.device)
+        self.info = dist_mod.init_distributed(self.device)
+        self.run_dir = cfg.run_dir
+        try:
+            return self._fit(t_start)
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+            dist_mod.cleanup(self.info)
+
+    def _resume_point(self) -> Path | None:
+        cfg = self.cfg
+        existing = find_checkpoint(self.run_dir) if self.run_dir.exists() else None
+        if cfg.resume:
+            if existing is None:
+                self.log(f"--resume: no checkpoint in {self.run_dir}, starting from step 0")
+            return existing
+        if existing is not None:
+            if getattr(cfg, "overwrite", False):
+                if self.info.is_main:
+                    shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
+                    for link in ("last", "best"):
+                        (self.run_dir / link).unlink(missing_ok=True)
+                dist_mod.barrier(self.info)
+                return None
+            raise ConfigError(
+                f"{self.run_dir} already holds a checkpoint ({existing.name}); pass --resume to continue it, "
+                "or choose another --out_dir"
+            )
+        return None
+
+    def _fit(self, t_start: float) -> TrainResult:
+        cfg, info, device = self.cfg, self.info, self.device
+        seed_everything(cfg.seed)
+        resume_from = self._resume_point()
+
+        # ---- data (the checkpoint's tokenizer on resume, so token ids cannot drift)
+        if self._data is None:
+            tok_path = cfg.tokenizer
+            if resume_from is not None and (resume_from / "tokenizer.json").is_file():
+                tok_path = str(resume_from / "tokenizer.json")
+            self._data = prepare_text_data(
+                cfg.data, seq_len=cfg.seq_len, vocab_size=cfg.vocab_size, val_fraction=cfg.val_fraction,
+                seed=cfg.seed, text_field=cfg.text_field, cache_dir=cfg.cache_dir, tokenizer_path=tok_path,
+                log=self.log,
+            )
+        self.data = data = self._data
+        s = data.stats
+        self.log(
+            f"data: {s.get('train_documents', '?')} train / {s.get('val_documents', '?')} val documents, "
+            f"{s.get('train_tokens', 0):,} / {s.get('val_tokens', 0):,} tokens, "
+            f"vocab {data.tokenizer.vocab_size}"
+        )
+
+        # ---- model, optimizer, schedule
+        seed_everything(cfg.seed)
+        factory = self.model_factory or (lambda v: build_lm(cfg, v))
+        raw_model = factory(data.tokenizer.vocab_size).to(device)
+        self._probe(raw_model)
+        n_params = sum(p.numel() for p in raw_model.parameters())
+        self.log(f"model: {cfg.preset}, {n_params:,} parameters, device {device}, world {info.world_size}")
+        optimizer = build_optimizer(raw_model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    betas=(cfg.beta1, cfg.beta2), device=device)
+        scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                                    min_lr_ratio=cfg.min_lr_ratio)
+        loader = PackedLoader(data.train, cfg.batch_size, seed=cfg.seed, rank=info.rank,
+                              world_size=info.world_size)
+        step, best, tokens_seen, evals = 0, None, 0, []
+        if resume_from is not None:
+            state = load_checkpoint(resume_from, model=raw_model, optimizer=optimizer, scheduler=scheduler,
+                                    map_location=device)
+            step, best = int(state["step"]), state.get("best_val_loss")
+            tokens_seen, evals = int(state.get("tokens", 0)), list(state.get("evals", []))
+            t_start -= float(state.get("elapsed_s", 0.0))  # elapsed time continues across restarts
+            loader.load_state_dict(state["data"])
+            self.log(f"resumed from {resume_from} at step {step}")
+        model = raw_model
+        if cfg.compile:
+            model = torch.compile(model)
+        model = dist_mod.wrap_model(model, info, device)
+        model.train()
+
+        metrics = MetricsLogger(self.run_dir, enabled=info.is_main, tensorboard=cfg.tensorboard,
+                                resume_step=step if resume_from is not None else None)
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "train_config.json").write_text(cfg.to_json() + "\n")
+        tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * info.world_size
+        train_losses: dict[int, float] = {}
+        last_ckpt = find_checkpoint(self.run_dir) if resume_from is not None else None
+        best_ckpt = find_checkpoint(self.run_dir, "best") if resume_from is not None else None
+        eval_every = cfg.eval_every or cfg.max_steps
+        save_every = cfg.save_every or eval_every
+
+        def checkpoint(is_best: bool) -> None:
+            nonlocal last_ckpt, best_ckpt
+            if info.is_main:
+                last_ckpt = save_checkpoint(
+                    self.run_dir, step=step, model=raw_model, optimizer=optimizer, scheduler=scheduler,
+                    trainer_state={"best_val_loss": best, "tokens": tokens_seen, "evals": evals,
+                                   "elapsed_s": time.perf_counter() - t_start,
+                                   "data": loader.state_dict(), "world_size": info.world_size},
+                    train_config=cfg.to_dict(), tokenizer=data.tokenizer, is_best=is_best,
+                )
+                if is_best:
+                    best_ckpt = last_ckpt
+            dist_mod.barrier(info)
+
+        if info.is_main and cfg.progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+        t_last, tok_last = time.perf_counter(), tokens_seen
+        while step < cfg.max_steps:
+            # ---- one optimizer step
+            step_loss = 0.0
+            for micro in range(cfg.grad_accum):
+                batch = loader.next_batch()
+                with dist_mod.no_sync(model, micro < cfg.grad_accum - 1), _autocast(device, cfg.dtype):
+                    out = model(batch["input_ids"].to(device), seq_idx=batch["seq_idx"].to(device),
+                                labels=batch["labels"].to(device))
+                    loss = out.loss
+                    aux = getattr(out, "aux_loss", None)
+                    if aux is not None and cfg.aux_loss_coef:
+                        loss = loss + cfg.aux_loss_coef * aux
+                value = _scalar(loss)
+                self._check_finite(value, "the training loss", step + 1)
+                (loss / cfg.grad_accum).backward()
+                step_loss += value / cfg.grad_accum
+            if cfg.grad_clip > 0:
+                gnorm = _scalar(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip))
+            else:
+                gnorm = math.sqrt(sum(float(p.grad.float().pow(2).sum()) for p in raw_model.parameters()
+                                      if p.grad is not None))
+            self._check_finite(gnorm, "the gradient norm", step + 1)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tokens_per_step
+            train_losses[step] = step_loss
+
+            # ---- bookkeeping
+            now = time.perf_counter()
+            tok_rate = (tokens_seen - tok_last) / max(now - t_last, 1e-9)  # since the loop (re)started
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tok_rate:,.0f}", refresh=False)
+            row = None
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                row = {}
+            do_eval = step % eval_every == 0 or step == cfg.max_steps
+            if do_eval:
+                ev = self.evaluate(model)
+                evals.append({"step": step, **ev})
+                row = {**(row or {}), "val_loss": ev["val_loss"], "val_bpb": ev["val_bpb"]}
+                self.log(f"step {step}: train loss {step_loss:.4f}, val loss {ev['val_loss']:.4f}, "
+                         f"val bpb {ev['val_bpb']:.4f}")
+            if row is not None:
+                metrics.log({"step": step, "tokens": tokens_seen, "lr": lr, "train_loss": step_loss,
+                             "grad_norm": gnorm, "tokens_per_s": tok_rate, "elapsed_s": now - t_start, **row})
+            if do_eval or step % save_every == 0:
+                is_best = do_eval and (best is None or evals[-1]["val_loss"] < best)
+                if is_best:
+                    best = evals[-1]["val_loss"]
+                checkpoint(is_best)
+            if self.stop_at is not None and step >= self.stop_at:
+                break  # simulated interruption (tests): as if the process died right after this step
+
+        metrics.close()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if info.is_main and (self.run_dir / "metrics.csv").is_file():
+            try:
+                plot_curves({cfg.preset: self.run_dir / "metrics.csv"}, self.run_dir / "curves.png",
+                            title=f"{cfg.preset} on {cfg.data or 'Shakespeare'}")
+            except Exception as err:  # a plot must never cost the run
+                self.log(f"could not plot curves: {err}")
+        return TrainResult(
+            run_dir=self.run_dir, step=step, train_losses=train_losses, evals=evals, best_val_loss=best,
+            last_checkpoint=last_ckpt, best_checkpoint=best_ckpt, wall_s=time.perf_counter() - t_start,
+            tokens=tokens_seen, stats=dict(data.stats),
+        )
+
+    def _probe(self, model: nn.Module) -> None:
+        """One row of seq_len through the model, so a length it cannot take fails now, clearly."""
+        cfg = self.cfg
+        limit = getattr(getattr(model, "config", None), "max_seq_len", None)
+        if limit is not None and cfg.seq_len > limit:
+            raise ConfigError(
+                f"seq_len={cfg.seq_len} is longer than the model's max_seq_len={limit}; "
+                f"use --seq_len {limit} or less, or --model.max_seq_len {cfg.seq_len}"
+            )
+        batch = self.data.train.batch([0])
+        try:
+            with torch.no_grad(), _autocast(self.device, cfg.dtype):
+                model(batch["input_ids"].to(self.device), seq_idx=batch["seq_idx"].to(self.device),
+                      labels=batch["labels"].to(self.device))
+        except (ValueError, RuntimeError) as err:
+            raise ConfigError(f"the model cannot take rows of seq_len={cfg.seq_len}: {err}") from err
