@@ -246,6 +246,38 @@ def test_dispatch_on_cpu():
         ssd(**inp, impl="fast")
 
 
+def test_step_and_final_state_impl_argument():
+    inp = make_inputs(1, 6, 4, 3, 2, 4, init=True)
+    kw = {k: v for k, v in inp.items() if k != "C"}
+    assert torch.equal(ssd_final_state(**kw, impl="torch"), ssd_final_state(**kw))
+    with pytest.raises(ValueError, match="ssd_final_state: impl"):
+        ssd_final_state(**kw, impl="naive")
+    args = (inp["initial_state"], inp["x"][:, 0], inp["dt"][:, 0], inp["A"], inp["B"][:, 0], inp["C"][:, 0])
+    assert all(torch.equal(a, b) for a, b in zip(ssd_step(*args, impl="torch"), ssd_step(*args)))
+    with pytest.raises(ValueError, match="ssd_step: impl"):
+        ssd_step(*args, impl="chunked")
+
+
+@pytest.mark.gpu
+def test_cuda_step_and_final_state_match_reference():
+    inp = make_inputs(2, 150, 8, 16, 2, 16, init=True, D="h", z=True, dt_bias=True,
+                      seq_idx=seq_idx_from_lengths([[40, 110], [150]]))
+    cuda = {k: v.cuda() for k, v in inp.items()}
+    kw = {k: v for k, v in cuda.items() if k not in ("C", "D", "z")}
+    s_ref = ssd_final_state(**{k: v for k, v in inp.items() if k not in ("C", "D", "z")}, dt_softplus=True)
+    with torch.no_grad():
+        s = ssd_final_state(**kw, dt_softplus=True, chunk_size=64)
+    assert rel_err(s.cpu(), s_ref) <= 1e-4
+    c0 = {k: cuda[k][:, 0] for k in ("x", "dt", "B", "C")}
+    args = [cuda["initial_state"], c0["x"], c0["dt"], cuda["A"], c0["B"], c0["C"]]
+    step_kw = dict(D=cuda["D"], z=cuda["z"][:, 0], dt_bias=cuda["dt_bias"], dt_softplus=True)
+    with torch.no_grad():
+        y, new = ssd_step(*args, **step_kw)
+    y_ref, new_ref = ssd_step(*[a.cpu() for a in args], **{k: v.cpu() if torch.is_tensor(v) else v
+                                                          for k, v in step_kw.items()}, impl="torch")
+    assert rel_err(y.cpu(), y_ref) <= 1e-4 and rel_err(new.cpu(), new_ref) <= 1e-4
+
+
 @pytest.mark.gpu
 def test_cuda_dispatch_matches_reference():
     inp = make_inputs(2, 300, 8, 16, 2, 16, init=True, D="h", z=True, dt_bias=True,

@@ -167,7 +167,7 @@ def ssd_chunked(
     return (y, final) if return_final_state else y
 
 
-def ssd_final_state(
+def ssd_final_state_chunked(
     x: torch.Tensor,
     dt: torch.Tensor,
     A: torch.Tensor,

@@ -84,7 +84,7 @@ def ssd_naive(
     return (y, state) if return_final_state else y
 
 
-def ssd_step(
+def ssd_step_naive(
     state: torch.Tensor,
     x: torch.Tensor,
     dt: torch.Tensor,
