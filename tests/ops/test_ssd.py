@@ -241,6 +241,9 @@ def test_dispatch_on_cpu():
     inp = make_inputs(1, 19, 4, 3, 2, 4, init=True)
     y_auto = ssd(**inp, chunk_size=8)
     assert torch.equal(y_auto, ssd_chunked(**inp, chunk_size=8))
+    long = make_inputs(1, 150, 4, 3, 2, 4, init=True)
+    assert torch.equal(ssd(**long), ssd_chunked(**long, chunk_size=64))  # CPU caps the chunk at 64
+    assert rel_err(ssd(**long), ssd_chunked(**long, chunk_size=256)) <= TOL
     assert torch.equal(ssd(**inp, impl="naive"), ssd_naive(**inp))
     with pytest.raises(ValueError, match="impl"):
         ssd(**inp, impl="fast")

@@ -9,7 +9,9 @@
 
 Dispatch ("auto"): CUDA tensors go to `transmamba.ops.triton.ssd` when triton is installed, that module
 exists and TRANSMAMBA_DISABLE_TRITON is unset; `ssd_step` / `ssd_final_state` go there only when no
-gradient is needed (their Triton versions are not differentiable). Everything else runs in PyTorch.
+gradient is needed (their Triton versions are not differentiable). Everything else runs in PyTorch;
+on the CPU `ssd` runs the chunked algorithm with chunks of min(chunk_size, 64) tokens (the result does not
+depend on the chunk length, and the (Q, Q) intra-chunk work dominates there: see docs/benchmarks-cpu.md).
 
 Recurrence, per head (S is (p, n)), dt_eff = softplus(dt + dt_bias) or dt + dt_bias:
 
@@ -38,6 +40,7 @@ __all__ = [
 _IMPLS = ("auto", "naive", "chunked", "triton")
 _TORCH_OR_TRITON = ("auto", "torch", "triton")
 _TRITON_MODULE = "transmamba.ops.triton.ssd"
+_CPU_CHUNK = 64  # fastest chunk length of ssd_chunked on CPU at Mamba-2 shapes (benchmarks/ssd_cpu.py)
 
 
 def _load_triton(op: str, name: str, required: bool):
@@ -87,7 +90,8 @@ def ssd(
         dt: (b, l, h) step sizes, before `dt_bias` / softplus.
         A: (h,) per-head decay rate (negative for a stable SSM).
         B, C: (b, l, g, n) input and output projections; g divides h, head i reads group i // (h // g).
-        chunk_size: chunk length of the chunked algorithm (the result does not depend on it).
+        chunk_size: chunk length of the chunked algorithm (the result does not depend on it; on the CPU,
+            "auto" caps it at 64, the faster choice there).
         D: (h,) or (h, p) skip connection, y += D * x.
         z: (b, l, h, p) gate, y *= silu(z).
         dt_bias: (h,) added to dt; dt_softplus: apply softplus after the bias.
@@ -117,6 +121,8 @@ def ssd(
         fn = _load_triton("ssd", "ssd_triton", required=False)
         if fn is not None:
             return fn(x, dt, A, B, C, **kwargs)
+    if x.device.type == "cpu" and isinstance(chunk_size, int) and chunk_size > _CPU_CHUNK:
+        kwargs["chunk_size"] = _CPU_CHUNK
     return ssd_chunked(x, dt, A, B, C, **kwargs)
 
 
