@@ -1,0 +1,134 @@
+"""Multi-head causal self-attention with grouped-query heads and optional rotary embeddings.
+
+    q = q_proj(x) (b, t, n_heads, head_dim);  k = k_proj(x), v = v_proj(x) (b, t, n_kv_heads, head_dim)
+    q, k = rope(q, pos), rope(k, pos)                   (rope=True; positions restart at document starts)
+    out = o_proj( causal_attention(q, k, v) )            softmax(q kᵀ / sqrt(head_dim)) v, masked causally
+                                                         and, with seq_idx, within documents
+
+Parameters (Llama naming): q_proj (d_model -> n_heads·head_dim), k_proj, v_proj (d_model ->
+n_kv_heads·head_dim), o_proj (n_heads·head_dim -> d_model); bias=False by default; torch's default Linear
+init.
+
+Decoding keeps a `KVState`: preallocated k/v buffers (b, max_len, n_kv_heads, head_dim), keys stored after
+RoPE, each row at its own `seqlen_offset`. A prefill with `state` writes the new keys at each row's offset and
+attends to everything the row holds; `step` appends one token per row.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from transmamba.layers.state import KVState
+from transmamba.ops.attention import (
+    apply_rope,
+    attention_decode,
+    cached_attention,
+    causal_attention,
+    rope_positions,
+)
+from transmamba.ops.checks import check_divides, check_shape
+
+
+class Attention(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        rope: bool = True,
+        rope_base: float = 10000.0,
+        bias: bool = False,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if d_model <= 0 or n_heads <= 0:
+            raise ValueError(f"Attention: d_model and n_heads must be positive, got {d_model}, {n_heads}")
+        check_divides("Attention", "n_kv_heads", n_kv_heads, "n_heads", n_heads)
+        if head_dim is None:
+            check_divides("Attention", "n_heads", n_heads, "d_model", d_model)
+            head_dim = d_model // n_heads
+        if rope and head_dim % 2:
+            raise ValueError(f"Attention: head_dim={head_dim} must be even for rotary embeddings")
+        self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = d_model, n_heads, n_kv_heads, head_dim
+        self.rope, self.rope_base = rope, rope_base
+        fk = {"device": device, "dtype": dtype}
+        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias, **fk)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias, **fk)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias, **fk)
+        self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias, **fk)
+
+    def _qkv(self, hidden: torch.Tensor):
+        lead = hidden.shape[:-1]
+        q = self.q_proj(hidden).view(*lead, self.n_heads, self.head_dim)
+        k = self.k_proj(hidden).view(*lead, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(hidden).view(*lead, self.n_kv_heads, self.head_dim)
+        return q, k, v
+
+    def _check_state(self, state, batch: int) -> None:
+        if not isinstance(state, KVState):
+            raise ValueError(
+                f"Attention: state must be a KVState (from init_state), got {type(state).__name__}"
+            )
+        if state.batch_size != batch:
+            raise ValueError(f"Attention: state has batch {state.batch_size}, hidden has batch {batch}")
+        check_shape("Attention", "state.k", state.k, (batch, None, self.n_kv_heads, self.head_dim))
+
+    def forward(
+        self, hidden: torch.Tensor, *, seq_idx: torch.Tensor | None = None, state: KVState | None = None
+    ) -> torch.Tensor:
+        """hidden (b, t, d_model) -> (b, t, d_model). With `state`: a prefill continuing it (in place)."""
+        check_shape("Attention", "hidden", hidden, (None, None, self.d_model))
+        b, t, _ = hidden.shape
+        if seq_idx is not None:
+            check_shape("Attention", "seq_idx", seq_idx, (b, t))
+        q, k, v = self._qkv(hidden)
+        if state is None:
+            out = causal_attention(q, k, v, seq_idx=seq_idx, rope=self.rope, rope_base=self.rope_base)
+        else:
+            self._check_state(state, b)
+            offset = state.seqlen_offset
+            if self.rope:
+                pos = offset[:, None] + torch.arange(t, device=hidden.device)  # (b, t)
+                if seq_idx is not None:  # later documents restart at 0; the first continues the cache
+                    first_doc = seq_idx == seq_idx[:, :1]
+                    pos = torch.where(first_doc, pos, rope_positions(seq_idx))
+                q, k = apply_rope(q, pos, self.rope_base), apply_rope(k, pos, self.rope_base)
+            state.write(k, v)
+            end = int((offset + t).max())
+            out = cached_attention(q, state.k[:, :end], state.v[:, :end], offset, seq_idx=seq_idx)
+            state.seqlen_offset += t
+        return self.o_proj(out.reshape(b, t, self.n_heads * self.head_dim))
+
+    def step(self, hidden: torch.Tensor, state: KVState) -> torch.Tensor:
+        """One token per row: hidden (b, d_model) -> (b, d_model); appends to `state` in place."""
+        check_shape("Attention", "hidden", hidden, (None, self.d_model))
+        b = hidden.shape[0]
+        self._check_state(state, b)
+        q, k, v = self._qkv(hidden.unsqueeze(1))  # (b, 1, h, dh)
+        if self.rope:
+            pos = state.seqlen_offset[:, None]  # (b, 1)
+            q, k = apply_rope(q, pos, self.rope_base), apply_rope(k, pos, self.rope_base)
+        state.write(k, v)
+        lengths = state.seqlen_offset + 1
+        end = int(lengths.max())
+        out = attention_decode(q[:, 0], state.k[:, :end], state.v[:, :end], lengths)  # (b, h, dh)
+        state.seqlen_offset += 1
+        return self.o_proj(out.reshape(b, self.n_heads * self.head_dim))
+
+    def init_state(self, batch: int, *, max_len: int, device=None, dtype=None) -> KVState:
+        """Empty KV buffers for `batch` rows of up to `max_len` tokens."""
+        if max_len is None or max_len <= 0:
+            raise ValueError(f"Attention.init_state: max_len must be a positive int, got {max_len!r}")
+        device = self.q_proj.weight.device if device is None else device
+        dtype = self.q_proj.weight.dtype if dtype is None else dtype
+        return KVState.empty(batch, max_len, self.n_kv_heads, self.head_dim, device=device, dtype=dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+            f"head_dim={self.head_dim}, rope={self.rope}"
+        )

@@ -1,0 +1,73 @@
+"""Normalisation modules over `ops.norm`.
+
+    RMSNorm(x)         = x / sqrt(mean(x²) + eps) · weight
+    RMSNormGated(x, z) = RMSNorm(x · silu(z))        (norm_before_gate=False, Mamba-2's default)
+                       = RMSNorm(x) · silu(z)        (norm_before_gate=True)
+
+`group_size` normalises contiguous groups of that many channels separately. Both hold only `weight` (d,),
+initialised to ones.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from transmamba.ops.norm import gated_rms_norm, rms_norm
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim: x (..., d) -> (..., d)."""
+
+    def __init__(self, d: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        if d <= 0:
+            raise ValueError(f"RMSNorm: d must be positive, got {d}")
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.weight.shape[0]:
+            raise ValueError(
+                f"RMSNorm: x must have shape (..., {self.weight.shape[0]}), got {tuple(x.shape)}"
+            )
+        return rms_norm(x, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class RMSNormGated(nn.Module):
+    """Gated (grouped) RMSNorm: forward(x (..., d), z (..., d) or None) -> (..., d)."""
+
+    def __init__(
+        self,
+        d: int,
+        eps: float = 1e-5,
+        group_size: int | None = None,
+        norm_before_gate: bool = False,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if d <= 0:
+            raise ValueError(f"RMSNormGated: d must be positive, got {d}")
+        if group_size is not None and (group_size <= 0 or d % group_size):
+            raise ValueError(f"RMSNormGated: group_size={group_size} must be a positive divisor of d={d}")
+        self.eps = eps
+        self.group_size = group_size
+        self.norm_before_gate = norm_before_gate
+        self.weight = nn.Parameter(torch.ones(d, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        if x.shape[-1] != self.weight.shape[0]:
+            raise ValueError(
+                f"RMSNormGated: x must have shape (..., {self.weight.shape[0]}), got {tuple(x.shape)}"
+            )
+        return gated_rms_norm(x, z, self.weight, self.eps, self.group_size, self.norm_before_gate)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.weight.shape[0]}, eps={self.eps}, group_size={self.group_size}, "
+            f"norm_before_gate={self.norm_before_gate}"
+        )
