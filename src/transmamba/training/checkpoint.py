@@ -129,6 +129,12 @@ def load_model_weights(model: nn.Module, folder: Path) -> None:
     path = folder / "model.safetensors"
     if not path.is_file():
         raise CheckpointError(f"{folder}: no model.safetensors")
+    if hasattr(model, "load_checkpoint_tensors"):  # CausalLM: checks names and shapes, handles tying
+        try:
+            model.load_checkpoint_tensors(load_file(str(path)), source=str(path))
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
+        return
     try:
         load_model(model, str(path), strict=True)
     except Exception:

@@ -47,7 +47,7 @@ class TrainConfig:
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.95, "AdamW beta2")
     grad_clip: float = _f(1.0, "max global gradient norm (0: off)")
-    aux_loss_coef: float = _f(0.01, "weight of the MoE load-balancing loss (out.aux_loss)")
+    aux_loss_coef: float | None = _f(None, "MoE load-balancing loss weight (None: the preset's)")
     # evaluation and checkpoints
     eval_every: int = _f(100, "evaluate every N steps (and at the end); 0: only at the end")
     eval_batches: int = _f(20, "validation batches per evaluation (0: the whole split)")

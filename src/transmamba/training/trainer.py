@@ -2,7 +2,8 @@
 
 One optimizer step = ``grad_accum`` micro-batches of ``batch_size`` packed rows (per rank)::
 
-    loss_micro = out.loss + aux_loss_coef * out.aux_loss          # out = model(ids, seq_idx=, labels=)
+    loss_micro = out.loss       # out = model(ids, seq_idx=, labels=): CE + out.aux_loss (MoE balance,
+                                #   already times aux_loss_coef; --aux_loss_coef sets that weight)
     (loss_micro / grad_accum).backward()
     clip_grad_norm_(params, grad_clip);  AdamW step;  warmup + cosine lr step
 
@@ -86,6 +87,8 @@ def build_lm(cfg: TrainConfig, vocab_size: int) -> nn.Module:
         if key not in valid:
             raise ConfigError(unknown_key_message(key, valid, "model override"))
     overrides = {**cfg.model, "vocab_size": vocab_size}
+    if cfg.aux_loss_coef is not None and "aux_loss_coef" not in cfg.model:
+        overrides["aux_loss_coef"] = cfg.aux_loss_coef
     try:
         mcfg = get_preset(cfg.preset, **overrides)
     except ValueError as err:
@@ -314,10 +317,7 @@ class Trainer:
                 with dist_mod.no_sync(model, micro < cfg.grad_accum - 1), _autocast(device, cfg.dtype):
                     out = model(batch["input_ids"].to(device), seq_idx=batch["seq_idx"].to(device),
                                 labels=batch["labels"].to(device))
-                    loss = out.loss
-                    aux = getattr(out, "aux_loss", None)
-                    if aux is not None and cfg.aux_loss_coef:
-                        loss = loss + cfg.aux_loss_coef * aux
+                    loss = out.loss  # CE + the MoE load-balancing term (out.aux_loss, already weighted)
                 value = _scalar(loss)
                 self._check_finite(value, "the training loss", step + 1)
                 (loss / cfg.grad_accum).backward()
