@@ -68,6 +68,7 @@ class MambaformerConfig:
     expand: int = 2
     headdim: int = 32  # Mamba-2 / TransMamba head size
     transpoint: int = 0  # TransMamba: tokens before it use attention
+    chunk_size: int = 32  # Mamba-2 / TransMamba SSD chunk (speed only; 32 is fastest on CPU at t ~ 300)
     d_ff: int | None = None  # Transformer FFN width (default 4·d_model)
     dropout: float = 0.05
     positional: bool | None = None  # None: the arch's default (table above)
@@ -187,7 +188,8 @@ def _headdim(cfg: MambaformerConfig) -> int:
 def _make_attention(cfg: MambaformerConfig) -> nn.Module:
     from transmamba.layers.attention import Attention
 
-    return Attention(cfg.d_model, cfg.n_heads, cfg.n_heads)
+    # no RoPE (the paper's point: Mamba supplies the order); biased projections as the official code
+    return Attention(cfg.d_model, cfg.n_heads, cfg.n_heads, rope=False, bias=True)
 
 
 class _Mixer(nn.Module):
