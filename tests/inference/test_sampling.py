@@ -12,6 +12,15 @@ from transmamba.inference.sampling import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny shapes: one intra-op thread is far faster than two fighting over a shared 2-core machine."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 def test_top_k_keeps_k_largest():
     logits = torch.tensor([[1.0, 5.0, 3.0, 4.0], [0.0, -1.0, 2.0, 1.0]])
     out = top_k_filter(logits, 2)

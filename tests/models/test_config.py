@@ -3,11 +3,21 @@
 import json
 
 import pytest
+import torch
 
 from transmamba.models.config import ModelConfig
 from transmamba.models.pattern import count_kinds, describe_pattern, mixer_indices, parse_pattern
 from transmamba.models.presets import get_preset, get_preset_info, list_presets, register_preset
 from transmamba.models.schedules import V9_CYCLE, list_schedules, resolve_schedule, scale_transpoints
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny shapes: one intra-op thread is far faster than two fighting over a shared 2-core machine."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
 
 
 def test_pattern_kinds_and_counts():

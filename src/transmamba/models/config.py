@@ -9,8 +9,9 @@ Sizes (D = d_model):
   MLP            d_ff hidden units; mlp_act "swiglu" (3 matrices) or "gelu" / "relu2" (2 matrices)
   Mamba-2 / T    d_inner = expand * D, nheads = d_inner / headdim, ngroups groups of B/C of size d_state
   Mamba-1        d_inner = m1_expand * D, state m1_d_state, dt rank m1_dt_rank (default ceil(D / 16))
-  MoE            n_experts experts of d_ff_expert (default d_ff) hidden units, top_k per token; the
-                 load-balancing loss is added to the LM loss with weight aux_loss_coef
+  MoE            n_experts SwiGLU experts of d_ff_expert (default d_ff) hidden units (mlp_act applies to
+                 `-` layers only), top_k per token; the load-balancing loss is added to the LM loss
+                 with weight aux_loss_coef
 """
 
 from __future__ import annotations

@@ -80,9 +80,9 @@ _TINY = dict(vocab_size=512, d_model=64, n_heads=4, d_ff=128, d_state=16, headdi
 # TransMamba (arXiv 2503.24067): hidden 1536, FFN 4096, 16 heads. ngroups = 16: the attention path of a
 # TransMamba layer uses Q = C and K = B, which have one head per *group*; with Mamba-2's usual ngroups = 1
 # all value heads would share a single attention pattern. 16 groups give 16 distinct Q/K heads (of
-# d_state = 64 channels), matching the 16 attention heads of the paper's models; each group serves
+# d_state = 128 channels), matching the 16 attention heads of the paper's models; each group serves
 # 48 / 16 = 3 value heads of headdim 64.
-_TM = dict(vocab_size=151936, d_model=1536, n_heads=16, d_ff=4096, mlp_act="gelu", d_state=64, headdim=64,
+_TM = dict(vocab_size=151936, d_model=1536, n_heads=16, d_ff=4096, mlp_act="gelu", d_state=128, headdim=64,
            expand=2, ngroups=16, chunk_size=256, tie_embeddings=False, max_seq_len=8192, rope=True)
 _TM_SIZES = {"400m": (12, 400e6), "1.5b": (32, 1.5e9)}
 

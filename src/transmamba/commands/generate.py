@@ -1,0 +1,107 @@
+"""`transmamba generate`: load a checkpoint and its tokenizer, stream a continuation of a prompt."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+EOS = "<|endoftext|>"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate text from a trained checkpoint",
+        description="Load a checkpoint folder (config.json, model.safetensors and the tokenizer.json the "
+        "trainer saves beside them), then print the prompt and stream the continuation token by token.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="checkpoint folder with config.json, model.safetensors and tokenizer.json")
+    p.add_argument("--prompt", required=True, metavar="TEXT", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
+                   help="most tokens to generate (default: 64)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="softmax temperature for sampling; lower is more deterministic (default: 1.0)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="sample only among the K most likely tokens (default: no limit)")
+    p.add_argument("--top-p", type=float, default=None, metavar="P",
+                   help="nucleus sampling: sample among the most likely tokens whose mass reaches P "
+                   "(default: no limit)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token (no sampling)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: unseeded)")
+    p.add_argument("--no-stop", action="store_true",
+                   help=f"do not stop at the tokenizer's end-of-text token {EOS}")
+    p.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default: cpu)")
+    p.set_defaults(func=run)
+
+
+def load_tokenizer(directory: Path):
+    """tokenizers.Tokenizer from DIR/tokenizer.json, with a clear error when it is absent."""
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        raise SystemExit(
+            f"generate: no tokenizer at {path}. The trainer saves tokenizer.json beside the weights; "
+            "copy the tokenizer used for training there (HF `tokenizers` JSON format)."
+        )
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path))
+
+
+class TextStreamer:
+    """Prints text as tokens arrive: decodes all tokens so far and writes the new suffix, so multi-byte
+    characters split across byte-level tokens come out whole."""
+
+    def __init__(self, tokenizer, out=None):
+        self.tokenizer = tokenizer
+        self.out = out or sys.stdout
+        self.ids: list[int] = []
+        self.printed = ""
+
+    def __call__(self, tokens: torch.Tensor, active: torch.Tensor) -> None:
+        if not bool(active[0]):
+            return
+        self.ids.append(int(tokens[0]))
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            return
+        self.out.write(text[len(self.printed):])
+        self.out.flush()
+        self.printed = text
+
+
+def run(args: argparse.Namespace) -> int:
+    from transmamba.models.lm import CausalLM
+
+    if args.max_new_tokens < 0:
+        raise SystemExit("generate: --max-new-tokens must be >= 0")
+    directory = Path(args.checkpoint)
+    if not directory.is_dir():
+        raise SystemExit(f"generate: checkpoint folder {directory} does not exist")
+    tokenizer = load_tokenizer(directory)
+    try:
+        model = CausalLM.from_pretrained(directory, device=args.device)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"generate: cannot load {directory}: {err}") from None
+    ids = tokenizer.encode(args.prompt).ids
+    if not ids:
+        eos = tokenizer.token_to_id(EOS)
+        if eos is None:
+            raise SystemExit("generate: the prompt encodes to no tokens; give a non-empty prompt")
+        ids = [eos]
+    if max(ids) >= model.config.vocab_size:
+        raise SystemExit(f"generate: the tokenizer produced id {max(ids)} but the model's vocabulary has "
+                         f"{model.config.vocab_size} entries; is this the checkpoint's own tokenizer?")
+    stop = None if args.no_stop else tokenizer.token_to_id(EOS)
+    streamer = TextStreamer(tokenizer)
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    model.generate(
+        [ids], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        greedy=args.greedy, stop_tokens=stop, seed=args.seed, streamer=streamer,
+    )
+    sys.stdout.write("\n")
+    return 0

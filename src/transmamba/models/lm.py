@@ -1,0 +1,335 @@
+"""`CausalLM`: a decoder-only language model whose layer stack follows a pattern string.
+
+    tokens (b, t) -> embedding (b, t, D) -> Block_0 ... Block_{L-1} -> RMSNorm -> lm_head -> logits (b, t, V)
+
+Each pattern character is one pre-norm residual Block `x + sublayer(rms_norm(x))` (`layers/block.py`):
+`M` Mamba-2, `*` attention, `T` TransMamba, `S` Mamba-1, `-` MLP, `E` MoE. The LM head shares the
+embedding matrix when `tie_embeddings`.
+
+Loss: `labels` has input_ids' shape; the model shifts internally (position i predicts labels[i+1]) and
+ignores -100. `loss = CE + aux_loss_coef * sum of the MoE layers' load-balancing losses`; `out.aux_loss`
+is that weighted sum (0 without MoE layers).
+
+Initialisation (GPT-2 style): embeddings and every nn.Linear weight ~ N(0, init_std), biases 0; the
+projections that write into the residual stream (mixers' `out_proj`/`o_proj`, MLPs' down projection) get
+std = init_std / sqrt(2 * n_layers), where n_layers counts mixer+MLP pairs the GPT-2 way, i.e. 2 * n_layers
+= the number of residual sub-layers = len(pattern). Mixers keep their own special inits (Mamba's A_log,
+dt_bias, D, conv1d, and Mamba-1's dt_proj) and the MoE router keeps N(0, init_std) like other linears.
+
+Checkpoints: `save_pretrained(dir)` writes config.json and model.safetensors (no pickle), each through a
+temporary file and os.replace, so a crash never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transmamba.inference.cache import ModelCache
+from transmamba.models.config import ModelConfig
+from transmamba.models.pattern import MIXER_KINDS
+from transmamba.models.schedules import resolve_schedule
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+# module-name suffixes of the projections that write into the residual stream (scaled init)
+RESIDUAL_OUT_NAMES = ("out_proj", "o_proj", "down_proj")
+# Linear layers whose special init belongs to the mixer (Mamba-1's dt_proj: uniform weight, softplus⁻¹ bias)
+KEEP_INIT_NAMES = ("dt_proj",)
+
+
+@dataclasses.dataclass
+class CausalLMOutput:
+    logits: torch.Tensor  # (b, t, V)
+    loss: torch.Tensor | None = None  # scalar: CE + aux (when labels are given)
+    aux_loss: torch.Tensor | None = None  # scalar: weighted MoE load-balancing loss (0 without MoE)
+
+
+class PlainMLP(nn.Module):
+    """Two-matrix MLP for the non-gated activations of the papers' presets (`layers.MLP` is SwiGLU):
+
+        gelu:  down_proj(gelu(up_proj(x)))          relu2: down_proj(relu(up_proj(x))**2)  (squared ReLU,
+                                                    Megatron's choice for the Mamba-2-Hybrid MLPs)
+    """
+
+    def __init__(self, d_model: int, d_ff: int, activation: str):
+        super().__init__()
+        if activation not in ("gelu", "relu2"):
+            raise ValueError(f"PlainMLP: activation must be 'gelu' or 'relu2', got {activation!r}")
+        self.activation = activation
+        self.up_proj = nn.Linear(d_model, d_ff, bias=False)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        h = self.up_proj(hidden)
+        h = F.gelu(h) if self.activation == "gelu" else F.relu(h).square()
+        return self.down_proj(h)
+
+
+def build_sublayer(kind: str, cfg: ModelConfig, transpoint: int | None = None) -> nn.Module:
+    """The nn.Module for one pattern character (without its norm / residual)."""
+    from transmamba import layers as L
+
+    if kind == "mamba2" or kind == "transmamba":
+        kw = dict(d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, headdim=cfg.headdim,
+                  ngroups=cfg.ngroups, chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps)
+        if kind == "mamba2":
+            return L.Mamba2(cfg.d_model, **kw)
+        return L.TransMamba(cfg.d_model, transpoint=int(transpoint or 0), **kw)
+    if kind == "attention":
+        return L.Attention(cfg.d_model, cfg.n_heads, n_kv_heads=cfg.kv_heads, head_dim=cfg.attn_head_dim,
+                           rope=cfg.rope, rope_base=cfg.rope_theta)
+    if kind == "mamba1":
+        return L.Mamba1(cfg.d_model, d_state=cfg.m1_d_state, d_conv=cfg.m1_d_conv, expand=cfg.m1_expand,
+                        dt_rank=cfg.m1_rank)
+    if kind == "mlp":
+        if cfg.mlp_act == "swiglu":
+            return L.MLP(cfg.d_model, cfg.ffn_dim)
+        return PlainMLP(cfg.d_model, cfg.ffn_dim, cfg.mlp_act)
+    if kind == "moe":  # experts are SwiGLU MLPs whatever mlp_act says (Jamba's choice)
+        return L.MoE(cfg.d_model, cfg.expert_dim, n_experts=cfg.n_experts, top_k=cfg.top_k)
+    raise ValueError(f"unknown layer kind {kind!r}")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """write(tmp_path) then os.replace(tmp_path, path): readers never see a partial file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class CausalLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        from transmamba import layers as L
+
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"CausalLM needs a ModelConfig, got {type(config).__name__}")
+        self.config = config
+        kinds = config.layer_kinds
+        points = iter(config.resolved_transpoints())
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        blocks = []
+        for kind in kinds:
+            p = next(points) if kind == "transmamba" else None
+            blocks.append(L.Block(build_sublayer(kind, config, p), config.d_model, config.norm_eps))
+        self.blocks = nn.ModuleList(blocks)
+        self.kinds = kinds
+        self.norm = L.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.reset_parameters()
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    # ---- construction helpers ------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        out_std = std / math.sqrt(len(self.kinds))  # = std / sqrt(2 * n_layers), GPT-2's n_layers
+        nn.init.normal_(self.embed.weight, mean=0.0, std=std)
+        for name, module in self.named_modules():
+            last = name.rsplit(".", 1)[-1]
+            if not isinstance(module, nn.Linear) or last in KEEP_INIT_NAMES or module is self.lm_head:
+                continue
+            nn.init.normal_(module.weight, mean=0.0, std=out_std if last in RESIDUAL_OUT_NAMES else std)
+            if module.bias is not None and not getattr(module.bias, "_no_reinit", False):
+                nn.init.zeros_(module.bias)
+        if not self.config.tie_embeddings:
+            nn.init.normal_(self.lm_head.weight, mean=0.0, std=std)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> CausalLM:
+        from transmamba.models.presets import get_preset
+
+        return cls(get_preset(name, **overrides))
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
+        """Unique parameters (a tied LM head counted once)."""
+        seen, total = set(), 0
+        for p in self.parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            total += p.numel()
+        if exclude_embeddings:
+            total -= self.embed.weight.numel()
+            if not self.config.tie_embeddings:
+                total -= self.lm_head.weight.numel()
+        return total
+
+    def mixer(self, index: int) -> nn.Module:
+        return self.blocks[index].mixer
+
+    def transmamba_layers(self) -> list[nn.Module]:
+        return [self.mixer(i) for i, k in enumerate(self.kinds) if k == "transmamba"]
+
+    def set_transpoints(self, schedule, *, train_len: int | None = None) -> list[int]:
+        """Give every TransMamba layer a new TransPoint: a list (one per `T`) or a name "V1".."V9".
+
+        Named schedules are scaled to `train_len` (default: config.schedule_train_len). Updates the config
+        and returns the resolved list. Caches made before the change no longer fit (make new ones).
+        """
+        layers = self.transmamba_layers()
+        if train_len is None:
+            train_len = self.config.schedule_train_len
+        points = resolve_schedule(schedule, len(layers), train_len=train_len)
+        for layer, p in zip(layers, points):
+            layer.transpoint = p
+        self.config.transpoints = points if not isinstance(schedule, str) else schedule
+        self.config.schedule_train_len = train_len
+        return points
+
+    # ---- forward / decode ----------------------------------------------------------------------
+    def init_cache(self, batch: int, max_len: int | None = None, *, device=None, dtype=None) -> ModelCache:
+        """Fresh decode states (position 0) for `batch` rows; `max_len` sizes the KV buffers."""
+        max_len = self.config.max_seq_len if max_len is None else max_len
+        device = self.device if device is None else device
+        states = []
+        for block, kind in zip(self.blocks, self.kinds):
+            if kind in MIXER_KINDS:
+                states.append(block.mixer.init_state(batch, max_len=max_len, device=device, dtype=dtype))
+            else:
+                states.append(None)
+        return ModelCache(states)
+
+    def _aux_loss(self) -> torch.Tensor:
+        aux = self.embed.weight.new_zeros((), dtype=torch.float32)
+        for block, kind in zip(self.blocks, self.kinds):
+            if kind == "moe":
+                layer_aux = getattr(block.mixer, "aux_loss", None)
+                if layer_aux is not None:
+                    aux = aux + layer_aux.float()
+        return aux * self.config.aux_loss_coef
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        seq_idx: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        cache: ModelCache | None = None,
+    ) -> CausalLMOutput:
+        """input_ids (b, t) long; seq_idx (b, t) document ids for packed rows; labels (b, t) with -100
+        ignored; cache: prefill continuing from (and updating) the decode states."""
+        if input_ids.ndim != 2:
+            raise ValueError(f"CausalLM: input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        if cache is not None and len(cache) != len(self.blocks):
+            raise ValueError(f"CausalLM: cache has {len(cache)} layers, the model {len(self.blocks)}")
+        h = self.embed(input_ids)
+        for i, (block, kind) in enumerate(zip(self.blocks, self.kinds)):
+            if kind in MIXER_KINDS:
+                h = block(h, seq_idx=seq_idx, state=None if cache is None else cache.states[i])
+            else:
+                h = block(h)
+        logits = self.lm_head(self.norm(h))
+        aux = self._aux_loss() if "moe" in self.kinds else None
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"CausalLM: labels must have input_ids' shape {tuple(input_ids.shape)}, "
+                                 f"got {tuple(labels.shape)}")
+            shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+            shift_labels = labels[:, 1:].reshape(-1)
+            if bool((shift_labels != -100).any()):
+                loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+            else:  # nothing to predict: a zero that still backpropagates
+                loss = shift_logits.sum() * 0.0
+            if aux is not None:
+                loss = loss + aux
+        return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux)
+
+    def step(self, input_ids: torch.Tensor, cache: ModelCache) -> torch.Tensor:
+        """Decode one token per row: input_ids (b,) long -> logits (b, V); updates `cache` in place."""
+        if input_ids.ndim != 1:
+            raise ValueError(f"CausalLM.step: input_ids must be (batch,), got shape {tuple(input_ids.shape)}")
+        h = self.embed(input_ids)
+        for block, state in zip(self.blocks, cache.states):
+            h = block.step(h, state)
+        return self.lm_head(self.norm(h))
+
+    def generate(self, input_ids, max_new_tokens: int = 32, **kwargs: Any):
+        """See `transmamba.inference.generate.generate` (temperature, top_k, top_p, greedy, stop_tokens,
+        seed, streamer, ...)."""
+        from transmamba.inference.generate import generate
+
+        return generate(self, input_ids, max_new_tokens, **kwargs)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def _tensors_to_save(self) -> dict[str, torch.Tensor]:
+        state = self.state_dict()
+        if self.config.tie_embeddings:
+            state.pop("lm_head.weight", None)  # the same tensor as embed.weight
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write config.json and model.safetensors into `directory` (created if needed), atomically."""
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = self._tensors_to_save()
+        config_text = json.dumps(self.config.to_dict(), indent=2) + "\n"
+        _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        _atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(config_text))
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, *, device: str | torch.device | None = None, dtype=None
+    ) -> CausalLM:
+        """Load a model written by `save_pretrained`. Missing, unexpected or wrongly shaped tensors raise
+        ValueError naming each tensor (and both shapes)."""
+        from safetensors.torch import load_file
+
+        src = Path(directory)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (src / name).is_file():
+                raise FileNotFoundError(f"from_pretrained: {src / name} not found")
+        config = ModelConfig.load(src / CONFIG_NAME)
+        model = cls(config)
+        tensors = load_file(str(src / WEIGHTS_NAME))
+        model.load_checkpoint_tensors(tensors, source=str(src / WEIGHTS_NAME))
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)
+        return model
+
+    def load_checkpoint_tensors(self, tensors: dict[str, torch.Tensor], *, source: str = "checkpoint"):
+        """Check names and shapes against this model (every problem listed), then load."""
+        expected = dict(self.state_dict())
+        if self.config.tie_embeddings:
+            expected.pop("lm_head.weight", None)
+        problems = []
+        for k in sorted(set(expected) - set(tensors)):
+            problems.append(f"missing tensor {k!r} (model expects shape {tuple(expected[k].shape)})")
+        for k in sorted(set(tensors) - set(expected)):
+            problems.append(f"unexpected tensor {k!r} of shape {tuple(tensors[k].shape)}")
+        for k in sorted(set(tensors) & set(expected)):
+            if tuple(tensors[k].shape) != tuple(expected[k].shape):
+                problems.append(f"tensor {k!r} has shape {tuple(tensors[k].shape)} in the checkpoint but the "
+                                f"model expects {tuple(expected[k].shape)}")
+        if problems:
+            raise ValueError(f"{source} does not fit this model:\n  " + "\n  ".join(problems))
+        self.load_state_dict(tensors, strict=False)
