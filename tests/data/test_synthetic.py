@@ -118,3 +118,21 @@ def test_errors_are_clear():
     with pytest.raises(ValueError, match="unknown task"):
         syn.make_task("nope", 1, 32)
     assert np.isclose(syn.chance_accuracy("phonebook")["exact_match"], 1e-4)
+
+
+def test_causal_lm_trains_on_batches_directly():
+    """labels go straight into CausalLM: its loss is the cross-entropy on the answer tokens only."""
+    lm = pytest.importorskip("transmamba.models.lm")
+    from transmamba.models.config import ModelConfig
+
+    cfg = ModelConfig(vocab_size=syn.DEFAULT_VOCAB, d_model=16, pattern="T-", n_heads=2, d_state=8, headdim=8,
+                      ngroups=2, chunk_size=16, transpoints=[16])
+    model = lm.CausalLM(cfg)
+    b = syn.phonebook(2, 4, seed=0)
+    out = model(b.input_ids, labels=b.labels)
+    pos = b.answer_positions(0)  # logits at pos-1 predict the digits at pos
+    logp = torch.log_softmax(out.logits[:, pos - 1].float(), -1)
+    want = -logp.gather(-1, b.input_ids[:, pos, None]).mean()
+    assert torch.allclose(out.loss, want, atol=1e-5)
+    out.loss.backward()
+    assert model.embed.weight.grad.abs().sum() > 0

@@ -129,7 +129,7 @@ def by_position(ans_ok: torch.Tensor, entry: torch.Tensor, n_entries: int, n_bin
 def greedy_continue(model: Model, prefix: torch.Tensor, n_new: int) -> torch.Tensor:
     """(b, n_new) greedy tokens after `prefix` (b, t).
 
-    Uses ``model.generate(prefix, max_new_tokens=n_new, top_k=1)`` when the model has one (the cached
+    Uses ``model.generate(prefix, max_new_tokens=n_new, greedy=True)`` when the model has one (the cached
     decode path); otherwise a loop of full forward passes.
     """
     device = _device_of(model)
@@ -140,7 +140,7 @@ def greedy_continue(model: Model, prefix: torch.Tensor, n_new: int) -> torch.Ten
         if was_training:
             model.eval()
         try:
-            out = gen(prefix, max_new_tokens=n_new, temperature=0.0, top_k=1)
+            out = gen(prefix, max_new_tokens=n_new, greedy=True)
         finally:
             if was_training:
                 model.train()
