@@ -47,6 +47,11 @@ def data_path(name: str) -> Path:
     raise FileNotFoundError(f"{name}: {rel} not found under {shared_data_dir()} (set TRANSMAMBA_SHARED_DATA)")
 
 
+def mixer_of(model_name: str, mixer: str) -> str:
+    """The Transformer baseline has no Mamba sub-layer: its runs are shared by every mixer's table."""
+    return "-" if model_name == "transformer" else mixer
+
+
 def _key(r: dict) -> tuple:
     return (r["dataset"], r["model"], r["mixer"], r["horizon"], r["seed"])
 
@@ -88,7 +93,7 @@ def run_one(args, dataset: str, model_name: str, horizon: int, seed: int) -> dic
     return {
         "dataset": dataset,
         "model": model_name,
-        "mixer": args.mixer,
+        "mixer": mixer_of(model_name, args.mixer),
         "horizon": horizon,
         "seed": seed,
         "mse": test["mse"],
@@ -126,7 +131,7 @@ def cmd_run(args) -> int:
         (d, m, h, s) for s in args.seeds for h in args.horizons for d in args.datasets for m in args.models
     ]
     for d, m, h, s in grid:
-        if (d, m, args.mixer, h, s) in done:
+        if (d, m, mixer_of(m, args.mixer), h, s) in done:
             continue
         print(f"[{time.strftime('%H:%M:%S')}] {d} {m} ({args.mixer}) H={h} seed={s}", flush=True)
         rec = run_one(args, d, m, h, s)
@@ -152,11 +157,13 @@ def cmd_report(args) -> int:
     order = ["mambaformer", "attention-mamba", "mamba-attention", "mamba", "transformer"]
     lines = []
     groups: dict = {}
-    for r in recs:
-        groups.setdefault((r["dataset"], r["mixer"], r["horizon"], r["model"]), []).append(r)
+    mixers = sorted({r["mixer"] for r in recs if r["mixer"] != "-"}) or ["-"]
+    for r in recs:  # transformer runs ("-") go into every mixer's table
+        for mx in mixers if r["mixer"] == "-" else [r["mixer"]]:
+            groups.setdefault((r["dataset"], mx, r["horizon"], r["model"]), []).append(r)
     datasets = sorted({r["dataset"] for r in recs})
     for ds in datasets:
-        for mixer in sorted({r["mixer"] for r in recs if r["dataset"] == ds}):
+        for mixer in sorted({k[1] for k in groups if k[0] == ds}):
             models = [m for m in order if any(k[0] == ds and k[1] == mixer and k[3] == m for k in groups)]
             horizons = sorted({k[2] for k in groups if k[0] == ds and k[1] == mixer})
             lines.append(
@@ -186,11 +193,12 @@ def cmd_report(args) -> int:
         Path(args.md).write_text(text)
     print(text)
     if args.png:
-        _plot(groups, datasets, order, args.png)
+        mixer = args.plot_mixer or max(mixers, key=lambda mx: sum(r["mixer"] == mx for r in recs))
+        _plot({k: v for k, v in groups.items() if k[1] == mixer}, datasets, order, args.png, mixer)
     return 0
 
 
-def _plot(groups, datasets, order, png):
+def _plot(groups, datasets, order, png, mixer):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,7 +221,7 @@ def _plot(groups, datasets, order, png):
             ax.bar(xs, ys, width, yerr=es, label=m, capsize=2)
         ax.set_xticks(range(len(horizons)), [f"H={h}" for h in horizons])
         ax.set_ylabel("test MSE (standardised)")
-        ax.set_title(ds)
+        ax.set_title(f"{ds} (Mamba sub-layer: {mixer})")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
@@ -250,6 +258,7 @@ def main(argv=None) -> int:
     q.add_argument("--results", nargs="+", required=True)
     q.add_argument("--md", default=None)
     q.add_argument("--png", default=None)
+    q.add_argument("--plot-mixer", default=None, help="which mixer's runs to plot (default: the most runs)")
     q.set_defaults(func=cmd_report)
     args = p.parse_args(argv)
     return args.func(args)

@@ -375,10 +375,15 @@ class ForecastWindows(torch.utils.data.Dataset):
         generator: torch.Generator | None = None,
         limit: int | None = None,
     ) -> Iterator[tuple]:
-        """Iterate batches; ``limit`` caps the number of windows used (a random subset when shuffling)."""
-        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
-        if limit is not None:
-            order = order[:limit]
+        """Iterate batches; ``limit`` caps the number of windows: a random subset when shuffling, else
+        ``limit`` windows evenly spaced over the split."""
+        n = len(self)
+        if shuffle:
+            order = torch.randperm(n, generator=generator)[:limit]
+        elif limit is not None and limit < n:  # evenly spaced windows over the whole split
+            order = torch.linspace(0, n - 1, limit).round().long().unique()
+        else:
+            order = torch.arange(n)
         stop = len(order) - (len(order) % batch_size if drop_last else 0)
         for s in range(0, stop, batch_size):
             yield self.batch(order[s : s + batch_size])
