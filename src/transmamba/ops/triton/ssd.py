@@ -24,7 +24,29 @@ import triton
 
 from transmamba.ops.triton import ssd_kernels as K
 
-__all__ = ["ssd_triton", "ssd_final_state_triton", "ssd_step_triton"]
+__all__ = ["ssd_triton", "ssd_final_state_triton", "ssd_step_triton", "CONFIG"]
+
+# Launch settings per kernel (block sizes are capped at the chunk length; K-blocks at the row blocks).
+# `python benchmarks/run.py --cases ssd-tune` sweeps them; TRANSMAMBA_SSD_CONFIG='{"scan": {"warps": 8}}'
+# overrides them per process (JSON, merged per kernel).
+CONFIG: dict[str, dict[str, int]] = {
+    "state": dict(BK=64, warps=4, stages=2),  # chunk states / u_c
+    "cb": dict(B=64, warps=4, stages=2),  # C·B per chunk and group
+    "scan": dict(BM=64, BK=64, warps=4, stages=2),  # chunk scan (outputs)
+    "dx": dict(BJ=64, BK=64, warps=4, stages=2),  # backward dx / ddt / da
+    "dcb": dict(B=64, warps=4, stages=2),  # backward dCB
+    "bcs": dict(BT=64, BN=64, warps=4, stages=2),  # backward state parts of dB, dC
+}
+if os.environ.get("TRANSMAMBA_SSD_CONFIG"):
+    import json as _json
+
+    for _k, _v in _json.loads(os.environ["TRANSMAMBA_SSD_CONFIG"]).items():
+        CONFIG[_k].update(_v)
+
+
+def _c(kernel: str, Q: int) -> dict[str, int]:
+    """CONFIG[kernel] with block sizes capped at Q."""
+    return {k: (min(v, Q) if k not in ("warps", "stages") else v) for k, v in CONFIG[kernel].items()}
 
 
 def _p2(v: int, lo: int = 16) -> int:
@@ -53,7 +75,6 @@ class _Cfg:
         self.nc = triton.cdiv(self.l, self.Q)
         self.BN = _p2(self.n)
         self.BP = min(64, _p2(self.p))
-        self.BT = min(64, self.Q)
         self.ieee = _ieee(x)
         self.has_seq = seq_idx is not None
         self.seq_ptr = seq_idx if seq_idx is not None else x  # never read without HAS_SEQ
@@ -77,20 +98,22 @@ def _chunk_states(cfg, x, B, dt_eff, dA, seq_idx, reverse=False):
     """Forward: own states of each chunk; reverse (x = dy, B = C): u_c. (b, c, h, p, n) fp32."""
     out = torch.empty(cfg.b, cfg.nc, cfg.h, cfg.p, cfg.n, device=x.device, dtype=torch.float32)
     BN = min(cfg.BN, 128)
+    c = _c("state", cfg.Q)
     grid = (cfg.b * cfg.nc * cfg.h, triton.cdiv(cfg.p, cfg.BP) * triton.cdiv(cfg.n, BN))
     K.chunk_state_kernel[grid](
         x, B, dt_eff, dA, cfg.seq_ptr, out, cfg.l, cfg.h, cfg.g, cfg.p, cfg.n,
         *x.stride(), *B.stride(), *cfg.seq_strides,
-        REVERSE=reverse, HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, Q=cfg.Q, BP=cfg.BP, BN=BN, BK=cfg.BT,
-        num_warps=4, num_stages=2,
+        REVERSE=reverse, HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, Q=cfg.Q, BP=cfg.BP, BN=BN, BK=c["BK"],
+        num_warps=c["warps"], num_stages=c["stages"],
     )
     return out
 
 
-def _pass_states(cfg, states, dA, init, seq_idx, store=True):
+def _pass_states(cfg, states, dA, init, seq_idx, store=True, dtype=torch.float32):
     """-> (S_c entering each chunk (b, c, h, p, n) or None, final (b, h, p, n)), fp32."""
     size = cfg.p * cfg.n
-    prev = torch.empty_like(states) if store else states
+    # incoming states are stored in the inputs' dtype: every reader casts them to it for its dot anyway
+    prev = torch.empty(states.shape, device=states.device, dtype=dtype) if store else states
     final = torch.empty(cfg.b, cfg.h, cfg.p, cfg.n, device=states.device, dtype=torch.float32)
     BS = min(1024, _p2(size))
     init_t = init.float().contiguous() if init is not None else final
@@ -104,10 +127,11 @@ def _pass_states(cfg, states, dA, init, seq_idx, store=True):
 
 def _cb(cfg, C, B):
     cb = torch.empty(cfg.b, cfg.nc, cfg.g, cfg.Q, cfg.Q, device=C.device, dtype=torch.float32)
-    Bt = cfg.BT
+    c = _c("cb", cfg.Q)
+    Bt = c["B"]
     K.bmm_cb_kernel[(cfg.b * cfg.nc * cfg.g, cfg.Q // Bt, cfg.Q // Bt)](
         C, B, cb, cfg.l, cfg.g, cfg.n, *B.stride(),
-        IEEE=cfg.ieee, Q=cfg.Q, BI=Bt, BJ=Bt, BK=min(64, cfg.BN), num_warps=4, num_stages=2,
+        IEEE=cfg.ieee, Q=cfg.Q, BI=Bt, BJ=Bt, BK=min(64, cfg.BN), num_warps=c["warps"], num_stages=c["stages"],
     )
     return cb
 
@@ -126,16 +150,18 @@ def _prep(x, dt, A, B, C, D, z, dt_bias, seq_idx):
 def _forward(cfg, x, dt, A, B, C, D, z, dt_bias, dt_softplus, init, seq_idx):
     dt_eff, dA = _cumsum(cfg, dt, A, dt_bias, dt_softplus)
     states = _chunk_states(cfg, x, B, dt_eff, dA, seq_idx)
-    prev, final = _pass_states(cfg, states, dA, init, seq_idx)
+    prev, final = _pass_states(cfg, states, dA, init, seq_idx, dtype=x.dtype)
     del states
     cb = _cb(cfg, C, B)
     y = torch.empty_like(x)
+    c = _c("scan", cfg.Q)
     ypre = torch.empty_like(x) if z is not None else y
-    K.chunk_scan_kernel[(cfg.b * cfg.nc * cfg.h, cfg.Q // cfg.BT, triton.cdiv(cfg.p, cfg.BP))](
+    K.chunk_scan_kernel[(cfg.b * cfg.nc * cfg.h, cfg.Q // c["BM"], triton.cdiv(cfg.p, cfg.BP))](
         x, C, cb, dt_eff, dA, prev, cfg.seq_ptr, D if D is not None else A, z if z is not None else x, y, ypre,
         cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *C.stride(), *cfg.seq_strides,
         HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        IEEE=cfg.ieee, Q=cfg.Q, BM=cfg.BT, BP=cfg.BP, BN=cfg.BN, BK=cfg.BT, num_warps=4, num_stages=2,
+        IEEE=cfg.ieee, Q=cfg.Q, BM=c["BM"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BM"]),
+        num_warps=c["warps"], num_stages=c["stages"],
     )
     return y, ypre, final, dt_eff, dA
 
@@ -153,7 +179,7 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
     dy = dy.contiguous()
     # recompute the incoming states and C·B
     states = _chunk_states(cfg, x, B, dt_eff, dA, seq_idx)
-    prev, _ = _pass_states(cfg, states, dA, init, seq_idx)
+    prev, _ = _pass_states(cfg, states, dA, init, seq_idx, dtype=x.dtype)
     del states
     cb = _cb(cfg, C, B)
     # state gradients: u_c, then the reverse scan -> ds_c = G_{c+1}, dinit = G_0, da_last terms
@@ -162,7 +188,7 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
     ddt = torch.zeros_like(dA)
     g_buf = (dfinal.float().clone() if dfinal is not None
              else torch.zeros(cfg.b, cfg.h, cfg.p, cfg.n, device=x.device, dtype=torch.float32)).contiguous()
-    ds = torch.empty_like(u)
+    ds = torch.empty(u.shape, device=u.device, dtype=x.dtype)
     size = cfg.p * cfg.n
     BS = min(1024, _p2(size))
     K.state_passing_kernel[(cfg.b * cfg.h, triton.cdiv(size, BS))](
@@ -172,29 +198,35 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
     del u
     # dx, ddt, da, dD
     dx = torch.empty_like(x)
-    nj = cfg.Q // cfg.BT
+    c = _c("dx", cfg.Q)
+    nj = cfg.Q // c["BJ"]
     dD_part = torch.empty(cfg.b * cfg.nc * cfg.h, nj, cfg.p, device=x.device, dtype=torch.float32)
     K.bwd_dx_kernel[(cfg.b * cfg.nc * cfg.h, nj, triton.cdiv(cfg.p, cfg.BP))](
         x, dy, ypre, B, cb, dt_eff, dA, ds, cfg.seq_ptr, D if D is not None else A,
         dx, ddt, dda, dD_part,
         cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *B.stride(), *cfg.seq_strides,
         HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
-        IEEE=cfg.ieee, Q=cfg.Q, BJ=cfg.BT, BP=cfg.BP, BN=cfg.BN, BK=cfg.BT, num_warps=4, num_stages=2,
+        IEEE=cfg.ieee, Q=cfg.Q, BJ=c["BJ"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BJ"]),
+        num_warps=c["warps"], num_stages=c["stages"],
     )
     # dC, dB
     dcb = cb  # reuse the buffer: C·B is no longer needed
-    K.bwd_dcb_kernel[(cfg.b * cfg.nc * cfg.g, cfg.Q // cfg.BT, cfg.Q // cfg.BT)](
+    c = _c("dcb", cfg.Q)
+    K.bwd_dcb_kernel[(cfg.b * cfg.nc * cfg.g, cfg.Q // c["B"], cfg.Q // c["B"])](
         x, dy, dt_eff, dA, cfg.seq_ptr, dcb, cfg.l, cfg.h, cfg.g, cfg.p, *x.stride(), *cfg.seq_strides,
-        HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, Q=cfg.Q, BI=cfg.BT, BJ=cfg.BT, BK=cfg.BP, num_warps=4, num_stages=2,
+        HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, Q=cfg.Q, BI=c["B"], BJ=c["B"], BK=cfg.BP,
+        num_warps=c["warps"], num_stages=c["stages"],
     )
     L = cfg.nc * cfg.Q
     dC = torch.empty(cfg.b, L, cfg.g, cfg.n, device=x.device, dtype=torch.float32)
     dB = torch.empty_like(dC)
-    BN2 = min(cfg.BN, 64)
-    K.bwd_bc_state_kernel[(cfg.b * cfg.nc * cfg.g, cfg.Q // cfg.BT, triton.cdiv(cfg.n, BN2))](
+    c = _c("bcs", cfg.Q)
+    BN2 = min(cfg.BN, c["BN"])
+    K.bwd_bc_state_kernel[(cfg.b * cfg.nc * cfg.g, cfg.Q // c["BT"], triton.cdiv(cfg.n, BN2))](
         x, dy, dt_eff, dA, prev, ds, cfg.seq_ptr, dC, dB, cfg.l, cfg.h, cfg.g, cfg.p, cfg.n,
         *x.stride(), *cfg.seq_strides,
-        HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, Q=cfg.Q, BT=cfg.BT, BN=BN2, BP=cfg.BP, num_warps=4, num_stages=2,
+        HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, Q=cfg.Q, BT=c["BT"], BN=BN2, BP=cfg.BP,
+        num_warps=c["warps"], num_stages=c["stages"],
     )
     pad = L - cfg.l
     Bp = F.pad(B, (0, 0, 0, 0, 0, pad)).view(cfg.b, cfg.nc, cfg.Q, cfg.g, cfg.n).float()
@@ -265,6 +297,12 @@ def ssd_triton(
     B, C, D, z, dt_bias and initial_state. Returns y (b, l, h, p) [, final_state (b, h, p, n) fp32]."""
     from transmamba.ops.ssd_args import check_ssd_args
 
+    if x.dtype == torch.float64:  # references in fp64 stay in torch
+        from transmamba.ops.ssd_chunked import ssd_chunked
+
+        return ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
+                           dt_softplus=dt_softplus, initial_state=initial_state,
+                           return_final_state=return_final_state, seq_idx=seq_idx)
     check_ssd_args("ssd_triton", x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
                    seq_idx=seq_idx, chunk_size=chunk_size)
     y, final = _SSDFunction.apply(x, dt, A, B, C, D, z, dt_bias, initial_state, seq_idx, chunk_size,
@@ -287,6 +325,11 @@ def ssd_final_state_triton(
 ) -> torch.Tensor:
     """The Memory Converter on the GPU: the state (b, h, p, n) fp32 after x, without any output tokens.
     Three launches (chunk cumsum, chunk states, state passing); not differentiable."""
+    if x.dtype == torch.float64:
+        from transmamba.ops.ssd_chunked import ssd_final_state_chunked
+
+        return ssd_final_state_chunked(x, dt, A, B, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                               initial_state=initial_state, seq_idx=seq_idx, chunk_size=chunk_size)
     x, dt, A, B, _, _, _, dt_bias, seq_idx = _prep(x, dt, A, B, B, None, None, dt_bias, seq_idx)
     cfg = _Cfg(x, B, chunk_size, seq_idx)
     dt_eff, dA = _cumsum(cfg, dt, A, dt_bias, dt_softplus)
@@ -313,6 +356,14 @@ def ssd_step_triton(
     """One decode token (see `transmamba.ops.ssd.ssd_step`): one launch, reads the state once and writes it
     once. state (b, h, p, n) (fp32 recommended), x (b, h, p), dt (b, h), B, C (b, g, n). With `inplace`
     the new state overwrites `state` (needs a contiguous state) and `state` itself is returned."""
+    if x.dtype == torch.float64 or state.dtype == torch.float64:
+        from transmamba.ops.ssd_naive import ssd_step_naive
+
+        y, new = ssd_step_naive(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
+        if inplace:
+            state.copy_(new)
+            return y, state
+        return y, new
     b, h, p = x.shape
     g, n = B.shape[1], B.shape[2]
     x = x.contiguous()

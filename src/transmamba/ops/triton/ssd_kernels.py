@@ -187,7 +187,7 @@ def state_passing_kernel(
                 last = tl.load(SEQ + b * s_seq_b + (tl.minimum(c * Q + Q, seqlen) - 1) * s_seq_l)
                 prev = tl.load(SEQ + b * s_seq_b + tl.maximum(c * Q - 1, 0) * s_seq_l)
                 scale = tl.where(last == prev, scale, 0.0)
-            s_prev = tl.load(FINAL + base + offs, mask=m, other=0.0)
+            s_prev = tl.load(FINAL + base + offs, mask=m, other=0.0).to(tl.float32)
             tl.atomic_add(DA_GRAD + da_idx, scale * tl.sum(s * s_prev, axis=0))
             s = scale * s + tl.load(STATES + base + offs, mask=m, other=0.0)
         tl.store(INIT + pid_bh * size + offs, s, mask=m)

@@ -1,0 +1,637 @@
+# ruff: noqa: E501, B023  (closures are called inside the loop iteration that builds them)
+"""GPU benchmark runner: one registry of cases, JSON + CSV + PNG out.
+
+    python benchmarks/run.py --list
+    python benchmarks/run.py --cases ceilings,ssd-op --out docs/results
+    transmamba bench --cases ssd-op --out docs/results          (the same, through the CLI)
+
+Cases (each writes <out>/<case>.json, .csv and, where a plot makes sense, .png):
+    ceilings          measured device-to-device copy bandwidth and bf16 matmul rate (the two floors' rates)
+    ssd-op            SSD forward and forward+backward: ours (Triton) vs mamba_ssm's mamba_chunk_scan_combined
+                      (from .peers/, see ../shared/tools/peer-kernels.sh) vs the torch chunked reference, at
+                      L = 1K..32K with b*L = 32K tokens, 64 heads x 64, d_state 128, 1 group, chunk 256, bf16;
+                      plus the floor (bytes / bandwidth, FLOPs / matmul rate) and agreement with mamba_ssm
+    ssd-decode        one SSD decode step (state update + output) per layer: ours vs mamba_ssm's
+                      selective_state_update vs torch, batch 1 / 16; bandwidth floor = state read + write
+    train-step        model training step (fwd + bwd + AdamW) tokens/s and MFU at T = 2K / 8K for
+                      transmamba-400m and same-size transformer / mamba2 / mamba2-hybrid
+    decode            generate() tokens/s after a 4K..32K prompt, batch 1 / 16
+    transpoint-sweep  training step time of a transmamba-400m-shaped model vs a constant TransPoint P at T = 8192
+
+Every timing is a median of CUDA-event timings after warm-up (triton.testing.do_bench). Nothing here runs
+without a CUDA GPU. Results name the GPU and the command that made them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES: dict[str, tuple[Callable[[argparse.Namespace], list[dict[str, Any]]], str]] = {}
+
+
+def case(name: str, help_: str):
+    def deco(fn):
+        CASES[name] = (fn, help_)
+        return fn
+
+    return deco
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def bench_ms(fn: Callable[[], Any], warmup: int = 25, rep: int = 100) -> float:
+    """Median milliseconds of fn over CUDA events (triton's do_bench: warm-up and repeats in ms)."""
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+_CEIL: dict[str, float] = {}
+
+
+def ceilings() -> dict[str, float]:
+    """Measured copy bandwidth (bytes read + written per s) and bf16 matmul FLOP/s, cached per process."""
+    if not _CEIL:
+        n = 1 << 30  # 1 GiB
+        src = torch.randn(n // 4, device="cuda")
+        dst = torch.empty_like(src)
+        ms = bench_ms(lambda: dst.copy_(src))
+        _CEIL["copy_GBps"] = 2 * n / ms / 1e6
+        m = 8192
+        a = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
+        b = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
+        ms = bench_ms(lambda: a @ b)
+        _CEIL["bf16_TFLOPs"] = 2 * m**3 / ms / 1e9
+        del src, dst, a, b
+        torch.cuda.empty_cache()
+    return dict(_CEIL)
+
+
+def gpu_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+
+
+def load_mamba_ssm():
+    """mamba_ssm's Triton SSD kernels from .peers/ (None when absent or broken)."""
+    peers = ROOT / ".peers"
+    if str(peers) not in sys.path:
+        sys.path.insert(0, str(peers))
+    try:
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except Exception as err:  # noqa: BLE001 - peers are optional
+        print(f"mamba_ssm peer unavailable: {err!r}")
+        return None
+    return {"chunk_scan_combined": mamba_chunk_scan_combined, "selective_state_update": selective_state_update}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# cases
+# ---------------------------------------------------------------------------------------------------------
+
+
+@case("ceilings", "measured copy bandwidth and bf16 matmul rate")
+def run_ceilings(args) -> list[dict[str, Any]]:
+    return [ceilings()]
+
+
+def _ssd_inputs(b, l, h, p, g, n, dtype=torch.bfloat16):
+    dev = "cuda"
+    x = torch.randn(b, l, h, p, device=dev, dtype=dtype)
+    dt = torch.randn(b, l, h, device=dev, dtype=torch.float32) * 0.5 - 1.0
+    A = -torch.rand(h, device=dev) - 0.5
+    B = torch.randn(b, l, g, n, device=dev, dtype=dtype)
+    C = torch.randn(b, l, g, n, device=dev, dtype=dtype)
+    D = torch.randn(h, device=dev)
+    dt_bias = torch.randn(h, device=dev) * 0.3
+    return x, dt, A, B, C, D, dt_bias
+
+
+def ssd_floor(b, l, h, p, g, n, Q, ceil, elt=2) -> dict[str, float]:
+    """Floor of one SSD call: fewest bytes (each input read once, each output written once) over the copy
+    bandwidth, and the chunked algorithm's matmul FLOPs (causal half of the intra-chunk products) over the
+    bf16 matmul rate. Backward: reads x, B, C, dt, dy, y; writes dx, dB, dC, ddt; about 2x the FLOPs."""
+    tok = b * l
+    fwd_bytes = tok * (2 * h * p * elt + 2 * g * n * elt + h * 4)  # x, y, B, C, dt (fp32)
+    bwd_bytes = tok * (4 * h * p * elt + 4 * g * n * elt + 2 * h * 4)
+    fwd_flops = tok * h * (2 * p * n + 2 * p * n + Q * p) + tok * g * Q * n
+    bwd_flops = 2 * fwd_flops
+    bw = ceil["copy_GBps"] * 1e9
+    mm = ceil["bf16_TFLOPs"] * 1e12
+    f_ms = max(fwd_bytes / bw, fwd_flops / mm) * 1e3
+    fb_ms = max((fwd_bytes + bwd_bytes) / bw, (fwd_flops + bwd_flops) / mm) * 1e3
+    return {"fwd_floor_ms": f_ms, "fwdbwd_floor_ms": fb_ms, "fwd_bytes": fwd_bytes, "fwd_flops": fwd_flops,
+            "fwd_mem_ms": fwd_bytes / bw * 1e3, "fwd_mm_ms": fwd_flops / mm * 1e3}
+
+
+@case("ssd-op", "SSD fwd / fwd+bwd: ours vs mamba_ssm vs torch chunked, L 1K..32K at 32K tokens")
+def run_ssd_op(args) -> list[dict[str, Any]]:
+    from transmamba.ops.ssd_chunked import ssd_chunked
+    from transmamba.ops.triton.ssd import ssd_triton
+
+    ceil = ceilings()
+    peer = load_mamba_ssm()
+    rows = []
+    for l in [int(v) for v in args.lengths.split(",")]:
+        rows.append(_ssd_op_row(l, args, peer, ceil, ssd_triton, ssd_chunked))
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _ssd_op_row(l, args, peer, ceil, ssd_triton, ssd_chunked) -> dict[str, Any]:
+    h, p, g, n, Q = 64, 64, 1, 128, 256
+    b = max(1, args.tokens // l)
+    x, dt, A, B, C, D, dt_bias = _ssd_inputs(b, l, h, p, g, n)
+    leaves = [x, dt, A, B, C, D, dt_bias]
+    for t in leaves:
+        t.requires_grad_()
+    dy = torch.randn_like(x)
+    kw = dict(chunk_size=Q, D=D, dt_bias=dt_bias, dt_softplus=True)
+    impls = {"ours": lambda: ssd_triton(x, dt, A, B, C, **kw)}
+    if peer is not None:
+        impls["mamba_ssm"] = lambda: peer["chunk_scan_combined"](x, dt, A, B, C, **kw)
+    if l <= args.torch_max_len:
+        impls["torch_chunked"] = lambda: ssd_chunked(x, dt, A, B, C, **kw)
+    row: dict[str, Any] = {"L": l, "batch": b, "heads": h, "headdim": p, "d_state": n, "groups": g,
+                           "chunk": Q, "dtype": "bf16"}
+    row.update(ssd_floor(b, l, h, p, g, n, Q, ceil))
+    outs = {}
+    for name, fn in impls.items():
+        try:
+            with torch.no_grad():
+                outs[name] = fn().float()
+            row[f"{name}_fwd_ms"] = bench_ms(lambda fn=fn: _nograd(fn))
+            row[f"{name}_fwdbwd_ms"] = bench_ms(
+                lambda fn=fn: torch.autograd.grad(fn(), leaves, dy, allow_unused=True))
+        except Exception as err:  # noqa: BLE001 - record and keep going
+            row[f"{name}_error"] = repr(err)[:300]
+            traceback.print_exc()
+        torch.cuda.empty_cache()
+    if "ours" in outs and "mamba_ssm" in outs:
+        row["rel_err_vs_mamba_ssm"] = rel(outs["ours"], outs["mamba_ssm"])
+        g1 = torch.autograd.grad(impls["ours"](), leaves, dy)
+        g2 = torch.autograd.grad(impls["mamba_ssm"](), leaves, dy)
+        for nm, a, r in zip(["dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias"], g1, g2):
+            row[f"grad_rel_err_{nm}"] = rel(a, r)
+    for name in impls:
+        if f"{name}_fwd_ms" in row:
+            row[f"{name}_fwd_frac_of_floor"] = row["fwd_floor_ms"] / row[f"{name}_fwd_ms"]
+    if "ours_fwdbwd_ms" in row and "mamba_ssm_fwdbwd_ms" in row:
+        row["ours_over_mamba_fwdbwd"] = row["ours_fwdbwd_ms"] / row["mamba_ssm_fwdbwd_ms"]
+        row["ours_over_mamba_fwd"] = row["ours_fwd_ms"] / row["mamba_ssm_fwd_ms"]
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+    return row
+
+
+def _nograd(fn):
+    with torch.no_grad():
+        return fn()
+
+
+@case("ssd-accuracy", "bf16 SSD: ours and mamba_ssm against the fp64 torch reference, fwd and grads")
+def run_ssd_accuracy(args) -> list[dict[str, Any]]:
+    from transmamba.ops.ssd_chunked import ssd_chunked
+    from transmamba.ops.triton.ssd import ssd_triton
+
+    peer = load_mamba_ssm()
+    h, p, g, n, Q = 64, 64, 1, 128, 256
+    rows = []
+    for b, l in ((2, 4096),):
+        x, dt, A, B, C, D, dt_bias = _ssd_inputs(b, l, h, p, g, n)
+        leaves = [x, dt, A, B, C, D, dt_bias]
+        for t in leaves:
+            t.requires_grad_()
+        dy = torch.randn_like(x)
+        kw = dict(chunk_size=Q, D=D, dt_bias=dt_bias, dt_softplus=True)
+        ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+        yr = ssd_chunked(*ref_leaves[:5], chunk_size=Q, D=ref_leaves[5], dt_bias=ref_leaves[6], dt_softplus=True)
+        gr = torch.autograd.grad(yr, ref_leaves, dy.double())
+        impls = {"ours": lambda: ssd_triton(x, dt, A, B, C, **kw)}
+        if peer is not None:
+            impls["mamba_ssm"] = lambda: peer["chunk_scan_combined"](x, dt, A, B, C, **kw)
+        for name, fn in impls.items():
+            y = fn()
+            gs = torch.autograd.grad(y, leaves, dy)
+            row = {"impl": name, "batch": b, "L": l, "y": rel(y, yr)}
+            for nm, a, r in zip(["dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias"], gs, gr):
+                row[nm] = rel(a, r)
+            print(json.dumps({k: (f"{v:.2e}" if isinstance(v, float) else v) for k, v in row.items()}))
+            rows.append(row)
+        del yr, gr, ref_leaves
+        torch.cuda.empty_cache()
+    return rows
+
+
+@case("ssd-profile", "per-kernel times of one SSD fwd+bwd (ours and mamba_ssm), L = 8192, batch 4")
+def run_ssd_profile(args) -> list[dict[str, Any]]:
+    from torch.profiler import ProfilerActivity, profile
+
+    from transmamba.ops.triton.ssd import ssd_triton
+
+    peer = load_mamba_ssm()
+    x, dt, A, B, C, D, dt_bias = _ssd_inputs(4, 8192, 64, 64, 1, 128)
+    leaves = [x, dt, A, B, C, D, dt_bias]
+    for t in leaves:
+        t.requires_grad_()
+    dy = torch.randn_like(x)
+    kw = dict(chunk_size=256, D=D, dt_bias=dt_bias, dt_softplus=True)
+    impls = {"ours": lambda: ssd_triton(x, dt, A, B, C, **kw)}
+    if peer is not None:
+        impls["mamba_ssm"] = lambda: peer["chunk_scan_combined"](x, dt, A, B, C, **kw)
+    rows = []
+    for name, fn in impls.items():
+        for _ in range(3):
+            torch.autograd.grad(fn(), leaves, dy)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                torch.autograd.grad(fn(), leaves, dy)
+            torch.cuda.synchronize()
+        for ev in prof.key_averages():
+            t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+            if t > 0:
+                rows.append({"impl": name, "kernel": ev.key[:80], "us_per_call": t / 5, "calls": ev.count / 5})
+    rows.sort(key=lambda r: (r["impl"], -r["us_per_call"]))
+    for r in rows:
+        print(f"{r['impl']:10s} {r['us_per_call']:9.1f} us  x{r['calls']:.0f}  {r['kernel']}")
+    return rows
+
+
+TUNE_SPACE = {
+    "state": [dict(BK=bk, warps=w, stages=s) for bk in (32, 64, 128) for w in (4, 8) for s in (2, 3)],
+    "cb": [dict(B=bb, warps=w, stages=s) for bb in (64, 128) for w in (4, 8) for s in (2, 3)],
+    "scan": [dict(BM=bm, BK=bk, warps=w, stages=s) for bm in (64, 128) for bk in (32, 64) for w in (4, 8)
+             for s in (2, 3)],
+    "dx": [dict(BJ=bj, BK=bk, warps=w, stages=s) for bj in (64, 128) for bk in (32, 64) for w in (4, 8)
+           for s in (2, 3)],
+    "dcb": [dict(B=bb, warps=w, stages=s) for bb in (32, 64, 128) for w in (4, 8) for s in (2, 3)],
+    "bcs": [dict(BT=bt, BN=bn, warps=w, stages=s) for bt in (64, 128) for bn in (32, 64) for w in (4, 8)
+            for s in (2,)],
+}
+
+
+@case("ssd-tune", "greedy sweep of the SSD kernels' launch settings (L = 8192, batch 4); prints the best")
+def run_ssd_tune(args) -> list[dict[str, Any]]:
+    from transmamba.ops.triton import ssd as S
+
+    x, dt, A, B, C, D, dt_bias = _ssd_inputs(4, 8192, 64, 64, 1, 128)
+    leaves = [x, dt, A, B, C, D, dt_bias]
+    for t in leaves:
+        t.requires_grad_()
+    dy = torch.randn_like(x)
+    kw = dict(chunk_size=256, D=D, dt_bias=dt_bias, dt_softplus=True)
+    ref = S.ssd_triton(x, dt, A, B, C, **kw).detach().float()
+    rows = []
+    for key, space in TUNE_SPACE.items():
+        fwd_only = key in ("state", "cb", "scan")
+        best = None
+        for cand in space:
+            old = dict(S.CONFIG[key])
+            S.CONFIG[key].update(cand)
+            try:
+                if fwd_only:
+                    with torch.no_grad():
+                        ok = rel(S.ssd_triton(x, dt, A, B, C, **kw), ref) < 1e-2
+                    ms = bench_ms(lambda: _nograd(lambda: S.ssd_triton(x, dt, A, B, C, **kw)), rep=60)
+                else:
+                    ok = True
+                    ms = bench_ms(lambda: torch.autograd.grad(S.ssd_triton(x, dt, A, B, C, **kw), leaves, dy),
+                                  rep=60)
+                row = {"kernel": key, **cand, "ms": ms, "ok": ok}
+            except Exception as err:  # noqa: BLE001 - a config that does not compile is skipped
+                row = {"kernel": key, **cand, "error": repr(err)[:200]}
+            S.CONFIG[key] = old
+            rows.append(row)
+            if row.get("ok") and (best is None or row["ms"] < best[1]):
+                best = (cand, row["ms"])
+        if best is not None:
+            S.CONFIG[key].update(best[0])
+        print(f"tune {key}: best {best}")
+    print("TUNED CONFIG " + json.dumps(S.CONFIG))
+    return rows
+
+
+@case("ssd-decode", "one SSD decode step per layer: ours vs mamba_ssm vs torch, batch 1/16")
+def run_ssd_decode(args) -> list[dict[str, Any]]:
+    from transmamba.ops.ssd import ssd_step
+    from transmamba.ops.triton.ssd import ssd_step_triton
+
+    ceil = ceilings()
+    peer = load_mamba_ssm()
+    h, p, g, n = 64, 64, 1, 128
+    rows = []
+    for b in (1, 16, 64):
+        dev = "cuda"
+        state = torch.randn(b, h, p, n, device=dev)
+        x = torch.randn(b, h, p, device=dev, dtype=torch.bfloat16)
+        dt = torch.randn(b, h, device=dev)
+        A = -torch.rand(h, device=dev) - 0.5
+        B = torch.randn(b, g, n, device=dev, dtype=torch.bfloat16)
+        C = torch.randn(b, g, n, device=dev, dtype=torch.bfloat16)
+        D = torch.randn(h, device=dev)
+        bias = torch.randn(h, device=dev)
+        kw = dict(D=D, dt_bias=bias, dt_softplus=True)
+        state_bytes = 2 * state.numel() * 4
+        row = {"batch": b, "heads": h, "headdim": p, "d_state": n, "state_MB": state.numel() * 4 / 1e6,
+               "floor_us": state_bytes / (ceil["copy_GBps"] * 1e9) * 1e6}
+        y_ours, new_ours = ssd_step_triton(state, x, dt, A, B, C, **kw)
+        y_ref, new_ref = ssd_step(state, x, dt, A, B, C, **kw)
+        row["rel_err_y"] = rel(y_ours, y_ref)
+        row["rel_err_state"] = rel(new_ours, new_ref)
+        s2 = state.clone()
+        row["ours_us"] = 1e3 * bench_ms(lambda: ssd_step_triton(s2, x, dt, A, B, C, inplace=True, **kw))
+        row["torch_us"] = 1e3 * bench_ms(lambda: ssd_step(state, x, dt, A, B, C, **kw))
+        if peer is not None:
+            sel = peer["selective_state_update"]
+            s3 = state.clone()
+            # mamba_ssm's layout: per-head tensors (b, h, p) x/dt/D/bias expanded as it expects
+            dt_h = dt[:, :, None].expand(b, h, p)
+            A_h = A[:, None, None].expand(h, p, n)
+            D_h = D[:, None].expand(h, p)
+            bias_h = bias[:, None].expand(h, p)
+            try:
+                y_m = sel(s3.clone(), x, dt_h, A_h, B, C, D=D_h, dt_bias=bias_h, dt_softplus=True)
+                row["rel_err_vs_mamba_ssm"] = rel(y_ours, y_m)
+                row["mamba_ssm_us"] = 1e3 * bench_ms(
+                    lambda: sel(s3, x, dt_h, A_h, B, C, D=D_h, dt_bias=bias_h, dt_softplus=True))
+            except Exception as err:  # noqa: BLE001
+                row["mamba_ssm_error"] = repr(err)[:300]
+        row["ours_frac_of_floor"] = row["floor_us"] / row["ours_us"]
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+        rows.append(row)
+    return rows
+
+
+# ---- model-level cases ------------------------------------------------------------------------------------
+
+
+def _model(preset: str, **overrides):
+    from transmamba.models import CausalLM, get_preset
+
+    cfg = get_preset(preset, **overrides)
+    return CausalLM(cfg)
+
+
+def _train_flops_per_token(model) -> float:
+    """6 x non-embedding parameters: the usual MFU convention. The attention-score and SSD-mixing FLOPs are
+    not counted, so MFU is a lower bound (more so for attention-heavy models at long T)."""
+    n = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name)
+    return 6.0 * n
+
+
+def _train_one(preset: str, over: dict, T: int, tokens_per_step: int, args) -> dict[str, Any]:
+    """One model's training step (bf16 autocast, fused AdamW): median ms, tokens/s, MFU."""
+    torch.manual_seed(0)
+    model = _model(preset, max_seq_len=max(T, 8192), **over).cuda()
+    b = max(1, tokens_per_step // T)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    ids = torch.randint(0, model.config.vocab_size, (b, T), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(ids, labels=ids)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    torch.cuda.synchronize()
+    ms = bench_ms(step, warmup=1, rep=args.train_rep_ms)
+    flops = _train_flops_per_token(model) * b * T
+    return dict(batch=b, step_ms=ms, tokens_per_s=b * T / ms * 1e3,
+                mfu=flops / (ms * 1e-3) / (ceilings()["bf16_TFLOPs"] * 1e12),
+                params=sum(p.numel() for p in model.parameters()),
+                peak_mem_GB=torch.cuda.max_memory_allocated() / 1e9)
+
+
+def _train_step_rows(presets: list[tuple[str, tuple[str, dict]]], lengths: list[int], tokens_per_step: int,
+                     args) -> list[dict[str, Any]]:
+    ceilings()
+    rows = []
+    for label, (preset, over) in presets:
+        for T in lengths:
+            row: dict[str, Any] = {"model": label, "preset": preset, "T": T, **{k: str(v) for k, v in over.items()}}
+            try:
+                row.update(_train_one(preset, over, T, tokens_per_step, args))
+            except Exception as err:  # noqa: BLE001
+                row["error"] = repr(err)[:300]
+                traceback.print_exc()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+            rows.append(row)
+    return rows
+
+
+HYBRID_400M_PATTERN = "M-M-M*-M-M-M-M*-M-M-M-"  # 10 M + 2 attention + 11 MLP, Mamba-2-Hybrid's ~8% attention
+
+
+@case("train-step", "training step tokens/s and MFU, transmamba-400m vs transformer / mamba2 / hybrid")
+def run_train_step(args) -> list[dict[str, Any]]:
+    presets = [
+        ("transmamba-400m", ("transmamba-400m", {})),
+        ("transformer-400m", ("transformer-400m", {})),
+        ("mamba2-400m", ("mamba2-400m", {})),
+        ("mamba2-hybrid-400m", ("mamba2-400m", {"pattern": HYBRID_400M_PATTERN})),
+    ]
+    return _train_step_rows(presets, [int(v) for v in args.train_lengths.split(",")], args.train_tokens, args)
+
+
+@case("transpoint-sweep", "training step time vs a constant TransPoint P at T = 8192")
+def run_transpoint_sweep(args) -> list[dict[str, Any]]:
+    T = 8192
+    presets = []
+    for P in (0, 512, 1024, 2048, 4096, 8192):
+        presets.append((f"P={P}", ("transmamba-400m", {"transpoints": [P] * 12})))
+    presets.append(("V9", ("transmamba-400m", {})))
+    return _train_step_rows(presets, [T], T, args)
+
+
+def _decode_one(preset: str, ctx: int, b: int, new: int) -> dict[str, Any]:
+    """generate() after a ctx-token prompt: prefill seconds and decode tokens/s (greedy)."""
+    torch.manual_seed(0)
+    model = _model(preset, max_seq_len=ctx + 256).cuda().to(torch.bfloat16).eval()
+    ids = torch.randint(0, model.config.vocab_size, (b, ctx), device="cuda")
+    with torch.no_grad():
+        model.generate(ids[:, :64], max_new_tokens=4, temperature=0.0)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model.generate(ids, max_new_tokens=1, temperature=0.0)
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        model.generate(ids, max_new_tokens=new + 1, temperature=0.0)
+        torch.cuda.synchronize()
+        t2 = time.perf_counter()
+    prefill = t1 - t0
+    dec = max(1e-9, (t2 - t1) - prefill)
+    wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return dict(prefill_s=prefill, decode_tokens_per_s=b * new / dec, ms_per_token=dec / new * 1e3,
+                params=sum(p.numel() for p in model.parameters()),
+                peak_mem_GB=torch.cuda.max_memory_allocated() / 1e9,
+                # bandwidth bound of one step: the bf16 weights read once
+                weights_bound_ms=wbytes / (ceilings()["copy_GBps"] * 1e9) * 1e3)
+
+
+@case("decode", "generate() tokens/s after 4K..32K prompts, batch 1/16")
+def run_decode(args) -> list[dict[str, Any]]:
+    rows = []
+    for preset in ("transmamba-400m", "transformer-400m", "mamba2-400m"):
+        for ctx in [int(v) for v in args.decode_contexts.split(",")]:
+            for b in (1, 16):
+                row: dict[str, Any] = {"model": preset, "context": ctx, "batch": b}
+                try:
+                    row.update(_decode_one(preset, ctx, b, args.decode_new_tokens))
+                except Exception as err:  # noqa: BLE001
+                    row["error"] = repr(err)[:300]
+                    traceback.print_exc()
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+                rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# output
+# ---------------------------------------------------------------------------------------------------------
+
+
+def write_outputs(name: str, rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(out / f"{name}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    try:
+        plot(name, rows, out, meta)
+    except Exception as err:  # noqa: BLE001 - a plot never fails a run
+        print(f"plot {name}: {err!r}")
+
+
+def plot(name: str, rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    title = f"{name} on {meta.get('gpu', '?')}"
+    if name == "ssd-op":
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, kind in zip(axes, ("fwd", "fwdbwd")):
+            for impl, style in (("ours", "o-"), ("mamba_ssm", "s--"), ("torch_chunked", "^:")):
+                pts = [(r["L"], r[f"{impl}_{kind}_ms"]) for r in rows if f"{impl}_{kind}_ms" in r]
+                if pts:
+                    ax.plot(*zip(*pts), style, label=impl)
+            ax.plot([r["L"] for r in rows], [r[f"{kind}_floor_ms"] for r in rows], "k-", lw=0.8, label="floor")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("sequence length L (batch = 32K / L)")
+            ax.set_ylabel("ms")
+            ax.set_title(f"SSD {kind}")
+            ax.legend()
+    elif name in ("train-step", "transpoint-sweep"):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        labels = [f"{r['model']}\nT={r['T']}" for r in rows if "tokens_per_s" in r]
+        vals = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
+        ax.bar(range(len(vals)), vals)
+        ax.set_xticks(range(len(vals)), labels, fontsize=7, rotation=30)
+        ax.set_ylabel("training tokens/s")
+    elif name == "decode":
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for model in sorted({r["model"] for r in rows}):
+            for b in (1, 16):
+                pts = [(r["context"], r["decode_tokens_per_s"]) for r in rows
+                       if r["model"] == model and r["batch"] == b and "decode_tokens_per_s" in r]
+                if pts:
+                    ax.plot(*zip(*pts), "o-", label=f"{model} b={b}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context")
+        ax.set_ylabel("decode tokens/s")
+        ax.legend(fontsize=7)
+    else:
+        return
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=110)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description="transmamba GPU benchmarks (one registry of cases)")
+    ap.add_argument("--cases", default="ceilings,ssd-op", help="comma-separated case names (see --list)")
+    ap.add_argument("--list", action="store_true", help="list the cases and exit")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results"), help="output folder for JSON/CSV/PNG")
+    ap.add_argument("--lengths", default="1024,2048,4096,8192,16384,32768", help="ssd-op sequence lengths")
+    ap.add_argument("--tokens", type=int, default=32768, help="ssd-op tokens per call (batch = tokens / L)")
+    ap.add_argument("--torch-max-len", type=int, default=32768, help="ssd-op: torch reference up to this L")
+    ap.add_argument("--train-lengths", default="2048,8192", help="train-step sequence lengths")
+    ap.add_argument("--train-tokens", type=int, default=16384, help="train-step tokens per step")
+    ap.add_argument("--train-rep-ms", type=int, default=2000, help="train-step: ms of timed repeats")
+    ap.add_argument("--decode-contexts", default="4096,16384,32768", help="decode prompt lengths")
+    ap.add_argument("--decode-new-tokens", type=int, default=64, help="decode: new tokens timed")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        for name, (_, h) in CASES.items():
+            print(f"{name:18s} {h}")
+        return 0
+    if not torch.cuda.is_available():
+        print("benchmarks need a CUDA GPU", file=sys.stderr)
+        return 2
+    if str(ROOT / "src") not in sys.path:
+        sys.path.insert(0, str(ROOT / "src"))
+    import triton
+
+    out = Path(args.out)
+    status = 0
+    for name in [c for c in args.cases.split(",") if c]:
+        if name not in CASES:
+            print(f"unknown case {name!r}; known: {', '.join(CASES)}", file=sys.stderr)
+            return 2
+        t0 = time.time()
+        rows = CASES[name][0](args)
+        meta = {"case": name, "gpu": gpu_name(), "torch": torch.__version__, "triton": triton.__version__,
+                "python": platform.python_version(), "command": " ".join(["python", "benchmarks/run.py"] +
+                                                                          (argv if argv is not None else sys.argv[1:])),
+                "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "ceilings": dict(_CEIL),
+                "seconds": round(time.time() - t0, 1)}
+        write_outputs(name, rows, out, meta)
+        print(f"== {name}: {len(rows)} rows in {meta['seconds']} s -> {out}/{name}.json")
+        if any("error" in k for r in rows for k in r):
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
