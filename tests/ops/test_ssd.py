@@ -138,6 +138,27 @@ def test_packed_documents_equal_documents_alone(with_init):
     assert rel_err(final, s_doc) <= TOL
 
 
+def test_non_contiguous_inputs():
+    """Slices of a fused projection (as in a Mamba-2 layer) are accepted without copies by the caller."""
+    inp = make_inputs(2, 20, 4, 3, 2, 4, init=True, z=True)
+    h, p, g, n = 4, 3, 2, 4
+    fused = torch.cat([inp["z"].flatten(2), inp["x"].flatten(2), inp["B"].flatten(2), inp["C"].flatten(2),
+                       inp["dt"]], dim=-1)
+    d = h * p
+    sl = dict(
+        z=fused[..., :d].unflatten(-1, (h, p)), x=fused[..., d:2 * d].unflatten(-1, (h, p)),
+        B=fused[..., 2 * d:2 * d + g * n].unflatten(-1, (g, n)),
+        C=fused[..., 2 * d + g * n:2 * d + 2 * g * n].unflatten(-1, (g, n)), dt=fused[..., -h:],
+    )
+    assert not sl["x"].is_contiguous()
+    rest = dict(A=inp["A"], initial_state=inp["initial_state"].transpose(2, 3).contiguous().transpose(2, 3))
+    y_ref = ssd_naive(**inp)
+    for chunk in (20, 8):  # 20: no padding, so no copy happens inside
+        assert rel_err(ssd_chunked(**sl, **rest, chunk_size=chunk), y_ref) <= TOL
+    assert rel_err(ssd_final_state(sl["x"], sl["dt"], inp["A"], sl["B"], initial_state=rest["initial_state"]),
+                   ssd_naive(**inp, return_final_state=True)[1]) <= TOL
+
+
 def test_seq_idx_constant_equals_no_seq_idx():
     inp = make_inputs(2, 21, 4, 3, 2, 4, init=True)
     seq = torch.full((2, 21), 3, dtype=torch.int32)

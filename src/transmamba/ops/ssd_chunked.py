@@ -52,15 +52,15 @@ class _Chunks:
         self.nc = nc = -(-l // Q)
         L = nc * Q
         self.g, self.r = g, h // g
-        self.x = _pad_seq(x.to(ct), L, 0.0).view(b, nc, Q, g, self.r, p)
-        dt = _pad_seq(dt, L, 0.0).view(b, nc, Q, h)
-        self.xdt = self.x * dt.view(b, nc, Q, g, self.r, 1)
-        self.B = _pad_seq(B.to(ct), L, 0.0).view(b, nc, Q, g, n)
+        self.x = _pad_seq(x.to(ct), L, 0.0).reshape(b, nc, Q, g, self.r, p)
+        dt = _pad_seq(dt, L, 0.0).reshape(b, nc, Q, h)
+        self.xdt = self.x * dt.reshape(b, nc, Q, g, self.r, 1)
+        self.B = _pad_seq(B.to(ct), L, 0.0).reshape(b, nc, Q, g, n)
         self.a = (dt * A.to(ct)).transpose(2, 3)  # (b, c, h, Q)
         if seq_idx is None:
             self.seq = self.prev_doc = None
         else:
-            self.seq = _pad_seq(seq_idx, L).view(b, nc, Q)
+            self.seq = _pad_seq(seq_idx, L).reshape(b, nc, Q)
             last = self.seq[:, :, -1]
             self.prev_doc = torch.cat([self.seq[:, :1, 0], last[:, :-1]], dim=1)
 
@@ -84,7 +84,7 @@ class _Chunks:
     def chunk_states(self) -> torch.Tensor:
         """(b, c, h, p, n): each chunk's contribution to the state at its last token, from its own tokens."""
         b, nc, Q, g, r, p = self.x.shape
-        w = self.decay_to_end().view(b, nc, g, r, Q).permute(0, 1, 4, 2, 3)[..., None]  # (b, c, Q, g, r, 1)
+        w = self.decay_to_end().reshape(b, nc, g, r, Q).permute(0, 1, 4, 2, 3)[..., None]  # (b,c,Q,g,r,1)
         states = torch.einsum("bcsgrp,bcsgn->bcgrpn", self.xdt * w, self.B)
         return states.reshape(b, nc, g * r, p, -1)
 
@@ -138,7 +138,7 @@ def ssd_chunked(
         return (y, init) if return_final_state else y
     ch = _Chunks(x, effective_dt(dt, dt_bias, dt_softplus, ct), A, B, seq_idx, chunk_size, ct)
     Q, nc, g, r = ch.Q, ch.nc, ch.g, ch.r
-    Cc = _pad_seq(C.to(ct), nc * Q, 0.0).view(b, nc, Q, g, n)
+    Cc = _pad_seq(C.to(ct), nc * Q, 0.0).reshape(b, nc, Q, g, n)
 
     # Intra-chunk: seg(t, s) = a_{s+1} + ... + a_t as a cumsum of masked copies (exact sums, no differences).
     idx = torch.arange(Q, device=x.device)
@@ -150,7 +150,7 @@ def ssd_chunked(
     # in place is safe: cumsum saves no output for backward
     decay = torch.exp(seg.masked_fill_(~keep, float("-inf")))  # (b, c, h, t, s)
     CB = torch.einsum("bctgn,bcsgn->bcgts", Cc, ch.B)  # (b, c, g, t, s): no per-head copies of B, C
-    M = CB[:, :, :, None] * decay.view(b, nc, g, r, Q, Q)
+    M = CB[:, :, :, None] * decay.reshape(b, nc, g, r, Q, Q)
     y = torch.einsum("bcgrts,bcsgrp->bctgrp", M, ch.xdt)
 
     # Inter-chunk: chunk states, state passing, and each chunk's incoming state read through C.
@@ -159,8 +159,8 @@ def ssd_chunked(
     if ch.seq is not None:
         other = ch.seq != ch.prev_doc[:, :, None]  # (b, c, t)
         from_start = from_start.masked_fill(other[:, :, None, :], float("-inf"))
-    w = torch.exp(from_start).view(b, nc, g, r, Q).permute(0, 1, 4, 2, 3)[..., None]  # (b, c, t, g, r, 1)
-    y = y + torch.einsum("bctgn,bcgrpn->bctgrp", Cc, incoming.view(b, nc, g, r, p, n)) * w
+    w = torch.exp(from_start).reshape(b, nc, g, r, Q).permute(0, 1, 4, 2, 3)[..., None]  # (b, c, t, g, r, 1)
+    y = y + torch.einsum("bctgn,bcgrpn->bctgrp", Cc, incoming.reshape(b, nc, g, r, p, n)) * w
 
     y = y.reshape(b, nc * Q, h, p)[:, :l]
     y = skip_and_gate(y, x.to(ct), D, z).to(x.dtype)
