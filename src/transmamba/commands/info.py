@@ -33,13 +33,19 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def count_parameters(config) -> tuple[int, int]:
-    """(total, non-embedding) parameters of CausalLM(config), built on the meta device."""
+def count_parameters(config) -> dict[str, int]:
+    """{"total", "non_embedding", "active"} parameters of CausalLM(config), built on the meta device.
+
+    active = parameters one token uses: the MoE experts count top_k / n_experts of their weights.
+    """
     from transmamba.models.lm import CausalLM
 
     with torch.device("meta"):
         model = CausalLM(config)
-    return model.num_parameters(), model.num_parameters(exclude_embeddings=True)
+    total = model.num_parameters()
+    experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
+    active = total - experts + experts * config.top_k // config.n_experts
+    return {"total": total, "non_embedding": model.num_parameters(exclude_embeddings=True), "active": active}
 
 
 def _human(n: float) -> str:
@@ -56,7 +62,7 @@ def describe(name: str, context: int, dtype: torch.dtype) -> dict:
 
     info = get_preset_info(name)
     cfg = info.config()
-    total, non_emb = count_parameters(cfg)
+    counts = count_parameters(cfg)
     out = {
         "name": name,
         "description": info.description,
@@ -66,9 +72,11 @@ def describe(name: str, context: int, dtype: torch.dtype) -> dict:
         "layers_by_kind": count_kinds(cfg.pattern),
         "d_model": cfg.d_model,
         "vocab_size": cfg.vocab_size,
-        "parameters": total,
-        "non_embedding_parameters": non_emb,
+        "parameters": counts["total"],
+        "non_embedding_parameters": counts["non_embedding"],
+        "active_parameters": counts["active"],
         "nominal_parameters": info.nominal_params,
+        "nominal_count_basis": info.count_basis,
         "context": context,
         "cache_bytes_per_sequence": cache_bytes_per_sequence(cfg, context, dtype),
     }
@@ -91,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             cfg = info.config()
             row = {"name": name, "n_layers": cfg.n_layers, "description": info.description}
             if args.params:
-                row["parameters"] = count_parameters(cfg)[0]
+                row["parameters"] = count_parameters(cfg)["total"]
             rows.append(row)
         if args.json:
             print(json.dumps(rows, indent=2))
@@ -121,9 +129,14 @@ def run(args: argparse.Namespace) -> int:
     line = f"parameters   {d['parameters']:,} ({_human(d['parameters'])}); non-embedding " \
            f"{d['non_embedding_parameters']:,} ({_human(d['non_embedding_parameters'])})"
     if d["nominal_parameters"]:
-        dev = 100.0 * (d["parameters"] / d["nominal_parameters"] - 1.0)
-        line += f"; nominal {_human(d['nominal_parameters'])} ({dev:+.1f}%)"
+        basis = d["nominal_count_basis"]
+        counted = d["parameters"] if basis == "total" else d["non_embedding_parameters"]
+        dev = 100.0 * (counted / d["nominal_parameters"] - 1.0)
+        line += f"; nominal {_human(d['nominal_parameters'])} ({basis.replace('_', '-')}: {dev:+.1f}%)"
     print(line)
+    if d["active_parameters"] != d["parameters"]:
+        act = d["active_parameters"]
+        print(f"active       {act:,} ({_human(act)}) per token (MoE top-k)")
     if "transpoints" in d:
         print(f"transpoints  {d['transpoints']}")
     nbytes = d["cache_bytes_per_sequence"]

@@ -86,6 +86,19 @@ def _dtype_bytes(dtype: torch.dtype | int) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
+def layer_cache_bytes(config, kind: str, context_len: int, transpoint: int | None = None,
+                      dtype: torch.dtype | int = torch.bfloat16) -> int:
+    """Bytes one sequence's state holds for one layer of `kind` after `context_len` tokens.
+
+    Everything is in `dtype` except Mamba-1's SSM state, which `Mamba1State` keeps in fp32.
+    """
+    nb = _dtype_bytes(dtype)
+    if kind == "mamba1":
+        d = config.m1_d_inner
+        return d * (config.m1_d_conv - 1) * nb + d * config.m1_d_state * 4
+    return layer_cache_elements(config, kind, context_len, transpoint) * nb
+
+
 def layer_cache_elements(config, kind: str, context_len: int, transpoint: int | None = None) -> int:
     """Elements one sequence's state holds for one layer of `kind` after `context_len` tokens."""
     if kind == "attention":
@@ -108,7 +121,8 @@ def layer_cache_elements(config, kind: str, context_len: int, transpoint: int | 
 def cache_bytes_per_sequence(config, context_len: int, dtype: torch.dtype | int = torch.bfloat16) -> int:
     """Analytic decode-state bytes of one sequence after `context_len` tokens (all layers).
 
-    `dtype`: the state dtype (or bytes per element). TransMamba layers count their KV cache of (B, x, dt)
+    `dtype`: the state dtype (or bytes per element; Mamba-1's SSM state is always counted as fp32, as
+    `Mamba1State` keeps it). TransMamba layers count their KV cache of (B, x, dt)
     only while the context is still at or before their TransPoint (a row converts at its first token with
     position >= P, so after P+1 tokens the cache is gone).
     """
@@ -118,8 +132,8 @@ def cache_bytes_per_sequence(config, context_len: int, dtype: torch.dtype | int 
     total = 0
     for kind in config.layer_kinds:
         P = next(points) if kind == "transmamba" else None
-        total += layer_cache_elements(config, kind, context_len, P)
-    return total * _dtype_bytes(dtype)
+        total += layer_cache_bytes(config, kind, context_len, P, dtype)
+    return total
 
 
 def format_bytes(n: float) -> str:

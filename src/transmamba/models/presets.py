@@ -25,6 +25,8 @@ class Preset:
     description: str
     nominal_params: int | None = None  # the size the source names (e.g. 8e9), None for debug/baseline shapes
     source: str | None = None  # paper / origin
+    # which count the nominal size names: "total" or "non_embedding" (see docs/presets.md)
+    count_basis: str = "total"
 
     def config(self, **overrides: Any) -> ModelConfig:
         cfg = self.factory()
@@ -41,6 +43,7 @@ def register_preset(
     *,
     nominal_params: int | None = None,
     source: str | None = None,
+    count_basis: str = "total",
     overwrite: bool = False,
 ) -> Preset:
     """Register a preset under `name`. `factory` is a ModelConfig or a zero-argument callable making one."""
@@ -51,7 +54,9 @@ def register_preset(
         make: Callable[[], ModelConfig] = lambda: ModelConfig.from_dict(dict(frozen))  # noqa: E731
     else:
         make = factory
-    preset = Preset(name, make, description, nominal_params, source)
+    if count_basis not in ("total", "non_embedding"):
+        raise ValueError(f"count_basis must be 'total' or 'non_embedding', got {count_basis!r}")
+    preset = Preset(name, make, description, nominal_params, source, count_basis)
     _REGISTRY[name] = preset
     return preset
 
@@ -84,7 +89,9 @@ _TINY = dict(vocab_size=512, d_model=64, n_heads=4, d_ff=128, d_state=16, headdi
 # 48 / 16 = 3 value heads of headdim 64.
 _TM = dict(vocab_size=151936, d_model=1536, n_heads=16, d_ff=4096, mlp_act="gelu", d_state=128, headdim=64,
            expand=2, ngroups=16, chunk_size=256, tie_embeddings=False, max_seq_len=8192, rope=True)
-_TM_SIZES = {"400m": (12, 400e6), "1.5b": (32, 1.5e9)}
+# (T- pairs, nominal size, which count the name refers to): at hidden 1536 the untied 152K-token
+# embeddings alone are 467M, so "400M" can only name the non-embedding count (docs/presets.md).
+_TM_SIZES = {"400m": (12, 400e6, "non_embedding"), "1.5b": (32, 1.5e9, "total")}
 
 # Mamba-2-Hybrid 8B (arXiv 2406.07887): 24 Mamba-2 + 4 attention + 28 MLP = 56 sub-layers, hidden 4096,
 # 32 heads with 8 KV groups, no position embedding, squared-ReLU MLP of 16384, 256K vocabulary, untied.
@@ -109,12 +116,12 @@ def _cfg(**kw: Any) -> Callable[[], ModelConfig]:
 
 
 def _register_all() -> None:
-    for size, (n, nominal) in _TM_SIZES.items():
+    for size, (n, nominal, basis) in _TM_SIZES.items():
         register_preset(
             f"transmamba-{size}", _cfg(pattern="T-" * n, transpoints="V9", **_TM),
             f"TransMamba {size.upper()}: 'T-' x {n} ({2 * n} sub-layers), hidden 1536, FFN 4096, ngroups 16 "
             "(16 distinct Q/K heads on the attention path), V9 TransPoint schedule",
-            nominal_params=int(nominal), source="arXiv 2503.24067")
+            nominal_params=int(nominal), source="arXiv 2503.24067", count_basis=basis)
         register_preset(
             f"transformer-{size}", _cfg(pattern="*-" * n, **_TM),
             f"Transformer baseline the shape of transmamba-{size}: '*-' x {n}, 16 heads, RoPE")
