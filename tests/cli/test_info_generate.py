@@ -82,6 +82,11 @@ def test_generate_streams_from_checkpoint(tmp_path, capsys):
     _, again, _ = run_cli(capsys, "generate", "--checkpoint", str(tmp_path), "--prompt", "to be",
                           "--max-new-tokens", "8", "--seed", "0", "--top-k", "20", "--no-stop")
     assert again == out  # seeded
+    code, out3, _ = run_cli(capsys, "generate", "--checkpoint", str(tmp_path), "--prompt", "to be",
+                            "--max-new-tokens", "4", "--greedy", "--transpoints", "0,1,2,3")
+    assert code == 0 and out3.startswith("to be")
+    with pytest.raises(SystemExit, match="4 TransMamba layers"):
+        cli.main(["generate", "--checkpoint", str(tmp_path), "--prompt", "a", "--transpoints", "1,2"])
 
 
 def test_generate_without_tokenizer_is_a_clear_error(tmp_path):

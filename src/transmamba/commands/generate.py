@@ -34,6 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: unseeded)")
     p.add_argument("--no-stop", action="store_true",
                    help=f"do not stop at the tokenizer's end-of-text token {EOS}")
+    p.add_argument("--transpoints", default=None, metavar="SCHEDULE",
+                   help="TransMamba models: decode with another TransPoint schedule, a name V1..V9 (scaled "
+                   "like the checkpoint's) or comma-separated ints, one per T layer (default: as trained)")
     p.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default: cpu)")
     p.set_defaults(func=run)
 
@@ -86,6 +89,13 @@ def run(args: argparse.Namespace) -> int:
         model = CausalLM.from_pretrained(directory, device=args.device)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"generate: cannot load {directory}: {err}") from None
+    if args.transpoints:
+        sched = args.transpoints.strip()
+        try:
+            points = [int(x) for x in sched.split(",")] if sched[0].isdigit() else sched
+            model.set_transpoints(points)
+        except ValueError as err:
+            raise SystemExit(f"generate: --transpoints {sched!r}: {err}") from None
     ids = tokenizer.encode(args.prompt).ids
     if not ids:
         eos = tokenizer.token_to_id(EOS)
