@@ -31,15 +31,19 @@ def test_parameter_names_shapes_and_init():
         "out_proj.weight": (8, 16),
     }
     assert m.dt_rank == math.ceil(D / 16)
+    jamba = Mamba1(D, d_state=4, inner_layernorms=True).state_dict()
+    assert {k: tuple(v.shape) for k, v in jamba.items() if "layernorm" in k} == {
+        "dt_layernorm.weight": (1,), "b_layernorm.weight": (4,), "c_layernorm.weight": (4,)
+    }
     assert torch.allclose(m.A_log.exp(), torch.arange(1.0, 5.0).expand(16, 4))
     assert torch.all(m.D == 1)
     dt = F.softplus(m.dt_proj.bias)
     assert torch.all(dt >= 1e-4) and torch.all(dt <= 0.1 + 1e-6)
 
 
-@pytest.mark.parametrize("impl", ["chunked", "ref"])
-def test_prefill_then_steps_equals_full(impl):
-    m = Mamba1(D, d_state=4, scan_impl=impl)
+@pytest.mark.parametrize("impl,inner_norms", [("chunked", False), ("ref", False), ("chunked", True)])
+def test_prefill_then_steps_equals_full(impl, inner_norms):
+    m = Mamba1(D, d_state=4, scan_impl=impl, inner_layernorms=inner_norms)
     x = torch.randn(2, 13, D)
     full = m(x)
     state = m.init_state(2, max_len=13)

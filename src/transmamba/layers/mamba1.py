@@ -15,6 +15,9 @@ Init (mamba_ssm): dt_proj.weight ~ U(-s, s) with s = dt_scale / sqrt(dt_rank) ("
 dt ~ log-uniform on [dt_min, dt_max] floored at dt_init_floor, dt_proj.bias = softplus⁻¹(dt);
 A_log[d, n] = log(n + 1) (S4D-real); D = 1; the rest torch's default. A_log, D carry `_no_weight_decay`,
 dt_proj.bias `_no_reinit`.
+
+`inner_layernorms=True` adds Jamba's RMSNorms on the x_proj outputs before use (dt before dt_proj, B, C),
+named as in Hugging Face's Jamba: `dt_layernorm` (dt_rank), `b_layernorm`, `c_layernorm` (d_state).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transmamba.layers.norm import RMSNorm
 from transmamba.layers.state import Mamba1State
 from transmamba.ops.checks import check_shape
 from transmamba.ops.conv import causal_conv1d, causal_conv1d_update
@@ -55,6 +59,8 @@ class Mamba1(nn.Module):
         bias: bool = False,
         scan_impl: str = "auto",
         chunk_size: int | None = None,
+        inner_layernorms: bool = False,
+        norm_eps: float = 1e-6,
         device=None,
         dtype=None,
     ):
@@ -88,6 +94,11 @@ class Mamba1(nn.Module):
         self.D._no_weight_decay = True
         self.dt_proj.bias._no_reinit = True
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias, **fk)
+        self.inner_layernorms = inner_layernorms
+        if inner_layernorms:
+            self.dt_layernorm = RMSNorm(self.dt_rank, eps=norm_eps, **fk)
+            self.b_layernorm = RMSNorm(d_state, eps=norm_eps, **fk)
+            self.c_layernorm = RMSNorm(d_state, eps=norm_eps, **fk)
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -126,6 +137,8 @@ class Mamba1(nn.Module):
     def _dt_B_C(self, x: torch.Tensor):
         """x (..., d_inner) -> dt (..., d_inner) before bias/softplus, B, C (..., d_state)."""
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.inner_layernorms:
+            dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
         return F.linear(dt, self.dt_proj.weight), B, C
 
     def forward(
@@ -206,5 +219,5 @@ class Mamba1(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
-            f"dt_rank={self.dt_rank}"
+            f"dt_rank={self.dt_rank}, inner_layernorms={self.inner_layernorms}"
         )
