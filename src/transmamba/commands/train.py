@@ -102,9 +102,9 @@ def split_extra(extra: list[str]) -> dict[str, Any]:
     return out
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults < YAML < command line, all validated."""
-    values: dict[str, Any] = {}
+def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> TrainConfig:
+    """TrainConfig defaults < ``defaults`` (a command's own) < YAML < command line, all validated."""
+    values: dict[str, Any] = dict(defaults or {})
     if getattr(args, "config", None):
         values.update(TrainConfig.from_yaml(args.config))
     model_over = dict(values.pop("model", None) or {})
