@@ -19,7 +19,8 @@ def _qkv(b=2, t=9, hq=4, hkv=2, dh=8):
 
 def _doc_mask(seq_idx):
     t = seq_idx.shape[1]
-    return torch.ones(t, t, dtype=torch.bool).tril() & (seq_idx[:, :, None] == seq_idx[:, None, :])
+    causal = torch.ones(t, t, dtype=torch.bool, device=seq_idx.device).tril()
+    return causal & (seq_idx[:, :, None] == seq_idx[:, None, :])
 
 
 @pytest.mark.parametrize("hkv", [4, 2, 1])
@@ -102,3 +103,15 @@ def test_errors():
         apply_rope(torch.randn(1, 2, 1, 3), torch.arange(2))
     with pytest.raises(ValueError, match=r"attention_decode: lengths must have shape \(2\)"):
         attention_decode(q[:, 0], k, v, torch.tensor([1]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_matches_reference(dtype):
+    q, k, v = (x.cuda().to(dtype) for x in _qkv(b=2, t=64, hq=8, hkv=2, dh=64))
+    seq_idx = torch.cat([torch.zeros(2, 20), torch.ones(2, 44)], 1).long().cuda()
+    tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=1e-4, rtol=1e-4)
+    ref = attention_reference(q.float(), k.float(), v.float(), mask=_doc_mask(seq_idx))
+    torch.testing.assert_close(causal_attention(q, k, v, seq_idx=seq_idx).float(), ref, **tol)
+    ref = attention_reference(q.float(), k.float(), v.float())
+    torch.testing.assert_close(causal_attention(q, k, v).float(), ref, **tol)

@@ -147,3 +147,13 @@ def test_errors_name_argument_and_shape():
     with pytest.raises(ValueError, match=r"selective_state_update: state must have shape \(2, 4, 3\)"):
         x0, dt0, B0, C0 = t["u"][..., 0], t["delta"][..., 0], t["B"][..., 0], t["C"][..., 0]
         selective_state_update(torch.zeros(2, 4, 2), x0, dt0, t["A"], B0, C0)
+
+
+@pytest.mark.gpu
+def test_cuda_auto_dispatch_matches_reference():
+    t = _inputs(2, 64, 16, 300, 4, with_D=True, with_z=True, with_bias=True)
+    seq_idx = torch.cat([torch.zeros(2, 100), torch.ones(2, 200)], 1).long()
+    y_ref, s_ref = selective_scan_ref(**t, delta_softplus=True, return_last_state=True, seq_idx=seq_idx)
+    cuda = {k: v.cuda() for k, v in t.items()}
+    y, s = selective_scan(**cuda, delta_softplus=True, return_last_state=True, seq_idx=seq_idx.cuda())
+    assert _rel(y.cpu(), y_ref) <= 1e-4 and _rel(s.cpu(), s_ref) <= 1e-4
