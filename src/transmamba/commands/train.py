@@ -57,7 +57,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ..
         if "_" in f.name:
             flags.append(f"--{f.name.replace('_', '-')}")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        help_text = f.metadata.get("help", "")
+        if "default" not in help_text:
+            help_text += f" (default: {default})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if default is False or default is True:
             kw.update(nargs="?", const="true", metavar="BOOL")
