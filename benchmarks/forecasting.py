@@ -147,6 +147,20 @@ def _fmt(vals: list[float]) -> str:
     return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
 
 
+def naive_baselines(dataset: str, horizon: int, seq_len: int) -> dict:
+    """Test MSE/MAE of two trivial forecasts: repeat the last look-back value; predict 0 (the train mean)."""
+    from transmamba.data.timeseries import load_forecast_data
+
+    w = load_forecast_data(data_path(dataset), seq_len=seq_len, pred_len=horizon).test
+    x, y, _, _ = w.batch(torch.arange(len(w)))
+    t = y[:, -horizon:]
+    last = x[:, -1:].expand_as(t)
+    return {
+        "repeat-last": (float(((t - last) ** 2).mean()), float((t - last).abs().mean())),
+        "zero": (float((t**2).mean()), float(t.abs().mean())),
+    }
+
+
 def cmd_report(args) -> int:
     recs = [
         json.loads(line) for p in args.results for line in Path(p).read_text().splitlines() if line.strip()
@@ -188,6 +202,19 @@ def cmd_report(args) -> int:
                     mse_s = _fmt([x["mse"] for x in g])
                     cells += [f"**{mse_s}**" if m == best else mse_s, _fmt([x["mae"] for x in g])]
                 lines.append(f"| {h} | " + " | ".join(cells) + f" | {','.join(map(str, sorted(seeds)))} |")
+            if args.naive:
+                seq_len = next(r["settings"]["seq_len"] for r in recs if r["dataset"] == ds)
+                lines.append(
+                    "\nTrivial forecasts on the same test windows (MSE / MAE): "
+                    + "; ".join(
+                        f"H={h}: "
+                        + ", ".join(
+                            f"{k} {v[0]:.3f} / {v[1]:.3f}" for k, v in naive_baselines(ds, h, seq_len).items()
+                        )
+                        for h in horizons
+                    )
+                    + "\n"
+                )
     text = "\n".join(lines) + "\n"
     if args.md:
         Path(args.md).write_text(text)
@@ -258,6 +285,7 @@ def main(argv=None) -> int:
     q.add_argument("--results", nargs="+", required=True)
     q.add_argument("--md", default=None)
     q.add_argument("--png", default=None)
+    q.add_argument("--naive", action="store_true", help="add repeat-last / zero forecasts (reads the data)")
     q.add_argument("--plot-mixer", default=None, help="which mixer's runs to plot (default: the most runs)")
     q.set_defaults(func=cmd_report)
     args = p.parse_args(argv)
