@@ -327,6 +327,8 @@ def run_ssd_tune(args) -> list[dict[str, Any]]:
                 best = (cand, row["ms"])
         if best is not None:
             S.CONFIG[key].update(best[0])
+        else:
+            print(f"tune {key}: no candidate ran")
         print(f"tune {key}: best {best}")
     print("TUNED CONFIG " + json.dumps(S.CONFIG))
     return rows

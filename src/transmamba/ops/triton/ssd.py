@@ -5,10 +5,10 @@
 Same arguments and results as `transmamba.ops.ssd.ssd` (the torch reference is the spec); the algorithm
 and the backward formulas are in `ssd_kernels.py`. Forward: 5 launches (chunk cumsum with dt bias/softplus
 fused, C·B per chunk and group, chunk states, state passing, chunk scan with D and the z gate fused).
-Backward recomputes the chunk states, incoming states and C·B (nothing of size (b, c, h, p, n) is kept
-between forward and backward), then 6 launches and a few small torch ops on (b, h, L) tensors.
-Saved for backward: the inputs, the pre-gate output y (the output itself when z is None) and two fp32
-(b, h, L) tensors (dt_eff and the chunk-cumulative log decays).
+Backward recomputes C·B, takes the incoming chunk states saved by the forward (or recomputes them, see
+SAVE_STATES), then 6 launches and a few small torch ops on (b, h, L) tensors.
+Saved for backward: the inputs, the pre-gate output y when z is given (for dz) and two fp32 (b, h, L)
+tensors (dt_eff and the chunk-cumulative log decays).
 
 Compute: matmul operands in the inputs' dtype (bf16 / fp16; fp32 uses tf32 unless `TRANSMAMBA_SSD_IEEE=1`
 or the Triton interpreter runs), accumulation and all decays in fp32; the final state is fp32.
@@ -29,12 +29,12 @@ __all__ = ["ssd_triton", "ssd_final_state_triton", "ssd_step_triton", "CONFIG"]
 # Launch settings per kernel (block sizes are capped at the chunk length; K-blocks at the row blocks).
 # `python benchmarks/run.py --cases ssd-tune` sweeps them; TRANSMAMBA_SSD_CONFIG='{"scan": {"warps": 8}}'
 # overrides them per process (JSON, merged per kernel).
-CONFIG: dict[str, dict[str, int]] = {
-    "state": dict(BK=64, warps=4, stages=2),  # chunk states / u_c
+CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweep on an H100 (docs/gpu-benchmarks.md)
+    "state": dict(BK=32, warps=4, stages=3),  # chunk states / u_c
     "cb": dict(B=64, warps=4, stages=2),  # C·B per chunk and group
-    "scan": dict(BM=64, BK=64, warps=4, stages=2),  # chunk scan (outputs)
-    "dx": dict(BJ=64, BK=64, warps=4, stages=2),  # backward dx / ddt / da
-    "dcb": dict(B=64, warps=4, stages=2),  # backward dCB
+    "scan": dict(BM=128, BK=32, warps=8, stages=3),  # chunk scan (outputs)
+    "dx": dict(BJ=64, BK=32, warps=4, stages=3),  # backward dx / ddt / da
+    "dcb": dict(B=64, warps=8, stages=3),  # backward dCB and the intra-chunk dA
     "bcs": dict(BT=64, BN=64, warps=4, stages=2),  # backward state parts of dB, dC
 }
 if os.environ.get("TRANSMAMBA_SSD_CONFIG"):
@@ -42,6 +42,12 @@ if os.environ.get("TRANSMAMBA_SSD_CONFIG"):
 
     for _k, _v in _json.loads(os.environ["TRANSMAMBA_SSD_CONFIG"]).items():
         CONFIG[_k].update(_v)
+
+
+# Keep the incoming chunk states (b, c, h, p, n) in the inputs' dtype from forward to backward (about
+# p*n/Q elements per token and head: half of x's size at chunk 256, d_state 128, headdim 64) instead of
+# recomputing them (one chunk-state and one state-passing launch). TRANSMAMBA_SSD_SAVE_STATES=0 recomputes.
+SAVE_STATES = os.environ.get("TRANSMAMBA_SSD_SAVE_STATES", "1") != "0"
 
 
 def _c(kernel: str, Q: int) -> dict[str, int]:
@@ -163,10 +169,11 @@ def _forward(cfg, x, dt, A, B, C, D, z, dt_bias, dt_softplus, init, seq_idx):
         IEEE=cfg.ieee, Q=cfg.Q, BM=c["BM"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BM"]),
         num_warps=c["warps"], num_stages=c["stages"],
     )
-    return y, ypre, final, dt_eff, dA
+    return y, ypre, final, dt_eff, dA, prev
 
 
-def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, init, seq_idx, ypre, dt_eff, dA):
+def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, init, seq_idx, ypre, dt_eff, dA,
+              prev=None):
     dz = None
     if z is not None:
         zf = z.float()
@@ -177,10 +184,11 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
     else:
         dy = dout.to(x.dtype)
     dy = dy.contiguous()
-    # recompute the incoming states and C·B
-    states = _chunk_states(cfg, x, B, dt_eff, dA, seq_idx)
-    prev, _ = _pass_states(cfg, states, dA, init, seq_idx, dtype=x.dtype)
-    del states
+    # the incoming states (saved, or recomputed) and C·B (recomputed)
+    if prev is None:
+        states = _chunk_states(cfg, x, B, dt_eff, dA, seq_idx)
+        prev, _ = _pass_states(cfg, states, dA, init, seq_idx, dtype=x.dtype)
+        del states
     cb = _cb(cfg, C, B)
     # state gradients: u_c, then the reverse scan -> ds_c = G_{c+1}, dinit = G_0, da_last terms
     u = _chunk_states(cfg, dy, C, dt_eff, dA, seq_idx, reverse=True)
@@ -202,7 +210,7 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
     nj = cfg.Q // c["BJ"]
     dD_part = torch.empty(cfg.b * cfg.nc * cfg.h, nj, cfg.p, device=x.device, dtype=torch.float32)
     K.bwd_dx_kernel[(cfg.b * cfg.nc * cfg.h, nj, triton.cdiv(cfg.p, cfg.BP))](
-        x, dy, ypre, B, cb, dt_eff, dA, ds, cfg.seq_ptr, D if D is not None else A,
+        x, dy, B, cb, dt_eff, dA, ds, cfg.seq_ptr, D if D is not None else A,
         dx, ddt, dda, dD_part,
         cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *B.stride(), *cfg.seq_strides,
         HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
@@ -210,10 +218,13 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
         num_warps=c["warps"], num_stages=c["stages"],
     )
     # dC, dB
-    dcb = cb  # reuse the buffer: C·B is no longer needed
+    dcb = cb  # in place: each tile of C·B is read, then overwritten by dCB
+    dda_in = torch.zeros_like(dA)  # gradient w.r.t. dA_k = dt_k A directly (no reverse cumsum needed)
+    diff = torch.zeros_like(dA)
     c = _c("dcb", cfg.Q)
     K.bwd_dcb_kernel[(cfg.b * cfg.nc * cfg.g, cfg.Q // c["B"], cfg.Q // c["B"])](
-        x, dy, dt_eff, dA, cfg.seq_ptr, dcb, cfg.l, cfg.h, cfg.g, cfg.p, *x.stride(), *cfg.seq_strides,
+        x, dy, dt_eff, dA, cfg.seq_ptr, dcb, dda_in, diff, cfg.l, cfg.h, cfg.g, cfg.p, *x.stride(),
+        *cfg.seq_strides,
         HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, Q=cfg.Q, BI=c["B"], BJ=c["B"], BK=cfg.BP,
         num_warps=c["warps"], num_stages=c["stages"],
     )
@@ -223,8 +234,8 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
     c = _c("bcs", cfg.Q)
     BN2 = min(cfg.BN, c["BN"])
     K.bwd_bc_state_kernel[(cfg.b * cfg.nc * cfg.g, cfg.Q // c["BT"], triton.cdiv(cfg.n, BN2))](
-        x, dy, dt_eff, dA, prev, ds, cfg.seq_ptr, dC, dB, cfg.l, cfg.h, cfg.g, cfg.p, cfg.n,
-        *x.stride(), *cfg.seq_strides,
+        x, dy, C, dt_eff, dA, prev, ds, cfg.seq_ptr, dC, dB, dda, cfg.l, cfg.h, cfg.g, cfg.p, cfg.n,
+        *x.stride(), *C.stride(), *cfg.seq_strides,
         HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, Q=cfg.Q, BT=c["BT"], BN=BN2, BP=cfg.BP,
         num_warps=c["warps"], num_stages=c["stages"],
     )
@@ -236,7 +247,7 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
     dC = dC.view(cfg.b, L, cfg.g, cfg.n)[:, : cfg.l].to(C.dtype)
     dB = dB.view(cfg.b, L, cfg.g, cfg.n)[:, : cfg.l].to(B.dtype)
     # dt, A, dt_bias: a = cumsum(dt_eff A) -> d(dt_eff A)_k = sum_{i>=k} da_i
-    rcs = dda.flip(-1).cumsum(-1).flip(-1)
+    rcs = dda.flip(-1).cumsum(-1).flip(-1) + dda_in + diff.cumsum(-1)
     ddt_eff = ddt + A.float()[None, :, None, None] * rcs
     dA_ = (dt_eff * rcs).sum((0, 2, 3)).to(A.dtype)
     ddt_eff = ddt_eff.view(cfg.b, cfg.h, L)[:, :, : cfg.l].transpose(1, 2)  # (b, l, h)
@@ -258,21 +269,25 @@ class _SSDFunction(torch.autograd.Function):
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, init, seq_idx, chunk_size, dt_softplus):
         x, dt, A, B, C, D, z, dt_bias, seq_idx = _prep(x, dt, A, B, C, D, z, dt_bias, seq_idx)
         cfg = _Cfg(x, B, chunk_size, seq_idx)
-        y, ypre, final, dt_eff, dA = _forward(cfg, x, dt, A, B, C, D, z, dt_bias, dt_softplus, init, seq_idx)
+        y, ypre, final, dt_eff, dA, prev = _forward(cfg, x, dt, A, B, C, D, z, dt_bias, dt_softplus, init,
+                                                    seq_idx)
+        if not SAVE_STATES:
+            prev = None
         ctx.cfg = cfg
         ctx.dt_softplus = dt_softplus
         ctx.has = (D is not None, z is not None, dt_bias is not None, init is not None)
-        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, ypre, dt_eff, dA)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, ypre if z is not None else None,
+                              dt_eff, dA, prev)
         ctx.set_materialize_grads(False)
         return y, final
 
     @staticmethod
     def backward(ctx, dout, dfinal):
-        x, dt, A, B, C, D, z, dt_bias, init, seq_idx, ypre, dt_eff, dA = ctx.saved_tensors
+        x, dt, A, B, C, D, z, dt_bias, init, seq_idx, ypre, dt_eff, dA, prev = ctx.saved_tensors
         if dout is None:
             dout = torch.zeros_like(x)
         grads = _backward(ctx.cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, ctx.dt_softplus, init, seq_idx,
-                          ypre, dt_eff, dA)
+                          ypre, dt_eff, dA, prev)
         dx, ddt, dA_, dB, dC, dD, dz, d_bias, dinit = grads
         return dx, ddt, dA_, dB, dC, dD, dz, d_bias, dinit, None, None, None
 

@@ -20,12 +20,15 @@ Backward (dy given, G_c = dL/dS_c):
     G_c    = exp(a_last,c) G_{c+1} + u_c,   G_nc = dL/dfinal,   ds_c = G_{c+1}   (state_passing, REVERSE)
     dx_j   = dt_j sum_{i>=j} CB_ij exp(a_i - a_j) dy_i + dt_j exp(a_last - a_j) ds_c B_j + D dy_j
     ddt_j  = sum_{i>=j} CB_ij exp(a_i - a_j) dy_i·x_j + exp(a_last - a_j) x_j·(ds_c B_j)       (=: r_j + q_j)
-    da_i   = dy_i·(y_i - D x_i) - dt_i r_i - dt_i q_i  (+ sum_j dt_j q_j + exp(a_last) <G_{c+1}, S_c> at i = last)
+    dA_k   (gradient w.r.t. the step log decay dt_k A) = sum_{i >= k > j} W_ij            (bwd_dcb, no cancellation)
+             + sum_{i >= k} exp(a_i) dy_i·(S_c C_i)  + sum_{j < k} dt_j q_j + exp(a_last) <G_{c+1}, S_c>
+             with W_ij = CB_ij exp(a_i - a_j) dt_j dy_i·x_j
     dCB_ij = sum_{heads of the group} exp(a_i - a_j) dt_j dy_i·x_j   (i >= j);  dC = dCB B + ..., dB = dCBᵀ C + ...
     dC_i  += sum_h exp(a_i) dy_i S_c;   dB_j += sum_h exp(a_last - a_j) dt_j x_j ds_c
 
-The da row terms use dy_i·y_i (y saved from the forward) instead of a second pass over the chunk; a is a
-cumulative sum, so d(dt_k A) = sum_{i>=k} da_i, done in torch on the small (b, h, L) tensors.
+The intra-chunk dA_k term is summed over the rectangle i >= k > j directly (as mamba_ssm's "stable" ddA
+does) rather than as a row-sum minus column-sum difference, which cancels badly in bf16. Then
+ddt_k = r_k + q_k + A dA_k and dA = sum_k dt_k dA_k, in torch on the small (b, h, L) tensors.
 """
 
 from __future__ import annotations
@@ -311,7 +314,7 @@ def chunk_scan_kernel(
 
 @triton.jit
 def bwd_dx_kernel(
-    X, DY, Y, BM, CB, DT, DA, DS, SEQ, DPTR,
+    X, DY, BM, CB, DT, DA, DS, SEQ, DPTR,
     DX, DDT, DDA, DD,
     seqlen, nheads, ngroups, headdim, dstate,
     s_x_b, s_x_l, s_x_h, s_x_p,
@@ -355,16 +358,16 @@ def bwd_dx_kernel(
         offs_i = k + tl.arange(0, BK)
         ti = t0 + offs_i
         mi = ti < seqlen
-        cbt = tl.load(cbb + offs_i[None, :] * Q + offs_j[:, None])  # (BJ, BK) = CBᵀ
+        cb = tl.load(cbb + offs_i[:, None] * Q + offs_j[None, :])  # (BK, BJ), rows i
         a_i = tl.load(DA + da_base + offs_i)
-        keep = (offs_i[None, :] >= offs_j[:, None]) & mi[None, :]
+        keep = (offs_i[:, None] >= offs_j[None, :]) & mi[:, None]
         if HAS_SEQ:
             seq_i = tl.load(SEQ + b * s_seq_b + ti * s_seq_l, mask=mi, other=-2)
-            keep &= seq_i[None, :] == seq_j[:, None]
-        w = tl.where(keep, cbt * tl.exp(tl.where(keep, a_i[None, :] - a_j[:, None], 0.0)), 0.0)
+            keep &= seq_i[:, None] == seq_j[None, :]
+        w = tl.where(keep, cb * tl.exp(tl.where(keep, a_i[:, None] - a_j[None, :], 0.0)), 0.0)
         dyi = tl.load(DY + xyb + ti[:, None] * s_x_l + offs_p[None, :] * s_x_p,
                       mask=mi[:, None] & mp[None, :], other=0.0)
-        acc += _dot(w.to(dyi.dtype), dyi, IEEE)
+        acc += _dot(tl.trans(w.to(dyi.dtype)), dyi, IEEE)
     off_j = xyb + tj[:, None] * s_x_l + offs_p[None, :] * s_x_p
     mo = mj[:, None] & mp[None, :]
     xj = tl.load(X + off_j, mask=mo, other=0.0).to(tl.float32)
@@ -382,34 +385,39 @@ def bwd_dx_kernel(
     q = tl.sum(zs * xj, axis=1)
     dx = (acc + zs) * dt_j[:, None]
     dyj = tl.load(DY + off_j, mask=mo, other=0.0).to(tl.float32)
-    yj = tl.load(Y + off_j, mask=mo, other=0.0).to(tl.float32)
     if HAS_D:
         if D_PER_P:
             d = tl.load(DPTR + h * headdim + offs_p, mask=mp, other=0.0).to(tl.float32)[None, :]
         else:
             d = tl.load(DPTR + h).to(tl.float32)
         dx += dyj * d
-        yj -= xj * d
         tl.store(DD + ((bc * nheads + h) * tl.num_programs(1) + pj) * headdim + offs_p,
                  tl.sum(dyj * xj, axis=0), mask=mp)
     tl.store(DX + off_j, dx, mask=mo)
-    da = tl.sum(dyj * yj, axis=1) - dt_j * (r + q)
     tl.atomic_add(DDT + da_base + offs_j, r + q, mask=mj)
-    tl.atomic_add(DDA + da_base + offs_j, da, mask=mj)
+    tl.atomic_add(DDA + da_base + offs_j, -dt_j * q, mask=mj)
     tl.atomic_add(DDA + da_base + Q - 1, tl.sum(dt_j * q, axis=0))
 
 
 @triton.jit
 def bwd_dcb_kernel(
-    X, DY, DT, DA, SEQ, OUT,
+    X, DY, DT, DA, SEQ, OUT, DDA_IN, DIFF,
     seqlen, nheads, ngroups, headdim,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_seq_b, s_seq_l,
     HAS_SEQ: tl.constexpr, IEEE: tl.constexpr,
     Q: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
 ):
-    """OUT[b, c, g, i, j] = sum_{h of g} exp(a_i - a_j) dt_j dy_i·x_j for i >= j (0 elsewhere).
-    Grid (b * nchunks * g, Q // BI, Q // BJ). OUT fp32."""
+    """OUT[b, c, g, i, j] = sum_{h of g} exp(a_i - a_j) dt_j dy_i·x_j for i >= j (0 elsewhere); OUT holds
+    C·B on entry (read before it is overwritten, tile by tile).
+
+    Also the intra-chunk gradient with respect to each step's log decay dA_k = dt_k A, summed without
+    cancellation: with W_ij = CB_ij exp(a_i - a_j) dt_j dy_i·x_j (one head), a_i - a_j = dA_{j+1} + ... + dA_i,
+    so d/d dA_k = sum_{i >= k > j} W_ij. Per tile (BI == BJ): k in the j block gets the exclusive cumsum of
+    the column sums, k in the i block the reverse cumsum of the row sums, k strictly between the blocks the
+    tile total (added through DIFF, a difference array: +total at the j block's end, -total at the i
+    block's start; the caller cumsums it); a diagonal tile uses the 2-D form. DDA_IN and DIFF are
+    (b, h, c, Q) fp32, atomically added. Grid (b * nchunks * g, Q // BI, Q // BJ)."""
     pid = tl.program_id(0)
     pi = tl.program_id(1)
     pj = tl.program_id(2)
@@ -432,6 +440,8 @@ def bwd_dcb_kernel(
             seq_i = tl.load(SEQ + b * s_seq_b + ti * s_seq_l, mask=mi, other=-1)
             seq_j = tl.load(SEQ + b * s_seq_b + tj * s_seq_l, mask=mj, other=-2)
             keep &= seq_i[:, None] == seq_j[None, :]
+        cb = tl.load(OUT + pid * Q * Q + offs_i[:, None] * Q + offs_j[None, :])
+        cb = tl.where(keep, cb, 0.0)
         hpg = nheads // ngroups
         for hh in range(0, hpg):
             h = g * hpg + hh
@@ -448,22 +458,38 @@ def bwd_dcb_kernel(
                 xj = tl.load(X + b * s_x_b + h * s_x_h + tj[None, :] * s_x_l + offs_k[:, None] * s_x_p,
                              mask=mj[None, :] & mk[:, None], other=0.0)
                 m += _dot(dyi, xj, IEEE)
-            acc += tl.where(keep, m * tl.exp(tl.where(keep, a_i[:, None] - a_j[None, :], 0.0)) * dt_j[None, :], 0.0)
+            w = tl.where(keep, m * tl.exp(tl.where(keep, a_i[:, None] - a_j[None, :], 0.0)) * dt_j[None, :], 0.0)
+            acc += w
+            w = w * cb
+            if pj < pi:
+                col = tl.sum(w, axis=0)
+                row = tl.sum(w, axis=1)
+                tot = tl.sum(row, axis=0)
+                tl.atomic_add(DDA_IN + da_base + offs_j, tl.cumsum(col, axis=0) - col)
+                tl.atomic_add(DDA_IN + da_base + offs_i, tot - tl.cumsum(row, axis=0) + row)
+                tl.atomic_add(DIFF + da_base + pj * BJ + BJ, tot)
+                tl.atomic_add(DIFF + da_base + pi * BI, -tot)
+            else:
+                r = tl.cumsum(w, axis=1) - w  # r[i, k] = sum_{j<k} W_ij
+                contrib = tl.sum(tl.where(offs_i[:, None] >= offs_j[None, :], r, 0.0), axis=0)
+                tl.atomic_add(DDA_IN + da_base + offs_j, contrib)
     tl.store(OUT + pid * Q * Q + offs_i[:, None] * Q + offs_j[None, :], acc)
 
 
 @triton.jit
 def bwd_bc_state_kernel(
-    X, DY, DT, DA, SPREV, DS, SEQ, DC, DB,
+    X, DY, CM, DT, DA, SPREV, DS, SEQ, DC, DB, DDA,
     seqlen, nheads, ngroups, headdim, dstate,
     s_x_b, s_x_l, s_x_h, s_x_p,
+    s_c_b, s_c_l, s_c_g, s_c_n,
     s_seq_b, s_seq_l,
     HAS_SEQ: tl.constexpr, IEEE: tl.constexpr,
     Q: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
 ):
     """State parts of dC and dB for a block of tokens, summed over the heads of the group:
     DC[t] = sum_h exp(a_t) dy_t S_c,  DB[t] = sum_h exp(a_last - a_t) dt_t x_t ds_c.
-    Grid (b * nchunks * g, Q // BT, cdiv(n, BN)). DC, DB fp32 (b, nchunks*Q, g, n) contiguous."""
+    Also DDA[t] += exp(a_t) dy_t·(S_c C_t) per head (the incoming state's log-decay gradient; partial
+    over n blocks). Grid (b * nchunks * g, Q // BT, cdiv(n, BN)). DC, DB fp32 (b, nchunks*Q, g, n)."""
     pid = tl.program_id(0)
     pt = tl.program_id(1)
     pn = tl.program_id(2)
@@ -488,6 +514,8 @@ def bwd_bc_state_kernel(
         keep_b &= seq_t == seq_last
     acc_c = tl.zeros((BT, BN), dtype=tl.float32)
     acc_b = tl.zeros((BT, BN), dtype=tl.float32)
+    ct = tl.load(CM + b * s_c_b + g * s_c_g + tt[:, None] * s_c_l + offs_n[None, :] * s_c_n,
+                 mask=mt[:, None] & mn[None, :], other=0.0).to(tl.float32)
     hpg = nheads // ngroups
     for hh in range(0, hpg):
         h = g * hpg + hh
@@ -512,8 +540,10 @@ def bwd_bc_state_kernel(
                          mask=mp[:, None] & mn[None, :], other=0.0)
             pc += _dot(dyt, sp.to(dyt.dtype), IEEE)
             pb += _dot(xt, ds.to(xt.dtype), IEEE)
-        acc_c += pc * wc[:, None]
+        pc = pc * wc[:, None]
+        acc_c += pc
         acc_b += pb * wb[:, None]
+        tl.atomic_add(DDA + da_base + offs_t, tl.sum(pc * ct, axis=1), mask=mt)
     out = ((b * nchunks * Q + tt[:, None]) * ngroups + g) * dstate + offs_n[None, :]
     tl.store(DC + out, acc_c, mask=mt[:, None] & mn[None, :])
     tl.store(DB + out, acc_b, mask=mt[:, None] & mn[None, :])
