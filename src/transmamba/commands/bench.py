@@ -1,0 +1,70 @@
+"""`transmamba bench`: run the GPU benchmark cases of `benchmarks/run.py` (a checkout's runner).
+
+    transmamba bench --list
+    transmamba bench --cases ceilings,ssd-op --out docs/results
+    transmamba bench --cases train-step --train-lengths 2048,8192
+
+The runner lives in the source checkout (`benchmarks/run.py`, beside `src/`), not in the installed package;
+this command finds it from the current directory or from the package's source location, or takes
+`--runner PATH`. Every option after the known ones is handed to the runner (see `--list` and
+`python benchmarks/run.py --help`). Needs a CUDA GPU (and triton) for every case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+
+def _find_runner(explicit: str | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    here = Path.cwd()
+    candidates = [here / "benchmarks" / "run.py", *(p / "benchmarks" / "run.py" for p in here.parents)]
+    import transmamba
+
+    candidates.append(Path(transmamba.__file__).resolve().parents[2] / "benchmarks" / "run.py")
+    for c in candidates:
+        if c.is_file():
+            return c
+    return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    runner = _find_runner(args.runner)
+    if runner is None or not runner.is_file():
+        print("transmamba bench: benchmarks/run.py not found; run from a source checkout or pass "
+              "--runner PATH")
+        return 2
+    spec = importlib.util.spec_from_file_location("transmamba_bench_runner", runner)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    argv = list(args.rest)
+    if args.list:
+        argv.append("--list")
+    if args.cases:
+        argv += ["--cases", args.cases]
+    if args.out:
+        argv += ["--out", args.out]
+    return int(module.main(argv) or 0)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="GPU benchmarks: SSD kernels vs mamba_ssm, training step, decode, TransPoint sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--list", action="store_true", help="list the benchmark cases and exit")
+    p.add_argument("--cases", default=None,
+                   help="comma-separated cases, e.g. ceilings,ssd-op,ssd-decode,train-step,decode,"
+                   "transpoint-sweep")
+    p.add_argument("--out", default=None, help="folder for the JSON/CSV/PNG results (default docs/results)")
+    p.add_argument("--runner", default=None,
+                   help="path of benchmarks/run.py (default: found from the checkout)")
+    p.add_argument("rest", nargs=argparse.REMAINDER,
+                   help="further runner options, e.g. --lengths 1024,4096 --train-tokens 16384")
+    p.set_defaults(func=_run)
