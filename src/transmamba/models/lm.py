@@ -114,6 +114,8 @@ def _atomic_write(path: Path, write) -> None:
 
 
 class CausalLM(nn.Module):
+    """Decoder-only LM over `config.pattern` (see the module docstring); `model(ids)` -> CausalLMOutput."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         from transmamba import layers as L
