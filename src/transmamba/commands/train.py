@@ -151,6 +151,8 @@ def _run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     result = Trainer(cfg).fit()
+    if not result.is_main:
+        return 0
     if result.evals:
         print(f"final: step {result.step}, val loss {result.final_val_loss:.4f}, "
               f"val bits/byte {result.final_val_bpb:.4f}, best {result.best_val_loss:.4f}")

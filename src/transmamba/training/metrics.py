@@ -40,7 +40,7 @@ class MetricsLogger:
             with open(self.path, newline="") as f:
                 kept = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
         with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
             w.writeheader()
             w.writerows(kept)
         if tensorboard:
@@ -55,7 +55,8 @@ class MetricsLogger:
         if not self.enabled:
             return
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=COLUMNS).writerow({k: _fmt(row.get(k)) for k in COLUMNS})
+            writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+            writer.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
         if self.tb is not None:
             for k, v in row.items():
                 if k not in ("step",) and isinstance(v, (int, float)) and v is not None:

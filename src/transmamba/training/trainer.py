@@ -55,6 +55,7 @@ class TrainResult:
     wall_s: float
     tokens: int
     stats: dict
+    is_main: bool = True  # rank 0 (the only rank that prints and writes)
 
     @property
     def final_val_loss(self) -> float | None:
@@ -376,7 +377,7 @@ class Trainer:
         return TrainResult(
             run_dir=self.run_dir, step=step, train_losses=train_losses, evals=evals, best_val_loss=best,
             last_checkpoint=last_ckpt, best_checkpoint=best_ckpt, wall_s=time.perf_counter() - t_start,
-            tokens=tokens_seen, stats=dict(data.stats),
+            tokens=tokens_seen, stats=dict(data.stats), is_main=info.is_main,
         )
 
     def _probe(self, model: nn.Module) -> None:
