@@ -96,3 +96,16 @@ def test_lr_schedule_warmup_then_cosine():
     assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1)
     assert all(f(s) >= f(s + 1) - 1e-12 for s in range(10, 120))
     assert math.isclose(f(500), 0.1)
+
+
+def test_model_that_cannot_take_seq_len_fails_before_training(tmp_path, tiny_corpus):
+    class ShortLM(StandInLM):
+        def forward(self, input_ids, **kw):
+            if input_ids.shape[1] % 16:
+                raise ValueError(f"ShortLM: length {input_ids.shape[1]} is not a multiple of 16")
+            return super().forward(input_ids, **kw)
+
+    cfg = _cfg(tmp_path, tiny_corpus, seq_len=24)
+    with pytest.raises(ConfigError, match="cannot take rows of seq_len=24: ShortLM: length 24"):
+        Trainer(cfg, model_factory=lambda v: ShortLM(v), log=lambda m: None).fit()
+    assert not (tmp_path / "run" / "checkpoints").exists()

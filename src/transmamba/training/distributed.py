@@ -67,7 +67,9 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Mod
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
-    return DDP(model, device_ids=ids)
+    # MoE layers route tokens to a subset of experts: some parameters get no gradient in a step
+    has_moe = "moe" in getattr(model, "kinds", ())
+    return DDP(model, device_ids=ids, find_unused_parameters=has_moe)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

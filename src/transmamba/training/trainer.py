@@ -238,11 +238,15 @@ class Trainer:
             tok_path = cfg.tokenizer
             if resume_from is not None and (resume_from / "tokenizer.json").is_file():
                 tok_path = str(resume_from / "tokenizer.json")
+            if info.enabled and not info.is_main:
+                dist_mod.barrier(info)  # rank 0 trains and caches the tokenizer first
             self._data = prepare_text_data(
                 cfg.data, seq_len=cfg.seq_len, vocab_size=cfg.vocab_size, val_fraction=cfg.val_fraction,
                 seed=cfg.seed, text_field=cfg.text_field, cache_dir=cfg.cache_dir, tokenizer_path=tok_path,
                 log=self.log,
             )
+            if info.enabled and info.is_main:
+                dist_mod.barrier(info)
         self.data = data = self._data
         s = data.stats
         self.log(
