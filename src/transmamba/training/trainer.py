@@ -179,7 +179,10 @@ class Trainer:
             with _autocast(self.device, cfg.dtype):
                 out = model(batch["input_ids"].to(self.device), seq_idx=batch["seq_idx"].to(self.device),
                             labels=labels.to(self.device))
-            total_loss += _scalar(out.loss) * count
+            ce = _scalar(out.loss)
+            if getattr(out, "aux_loss", None) is not None:
+                ce -= _scalar(out.aux_loss)  # validation reports cross entropy only (no MoE balance term)
+            total_loss += ce * count
             n_tok += count
             n_bytes += int(token_bytes[targets[valid].clamp(min=0, max=len(token_bytes) - 1)].sum())
         total_loss, n_tok, n_bytes = dist_mod.all_reduce_sum([total_loss, n_tok, n_bytes], self.info,
