@@ -216,6 +216,8 @@ def run_job(job):
     """One training run plus all its evaluations; returns a JSON-able dict (never raises)."""
     _setup_worker()
     t0 = time.time()
+    if job.get("deadline") is not None and t0 > job["deadline"]:
+        return {**{k: job[k] for k in ("part", "task", "kind", "seed")}, "error": "skipped: out of time"}
     try:
         return _run_job(job, t0)
     except Exception as err:  # a broken kind must not take the whole reproduction down
@@ -230,21 +232,23 @@ def run_job(job):
 
 
 def _run_job(job, t0):
-    from transmamba.data.synthetic import SyntheticStream
+    from transmamba.data.synthetic import make_task
     from transmamba.eval.perplexity import perplexity
     from transmamba.eval.recall import evaluate_lengths
     from transmamba.models.lm import CausalLM
 
     a = job["args"]
     device = _device(a)
+    if a.get("triton") == "off":  # the chunked-torch SSD path instead of the Triton kernels
+        os.environ["TRANSMAMBA_DISABLE_TRITON"] = "1"
+    else:
+        os.environ.pop("TRANSMAMBA_DISABLE_TRITON", None)
     torch.manual_seed(job["seed"])
-    L = a["train_len"]
-    if job["part"] == "calibrate":
-        vocab = a["recall_vocab"]
-    elif job["part"] == "text":
+    L = task_train_len(a, job["task"])
+    if job["part"] == "text":
         train_ids, val_ids, vocab = load_text(a)
     else:
-        vocab = a["recall_vocab"]
+        vocab = a["mqar_vocab"] if job["task"] == "mqar" else a["recall_vocab"]
     cfg = equal_param_config(
         job["kind"], vocab_size=vocab, train_len=L, d_model=a["d_model"], n_layers=a["n_layers"]
     )
@@ -262,10 +266,15 @@ def _run_job(job, t0):
             if task == "phonebook"
             else {}
         )
-        stream = SyntheticStream(task, a["batch_size"], L, vocab_size=vocab, seed=1000 + job["seed"], **kw)
+        rng = np.random.default_rng(1000 + job["seed"])
+        lo = max(16, int(a["train_len_min_frac"] * L))
 
-        def next_batch():
-            b = next(stream)
+        def next_batch():  # one length per batch, uniform in [lo, L]: short rows give signal early
+            length = int(rng.integers(lo, L + 1))
+            kw_b = dict(kw)
+            if task == "phonebook":  # as many queries as asked, at most half the book
+                kw_b["n_queries"] = _fit_queries(length, a)
+            b = make_task(task, a["recall_batch"], length, vocab_size=vocab, seed=rng, **kw_b)
             return b.input_ids, b.labels
     else:
         rng = np.random.default_rng(2000 + job["seed"])
@@ -277,6 +286,10 @@ def _run_job(job, t0):
             return ids, ids
 
     steps = job["steps"]
+    if job["part"] == "calibrate":  # warm up (kernel compilation, allocator) before timing
+        train(model, next_batch, 2, a["lr"], device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
     t_train = time.time()
     curve, done = train(model, next_batch, steps, a["lr"], device, deadline=job.get("deadline"))
     rec.update(
@@ -396,15 +409,37 @@ def _run_job(job, t0):
 # ----------------------------------------------------------------------------------------------- runner
 
 
+def _fit_queries(length, a):
+    from transmamba.data.synthetic import phonebook_length
+
+    nl, dl = a["name_len"], a["number_len"]
+    q = a["train_queries"]
+    while q > 1:
+        n_entries = (length - phonebook_length(0, name_len=nl, number_len=dl, n_queries=q)) // (nl + dl + 2)
+        if n_entries >= 2 * q:
+            break
+        q -= 1
+    return q
+
+
+def task_train_len(a, task):
+    return a["mqar_train_len"] if task == "mqar" else a["train_len"]
+
+
 def build_jobs(a):
+    """Priority order: every kind of seed 0 first (PhoneBook, text), then the next seeds, then MQAR."""
     jobs = []
     for seed in range(a["seeds"]):
-        for task in a["recall_tasks"]:
+        for task in [t for t in a["recall_tasks"] if t != "mqar"]:
             for kind in a["recall_kinds"]:
                 jobs.append({"part": "recall", "task": task, "kind": kind, "seed": seed})
         if a["text"]:
             for kind in a["text_kinds"]:
                 jobs.append({"part": "text", "task": "shakespeare", "kind": kind, "seed": seed})
+    if "mqar" in a["recall_tasks"]:
+        for seed in range(a["mqar_seeds"]):
+            for kind in a["recall_kinds"]:
+                jobs.append({"part": "recall", "task": "mqar", "kind": kind, "seed": seed})
     return jobs
 
 
@@ -430,8 +465,22 @@ def run_all(a, out: Path, log):
                 }
                 for i in range(a["workers"])
             ]
-            got = pool.map(run_job, cal, chunksize=1)
-            step_s = float(np.median([g.get("step_s", np.nan) for g in got]))
+            variants = (
+                ["on", "off"] if (a["triton"] == "auto" and _device(a).type == "cuda") else [a["triton"]]
+            )
+            timing = {}
+            for v in variants:
+                got = pool.map(run_job, [{**c, "args": {**a, "triton": v}} for c in cal], chunksize=1)
+                errs = [g["error"] for g in got if "error" in g]
+                timing[v] = (
+                    float(np.median([g["step_s"] for g in got if "step_s" in g])) if not errs else np.inf
+                )
+                log(f"calibration (triton={v}): {timing[v] * 1000:.1f} ms/step; errors: {errs[:1]}")
+            best = min(timing, key=timing.get)
+            a["triton"] = best
+            step_s = timing[best]
+            if not np.isfinite(step_s):
+                raise RuntimeError("calibration failed for every SSD backend; see the errors above")
             left = deadline - time.time()
             per_job = left * a["workers"] / max(1, len(jobs)) * 0.75  # evaluation takes the rest
             steps = int(max(a["min_steps"], min(a["max_steps"], per_job / step_s)))
@@ -445,7 +494,8 @@ def run_all(a, out: Path, log):
                     "step_s": step_s,
                     "steps": steps,
                     "workers": a["workers"],
-                    "errors": [g.get("error") for g in got if "error" in g],
+                    "timing": timing,
+                    "triton": best,
                 }
             )
         for j in jobs:
@@ -570,7 +620,9 @@ def report(data, out: Path, log=print):
     for task in a["recall_tasks"]:
         lengths = a["eval_lengths"] if task == "phonebook" else a["mqar_lengths"]
         metric = "answer_accuracy"
-        md.append(f"### {task}: answer accuracy (%) by context length (trained at {a['train_len']})\n")
+        md.append(
+            f"### {task}: answer accuracy (%) by context length (trained at {task_train_len(a, task)})\n"
+        )
         md.append("| kind | " + " | ".join(str(x) for x in lengths) + " |")
         md.append("|---|" + "---|" * len(lengths))
         for kind in a["recall_kinds"]:
@@ -666,7 +718,7 @@ def plots(a, rows, results, out: Path):
             for kind in a["recall_kinds"]:
                 m, s = series("recall", task, kind, "train", "answer_accuracy", lengths)
                 ax.errorbar(lengths, 100 * m, yerr=100 * s, marker="o", capsize=3, label=kind)
-            ax.axvline(a["train_len"], ls="--", c="gray", lw=1)
+            ax.axvline(task_train_len(a, task), ls="--", c="gray", lw=1)
             ax.set_xscale("log", base=2)
             ax.set_xlabel("context length (tokens; dashed: training length)")
             ax.set_ylabel("answer accuracy (%)")
@@ -685,7 +737,7 @@ def plots(a, rows, results, out: Path):
                 for sw, ls in (("train", "-"), ("scaled", "--"), ("attention", ":")):
                     m, _ = series("recall", task, kind, sw, "answer_accuracy", lengths)
                     ax.plot(lengths, 100 * m, ls=ls, marker="o", c=f"C{i}", label=f"{kind} {sw}")
-            ax.axvline(a["train_len"], ls="--", c="gray", lw=1)
+            ax.axvline(task_train_len(a, task), ls="--", c="gray", lw=1)
             ax.set_xscale("log", base=2)
             ax.set_xlabel("context length")
             ax.set_ylabel("answer accuracy (%)")
@@ -824,14 +876,19 @@ def parse_args(argv=None):
         d_model=64,
         n_layers=8,
         batch_size=64,
+        recall_batch=128,
+        train_len_min_frac=0.25,
         lr=3e-3,
         recall_vocab=512,
+        mqar_vocab=128,
+        mqar_train_len=128,
+        mqar_seeds=1,
         text_vocab=2048,
         name_len=2,
         number_len=3,
-        train_queries=4,
+        train_queries=8,
         eval_lengths=[128, 256, 512, 1024],
-        mqar_lengths=[64, 128, 256, 512, 960],
+        mqar_lengths=[64, 128, 220],
         eval_rows=256,
         eval_batch=64,
         val_windows=256,
@@ -847,6 +904,7 @@ def parse_args(argv=None):
         min_steps=50,
         max_steps=3000,
         text_tokens=args.text_tokens,
+        triton="auto",
     )
     if "recall" not in args.parts:
         a["recall_tasks"] = []
@@ -856,6 +914,9 @@ def parse_args(argv=None):
             d_model=32,
             n_layers=4,
             batch_size=16,
+            recall_batch=16,
+            train_queries=2,
+            mqar_train_len=64,
             seeds=1,
             eval_lengths=[32, 64, 128],
             mqar_lengths=[32, 64, 128],
