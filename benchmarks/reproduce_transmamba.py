@@ -216,7 +216,7 @@ def run_job(job):
     """One training run plus all its evaluations; returns a JSON-able dict (never raises)."""
     _setup_worker()
     t0 = time.time()
-    if job.get("deadline") is not None and t0 > job["deadline"]:
+    if job.get("start_by") is not None and t0 > job["start_by"]:
         return {**{k: job[k] for k in ("part", "task", "kind", "seed")}, "error": "skipped: out of time"}
     try:
         return _run_job(job, t0)
@@ -498,8 +498,9 @@ def run_all(a, out: Path, log):
                     "triton": best,
                 }
             )
-        for j in jobs:
-            j.update(steps=steps, args=a, deadline=deadline + 30)
+        est = steps * step_s / 0.75 if steps and a["steps"] is None else 0.0
+        for j in jobs:  # a job that could not finish half its training in time is skipped
+            j.update(steps=steps, args=a, deadline=deadline + 30, start_by=deadline - 0.5 * est)
         for rec in pool.imap_unordered(run_job, jobs, chunksize=1):
             results.append(rec)
             msg = rec.get("error") or (f"loss {rec.get('final_loss')} val {rec.get('val_loss', '')}")
