@@ -215,7 +215,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\ndemo wall time {total:.0f} s; checkpoint {ckpt} (load with CausalLM.from_pretrained)")
 
     if args.compare:
-        runs = {"TransMamba": (cfg, result)}
+        runs = {cfg.preset: (cfg, result)}
         for preset in COMPARE_PRESETS:
             other = dataclasses.replace(cfg, preset=preset, out_dir=f"{cfg.run_dir}-{preset}",
                                         model={k: v for k, v in cfg.model.items() if k != "transpoints"},
@@ -233,34 +233,43 @@ def run(args: argparse.Namespace) -> int:
 
 def write_comparison(runs: dict, report: Path, *, demo_seconds: float, decode: dict) -> None:
     """Markdown table of the runs' validation losses plus a PNG of their curves."""
+    import shlex
+    import sys
+
     from transmamba.training.metrics import plot_curves
+
+    command = "transmamba demo --compare"
+    if sys.argv[1:2] == ["demo"]:  # the exact command line this report came from
+        command = "transmamba " + shlex.join(sys.argv[1:])
 
     report.parent.mkdir(parents=True, exist_ok=True)
     png = report.with_suffix(".png")
+    first_cfg, first = next(iter(runs.values()))
+    n_val = first.stats.get("val_documents", "?")
+    corpus = first_cfg.data or "the bundled Shakespeare plays"
     plot_curves({label: r.run_dir / "metrics.csv" for label, (_, r) in runs.items()}, png,
-                title="tiny models on Shakespeare (validation: 2 held-out plays)")
-    first_cfg = next(iter(runs.values()))[0]
+                title=f"same-size tiny models, same tokens (validation: {n_val} held-out documents)")
     lines = [
         "# Demo results: TransMamba vs. a same-size Transformer and Mamba-2",
         "",
-        "Made by `transmamba demo --compare --report docs/demo-results.md` "
-        f"on {platform.machine()} CPU ({torch.get_num_threads()} threads), torch {torch.__version__}.",
+        f"Made by `{command}` on {platform.machine()} CPU ({torch.get_num_threads()} threads), "
+        f"torch {torch.__version__}.",
         "",
         f"Same tokenizer (byte-level BPE, {first_cfg.vocab_size} entries), same data order, "
         f"{first_cfg.max_steps} steps of {first_cfg.batch_size} x {first_cfg.seq_len} tokens, "
         f"lr {first_cfg.lr:g} (warmup {first_cfg.warmup_steps}, cosine), seed {first_cfg.seed}. "
-        "Validation: the 2 held-out plays, "
-        f"{first_cfg.eval_batches} batches, loss in nats per token and bits per byte.",
+        f"Data: {corpus}; validation: the {n_val} held-out documents "
+        f"({first_cfg.eval_batches or 'all'} batches), loss in nats per token and bits per byte.",
         "",
-        "| model | preset | parameters | val loss | val bits/byte | train time |",
+        "| preset | pattern | parameters | val loss | val bits/byte | train time |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for label, (cfg, r) in runs.items():
-        from transmamba.models.lm import CausalLM
+    from transmamba.models.lm import CausalLM
 
-        n = CausalLM.from_pretrained(r.last_checkpoint).num_parameters()
-        lines.append(f"| {label} | `{cfg.preset}` | {n:,} | {r.final_val_loss:.4f} | {r.final_val_bpb:.4f} | "
-                     f"{r.wall_s:.0f} s |")
+    for label, (_, r) in runs.items():
+        m = CausalLM.from_pretrained(r.last_checkpoint)
+        lines.append(f"| `{label}` | `{m.config.pattern}` | {m.num_parameters():,} | "
+                     f"{r.final_val_loss:.4f} | {r.final_val_bpb:.4f} | {r.wall_s:.0f} s |")
     tm_cfg = next(iter(runs.values()))[0]
     lines += [
         "",
@@ -278,7 +287,8 @@ def write_comparison(runs: dict, report: Path, *, demo_seconds: float, decode: d
                      f"{_kb(e['bytes_after'])} |")
     lines += ["", f"Whole demo (tokenizer, TransMamba training, sampling) took {demo_seconds:.0f} s.", "",
               "Raw numbers:", "", "```json",
-              json.dumps({label: {"val_loss": r.final_val_loss, "val_bpb": r.final_val_bpb,
-                                  "evals": r.evals, "train_s": round(r.wall_s, 1)}
-                          for label, (_, r) in runs.items()}, indent=1), "```", ""]
+              json.dumps({label: {"train_s": round(r.wall_s, 1),
+                                  "evals_step_loss_bpb": [[e["step"], round(e["val_loss"], 5),
+                                                           round(e["val_bpb"], 5)] for e in r.evals]}
+                          for label, (_, r) in runs.items()}), "```", ""]
     report.write_text("\n".join(lines))
