@@ -36,6 +36,7 @@ CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweep on an H100 (
     "dx": dict(BJ=64, BK=32, warps=4, stages=3),  # backward dx / ddt / da
     "dcb": dict(B=64, warps=8, stages=3),  # backward dCB and the intra-chunk dA
     "bcs": dict(BT=64, BN=64, warps=4, stages=2),  # backward state parts of dB, dC
+    "misc": dict(dda_in_dx=1),  # where the intra-chunk dA is summed: 1 = bwd_dx kernel, 0 = bwd_dcb kernel
 }
 if os.environ.get("TRANSMAMBA_SSD_CONFIG"):
     import json as _json
@@ -209,23 +210,24 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
     c = _c("dx", cfg.Q)
     nj = cfg.Q // c["BJ"]
     dD_part = torch.empty(cfg.b * cfg.nc * cfg.h, nj, cfg.p, device=x.device, dtype=torch.float32)
+    dda_in = torch.zeros_like(dA)  # gradient w.r.t. dA_k = dt_k A directly (no reverse cumsum needed)
+    diff = torch.zeros_like(dA)
+    in_dx = bool(CONFIG["misc"]["dda_in_dx"])
     K.bwd_dx_kernel[(cfg.b * cfg.nc * cfg.h, nj, triton.cdiv(cfg.p, cfg.BP))](
         x, dy, B, cb, dt_eff, dA, ds, cfg.seq_ptr, D if D is not None else A,
-        dx, ddt, dda, dD_part,
+        dx, ddt, dda, dD_part, dda_in, diff,
         cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *B.stride(), *cfg.seq_strides,
-        HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+        HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, STABLE_DA=in_dx,
         IEEE=cfg.ieee, Q=cfg.Q, BJ=c["BJ"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BJ"]),
         num_warps=c["warps"], num_stages=c["stages"],
     )
     # dC, dB
-    dcb = cb  # in place: each tile of C·B is read, then overwritten by dCB
-    dda_in = torch.zeros_like(dA)  # gradient w.r.t. dA_k = dt_k A directly (no reverse cumsum needed)
-    diff = torch.zeros_like(dA)
+    dcb = cb  # in place: each tile of C·B is read (if needed), then overwritten by dCB
     c = _c("dcb", cfg.Q)
     K.bwd_dcb_kernel[(cfg.b * cfg.nc * cfg.g, cfg.Q // c["B"], cfg.Q // c["B"])](
         x, dy, dt_eff, dA, cfg.seq_ptr, dcb, dda_in, diff, cfg.l, cfg.h, cfg.g, cfg.p, *x.stride(),
         *cfg.seq_strides,
-        HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, Q=cfg.Q, BI=c["B"], BJ=c["B"], BK=cfg.BP,
+        HAS_SEQ=cfg.has_seq, STABLE_DA=not in_dx, IEEE=cfg.ieee, Q=cfg.Q, BI=c["B"], BJ=c["B"], BK=cfg.BP,
         num_warps=c["warps"], num_stages=c["stages"],
     )
     L = cfg.nc * cfg.Q

@@ -315,17 +315,21 @@ def chunk_scan_kernel(
 @triton.jit
 def bwd_dx_kernel(
     X, DY, BM, CB, DT, DA, DS, SEQ, DPTR,
-    DX, DDT, DDA, DD,
+    DX, DDT, DDA, DD, DDA_IN, DIFF,
     seqlen, nheads, ngroups, headdim, dstate,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_b_b, s_b_l, s_b_g, s_b_n,
     s_seq_b, s_seq_l,
-    HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, STABLE_DA: tl.constexpr,
     IEEE: tl.constexpr, Q: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
     BK: tl.constexpr,
 ):
     """For tokens j of a block: dx_j, and the (b, h, c, Q) partial sums of ddt_j and da_j (atomics over p
-    blocks), dD partial (b, c, h, Q // BJ, p). X, DY, Y, DX share strides. Grid (b * nchunks * h, Q // BJ, cdiv(p, BP))."""
+    blocks), dD partial (b, c, h, Q // BJ, p). X, DY, DX share strides. Grid (b * nchunks * h, Q // BJ, cdiv(p, BP)).
+    With STABLE_DA, also the intra-chunk dA sum over i >= k > j (see bwd_dcb_kernel) from the tiles this
+    program visits (i >= its j block), with M_ij = dy_i·x_j computed here (partial over p blocks): k in the
+    j block from the 2-D form (off-block tiles: exclusive cumsum of column sums, kept in registers), k in
+    an off-block i tile from the reverse cumsum of row sums, k between the two through DIFF."""
     pid = tl.program_id(0)
     pj = tl.program_id(1)
     pp = tl.program_id(2)
@@ -354,6 +358,10 @@ def bwd_dx_kernel(
     # intra-chunk: acc[j, p] = sum_{i>=j} CB_ij exp(a_i - a_j) dy_i[p]
     acc = tl.zeros((BJ, BP), dtype=tl.float32)
     cbb = CB + (bc * ngroups + g) * Q * Q
+    if STABLE_DA:
+        xj_raw = tl.load(X + xyb + tj[:, None] * s_x_l + offs_p[None, :] * s_x_p,
+                         mask=mj[:, None] & mp[None, :], other=0.0)  # (BJ, BP)
+        c1 = tl.zeros((BJ,), dtype=tl.float32)
     for k in range(pj * BJ, Q, BK):
         offs_i = k + tl.arange(0, BK)
         ti = t0 + offs_i
@@ -368,6 +376,21 @@ def bwd_dx_kernel(
         dyi = tl.load(DY + xyb + ti[:, None] * s_x_l + offs_p[None, :] * s_x_p,
                       mask=mi[:, None] & mp[None, :], other=0.0)
         acc += _dot(tl.trans(w.to(dyi.dtype)), dyi, IEEE)
+        if STABLE_DA:
+            wm = w * _dot(dyi, tl.trans(xj_raw), IEEE) * dt_j[None, :]  # W_ij (BK, BJ)
+            if k >= pj * BJ + BJ:
+                col = tl.sum(wm, axis=0)
+                c1 += tl.cumsum(col, axis=0) - col
+                row = tl.sum(wm, axis=1)
+                tot = tl.sum(row, axis=0)
+                tl.atomic_add(DDA_IN + da_base + offs_i, tot - tl.cumsum(row, axis=0) + row)
+                tl.atomic_add(DIFF + da_base + pj * BJ + BJ, tot)
+                tl.atomic_add(DIFF + da_base + k, -tot)
+            else:
+                rr = tl.cumsum(wm, axis=1) - wm  # rr[i, k'] = sum_{j<k'} W_ij
+                c1 += tl.sum(tl.where(offs_i[:, None] >= offs_j[None, :], rr, 0.0), axis=0)
+    if STABLE_DA:
+        tl.atomic_add(DDA_IN + da_base + offs_j, c1)
     off_j = xyb + tj[:, None] * s_x_l + offs_p[None, :] * s_x_p
     mo = mj[:, None] & mp[None, :]
     xj = tl.load(X + off_j, mask=mo, other=0.0).to(tl.float32)
@@ -405,13 +428,13 @@ def bwd_dcb_kernel(
     seqlen, nheads, ngroups, headdim,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_seq_b, s_seq_l,
-    HAS_SEQ: tl.constexpr, IEEE: tl.constexpr,
+    HAS_SEQ: tl.constexpr, STABLE_DA: tl.constexpr, IEEE: tl.constexpr,
     Q: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
 ):
     """OUT[b, c, g, i, j] = sum_{h of g} exp(a_i - a_j) dt_j dy_i·x_j for i >= j (0 elsewhere); OUT holds
     C·B on entry (read before it is overwritten, tile by tile).
 
-    Also the intra-chunk gradient with respect to each step's log decay dA_k = dt_k A, summed without
+    With STABLE_DA (else bwd_dx_kernel does it), also the intra-chunk gradient with respect to each step's log decay dA_k = dt_k A, summed without
     cancellation: with W_ij = CB_ij exp(a_i - a_j) dt_j dy_i·x_j (one head), a_i - a_j = dA_{j+1} + ... + dA_i,
     so d/d dA_k = sum_{i >= k > j} W_ij. Per tile (BI == BJ): k in the j block gets the exclusive cumsum of
     the column sums, k in the i block the reverse cumsum of the row sums, k strictly between the blocks the
@@ -440,8 +463,9 @@ def bwd_dcb_kernel(
             seq_i = tl.load(SEQ + b * s_seq_b + ti * s_seq_l, mask=mi, other=-1)
             seq_j = tl.load(SEQ + b * s_seq_b + tj * s_seq_l, mask=mj, other=-2)
             keep &= seq_i[:, None] == seq_j[None, :]
-        cb = tl.load(OUT + pid * Q * Q + offs_i[:, None] * Q + offs_j[None, :])
-        cb = tl.where(keep, cb, 0.0)
+        if STABLE_DA:
+            cb = tl.load(OUT + pid * Q * Q + offs_i[:, None] * Q + offs_j[None, :])
+            cb = tl.where(keep, cb, 0.0)
         hpg = nheads // ngroups
         for hh in range(0, hpg):
             h = g * hpg + hh
@@ -460,8 +484,11 @@ def bwd_dcb_kernel(
                 m += _dot(dyi, xj, IEEE)
             w = tl.where(keep, m * tl.exp(tl.where(keep, a_i[:, None] - a_j[None, :], 0.0)) * dt_j[None, :], 0.0)
             acc += w
-            w = w * cb
-            if pj < pi:
+            if STABLE_DA:
+                w = w * cb
+            if not STABLE_DA:
+                pass
+            elif pj < pi:
                 col = tl.sum(w, axis=0)
                 row = tl.sum(w, axis=1)
                 tot = tl.sum(row, axis=0)
