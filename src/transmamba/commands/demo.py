@@ -39,7 +39,7 @@ DEMO_DEFAULTS = dict(
     seq_len=128,
     batch_size=16,
     max_steps=500,
-    lr=3e-3,
+    lr=6e-3,
     warmup_steps=40,
     eval_every=100,
     eval_batches=16,
@@ -231,6 +231,16 @@ def run(args: argparse.Namespace) -> int:
     return _run(args)
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()} CPU"
+
+
 def write_comparison(runs: dict, report: Path, *, demo_seconds: float, decode: dict) -> None:
     """Markdown table of the runs' validation losses plus a PNG of their curves."""
     import shlex
@@ -252,7 +262,7 @@ def write_comparison(runs: dict, report: Path, *, demo_seconds: float, decode: d
     lines = [
         "# Demo results: TransMamba vs. a same-size Transformer and Mamba-2",
         "",
-        f"Made by `{command}` on {platform.machine()} CPU ({torch.get_num_threads()} threads), "
+        f"Made by `{command}` on {_cpu_name()} ({torch.get_num_threads()} threads), "
         f"torch {torch.__version__}.",
         "",
         f"Same tokenizer (byte-level BPE, {first_cfg.vocab_size} entries), same data order, "
