@@ -30,9 +30,10 @@ def _args(*argv):
     return build_parser().parse_args(["train", *argv])
 
 
-TINY = ["--vocab_size", "300", "--seq_len", "32", "--batch_size", "2", "--eval_batches", "1",
-        "--warmup_steps", "1", "--progress", "false", "--model.d_model", "32", "--model.d_ff", "64",
-        "--model.chunk_size", "8", "--model.transpoints", "[0, 4, 8, 16]"]
+TINY = ["--threads", "1", "--vocab_size", "300", "--seq_len", "32", "--batch_size", "2",
+        "--eval_batches", "1", "--warmup_steps", "1", "--progress", "false",
+        "--model.d_model", "32", "--model.d_ff", "64", "--model.chunk_size", "8",
+        "--model.transpoints", "[0, 4, 8, 16]"]
 
 
 def test_yaml_then_flags_win(tmp_path):

@@ -23,7 +23,7 @@ def _standin(standin):
 def _cfg(tmp_path, corpus, **kw):
     base = dict(data=str(corpus), vocab_size=300, seq_len=32, batch_size=4, max_steps=12, eval_every=4,
                 eval_batches=2, warmup_steps=2, progress=False, out_dir=str(tmp_path / "run"),
-                cache_dir=str(tmp_path / "cache"), grad_accum=2)
+                cache_dir=str(tmp_path / "cache"), grad_accum=2, threads=1)
     base.update(kw)
     return TrainConfig(**base)
 
