@@ -10,12 +10,32 @@ its `ngroups` groups separately). Computation is in fp32 and cast back to x's dt
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import torch
 import torch.nn.functional as F
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-5, group_size: int | None = None) -> torch.Tensor:
-    """x: (..., dim); weight: (dim,) or None."""
+def _triton_norm(x: torch.Tensor):
+    """The Triton gated RMSNorm for CUDA tensors (imported lazily), or None to use the torch code below.
+    TRANSMAMBA_DISABLE_TRITON=1 turns it off."""
+    if not x.is_cuda or os.environ.get("TRANSMAMBA_DISABLE_TRITON"):
+        return None
+    if importlib.util.find_spec("triton") is None:
+        return None
+    from transmamba.ops.triton.norm import gated_rms_norm_triton
+
+    return gated_rms_norm_triton
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-5, group_size: int | None = None
+) -> torch.Tensor:
+    """x: (..., dim); weight: (dim,) or None. CUDA tensors use the Triton kernel (`ops/triton/norm.py`)."""
+    fn = _triton_norm(x)
+    if fn is not None and x.dtype != torch.float64:
+        return fn(x, None, weight, eps, group_size)
     dim = x.shape[-1]
     xf = x.float()
     if group_size is not None and group_size != dim:
@@ -38,7 +58,10 @@ def gated_rms_norm(
     group_size: int | None = None,
     norm_before_gate: bool = False,
 ) -> torch.Tensor:
-    """x, z: (..., dim). z=None means no gate (plain RMSNorm)."""
+    """x, z: (..., dim). z=None means no gate (plain RMSNorm). CUDA tensors use the Triton kernel."""
+    fn = _triton_norm(x)
+    if fn is not None and x.dtype != torch.float64:
+        return fn(x, z, weight, eps, group_size, norm_before_gate)
     if z is None:
         return rms_norm(x, weight, eps, group_size)
     if z.shape != x.shape:
