@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (kernel code reads better with long index expressions on one line)
 """Triton RMSNorm / gated RMSNorm (Mamba-2's), forward and backward, per group of channels.
 
     norm_before_gate=False:  u = x * silu(z)  (u = x without z);  y = u * rsqrt(mean_g(u^2) + eps) * w

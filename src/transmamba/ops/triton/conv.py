@@ -1,0 +1,210 @@
+# ruff: noqa: E501  (kernel code reads better with long index expressions on one line)
+"""Triton causal depthwise conv1d (Mamba's short conv), forward + backward, and the decode update.
+
+    pre[b, d, t] = bias[d] + sum_{k<W} w[d, k] * x[b, d, t - (W-1) + k]     (taps before 0 or in an earlier
+    y = silu(pre) (or pre)                                                   document read 0)
+Backward, with g = dy * silu'(pre) (silu'(v) = s (1 + v (1 - s))):
+    dx[s] = sum_k w[k] g[s + (W-1) - k] (same document),  dw[k] = sum_{b,t} g[t] x[t - (W-1) + k],  dbias = sum g
+pre is recomputed in the backward (W*W shifted loads of x, all from L1/L2), so nothing but x is saved.
+Same layout and results as `transmamba.ops.conv.causal_conv1d` (x (batch, dim, seqlen), any strides,
+weight (dim, W)); `initial_state` / `return_final_state` are left to the torch version.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _pre(X, W, BIAS, SEQ, b, offs_d, md, t, mt, seqlen, s_x_b, s_x_d, s_x_l, s_seq_b, s_seq_l,
+         WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, BD: tl.constexpr,
+         BL: tl.constexpr):
+    """pre-activation at times t (BL,) for channels offs_d (BD,): (BD, BL) fp32."""
+    acc = tl.zeros((BD, BL), dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(BIAS + offs_d, mask=md, other=0.0).to(tl.float32)[:, None]
+    if HAS_SEQ:
+        seq_t = tl.load(SEQ + b * s_seq_b + t * s_seq_l, mask=mt, other=-1)
+    for k in tl.static_range(WIDTH):
+        ts = t - (WIDTH - 1) + k
+        ok = mt & (ts >= 0)
+        if HAS_SEQ:
+            seq_s = tl.load(SEQ + b * s_seq_b + ts * s_seq_l, mask=ok, other=-2)
+            ok &= seq_s == seq_t
+        xv = tl.load(X + b * s_x_b + offs_d[:, None] * s_x_d + ts[None, :] * s_x_l,
+                     mask=md[:, None] & ok[None, :], other=0.0).to(tl.float32)
+        wk = tl.load(W + offs_d * WIDTH + k, mask=md, other=0.0).to(tl.float32)
+        acc += wk[:, None] * xv
+    return acc
+
+
+@triton.jit
+def _fwd_kernel(X, W, BIAS, SEQ, Y, seqlen, dim, s_x_b, s_x_d, s_x_l, s_y_b, s_y_d, s_y_l, s_seq_b, s_seq_l,
+                WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
+                BD: tl.constexpr, BL: tl.constexpr):
+    b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    t = tl.program_id(2) * BL + tl.arange(0, BL)
+    md = offs_d < dim
+    mt = t < seqlen
+    pre = _pre(X, W, BIAS, SEQ, b, offs_d, md, t, mt, seqlen, s_x_b, s_x_d, s_x_l, s_seq_b, s_seq_l,
+               WIDTH, HAS_BIAS, HAS_SEQ, BD, BL)
+    if SILU:
+        pre = pre * tl.sigmoid(pre)
+    tl.store(Y + b * s_y_b + offs_d[:, None] * s_y_d + t[None, :] * s_y_l, pre, mask=md[:, None] & mt[None, :])
+
+
+@triton.jit
+def _bwd_kernel(X, W, BIAS, SEQ, DY, DX, DW, DB, seqlen, dim, s_x_b, s_x_d, s_x_l, s_y_b, s_y_d, s_y_l,
+                s_seq_b, s_seq_l,
+                WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
+                BD: tl.constexpr, BL: tl.constexpr):
+    """DX like X (strides s_x_*), DY strides s_y_*; DW (dim, W) and DB (dim,) fp32, atomically added."""
+    b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    s = tl.program_id(2) * BL + tl.arange(0, BL)
+    md = offs_d < dim
+    ms = s < seqlen
+    if HAS_SEQ:
+        seq_s = tl.load(SEQ + b * s_seq_b + s * s_seq_l, mask=ms, other=-1)
+    dx = tl.zeros((BD, BL), dtype=tl.float32)
+    for j in tl.static_range(WIDTH):
+        # g at t = s + j reaches x[s] through tap k = W-1-j
+        t = s + j
+        mt = t < seqlen
+        dy = tl.load(DY + b * s_y_b + offs_d[:, None] * s_y_d + t[None, :] * s_y_l,
+                     mask=md[:, None] & mt[None, :], other=0.0).to(tl.float32)
+        if SILU:
+            pre = _pre(X, W, BIAS, SEQ, b, offs_d, md, t, mt, seqlen, s_x_b, s_x_d, s_x_l, s_seq_b, s_seq_l,
+                       WIDTH, HAS_BIAS, HAS_SEQ, BD, BL)
+            sg = tl.sigmoid(pre)
+            g = dy * sg * (1.0 + pre * (1.0 - sg))
+        else:
+            g = dy
+        ok = mt & ms
+        if HAS_SEQ:
+            seq_t = tl.load(SEQ + b * s_seq_b + t * s_seq_l, mask=mt, other=-2)
+            ok &= seq_t == seq_s
+        g_ok = tl.where(md[:, None] & ok[None, :], g, 0.0)
+        wk = tl.load(W + offs_d * WIDTH + (WIDTH - 1 - j), mask=md, other=0.0).to(tl.float32)
+        dx += wk[:, None] * g_ok
+        # dw[k] with k = W-1-j: sum over t of g[t] x[t - j] = sum over s of g[s + j] x[s] (same document)
+        xs = tl.load(X + b * s_x_b + offs_d[:, None] * s_x_d + s[None, :] * s_x_l,
+                     mask=md[:, None] & ms[None, :], other=0.0).to(tl.float32)
+        tl.atomic_add(DW + offs_d * WIDTH + (WIDTH - 1 - j), tl.sum(g_ok * xs, axis=1), mask=md)
+        if HAS_BIAS:
+            if j == 0:
+                gb = tl.where(md[:, None] & ms[None, :], g, 0.0)
+                tl.atomic_add(DB + offs_d, tl.sum(gb, axis=1), mask=md)
+    tl.store(DX + b * s_x_b + offs_d[:, None] * s_x_d + s[None, :] * s_x_l, dx, mask=md[:, None] & ms[None, :])
+
+
+@triton.jit
+def _update_kernel(X, STATE, W, BIAS, Y, NEW, dim, s_st_b, s_st_d, s_st_k,
+                   WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BD: tl.constexpr):
+    """One token: window = [state (W-1), x]; y = silu(bias + sum w * window); NEW = window[1:]. X, Y (b, dim)
+    contiguous; NEW (b, dim, W-1) contiguous (may alias STATE when it is contiguous)."""
+    b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    md = offs_d < dim
+    acc = tl.zeros((BD,), dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(BIAS + offs_d, mask=md, other=0.0).to(tl.float32)
+    xv = tl.load(X + b * dim + offs_d, mask=md, other=0.0)
+    for k in tl.static_range(WIDTH - 1):
+        sv = tl.load(STATE + b * s_st_b + offs_d * s_st_d + k * s_st_k, mask=md, other=0.0)
+        acc += tl.load(W + offs_d * WIDTH + k, mask=md, other=0.0).to(tl.float32) * sv.to(tl.float32)
+        if k > 0:
+            tl.store(NEW + (b * dim + offs_d) * (WIDTH - 1) + k - 1, sv, mask=md)
+    acc += tl.load(W + offs_d * WIDTH + WIDTH - 1, mask=md, other=0.0).to(tl.float32) * xv.to(tl.float32)
+    tl.store(NEW + (b * dim + offs_d) * (WIDTH - 1) + WIDTH - 2, xv, mask=md)
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    tl.store(Y + b * dim + offs_d, acc, mask=md)
+
+
+_BD, _BL = 32, 128
+
+
+class _CausalConv1d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, seq_idx, silu):
+        batch, dim, seqlen = x.shape
+        width = weight.shape[1]
+        weight = weight.contiguous()
+        y = torch.empty_like(x)
+        seq = seq_idx if seq_idx is not None else x
+        ss = (seq_idx.stride(0), seq_idx.stride(1)) if seq_idx is not None else (0, 0)
+        grid = (batch, triton.cdiv(dim, _BD), triton.cdiv(seqlen, _BL))
+        _fwd_kernel[grid](x, weight, bias if bias is not None else weight, seq, y, seqlen, dim, *x.stride(),
+                          *y.stride(), *ss, WIDTH=width, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None,
+                          SILU=silu, BD=_BD, BL=_BL, num_warps=4)
+        ctx.save_for_backward(x, weight, bias, seq_idx)
+        ctx.silu = silu
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, seq_idx = ctx.saved_tensors
+        batch, dim, seqlen = x.shape
+        width = weight.shape[1]
+        dx = torch.empty_like(x)
+        dw = torch.zeros(dim, width, device=x.device, dtype=torch.float32)
+        db = torch.zeros(dim, device=x.device, dtype=torch.float32)
+        seq = seq_idx if seq_idx is not None else x
+        ss = (seq_idx.stride(0), seq_idx.stride(1)) if seq_idx is not None else (0, 0)
+        grid = (batch, triton.cdiv(dim, _BD), triton.cdiv(seqlen, _BL))
+        _bwd_kernel[grid](x, weight, bias if bias is not None else weight, seq, dy, dx, dw, db, seqlen, dim,
+                          *x.stride(), *dy.stride(), *ss, WIDTH=width, HAS_BIAS=bias is not None,
+                          HAS_SEQ=seq_idx is not None, SILU=ctx.silu, BD=_BD, BL=_BL, num_warps=4)
+        return dx, dw.to(weight.dtype), (db.to(bias.dtype) if bias is not None else None), None, None
+
+
+def causal_conv1d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                         seq_idx: torch.Tensor | None = None, silu: bool = False) -> torch.Tensor:
+    """x (batch, dim, seqlen) -> y (same shape and dtype); differentiable in x, weight, bias."""
+    return _CausalConv1d.apply(x, weight, bias, seq_idx, bool(silu))
+
+
+@torch.no_grad()
+def causal_conv1d_update_triton(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
+                                bias: torch.Tensor | None = None, silu: bool = False):
+    """One decode token: x (batch, dim), conv_state (batch, dim, W-1) -> (y (batch, dim), new_state);
+    conv_state is not modified (a new tensor is returned, like the torch version)."""
+    batch, dim = x.shape
+    width = weight.shape[1]
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    new = torch.empty(batch, dim, width - 1, device=x.device, dtype=x.dtype)
+    _update_kernel[(batch, triton.cdiv(dim, 256))](
+        x, conv_state, weight.contiguous(), bias if bias is not None else weight, y, new, dim,
+        *conv_state.stride(), WIDTH=width, HAS_BIAS=bias is not None, SILU=silu, BD=256, num_warps=4)
+    return y, new
+
+
+def causal_conv1d_cuda(x, weight, bias=None, *, activation=None, seq_idx=None, initial_state=None,
+                       return_final_state=False):
+    """`ops.conv.causal_conv1d`'s contract on the Triton kernel, or None where this path does not apply
+    (an initial state, width < 2, fp64, or an unknown activation): the caller then uses the torch version.
+    The final state (the last W-1 inputs, zero where they belong to an earlier document than the last
+    token's) is sliced in torch."""
+    width = weight.shape[1]
+    if initial_state is not None or width < 2 or x.dtype == torch.float64 or activation not in (None, "silu",
+                                                                                                "swish"):
+        return None
+    y = causal_conv1d_triton(x, weight, bias, seq_idx, activation in ("silu", "swish"))
+    if not return_final_state:
+        return y
+    seqlen = x.shape[-1]
+    final = x[:, :, max(0, seqlen - (width - 1)):]
+    if final.shape[-1] < width - 1:
+        final = torch.cat([x.new_zeros(x.shape[0], x.shape[1], width - 1 - final.shape[-1]), final], dim=-1)
+    if seq_idx is not None:
+        tail = seq_idx[:, max(0, seqlen - (width - 1)):]
+        same = (tail == seq_idx[:, -1:]).to(x.dtype)
+        if same.shape[-1] < width - 1:
+            same = torch.cat([same.new_zeros(same.shape[0], width - 1 - same.shape[-1]), same], dim=-1)
+        final = final * same[:, None, :]
+    return y, final
