@@ -64,7 +64,9 @@ def causal_conv1d(
     if seq_idx is not None:
         # document id of every padded position; the prefix belongs to the first token's document
         sp = torch.cat([seq_idx[:, :1].expand(batch, width - 1), seq_idx], dim=-1)  # (batch, width-1+seqlen)
-    y = x.new_zeros(batch, dim, seqlen) if bias is None else bias.to(x.dtype)[None, :, None].expand(batch, dim, seqlen)
+    y = x.new_zeros(batch, dim, seqlen)
+    if bias is not None:
+        y = y + bias.to(x.dtype)[None, :, None]
     for k in range(width):
         tap = xp[:, :, k : k + seqlen]  # input at t - (width-1) + k
         if seq_idx is not None:

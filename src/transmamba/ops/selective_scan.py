@@ -36,6 +36,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from transmamba.ops._callable_module import make_module_callable
 from transmamba.ops.checks import check_divides, check_shape
 
 __all__ = [
@@ -422,3 +423,6 @@ def selective_state_update(
     if z is not None:
         y = y * F.silu(z.to(ct))
     return y.to(x.dtype), new.to(state.dtype)
+
+
+make_module_callable(__name__, "selective_scan")  # `transmamba.ops.selective_scan(...)` calls it

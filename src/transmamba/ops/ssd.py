@@ -28,6 +28,7 @@ import os
 
 import torch
 
+from transmamba.ops._callable_module import make_module_callable
 from transmamba.ops.ssd_args import check_ssd_args, check_step_args
 from transmamba.ops.ssd_chunked import ssd_chunked, ssd_final_state_chunked
 from transmamba.ops.ssd_naive import ssd_naive, ssd_step_naive
@@ -194,3 +195,6 @@ def ssd_step(
             check_step_args("ssd_step", state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias)
             return fn(state, x, dt, A, B, C, **kwargs)
     return ssd_step_naive(state, x, dt, A, B, C, **kwargs)
+
+
+make_module_callable(__name__, "ssd")  # `transmamba.ops.ssd(...)` calls `ssd`
