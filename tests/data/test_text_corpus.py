@@ -41,6 +41,8 @@ def test_user_files_folder_jsonl(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.md").write_text("# Title\n\n**bold** text\n")
     (tmp_path / "skip.bin").write_bytes(b"\xff\x00")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "notes.md").write_text("hidden folders are skipped\n")
     docs = load_documents(tmp_path)
     assert [d.name for d in docs] == ["a.txt", "sub/b.md"]
     assert docs[1].text == "Title\n\nbold text\n"

@@ -206,6 +206,7 @@ def load_documents(path: str | Path | None = None, *, text_field: str = "text") 
             files = sorted(
                 f for f in p.rglob("*")
                 if f.is_file() and f.suffix.lower() in (*TEXT_SUFFIXES, ".jsonl", ".parquet")
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)  # .git, .cache, ...
             )
             if not files:
                 raise DataError(
