@@ -68,6 +68,8 @@ def test_mambaformer_has_no_positional_encoding():
     assert m.config.use_positional is False and _tiny(arch="transformer").config.use_positional is True
     x, mark = torch.randn(2, 12, 3), torch.rand(2, 12, 4) - 0.5
     torch.testing.assert_close(m.embed(x, mark), m.value_embedding(x) + m.time_embedding(mark))
+    m_val = _tiny(time_features=False).eval()
+    torch.testing.assert_close(m_val.embed(x, mark), m_val.value_embedding(x))
     # value embedding: kernel-3 conv with circular padding along time
     conv = m.value_embedding.conv
     assert conv.kernel_size == (3,) and conv.padding_mode == "circular" and conv.bias is None

@@ -85,6 +85,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--dropout", type=float, default=0.05, help="dropout (default 0.05)")
     g.add_argument(
+        "--no-time-features",
+        action="store_true",
+        help="embed values only (the paper adds a linear embedding of the calendar features)",
+    )
+    g.add_argument(
         "--positional",
         choices=["default", "yes", "no"],
         default="default",
@@ -211,6 +216,7 @@ def cmd_train(args) -> int:
         transpoint=args.transpoint,
         dropout=args.dropout,
         positional=None if args.positional == "default" else args.positional == "yes",
+        time_features=not args.no_time_features,
     )
     model = Mambaformer(cfg)
     tcfg = TrainConfig(

@@ -72,6 +72,7 @@ class MambaformerConfig:
     d_ff: int | None = None  # Transformer FFN width (default 4·d_model)
     dropout: float = 0.05
     positional: bool | None = None  # None: the arch's default (table above)
+    time_features: bool = True  # add W_time · mark (the paper does); False: value embedding only
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -242,7 +243,9 @@ class Mambaformer(nn.Module):
         return _PostNorm(kind, fn, cfg.d_model, drop)
 
     def embed(self, x: torch.Tensor, mark: torch.Tensor) -> torch.Tensor:
-        h = self.value_embedding(x) + self.time_embedding(mark)
+        h = self.value_embedding(x)
+        if self.config.time_features:
+            h = h + self.time_embedding(mark)
         if self.config.use_positional:
             h = h + sinusoidal_positions(x.shape[1], self.config.d_model, device=x.device, dtype=h.dtype)
         return self.embed_dropout(h)
