@@ -130,7 +130,8 @@ def decode_with_events(model, tokenizer, prompt: str, new_tokens: int, *, temper
             if not was[i] and converted(i):
                 was[i] = True
                 layer = model.mixer(i)
-                events.append({"position": position, "layer": i, "transpoint": int(layer.transpoint),
+                events.append({"position": position, "prefill": position < len(ids),
+                               "layer": i, "transpoint": int(layer.transpoint),
                                "kv_positions": int(layer.transpoint), "bytes_before": prev[i],
                                "bytes_after": now[i]})
         prev = now
@@ -147,6 +148,17 @@ def decode_with_events(model, tokenizer, prompt: str, new_tokens: int, *, temper
         logits = model.step(tok.to(device), cache)
         record(len(ids) + t)
     end_bytes = cache.layer_nbytes()
+    transformer_bytes = None
+    try:  # what a same-width Transformer would hold (analytic; fp32 like this cache)
+        from transmamba.inference.cache import cache_bytes_per_sequence
+        from transmamba.models.presets import get_preset
+
+        tf = get_preset("transformer-tiny", vocab_size=model.config.vocab_size, d_model=model.config.d_model)
+        dtype = next(model.parameters()).dtype
+        transformer_bytes = [cache_bytes_per_sequence(tf, len(ids) + new_tokens, dtype),
+                             cache_bytes_per_sequence(tf, 10_000, dtype)]
+    except Exception:
+        pass
     return {
         "prompt": prompt,
         "text": tokenizer.decode(out_ids),
@@ -158,6 +170,7 @@ def decode_with_events(model, tokenizer, prompt: str, new_tokens: int, *, temper
         "cache_peak": sum(peak[i] for i in range(len(kinds)) if cache.states[i] is not None),
         "cache_end": cache.nbytes(),
         "tokens": len(ids) + new_tokens,
+        "transformer_bytes": transformer_bytes,
     }
 
 
@@ -166,7 +179,8 @@ def print_decode_report(dec: dict) -> None:
     print(dec["prompt"] + dec["text"])
     print("\n== TransMamba decoding: KV cache -> SSM state at each layer's TransPoint ==")
     for e in dec["events"]:
-        print(f"  token {e['position']:>3}: layer {e['layer']} (P={e['transpoint']}) folded its KV cache of "
+        when = f"prompt ({e['position'] + 1} tokens)" if e["prefill"] else f"token {e['position']:>3}"
+        print(f"  {when}: layer {e['layer']} (P={e['transpoint']}) folded its KV cache of "
               f"{e['kv_positions']} positions into the SSM state: {_kb(e['bytes_before'])} -> "
               f"{_kb(e['bytes_after'])}")
     if not dec["events"]:
@@ -178,6 +192,10 @@ def print_decode_report(dec: dict) -> None:
               f"{_kb(row['bytes_peak']):>11} {_kb(row['bytes_end']):>11}")
     print(f"  whole cache: peak {_kb(dec['cache_peak'])}, after {dec['tokens']} tokens "
           f"{_kb(dec['cache_end'])} (constant from here on, at any length)")
+    if dec.get("transformer_bytes"):
+        n, small, big = dec["tokens"], dec["transformer_bytes"][0], dec["transformer_bytes"][1]
+        print(f"  for scale: transformer-tiny (same width and depth) holds {_kb(small)} of KV cache after "
+              f"{n} tokens and {big / 2**20:.1f} MiB after 10,000; it grows with every token")
 
 
 # -------------------------------------------------------------------------------------------- running
@@ -289,11 +307,12 @@ def write_comparison(runs: dict, report: Path, *, demo_seconds: float, decode: d
         "",
         "## Decoding: KV cache to SSM state",
         "",
-        "| token | layer | P | layer cache before | after |",
+        "| at token | layer | P | layer cache before | after |",
         "|---:|---:|---:|---:|---:|",
     ]
     for e in decode["events"]:
-        lines.append(f"| {e['position']} | {e['layer']} | {e['transpoint']} | {_kb(e['bytes_before'])} | "
+        when = "prompt" if e["prefill"] else e["position"]
+        lines.append(f"| {when} | {e['layer']} | {e['transpoint']} | {_kb(e['bytes_before'])} | "
                      f"{_kb(e['bytes_after'])} |")
     lines += ["", f"Whole demo (tokenizer, TransMamba training, sampling) took {demo_seconds:.0f} s.", "",
               "Raw numbers:", "", "```json",
