@@ -72,6 +72,7 @@ def run_one(args, dataset: str, model_name: str, horizon: int, seed: int) -> dic
         n_heads=args.n_heads,
         d_state=args.d_state,
         dropout=args.dropout,
+        time_features=not args.no_time_features,
     )
     model = Mambaformer(cfg)
     lr = args.lr if args.lr is not None else DATASETS.get(dataset, (None, 1e-3))[1]
@@ -88,11 +89,12 @@ def run_one(args, dataset: str, model_name: str, horizon: int, seed: int) -> dic
     hist = train_forecaster(model, data, tcfg, log=lambda s: print(f"  {s}", flush=True))
     test = evaluate(model, data.test, batch_size=64)
     if seed == 0 and args.plots:
-        png = Path(args.plots) / f"forecast_{dataset}_{model_name}_h{horizon}.png"
+        tag = args.tag.replace("/", "-")
+        png = Path(args.plots) / f"forecast_{dataset}_{model_name}{tag}_h{horizon}.png"
         plot_forecasts(model, data, png, title=f"{data.name} {model_name} ({args.mixer}) H={horizon}, seed 0")
     return {
         "dataset": dataset,
-        "model": model_name,
+        "model": model_name + args.tag,
         "mixer": mixer_of(model_name, args.mixer),
         "horizon": horizon,
         "seed": seed,
@@ -116,6 +118,7 @@ def run_one(args, dataset: str, model_name: str, horizon: int, seed: int) -> dic
             "max_train_windows": args.max_train_windows,
             "max_eval_windows": args.max_eval_windows,
             "threads": torch.get_num_threads(),
+            "time_features": not args.no_time_features,
         },
     }
 
@@ -131,7 +134,7 @@ def cmd_run(args) -> int:
         (d, m, h, s) for s in args.seeds for h in args.horizons for d in args.datasets for m in args.models
     ]
     for d, m, h, s in grid:
-        if (d, m, mixer_of(m, args.mixer), h, s) in done:
+        if (d, m + args.tag, mixer_of(m, args.mixer), h, s) in done:
             continue
         print(f"[{time.strftime('%H:%M:%S')}] {d} {m} ({args.mixer}) H={h} seed={s}", flush=True)
         rec = run_one(args, d, m, h, s)
@@ -169,6 +172,7 @@ def cmd_report(args) -> int:
         print("no results", file=sys.stderr)
         return 1
     order = ["mambaformer", "attention-mamba", "mamba-attention", "mamba", "transformer"]
+    order += sorted({r["model"] for r in recs} - set(order))
     lines = []
     groups: dict = {}
     mixers = sorted({r["mixer"] for r in recs if r["mixer"] != "-"}) or ["-"]
@@ -279,6 +283,8 @@ def main(argv=None) -> int:
     r.add_argument("--max-eval-windows", type=int, default=None)
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--plots", default=None, help="folder for forecast PNGs of seed-0 runs")
+    r.add_argument("--no-time-features", action="store_true", help="embed values only")
+    r.add_argument("--tag", default="", help="suffix for the model name in the results (e.g. '/no-time')")
     r.add_argument("--out", default="runs/forecasting.jsonl")
     r.set_defaults(func=cmd_run)
     q = sub.add_parser("report", help="markdown tables and a bar plot from results")
