@@ -166,7 +166,11 @@ def naive_baselines(dataset: str, horizon: int, seq_len: int) -> dict:
 
 def cmd_report(args) -> int:
     recs = [
-        json.loads(line) for p in args.results for line in Path(p).read_text().splitlines() if line.strip()
+        json.loads(line)
+        for p in args.results
+        if Path(p).is_file()
+        for line in Path(p).read_text().splitlines()
+        if line.strip()
     ]
     if not recs:
         print("no results", file=sys.stderr)
@@ -181,55 +185,62 @@ def cmd_report(args) -> int:
             groups.setdefault((r["dataset"], mx, r["horizon"], r["model"]), []).append(r)
     datasets = sorted({r["dataset"] for r in recs})
     for ds in datasets:
-        for mixer in sorted({k[1] for k in groups if k[0] == ds}):
-            models = [m for m in order if any(k[0] == ds and k[1] == mixer and k[3] == m for k in groups)]
-            horizons = sorted({k[2] for k in groups if k[0] == ds and k[1] == mixer})
-            lines.append(
-                f"\n**{ds}** (mixer {mixer}; mean ± std over seeds, n = seeds; best mean MSE in bold)\n"
-            )
-            lines.append("| H | " + " | ".join(f"{m} MSE | {m} MAE" for m in models) + " | seeds |")
-            lines.append("|---|" + "---|---|" * len(models) + "---|")
+        rows = sorted(
+            {(r["model"], r["mixer"]) for r in recs if r["dataset"] == ds},
+            key=lambda mm: (order.index(mm[0]), mm[1]),
+        )
+        horizons = sorted({r["horizon"] for r in recs if r["dataset"] == ds})
+        cell = {}  # (model, mixer, h) -> list of records
+        for r in recs:
+            if r["dataset"] == ds:
+                cell.setdefault((r["model"], r["mixer"], r["horizon"]), []).append(r)
+        best = {}
+        for h in horizons:
+            means = {mm: statistics.mean(x["mse"] for x in cell[(*mm, h)]) for mm in rows if (*mm, h) in cell}
+            best[h] = min(means, key=means.get)
+        lines.append(
+            f"\n**{ds}** — test MSE / MAE, mean ± std over the seeds listed; lowest mean MSE in bold\n"
+        )
+        lines.append(
+            "| model (Mamba sub-layer) | " + " | ".join(f"H={h} MSE | H={h} MAE" for h in horizons) + " |"
+        )
+        lines.append("|---|" + "---|---|" * len(horizons))
+        for mm in rows:
+            cells = []
             for h in horizons:
-                means = {
-                    m: statistics.mean(x["mse"] for x in groups[(ds, mixer, h, m)])
-                    for m in models
-                    if (ds, mixer, h, m) in groups
-                }
-                best = min(means, key=means.get) if means else None
-                cells, seeds = [], set()
-                for m in models:
-                    g = groups.get((ds, mixer, h, m))
-                    if not g:
-                        cells += ["–", "–"]
-                        continue
-                    seeds |= {x["seed"] for x in g}
-                    mse_s = _fmt([x["mse"] for x in g])
-                    cells += [f"**{mse_s}**" if m == best else mse_s, _fmt([x["mae"] for x in g])]
-                lines.append(f"| {h} | " + " | ".join(cells) + f" | {','.join(map(str, sorted(seeds)))} |")
-            if args.naive:
-                seq_len = next(r["settings"]["seq_len"] for r in recs if r["dataset"] == ds)
-                lines.append(
-                    "\nTrivial forecasts on the same test windows (MSE / MAE): "
-                    + "; ".join(
-                        f"H={h}: "
-                        + ", ".join(
-                            f"{k} {v[0]:.3f} / {v[1]:.3f}" for k, v in naive_baselines(ds, h, seq_len).items()
-                        )
-                        for h in horizons
-                    )
-                    + "\n"
-                )
+                g = cell.get((*mm, h))
+                if not g:
+                    cells += ["–", "–"]
+                    continue
+                seeds = ",".join(str(x["seed"]) for x in sorted(g, key=lambda x: x["seed"]))
+                mse_s = _fmt([x["mse"] for x in g]) + f" (s{seeds})"
+                cells += [f"**{mse_s}**" if best[h] == mm else mse_s, _fmt([x["mae"] for x in g])]
+            label = mm[0] if mm[1] == "-" else f"{mm[0]} ({mm[1]})"
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        if args.naive:
+            seq_len = next(r["settings"]["seq_len"] for r in recs if r["dataset"] == ds)
+            naive = {h: naive_baselines(ds, h, seq_len) for h in horizons}
+            for name in ("repeat-last", "zero"):
+                vals = " | ".join(f"{naive[h][name][0]:.3f} | {naive[h][name][1]:.3f}" for h in horizons)
+                lines.append(f"| *{name} (trivial)* | {vals} |")
     text = "\n".join(lines) + "\n"
     if args.md:
         Path(args.md).write_text(text)
     print(text)
     if args.png:
         mixer = args.plot_mixer or max(mixers, key=lambda mx: sum(r["mixer"] == mx for r in recs))
-        _plot({k: v for k, v in groups.items() if k[1] == mixer}, datasets, order, args.png, mixer)
+        naive_all = {}
+        if args.naive:
+            for ds in datasets:
+                seq_len = next(r["settings"]["seq_len"] for r in recs if r["dataset"] == ds)
+                hs = sorted({r["horizon"] for r in recs if r["dataset"] == ds})
+                naive_all[ds] = {h: naive_baselines(ds, h, seq_len) for h in hs}
+        core = [m for m in order if "/" not in m]  # tagged variants stay in the tables only
+        _plot({k: v for k, v in groups.items() if k[1] == mixer}, datasets, core, args.png, mixer, naive_all)
     return 0
 
 
-def _plot(groups, datasets, order, png, mixer):
+def _plot(groups, datasets, order, png, mixer, naive_all):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -250,10 +261,23 @@ def _plot(groups, datasets, order, png, mixer):
                     ys.append(statistics.mean(g))
                     es.append(statistics.stdev(g) if len(g) > 1 else 0.0)
             ax.bar(xs, ys, width, yerr=es, label=m, capsize=2)
+        for j, h in enumerate(horizons):
+            for name, style in (("zero", ":"), ("repeat-last", "--")):
+                if ds in naive_all and h in naive_all[ds]:
+                    y = naive_all[ds][h][name][0]
+                    ax.hlines(
+                        y,
+                        j - 0.45,
+                        j + 0.45,
+                        colors="k",
+                        linestyles=style,
+                        lw=1,
+                        label=f"{name} forecast" if j == 0 else None,
+                    )
         ax.set_xticks(range(len(horizons)), [f"H={h}" for h in horizons])
         ax.set_ylabel("test MSE (standardised)")
-        ax.set_title(f"{ds} (Mamba sub-layer: {mixer})")
-    axes[0][0].legend(fontsize=7)
+        ax.set_title(f"{ds} (Mamba sub-layer: {mixer}; bars: mean ± std over seeds)", fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
