@@ -29,14 +29,16 @@ __all__ = ["ssd_triton", "ssd_final_state_triton", "ssd_step_triton", "CONFIG"]
 # Launch settings per kernel (block sizes are capped at the chunk length; K-blocks at the row blocks).
 # `python benchmarks/run.py --cases ssd-tune` sweeps them; TRANSMAMBA_SSD_CONFIG='{"scan": {"warps": 8}}'
 # overrides them per process (JSON, merged per kernel).
-CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweep on an H100 (docs/gpu-benchmarks.md)
+CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweeps on an H100 (docs/gpu-benchmarks.md)
     "state": dict(BK=32, warps=4, stages=3),  # chunk states / u_c
     "cb": dict(B=64, warps=4, stages=2),  # C·B per chunk and group
     "scan": dict(BM=128, BK=32, warps=8, stages=3),  # chunk scan (outputs)
     "dx": dict(BJ=64, BK=32, warps=4, stages=3),  # backward dx / ddt / da
-    "dcb": dict(B=64, warps=8, stages=3),  # backward dCB and the intra-chunk dA
+    "dcb": dict(B=64, warps=4, stages=2),  # backward dCB (and the intra-chunk dA unless misc.dda_in_dx)
     "bcs": dict(BT=64, BN=64, warps=4, stages=2),  # backward state parts of dB, dC
-    "misc": dict(dda_in_dx=1),  # where the intra-chunk dA is summed: 1 = bwd_dx kernel, 0 = bwd_dcb kernel
+    # where the intra-chunk dA is summed: 0 = bwd_dcb kernel (per group, loops over its heads; measured
+    # 5.5-5.6 ms fwd+bwd at the benchmark shape), 1 = bwd_dx kernel (per head; measured 5.9 ms)
+    "misc": dict(dda_in_dx=0),
 }
 if os.environ.get("TRANSMAMBA_SSD_CONFIG"):
     import json as _json
