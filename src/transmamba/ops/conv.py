@@ -10,12 +10,22 @@ a tap never reads across a document boundary: inputs of an earlier document coun
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import torch
 import torch.nn.functional as F
 
 from transmamba.ops.checks import check_shape
 
 _ACTIVATIONS = (None, "silu", "swish")
+
+
+def _use_triton(x: torch.Tensor, activation: str | None) -> bool:
+    """CUDA tensors go to `ops/triton/conv.py` (imported lazily) unless TRANSMAMBA_DISABLE_TRITON is set."""
+    if not x.is_cuda or x.dtype == torch.float64 or activation not in _ACTIVATIONS:
+        return False
+    return not os.environ.get("TRANSMAMBA_DISABLE_TRITON") and importlib.util.find_spec("triton") is not None
 
 
 def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
@@ -55,6 +65,13 @@ def causal_conv1d(
         check_shape("causal_conv1d", "bias", bias, (dim,))
     if seq_idx is not None:
         check_shape("causal_conv1d", "seq_idx", seq_idx, (batch, seqlen))
+    if initial_state is None and _use_triton(x, activation):
+        from transmamba.ops.triton.conv import causal_conv1d_cuda
+
+        out = causal_conv1d_cuda(x, weight, bias, activation=activation, seq_idx=seq_idx,
+                                 return_final_state=return_final_state)
+        if out is not None:
+            return out
     if initial_state is None:
         prefix = x.new_zeros(batch, dim, width - 1)
     else:
@@ -99,6 +116,10 @@ def causal_conv1d_update(
     batch, dim = x.shape
     width = weight.shape[1]
     check_shape("causal_conv1d_update", "conv_state", conv_state, (batch, dim, width - 1))
+    if width >= 2 and _use_triton(x, activation):
+        from transmamba.ops.triton.conv import causal_conv1d_update_triton
+
+        return causal_conv1d_update_triton(x, conv_state, weight, bias, activation in ("silu", "swish"))
     window = torch.cat([conv_state.to(x.dtype), x.unsqueeze(-1)], dim=-1)  # (batch, dim, width)
     y = (window * weight.to(x.dtype)).sum(-1)
     if bias is not None:
