@@ -283,7 +283,7 @@ TUNE_SPACE = {
     "cb": [dict(B=bb, warps=w, stages=s) for bb in (64, 128) for w in (4, 8) for s in (2, 3)],
     "scan": [dict(BM=bm, BK=bk, warps=w, stages=s) for bm in (64, 128) for bk in (32, 64) for w in (4, 8)
              for s in (2, 3)],
-    "misc": [dict(dda_in_dx=1), dict(dda_in_dx=0)],
+    "misc": [dict(dda_in_dx=i, hsplit=sp) for i in (0, 1) for sp in (1, 4, 16)],
     "dx": [dict(BJ=bj, BK=bk, warps=w, stages=s) for bj in (64, 128) for bk in (32, 64) for w in (4, 8)
            for s in (2, 3)],
     "dcb": [dict(B=bb, warps=w, stages=s) for bb in (32, 64, 128) for w in (4, 8) for s in (2, 3)],
@@ -332,6 +332,32 @@ def run_ssd_tune(args) -> list[dict[str, Any]]:
             print(f"tune {key}: no candidate ran")
         print(f"tune {key}: best {best}")
     print("TUNED CONFIG " + json.dumps(S.CONFIG))
+    return rows
+
+
+@case("ssd-variants", "SSD fwd+bwd at L = 8192, batch 4 for the backward's variants (CONFIG['misc'])")
+def run_ssd_variants(args) -> list[dict[str, Any]]:
+    from transmamba.ops.triton import ssd as S
+
+    x, dt, A, B, C, D, dt_bias = _ssd_inputs(4, 8192, 64, 64, 1, 128)
+    leaves = [x, dt, A, B, C, D, dt_bias]
+    for t in leaves:
+        t.requires_grad_()
+    dy = torch.randn_like(x)
+    kw = dict(chunk_size=256, D=D, dt_bias=dt_bias, dt_softplus=True)
+    base = dict(S.CONFIG["misc"])
+    ref = None
+    rows = []
+    for cand in TUNE_SPACE["misc"]:
+        S.CONFIG["misc"].update(cand)
+        gs = torch.autograd.grad(S.ssd_triton(x, dt, A, B, C, **kw), leaves, dy)
+        if ref is None:
+            ref = gs
+        err = max(rel(a, r) for a, r in zip(gs, ref))
+        ms = bench_ms(lambda: torch.autograd.grad(S.ssd_triton(x, dt, A, B, C, **kw), leaves, dy))
+        rows.append({**cand, "fwdbwd_ms": ms, "max_grad_rel_diff_vs_first": err})
+        print(json.dumps(rows[-1]))
+    S.CONFIG["misc"] = base
     return rows
 
 

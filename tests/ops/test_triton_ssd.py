@@ -176,7 +176,8 @@ _INTERP_SCRIPT = textwrap.dedent(
         out[name] = run_case(ssd_triton, ssd_naive, t, seq, chunk)
     # several tiles per chunk (off-diagonal tiles of the backward's dA sum), several chunks
     for key, val in {"state": {"BK": 16}, "cb": {"B": 16}, "scan": {"BM": 16, "BK": 16},
-                     "dx": {"BJ": 16, "BK": 16}, "dcb": {"B": 16}, "bcs": {"BT": 16, "BN": 16}}.items():
+                     "dx": {"BJ": 16, "BK": 16}, "dcb": {"B": 16}, "bcs": {"BT": 16, "BN": 16},
+                     "misc": {"hsplit": 2}}.items():
         S.CONFIG[key].update(val)
     t = make_inputs(2, 45, 4, 16, 2, 16, device="cpu", dtype=torch.float32, gen=gen)
     out["small_tiles"] = run_case(ssd_triton, ssd_naive, t, random_seq_idx(2, 45, 2, gen), 32)

@@ -16,6 +16,7 @@ or the Triton interpreter runs), accumulation and all decays in fp32; the final 
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -38,7 +39,8 @@ CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweeps on an H100 
     "bcs": dict(BT=64, BN=64, warps=4, stages=2),  # backward state parts of dB, dC
     # where the intra-chunk dA is summed: 0 = bwd_dcb kernel (per group, loops over its heads; measured
     # 5.5-5.6 ms fwd+bwd at the benchmark shape), 1 = bwd_dx kernel (per head; measured 5.9 ms)
-    "misc": dict(dda_in_dx=0),
+    "misc": dict(dda_in_dx=0, hsplit=1),  # hsplit: split each group's heads over this many programs
+                                          # in the dCB and dB/dC-state kernels (atomics; 1 = none)
 }
 if os.environ.get("TRANSMAMBA_SSD_CONFIG"):
     import json as _json
@@ -224,23 +226,27 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
         num_warps=c["warps"], num_stages=c["stages"],
     )
     # dC, dB
-    dcb = cb  # in place: each tile of C·B is read (if needed), then overwritten by dCB
+
+    nsplit = math.gcd(int(CONFIG["misc"]["hsplit"]), cfg.h // cfg.g)
+    # dCB: in place over C·B (each tile read, then overwritten) unless heads are split over programs
+    dcb = cb if nsplit == 1 else torch.zeros_like(cb)
     c = _c("dcb", cfg.Q)
-    K.bwd_dcb_kernel[(cfg.b * cfg.nc * cfg.g, cfg.Q // c["B"], cfg.Q // c["B"])](
-        x, dy, dt_eff, dA, cfg.seq_ptr, dcb, dda_in, diff, cfg.l, cfg.h, cfg.g, cfg.p, *x.stride(),
+    K.bwd_dcb_kernel[(cfg.b * cfg.nc * cfg.g * nsplit, cfg.Q // c["B"], cfg.Q // c["B"])](
+        x, dy, dt_eff, dA, cfg.seq_ptr, cb, dcb, dda_in, diff, cfg.l, cfg.h, cfg.g, cfg.p, *x.stride(),
         *cfg.seq_strides,
-        HAS_SEQ=cfg.has_seq, STABLE_DA=not in_dx, IEEE=cfg.ieee, Q=cfg.Q, BI=c["B"], BJ=c["B"], BK=cfg.BP,
+        HAS_SEQ=cfg.has_seq, STABLE_DA=not in_dx, IEEE=cfg.ieee, NSPLIT=nsplit, Q=cfg.Q, BI=c["B"], BJ=c["B"], BK=cfg.BP,
         num_warps=c["warps"], num_stages=c["stages"],
     )
     L = cfg.nc * cfg.Q
-    dC = torch.empty(cfg.b, L, cfg.g, cfg.n, device=x.device, dtype=torch.float32)
-    dB = torch.empty_like(dC)
+    alloc = torch.empty if nsplit == 1 else torch.zeros
+    dC = alloc(cfg.b, L, cfg.g, cfg.n, device=x.device, dtype=torch.float32)
+    dB = alloc(cfg.b, L, cfg.g, cfg.n, device=x.device, dtype=torch.float32)
     c = _c("bcs", cfg.Q)
     BN2 = min(cfg.BN, c["BN"])
-    K.bwd_bc_state_kernel[(cfg.b * cfg.nc * cfg.g, cfg.Q // c["BT"], triton.cdiv(cfg.n, BN2))](
+    K.bwd_bc_state_kernel[(cfg.b * cfg.nc * cfg.g, cfg.Q // c["BT"], triton.cdiv(cfg.n, BN2) * nsplit)](
         x, dy, C, dt_eff, dA, prev, ds, cfg.seq_ptr, dC, dB, dda, cfg.l, cfg.h, cfg.g, cfg.p, cfg.n,
         *x.stride(), *C.stride(), *cfg.seq_strides,
-        HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, Q=cfg.Q, BT=c["BT"], BN=BN2, BP=cfg.BP,
+        HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, NSPLIT=nsplit, Q=cfg.Q, BT=c["BT"], BN=BN2, BP=cfg.BP,
         num_warps=c["warps"], num_stages=c["stages"],
     )
     pad = L - cfg.l

@@ -424,11 +424,11 @@ def bwd_dx_kernel(
 
 @triton.jit
 def bwd_dcb_kernel(
-    X, DY, DT, DA, SEQ, OUT, DDA_IN, DIFF,
+    X, DY, DT, DA, SEQ, CBIN, OUT, DDA_IN, DIFF,
     seqlen, nheads, ngroups, headdim,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_seq_b, s_seq_l,
-    HAS_SEQ: tl.constexpr, STABLE_DA: tl.constexpr, IEEE: tl.constexpr,
+    HAS_SEQ: tl.constexpr, STABLE_DA: tl.constexpr, IEEE: tl.constexpr, NSPLIT: tl.constexpr,
     Q: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
 ):
     """OUT[b, c, g, i, j] = sum_{h of g} exp(a_i - a_j) dt_j dy_i·x_j for i >= j (0 elsewhere); OUT holds
@@ -440,8 +440,12 @@ def bwd_dcb_kernel(
     the column sums, k in the i block the reverse cumsum of the row sums, k strictly between the blocks the
     tile total (added through DIFF, a difference array: +total at the j block's end, -total at the i
     block's start; the caller cumsums it); a diagonal tile uses the 2-D form. DDA_IN and DIFF are
-    (b, h, c, Q) fp32, atomically added. Grid (b * nchunks * g, Q // BI, Q // BJ)."""
-    pid = tl.program_id(0)
+    (b, h, c, Q) fp32, atomically added. Grid (b * nchunks * g * NSPLIT, Q // BI, Q // BJ): with NSPLIT > 1
+    each program takes 1/NSPLIT of the group's heads and adds its tile into a zeroed OUT (CBIN != OUT);
+    with NSPLIT == 1 OUT may be CBIN (each tile is read before it is overwritten)."""
+    pid0 = tl.program_id(0)
+    pid = pid0 // NSPLIT
+    split = pid0 % NSPLIT
     pi = tl.program_id(1)
     pj = tl.program_id(2)
     g = pid % ngroups
@@ -464,10 +468,11 @@ def bwd_dcb_kernel(
             seq_j = tl.load(SEQ + b * s_seq_b + tj * s_seq_l, mask=mj, other=-2)
             keep &= seq_i[:, None] == seq_j[None, :]
         if STABLE_DA:
-            cb = tl.load(OUT + pid * Q * Q + offs_i[:, None] * Q + offs_j[None, :])
+            cb = tl.load(CBIN + pid * Q * Q + offs_i[:, None] * Q + offs_j[None, :])
             cb = tl.where(keep, cb, 0.0)
         hpg = nheads // ngroups
-        for hh in range(0, hpg):
+        hps = hpg // NSPLIT
+        for hh in range(split * hps, split * hps + hps):
             h = g * hpg + hh
             da_base = ((b * nheads + h) * nchunks + c) * Q
             a_i = tl.load(DA + da_base + offs_i)
@@ -500,7 +505,10 @@ def bwd_dcb_kernel(
                 r = tl.cumsum(w, axis=1) - w  # r[i, k] = sum_{j<k} W_ij
                 contrib = tl.sum(tl.where(offs_i[:, None] >= offs_j[None, :], r, 0.0), axis=0)
                 tl.atomic_add(DDA_IN + da_base + offs_j, contrib)
-    tl.store(OUT + pid * Q * Q + offs_i[:, None] * Q + offs_j[None, :], acc)
+    if NSPLIT == 1:
+        tl.store(OUT + pid * Q * Q + offs_i[:, None] * Q + offs_j[None, :], acc)
+    elif pj * BJ <= pi * BI + BI - 1:
+        tl.atomic_add(OUT + pid * Q * Q + offs_i[:, None] * Q + offs_j[None, :], acc)
 
 
 @triton.jit
@@ -510,16 +518,18 @@ def bwd_bc_state_kernel(
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_c_b, s_c_l, s_c_g, s_c_n,
     s_seq_b, s_seq_l,
-    HAS_SEQ: tl.constexpr, IEEE: tl.constexpr,
+    HAS_SEQ: tl.constexpr, IEEE: tl.constexpr, NSPLIT: tl.constexpr,
     Q: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
 ):
     """State parts of dC and dB for a block of tokens, summed over the heads of the group:
     DC[t] = sum_h exp(a_t) dy_t S_c,  DB[t] = sum_h exp(a_last - a_t) dt_t x_t ds_c.
     Also DDA[t] += exp(a_t) dy_t·(S_c C_t) per head (the incoming state's log-decay gradient; partial
-    over n blocks). Grid (b * nchunks * g, Q // BT, cdiv(n, BN)). DC, DB fp32 (b, nchunks*Q, g, n)."""
+    over n blocks). Grid (b * nchunks * g, Q // BT, cdiv(n, BN) * NSPLIT). DC, DB fp32 (b, nchunks*Q, g, n),
+    zeroed and atomically added when NSPLIT > 1 (each program then takes 1/NSPLIT of the group's heads)."""
     pid = tl.program_id(0)
     pt = tl.program_id(1)
-    pn = tl.program_id(2)
+    pn = tl.program_id(2) % tl.cdiv(dstate, BN)
+    split = tl.program_id(2) // tl.cdiv(dstate, BN)
     g = pid % ngroups
     bc = pid // ngroups
     nchunks = tl.cdiv(seqlen, Q)
@@ -544,7 +554,8 @@ def bwd_bc_state_kernel(
     ct = tl.load(CM + b * s_c_b + g * s_c_g + tt[:, None] * s_c_l + offs_n[None, :] * s_c_n,
                  mask=mt[:, None] & mn[None, :], other=0.0).to(tl.float32)
     hpg = nheads // ngroups
-    for hh in range(0, hpg):
+    hps = hpg // NSPLIT
+    for hh in range(split * hps, split * hps + hps):
         h = g * hpg + hh
         da_base = ((b * nheads + h) * nchunks + c) * Q
         a_t = tl.load(DA + da_base + offs_t)
@@ -572,8 +583,12 @@ def bwd_bc_state_kernel(
         acc_b += pb * wb[:, None]
         tl.atomic_add(DDA + da_base + offs_t, tl.sum(pc * ct, axis=1), mask=mt)
     out = ((b * nchunks * Q + tt[:, None]) * ngroups + g) * dstate + offs_n[None, :]
-    tl.store(DC + out, acc_c, mask=mt[:, None] & mn[None, :])
-    tl.store(DB + out, acc_b, mask=mt[:, None] & mn[None, :])
+    if NSPLIT == 1:
+        tl.store(DC + out, acc_c, mask=mt[:, None] & mn[None, :])
+        tl.store(DB + out, acc_b, mask=mt[:, None] & mn[None, :])
+    else:
+        tl.atomic_add(DC + out, acc_c, mask=mt[:, None] & mn[None, :])
+        tl.atomic_add(DB + out, acc_b, mask=mt[:, None] & mn[None, :])
 
 
 # ----------------------------------------------------------------------------------------------------------
