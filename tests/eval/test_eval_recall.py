@@ -160,3 +160,19 @@ def test_evaluate_lengths_and_bad_output():
     assert all(r["exact_match"] == 1.0 and r["generate_exact_match"] == 1.0 for r in rows)
     with pytest.raises(ValueError, match="logits of shape"):
         recall.score(lambda ids: ids.float(), syn.mqar(1, 2))
+
+
+def test_generate_path_matches_full_forward_greedy():
+    """Greedy decoding through model.generate (caches, TransMamba conversion inside the prompt) gives the
+    same tokens as a loop of full forward passes."""
+    lm = pytest.importorskip("transmamba.models.lm")
+    from transmamba.models.config import ModelConfig
+
+    torch.manual_seed(1)
+    cfg = ModelConfig(vocab_size=V, d_model=16, pattern="T-*-M-", n_heads=2, d_state=8, headdim=8, ngroups=2,
+                      chunk_size=16, transpoints=[20])
+    model = lm.CausalLM(cfg).eval()
+    prefix = syn.phonebook(3, 4, seed=2).input_ids[:, :30]
+    cached = recall.greedy_continue(model, prefix, 5)
+    full = recall.greedy_continue(lambda ids: model(ids).logits, prefix, 5)
+    assert torch.equal(cached, full)

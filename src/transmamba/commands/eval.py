@@ -123,6 +123,15 @@ def _run_recall(args) -> int:
         if "generate_exact_match" in r:
             line += f" {r['generate_exact_match']:>10.4f}"
         print(line)
+    if args.eval_task == "phonebook":
+        print("exact match by where the answer sits in the book (start -> end):")
+        for r in rows:
+            cells = "  ".join(
+                f"{b['from']:.2f}-{b['to']:.2f}: "
+                + ("  -  " if b["accuracy"] is None else f"{b['accuracy']:.3f}")
+                for b in r["by_book_position"]
+            )
+            print(f"{r['length']:>7}  {cells}")
     _emit(args, {"task": args.eval_task, "checkpoint": str(args.checkpoint),
                  "transpoints": _transpoints(model), "results": rows})
     return 0
