@@ -23,7 +23,8 @@ RECALL_TASKS = ("phonebook", "mqar", "selective-copy")
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="folder written by save_pretrained / `transmamba train` (config.json + weights)")
+                   help="folder written by save_pretrained (config.json + weights), or a `transmamba train` "
+                        "run folder (its last checkpoint is used)")
     p.add_argument("--device", default="auto",
                    help="auto (cuda if available, else cpu) | cpu | cuda | cuda:N")
     p.add_argument("--transpoints", default=None, metavar="SCHEDULE",
@@ -80,13 +81,27 @@ def _device(name: str):
     return torch.device(name)
 
 
+def checkpoint_dir(path) -> Path:
+    """A folder with config.json, or a `transmamba train` run folder (its `last` checkpoint)."""
+    ckpt = Path(path)
+    if (ckpt / "config.json").is_file():
+        return ckpt
+    try:
+        from transmamba.training.checkpoint import find_checkpoint
+
+        found = find_checkpoint(ckpt)
+    except ImportError:
+        found = None
+    if found is not None and (found / "config.json").is_file():
+        return found
+    raise SystemExit(f"eval: {ckpt} is not a checkpoint folder (no config.json) nor a run folder with one")
+
+
 def load_model(args):
     """The checkpoint's CausalLM in eval mode on the chosen device, schedule swapped if asked."""
     from transmamba.models.lm import CausalLM
 
-    ckpt = Path(args.checkpoint)
-    if not (ckpt / "config.json").is_file():
-        raise SystemExit(f"eval: {ckpt} is not a checkpoint folder (no config.json)")
+    ckpt = checkpoint_dir(args.checkpoint)
     model = CausalLM.from_pretrained(str(ckpt)).to(_device(args.device)).eval()
     if args.transpoints:
         sched = args.transpoints
@@ -153,7 +168,7 @@ def _run_perplexity(args) -> int:
     from transmamba.data.tokenizer import TextTokenizer, encode_documents
     from transmamba.eval.perplexity import perplexity
 
-    tok_path = Path(args.tokenizer) if args.tokenizer else Path(args.checkpoint) / "tokenizer.json"
+    tok_path = Path(args.tokenizer) if args.tokenizer else checkpoint_dir(args.checkpoint) / "tokenizer.json"
     if not tok_path.is_file():
         print(f"eval perplexity: no tokenizer at {tok_path}; pass --tokenizer FILE", file=sys.stderr)
         return 2
