@@ -44,7 +44,7 @@ def _pre(X, W, BIAS, SEQ, b, offs_d, md, t, mt, seqlen, s_x_b, s_x_d, s_x_l, s_s
 def _fwd_kernel(X, W, BIAS, SEQ, Y, seqlen, dim, s_x_b, s_x_d, s_x_l, s_y_b, s_y_d, s_y_l, s_seq_b, s_seq_l,
                 WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
                 BD: tl.constexpr, BL: tl.constexpr):
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)  # offsets of large tensors need 64 bits
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     t = tl.program_id(2) * BL + tl.arange(0, BL)
     md = offs_d < dim
@@ -62,7 +62,7 @@ def _bwd_kernel(X, W, BIAS, SEQ, DY, DX, DW, DB, seqlen, dim, s_x_b, s_x_d, s_x_
                 WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
                 BD: tl.constexpr, BL: tl.constexpr):
     """DX like X (strides s_x_*), DY strides s_y_*; DW (dim, W) and DB (dim,) fp32, atomically added."""
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)  # offsets of large tensors need 64 bits
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     s = tl.program_id(2) * BL + tl.arange(0, BL)
     md = offs_d < dim
@@ -106,7 +106,7 @@ def _update_kernel(X, STATE, W, BIAS, Y, NEW, dim, s_st_b, s_st_d, s_st_k,
                    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BD: tl.constexpr):
     """One token: window = [state (W-1), x]; y = silu(bias + sum w * window); NEW = window[1:]. X, Y (b, dim)
     contiguous; NEW (b, dim, W-1) contiguous (may alias STATE when it is contiguous)."""
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)  # offsets of large tensors need 64 bits
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     md = offs_d < dim
     acc = tl.zeros((BD,), dtype=tl.float32)

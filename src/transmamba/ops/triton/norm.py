@@ -34,7 +34,7 @@ def _fwd_kernel(X, Z, W, Y, RSTD, nrows, dim, group, eps,
     if HAS_W:
         w = tl.load(W + cols, mask=mc, other=0.0).to(tl.float32)
     for rr in range(0, ROWS):
-        row = pr * ROWS + rr
+        row = pr.to(tl.int64) * ROWS + rr  # 64-bit offsets for large inputs
         if row < nrows:
             x = tl.load(X + row * dim + cols, mask=mc, other=0.0).to(tl.float32)
             u = x
@@ -67,7 +67,7 @@ def _bwd_kernel(X, Z, W, DY, RSTD, DX, DZ, DW, nrows, dim, group,
         w = tl.load(W + cols, mask=mc, other=0.0).to(tl.float32)
     dw = tl.zeros((BLOCK,), dtype=tl.float32)
     for rr in range(0, ROWS):
-        row = pr * ROWS + rr
+        row = pr.to(tl.int64) * ROWS + rr  # 64-bit offsets for large inputs
         if row < nrows:
             x = tl.load(X + row * dim + cols, mask=mc, other=0.0).to(tl.float32)
             dy = tl.load(DY + row * dim + cols, mask=mc, other=0.0).to(tl.float32)
@@ -103,7 +103,7 @@ def _bwd_kernel(X, Z, W, DY, RSTD, DX, DZ, DW, nrows, dim, group,
                 tl.store(DZ + row * dim + cols, dz, mask=mc)
             else:
                 tl.store(DX + row * dim + cols, du, mask=mc)
-    tl.store(DW + pr * dim + cols, dw, mask=mc)
+    tl.store(DW + pr.to(tl.int64) * dim + cols, dw, mask=mc)
 
 
 class _GatedRMSNorm(torch.autograd.Function):

@@ -59,7 +59,7 @@ def chunk_cumsum_kernel(
 ):
     """dt_eff = softplus(dt + bias) (or dt + bias) and a = cumsum(dt_eff * A) per chunk.
     Grid (b, nchunks, cdiv(h, BH)). Outputs (b, h, nchunks, Q) fp32; padded tokens get dt_eff = 0."""
-    pid_b = tl.program_id(0)
+    pid_b = tl.program_id(0).to(tl.int64)
     pid_c = tl.program_id(1)
     pid_h = tl.program_id(2)
     nchunks = tl.num_programs(1)
@@ -101,6 +101,8 @@ def chunk_state_kernel(
     nchunks = tl.cdiv(seqlen, Q)
     c = bc % nchunks
     b = bc // nchunks
+    bc = bc.to(tl.int64)  # offsets of large tensors need 64 bits
+    b = b.to(tl.int64)
     g = h // (nheads // ngroups)
     npb = tl.cdiv(dstate, BN)
     offs_p = (pid_pn // npb) * BP + tl.arange(0, BP)
@@ -156,7 +158,7 @@ def state_passing_kernel(
     REVERSE: STATES = u, INIT = dL/dfinal on entry (HAS_INIT must be set) and dL/dinitial on exit,
         FINAL = the forward's S_c (read), OUT[c] = G_{c+1} = ds_c, and DA_GRAD (b, h, c, Q) gets
         exp(a_last) <G_{c+1}, S_c> added at each chunk's last slot."""
-    pid_bh = tl.program_id(0)
+    pid_bh = tl.program_id(0).to(tl.int64)
     pid_s = tl.program_id(1)
     h = pid_bh % nheads
     b = pid_bh // nheads
@@ -205,7 +207,7 @@ def bmm_cb_kernel(
 ):
     """OUT[b, c, g, i, j] = C_i · B_j for the lower block triangle (j-block <= i-block). Grid
     (b * nchunks * g, Q // BI, Q // BJ). B and C share strides. OUT fp32 (b, c, g, Q, Q)."""
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)
     pi = tl.program_id(1)
     pj = tl.program_id(2)
     if pj * BJ > pi * BI + BI - 1:
@@ -215,6 +217,8 @@ def bmm_cb_kernel(
     nchunks = tl.cdiv(seqlen, Q)
     c = bc % nchunks
     b = bc // nchunks
+    bc = bc.to(tl.int64)  # offsets of large tensors need 64 bits
+    b = b.to(tl.int64)
     ti = c * Q + pi * BI + tl.arange(0, BI)
     tj = c * Q + pj * BJ + tl.arange(0, BJ)
     acc = tl.zeros((BI, BJ), dtype=tl.float32)
@@ -252,6 +256,8 @@ def chunk_scan_kernel(
     nchunks = tl.cdiv(seqlen, Q)
     c = bc % nchunks
     b = bc // nchunks
+    bc = bc.to(tl.int64)  # offsets of large tensors need 64 bits
+    b = b.to(tl.int64)
     g = h // (nheads // ngroups)
     t0 = c * Q
     offs_m = pm * BM + tl.arange(0, BM)
@@ -338,6 +344,8 @@ def bwd_dx_kernel(
     nchunks = tl.cdiv(seqlen, Q)
     c = bc % nchunks
     b = bc // nchunks
+    bc = bc.to(tl.int64)  # offsets of large tensors need 64 bits
+    b = b.to(tl.int64)
     g = h // (nheads // ngroups)
     t0 = c * Q
     offs_j = pj * BJ + tl.arange(0, BJ)
@@ -443,7 +451,7 @@ def bwd_dcb_kernel(
     (b, h, c, Q) fp32, atomically added. Grid (b * nchunks * g * NSPLIT, Q // BI, Q // BJ): with NSPLIT > 1
     each program takes 1/NSPLIT of the group's heads and adds its tile into a zeroed OUT (CBIN != OUT);
     with NSPLIT == 1 OUT may be CBIN (each tile is read before it is overwritten)."""
-    pid0 = tl.program_id(0)
+    pid0 = tl.program_id(0).to(tl.int64)
     pid = pid0 // NSPLIT
     split = pid0 % NSPLIT
     pi = tl.program_id(1)
@@ -453,6 +461,8 @@ def bwd_dcb_kernel(
     nchunks = tl.cdiv(seqlen, Q)
     c = bc % nchunks
     b = bc // nchunks
+    bc = bc.to(tl.int64)  # offsets of large tensors need 64 bits
+    b = b.to(tl.int64)
     offs_i = pi * BI + tl.arange(0, BI)
     offs_j = pj * BJ + tl.arange(0, BJ)
     acc = tl.zeros((BI, BJ), dtype=tl.float32)
@@ -535,6 +545,8 @@ def bwd_bc_state_kernel(
     nchunks = tl.cdiv(seqlen, Q)
     c = bc % nchunks
     b = bc // nchunks
+    bc = bc.to(tl.int64)  # offsets of large tensors need 64 bits
+    b = b.to(tl.int64)
     t0 = c * Q
     offs_t = pt * BT + tl.arange(0, BT)
     tt = t0 + offs_t
@@ -606,7 +618,7 @@ def ssd_step_kernel(
     """One token: S' = exp(dt A) S + dt x Bᵀ, y = S' C + D x, y *= silu(z). All inputs contiguous:
     STATE/NEW (b, h, p, n), X/Z/Y (b, h, p), DT (b, h), B/C (b, g, n). Grid (b * h, cdiv(p, BP)).
     NEW may alias STATE (in-place update)."""
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)
     pp = tl.program_id(1)
     h = pid % nheads
     b = pid // nheads
