@@ -499,22 +499,27 @@ def run_transpoint_sweep(args) -> list[dict[str, Any]]:
 
 
 def _decode_one(preset: str, ctx: int, b: int, new: int) -> dict[str, Any]:
-    """generate() after a ctx-token prompt: prefill seconds and decode tokens/s (greedy)."""
+    """generate() after a ctx-token prompt (greedy): prefill seconds and decode tokens/s.
+
+    Every shape is warmed up first (a full call at the same batch and context, so kernel compilation and
+    allocator growth stay out of the numbers); then prefill = one call with 1 new token, and decode time =
+    (a call with new + 1 tokens) - (that prefill), each the median of 3 calls."""
     torch.manual_seed(0)
-    model = _model(preset, max_seq_len=ctx + 256).cuda().to(torch.bfloat16).eval()
+    model = _model(preset, max_seq_len=ctx + new + 16).cuda().to(torch.bfloat16).eval()
     ids = torch.randint(0, model.config.vocab_size, (b, ctx), device="cuda")
-    with torch.no_grad():
-        model.generate(ids[:, :64], max_new_tokens=4, greedy=True)
+
+    def timed(n: int) -> float:
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        model.generate(ids, max_new_tokens=1, greedy=True)
+        model.generate(ids, max_new_tokens=n, greedy=True)
         torch.cuda.synchronize()
-        t1 = time.perf_counter()
-        model.generate(ids, max_new_tokens=new + 1, greedy=True)
-        torch.cuda.synchronize()
-        t2 = time.perf_counter()
-    prefill = t1 - t0
-    dec = max(1e-9, (t2 - t1) - prefill)
+        return time.perf_counter() - t0
+
+    with torch.no_grad():
+        timed(new + 1)  # warm-up at this exact shape
+        prefill = sorted(timed(1) for _ in range(3))[1]
+        full = sorted(timed(new + 1) for _ in range(3))[1]
+    dec = max(1e-9, full - prefill)
     wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     return dict(prefill_s=prefill, decode_tokens_per_s=b * new / dec, ms_per_token=dec / new * 1e3,
                 params=sum(p.numel() for p in model.parameters()),
