@@ -6,7 +6,7 @@
 
 The runner lives in the source checkout (`benchmarks/run.py`, beside `src/`), not in the installed package;
 this command finds it from the current directory or from the package's source location, or takes
-`--runner PATH`. Every option after the known ones is handed to the runner (see `--list` and
+`--runner PATH`. The options below are handed to the runner as given (see `--list` and
 `python benchmarks/run.py --help`). Needs a CUDA GPU (and triton) for every case.
 """
 
@@ -15,6 +15,20 @@ from __future__ import annotations
 import argparse
 import importlib.util
 from pathlib import Path
+
+# options handed to benchmarks/run.py when given (names, types and meaning are the runner's)
+_PASS_THROUGH = [
+    ("--cases", str, "comma-separated cases, e.g. ceilings,ssd-op,ssd-decode,train-step,decode"),
+    ("--out", str, "folder for the JSON/CSV/PNG results"),
+    ("--lengths", str, "ssd-op sequence lengths, comma-separated"),
+    ("--tokens", int, "ssd-op tokens per call (batch = tokens / L)"),
+    ("--torch-max-len", int, "ssd-op: run the torch reference up to this L"),
+    ("--train-lengths", str, "train-step sequence lengths, comma-separated"),
+    ("--train-tokens", int, "train-step tokens per step"),
+    ("--train-rep-ms", int, "train-step: milliseconds of timed repeats"),
+    ("--decode-contexts", str, "decode prompt lengths, comma-separated"),
+    ("--decode-new-tokens", int, "decode: new tokens timed"),
+]
 
 
 def _find_runner(explicit: str | None) -> Path | None:
@@ -41,13 +55,13 @@ def _run(args: argparse.Namespace) -> int:
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(module)
-    argv = list(args.rest)
+    argv: list[str] = []
     if args.list:
         argv.append("--list")
-    if args.cases:
-        argv += ["--cases", args.cases]
-    if args.out:
-        argv += ["--out", args.out]
+    for flag, _, _ in _PASS_THROUGH:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            argv += [flag, str(value)]
     return int(module.main(argv) or 0)
 
 
@@ -59,12 +73,8 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--list", action="store_true", help="list the benchmark cases and exit")
-    p.add_argument("--cases", default=None,
-                   help="comma-separated cases, e.g. ceilings,ssd-op,ssd-decode,train-step,decode,"
-                   "transpoint-sweep")
-    p.add_argument("--out", default=None, help="folder for the JSON/CSV/PNG results (default docs/results)")
     p.add_argument("--runner", default=None,
                    help="path of benchmarks/run.py (default: found from the checkout)")
-    p.add_argument("rest", nargs=argparse.REMAINDER,
-                   help="further runner options, e.g. --lengths 1024,4096 --train-tokens 16384")
+    for flag, typ, help_ in _PASS_THROUGH:
+        p.add_argument(flag, type=typ, default=None, help=help_ + " (default: the runner's)")
     p.set_defaults(func=_run)
