@@ -199,3 +199,15 @@ def test_init_and_presets_build():
     a_log = [p for n, p in model.named_parameters() if n.endswith("A_log")]
     assert a_log and all(bool((p > 0).all()) for p in a_log)  # Mamba's own init kept (A = -exp(A_log))
     assert model.num_parameters() > model.num_parameters(exclude_embeddings=True)
+
+
+@torch.no_grad()
+def test_last_logits_only_matches_the_full_forward_and_refuses_labels():
+    model = CausalLM(random_config(random.Random(7), 12)).eval()
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 12))
+    full = model(ids).logits
+    last = model(ids, last_logits_only=True).logits
+    assert last.shape == (2, 1, SMALL["vocab_size"])
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="last_logits_only"):
+        model(ids, labels=ids, last_logits_only=True)

@@ -66,7 +66,7 @@ def prefill(model, prompts: list[list[int]], max_len: int) -> tuple[ModelCache, 
     for rows in groups.values():
         ids = torch.tensor([prompts[i] for i in rows], dtype=torch.long, device=device)
         cache = model.init_cache(len(rows), max_len)
-        out = model(ids, cache=cache)
+        out = model(ids, cache=cache, last_logits_only=True)
         caches.append(cache)
         logits.append(out.logits[:, -1].float())
         order.extend(rows)

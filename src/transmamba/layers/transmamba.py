@@ -107,10 +107,18 @@ class TransMamba(Mamba2):
             else:
                 qpos = torch.arange(q_start, q_start + tq, device=q.device)
                 mask = torch.arange(tk, device=q.device)[None, :] <= qpos[:, None]  # (tq, tk)
+        qg, kg, vg = q.transpose(1, 2), k.transpose(1, 2).to(q.dtype), vg.to(q.dtype)
+        width = vg.shape[-1]
+        if width != n:
+            # Fused SDPA kernels (flash) need one head dim for q, k and v; zero-padding q and k leaves every
+            # score q·k unchanged and padding v adds columns we drop, so pad all three to the larger one
+            # (the scale stays 1/sqrt(n)) rather than fall back to a kernel that materialises the scores.
+            dim = max(n, width)
+            qg, kg = F.pad(qg, (0, dim - n)), F.pad(kg, (0, dim - n))
+            vg = F.pad(vg, (0, dim - width))
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2).to(q.dtype), vg.to(q.dtype),
-            attn_mask=mask, is_causal=causal, scale=1.0 / math.sqrt(n),
-        )  # (b, g, tq, r·p)
+            qg, kg, vg, attn_mask=mask, is_causal=causal, scale=1.0 / math.sqrt(n),
+        )[..., :width]  # (b, g, tq, r·p)
         return out.transpose(1, 2).reshape(b, tq, h, p)
 
     def _attention_out(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

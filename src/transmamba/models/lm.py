@@ -233,9 +233,16 @@ class CausalLM(nn.Module):
         seq_idx: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         cache: ModelCache | None = None,
+        last_logits_only: bool = False,
     ) -> CausalLMOutput:
         """input_ids (b, t) long; seq_idx (b, t) document ids for packed rows; labels (b, t) with -100
-        ignored; cache: prefill continuing from (and updating) the decode states."""
+        ignored; cache: prefill continuing from (and updating) the decode states.
+
+        last_logits_only: compute logits (b, 1, V) for the last position only (prefill for generation:
+        a 16K x 16 prompt batch would otherwise hold a (16, 16K, V) logits tensor). Not with `labels`.
+        """
+        if last_logits_only and labels is not None:
+            raise ValueError("CausalLM: last_logits_only=True cannot compute a loss over `labels`; drop one")
         if input_ids.ndim != 2:
             raise ValueError(f"CausalLM: input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         if cache is not None and len(cache) != len(self.blocks):
@@ -246,6 +253,8 @@ class CausalLM(nn.Module):
                 h = block(h, seq_idx=seq_idx, state=None if cache is None else cache.states[i])
             else:
                 h = block(h)
+        if last_logits_only:
+            h = h[:, -1:]
         logits = self.lm_head(self.norm(h))
         aux = self._aux_loss() if "moe" in self.kinds else None
         loss = None
