@@ -175,8 +175,13 @@ def cmd_report(args) -> int:
     if not recs:
         print("no results", file=sys.stderr)
         return 1
-    order = ["mambaformer", "attention-mamba", "mamba-attention", "mamba", "transformer"]
-    order += sorted({r["model"] for r in recs} - set(order))
+    base = ["mambaformer", "attention-mamba", "mamba-attention", "mamba", "transformer"]
+
+    def rank(m: str) -> tuple:  # untagged variants first, then each tag, in the paper's order
+        name, _, tag = m.partition("/")
+        return (tag, base.index(name) if name in base else len(base), m)
+
+    order = sorted({r["model"] for r in recs} | set(base), key=rank)
     lines = []
     groups: dict = {}
     mixers = sorted({r["mixer"] for r in recs if r["mixer"] != "-"}) or ["-"]
