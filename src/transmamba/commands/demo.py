@@ -249,6 +249,11 @@ def run(args: argparse.Namespace) -> int:
     return _run(args)
 
 
+def _threads() -> str:
+    n = torch.get_num_threads()
+    return f"{n} thread" + ("s" if n != 1 else "")
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -276,11 +281,11 @@ def write_comparison(runs: dict, report: Path, *, demo_seconds: float, decode: d
     n_val = first.stats.get("val_documents", "?")
     corpus = first_cfg.data or "the bundled Shakespeare plays"
     plot_curves({label: r.run_dir / "metrics.csv" for label, (_, r) in runs.items()}, png,
-                title=f"same-size tiny models, same tokens (validation: {n_val} held-out documents)")
+                title=f"tiny models, same tokens and steps (validation: {n_val} held-out documents)")
     lines = [
-        "# Demo results: TransMamba vs. a same-size Transformer and Mamba-2",
+        "# Demo results: TransMamba vs. a Transformer and Mamba-2 of the same width and depth",
         "",
-        f"Made by `{command}` on {_cpu_name()} ({torch.get_num_threads()} threads), "
+        f"Made by `{command}` on {_cpu_name()} ({_threads()}), "
         f"torch {torch.__version__}.",
         "",
         f"Same tokenizer (byte-level BPE, {first_cfg.vocab_size} entries), same data order, "
