@@ -1,6 +1,6 @@
 """`transmamba demo`: train a small TransMamba on the bundled Shakespeare, then watch it decode.
 
-    transmamba demo                      # ~5 minutes on 2 CPU cores: tokenizer, training, val loss, sample
+    transmamba demo                      # 2-3 minutes on 2 CPU cores: tokenizer, training, val loss, sample
     transmamba demo --max_steps 60       # any `transmamba train` option works here too
     transmamba demo --compare --report docs/demo-results.md
                                          # also a same-size Transformer and Mamba-2, trained the same way
