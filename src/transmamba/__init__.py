@@ -1,6 +1,7 @@
-"""transmamba: hybrid Transformer-Mamba models (TransMamba, Mamba-2-Hybrid, Jamba, Dimba, Mambaformer, PoinTramba).
+"""transmamba: hybrid Transformer-Mamba models (TransMamba, Mamba-2-Hybrid, Jamba, Mambaformer).
 
-Importing this package touches neither CUDA nor Triton; GPU kernels load lazily on first use with CUDA tensors.
+Importing this package touches neither CUDA nor Triton; GPU kernels load lazily, on first use with CUDA
+tensors.
 Heavy submodules are imported on attribute access so that `import transmamba` stays cheap.
 """
 
