@@ -90,7 +90,10 @@ def run_one(args, dataset: str, model_name: str, horizon: int, seed: int) -> dic
     test = evaluate(model, data.test, batch_size=64)
     if seed == 0 and args.plots:
         tag = args.tag.replace("/", "-")
-        png = Path(args.plots) / f"forecast_{dataset}_{model_name}{tag}_h{horizon}.png"
+        png = (
+            Path(args.plots)
+            / f"forecast_{dataset}_{model_name}{tag}_{mixer_of(model_name, args.mixer)}_h{horizon}.png"
+        )
         plot_forecasts(model, data, png, title=f"{data.name} {model_name} ({args.mixer}) H={horizon}, seed 0")
     return {
         "dataset": dataset,
