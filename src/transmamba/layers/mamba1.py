@@ -198,11 +198,11 @@ class Mamba1(nn.Module):
             x, state.conv_state, self.conv_weight(), self.conv1d.bias, activation="silu"
         )
         dt, B, C = self._dt_B_C(x)
-        y, ssm_new = selective_state_update(
-            state.ssm_state, x, dt, self.A, B, C, D=self.D, z=z, dt_bias=self.dt_proj.bias, dt_softplus=True
-        )
+        y, _ = selective_state_update(
+            state.ssm_state, x, dt, self.A, B, C, D=self.D, z=z, dt_bias=self.dt_proj.bias, dt_softplus=True,
+            inplace=True,
+        )  # the SSM state is updated in place
         state.conv_state.copy_(conv_new)
-        state.ssm_state.copy_(ssm_new)
         state.seqlen_offset += 1
         return self.out_proj(y)
 

@@ -348,13 +348,11 @@ def selective_scan(
     if impl not in _IMPLS:
         raise ValueError(f"selective_scan: impl must be one of {_IMPLS}, got {impl!r}")
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, seq_idx)
-    if impl == "triton" or (impl == "auto" and initial_state is None and _use_triton(u)):
+    if impl == "triton" or (impl == "auto" and _use_triton(u)):
         fn = _triton_scan()
         if fn is None:
             raise RuntimeError("selective_scan: impl='triton' but the Triton kernel is not available")
-        if initial_state is not None:
-            raise ValueError("selective_scan: impl='triton' does not take initial_state")
-        return fn(*args)
+        return fn(*args, initial_state=initial_state)
     if impl == "ref":
         return selective_scan_ref(*args, initial_state=initial_state)
     return selective_scan_chunked(*args, initial_state=initial_state, chunk_size=chunk_size)
@@ -371,12 +369,18 @@ def selective_state_update(
     z: torch.Tensor | None = None,
     dt_bias: torch.Tensor | None = None,
     dt_softplus: bool = False,
+    *,
+    inplace: bool = False,
+    impl: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One decode step of the scan; functional (`state` is not modified).
+    """One decode step of the scan; functional (`state` is not modified) unless `inplace`.
 
     Args:
         state: (b, d, n).  x, dt: (b, d).  A: (d, n).  B, C: (b, n) or grouped (b, g, n).
         D: (d,).  z: (b, d).  dt_bias: (d,).
+        inplace: write the new state into `state` and return `state` itself as the new state.
+        impl: "auto" (the Triton step kernel for CUDA tensors when no gradient is needed) | "torch" |
+            "triton".
     Returns:
         y (b, d) in x's dtype, new_state (b, d, n) in state's dtype.
     """
@@ -407,6 +411,18 @@ def selective_state_update(
         check_shape(op, "z", z, (b, d))
     if dt_bias is not None:
         check_shape(op, "dt_bias", dt_bias, (d,))
+    if impl not in ("auto", "torch", "triton"):
+        raise ValueError(f"{op}: impl must be 'auto', 'torch' or 'triton', got {impl!r}")
+    tensors = (state, x, dt, A, B, C, D, z, dt_bias)
+    no_grad = not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+    if impl == "triton" or (impl == "auto" and no_grad and x.dtype != torch.float64 and _use_triton(x)):
+        if _triton_scan() is None:
+            raise RuntimeError(f"{op}: impl='triton' but the Triton kernel is not available")
+        from transmamba.ops.triton.selective_scan import selective_state_update_triton
+
+        return selective_state_update_triton(
+            state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, inplace=inplace
+        )
     ct = _cdt(x)
     dtf = dt.to(ct)
     if dt_bias is not None:
@@ -422,6 +438,9 @@ def selective_state_update(
         y = y + D.to(ct) * xf
     if z is not None:
         y = y * F.silu(z.to(ct))
+    if inplace:
+        state.copy_(new)
+        return y.to(x.dtype), state
     return y.to(x.dtype), new.to(state.dtype)
 
 
