@@ -10,8 +10,14 @@ SAVE_STATES), then 6 launches and a few small torch ops on (b, h, L) tensors.
 Saved for backward: the inputs, the pre-gate output y when z is given (for dz) and two fp32 (b, h, L)
 tensors (dt_eff and the chunk-cumulative log decays).
 
-Compute: matmul operands in the inputs' dtype (bf16 / fp16; fp32 uses tf32 unless `TRANSMAMBA_SSD_IEEE=1`
-or the Triton interpreter runs), accumulation and all decays in fp32; the final state is fp32.
+Compute: matmul operands in the inputs' dtype (bf16 / fp16; fp32 inputs use IEEE fp32 dots, so fp32 results
+agree with the fp64 reference to ~1e-6; `TRANSMAMBA_SSD_TF32=1` opts into tf32 dots for fp32 inputs, about
+1e-3 relative error), accumulation and all decays in fp32; the final state is fp32.
+
+Two generations of the pipeline, chosen per call by CONFIG["misc"] (see there): the first (five forward
+launches as above) and the fused one: chunk states and state passing in one sequential walk per head
+(forward and backward), the decay factorised per block in the chunk scan / dx / dCB kernels, C·B kept in the
+inputs' dtype, the intra-chunk parts of dB/dC and the (b, h, L) tail of the backward fused into kernels.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch.nn.functional as F
 import triton
 
 from transmamba.ops.triton import ssd_kernels as K
+from transmamba.ops.triton import ssd_kernels_fused as KF
 
 __all__ = ["ssd_triton", "ssd_final_state_triton", "ssd_step_triton", "CONFIG"]
 
@@ -37,11 +44,19 @@ CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweeps on an H100 
     "dx": dict(BJ=64, BK=32, warps=4, stages=3),  # backward dx / ddt / da
     "dcb": dict(B=64, warps=4, stages=2),  # backward dCB (and the intra-chunk dA unless misc.dda_in_dx)
     "bcs": dict(BT=64, BN=64, warps=4, stages=2),  # backward state parts of dB, dC
+    "fstate": dict(BP=64, BN=64, BK=64, warps=4, stages=3),  # fused chunk states + state passing (forward)
+    "bstate": dict(BP=64, BN=64, BK=64, warps=4, stages=3),  # fused u_c + reverse state passing (backward)
     # where the intra-chunk dA is summed: 0 = bwd_dcb kernel (per group, loops over its heads; measured
     # 5.5-5.6 ms fwd+bwd at the benchmark shape), 1 = bwd_dx kernel (per head; measured 5.9 ms)
-    "misc": dict(dda_in_dx=0, hsplit=1),  # hsplit: split each group's heads over this many programs
-                                          # in the dCB and dB/dC-state kernels (atomics; 1 = none)
+    "misc": dict(dda_in_dx=0, hsplit=1,  # hsplit: split each group's heads over this many programs
+                                         # in the dCB and dB/dC-state kernels (atomics; 1 = none)
+                 # second-generation switches (each 0 = the first path): fstate = fused state walks (fwd
+                 # and bwd), factor = per-block factorised decay (scan, dx, dCB), cb16 = C·B stored in the
+                 # inputs' dtype when it is 16-bit, fbc = dB/dC intra parts fused into the bcs kernel,
+                 # fddt = the ddt/dA/d_bias tail in one kernel
+                 fstate=0, factor=0, cb16=0, fbc=0, fddt=0),
 }
+NEW_PATH = dict(fstate=1, factor=1, cb16=1, fbc=1, fddt=1)  # CONFIG["misc"].update(NEW_PATH) selects it
 if os.environ.get("TRANSMAMBA_SSD_CONFIG"):
     import json as _json
 
@@ -65,9 +80,15 @@ def _p2(v: int, lo: int = 16) -> int:
 
 
 def _ieee(x: torch.Tensor) -> bool:
+    """IEEE fp32 dots for fp32 inputs (tf32 only when TRANSMAMBA_SSD_TF32=1 asks for it, never under the
+    interpreter)."""
     return x.dtype == torch.float32 and (
-        os.environ.get("TRANSMAMBA_SSD_IEEE") == "1" or os.environ.get("TRITON_INTERPRET") == "1"
+        os.environ.get("TRANSMAMBA_SSD_TF32") != "1" or os.environ.get("TRITON_INTERPRET") == "1"
     )
+
+
+def _misc(key: str) -> bool:
+    return bool(CONFIG["misc"].get(key, 0))
 
 
 def _chunk(chunk_size: int, seqlen: int) -> int:
@@ -136,8 +157,58 @@ def _pass_states(cfg, states, dA, init, seq_idx, store=True, dtype=torch.float32
     return (prev if store else None), final
 
 
+def _states(cfg, x, B, dt_eff, dA, init, seq_idx, store=True, dtype=torch.float32):
+    """-> (S_c entering each chunk (b, c, h, p, n) in `dtype` or None, final (b, h, p, n) fp32): the fused
+    walk (CONFIG misc.fstate) or chunk states + state passing."""
+    if not _misc("fstate"):
+        states = _chunk_states(cfg, x, B, dt_eff, dA, seq_idx)
+        return _pass_states(cfg, states, dA, init, seq_idx, store=store, dtype=dtype)
+    c = _c("fstate", cfg.Q)
+    BP, BN = min(c["BP"], cfg.BP), min(c["BN"], cfg.BN)
+    final = torch.empty(cfg.b, cfg.h, cfg.p, cfg.n, device=x.device, dtype=torch.float32)
+    prev = torch.empty(cfg.b, cfg.nc, cfg.h, cfg.p, cfg.n, device=x.device, dtype=dtype) if store else final
+    init_t = init.float().contiguous() if init is not None else final
+    KF.state_fwd_fused_kernel[(cfg.b * cfg.h, triton.cdiv(cfg.p, BP) * triton.cdiv(cfg.n, BN))](
+        x, B, dt_eff, dA, init_t, cfg.seq_ptr, prev, final, cfg.l, cfg.h, cfg.g, cfg.p, cfg.n,
+        *x.stride(), *B.stride(), *cfg.seq_strides,
+        HAS_INIT=init is not None, HAS_SEQ=cfg.has_seq, STORE=store, IEEE=cfg.ieee, Q=cfg.Q, BP=BP, BN=BN,
+        BK=min(c["BK"], cfg.Q), num_warps=c["warps"], num_stages=c["stages"],
+    )
+    return (prev if store else None), final
+
+
+def _states_bwd(cfg, dy, C, dA, dfinal, prev, dda):
+    """-> (ds_c = G_{c+1} (b, c, h, p, n) in dy's dtype, dL/dinit (b, h, p, n) fp32); adds the state terms
+    exp(a_last) <G_{c+1}, S_c> to dda. Fused walk (misc.fstate) or u_c + reverse state passing."""
+    if not _misc("fstate"):
+        u = _chunk_states(cfg, dy, C, dA, dA, None, reverse=True)
+        g_buf = (dfinal.float().clone() if dfinal is not None
+                 else torch.zeros(cfg.b, cfg.h, cfg.p, cfg.n, device=dy.device, dtype=torch.float32)).contiguous()
+        ds = torch.empty(u.shape, device=u.device, dtype=dy.dtype)
+        size = cfg.p * cfg.n
+        BS = min(1024, _p2(size))
+        K.state_passing_kernel[(cfg.b * cfg.h, triton.cdiv(size, BS))](
+            u, dA, g_buf, cfg.seq_ptr, ds, prev, dda, cfg.l, cfg.h, size, *cfg.seq_strides,
+            REVERSE=True, HAS_INIT=True, HAS_SEQ=cfg.has_seq, STORE=True, Q=cfg.Q, BS=BS, num_warps=4,
+        )
+        return ds, g_buf
+    c = _c("bstate", cfg.Q)
+    BP, BN = min(c["BP"], cfg.BP), min(c["BN"], cfg.BN)
+    ds = torch.empty(cfg.b, cfg.nc, cfg.h, cfg.p, cfg.n, device=dy.device, dtype=dy.dtype)
+    dinit = torch.empty(cfg.b, cfg.h, cfg.p, cfg.n, device=dy.device, dtype=torch.float32)
+    gin = dfinal.float().contiguous() if dfinal is not None else dinit
+    KF.state_bwd_fused_kernel[(cfg.b * cfg.h, triton.cdiv(cfg.p, BP) * triton.cdiv(cfg.n, BN))](
+        dy, C, dA, gin, cfg.seq_ptr, prev, ds, dinit, dda, cfg.l, cfg.h, cfg.g, cfg.p, cfg.n,
+        *dy.stride(), *C.stride(), *cfg.seq_strides,
+        HAS_GIN=dfinal is not None, HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, Q=cfg.Q, BP=BP, BN=BN,
+        BK=min(c["BK"], cfg.Q), num_warps=c["warps"], num_stages=c["stages"],
+    )
+    return ds, dinit
+
+
 def _cb(cfg, C, B):
-    cb = torch.empty(cfg.b, cfg.nc, cfg.g, cfg.Q, cfg.Q, device=C.device, dtype=torch.float32)
+    half = _misc("cb16") and C.dtype in (torch.bfloat16, torch.float16)
+    cb = torch.empty(cfg.b, cfg.nc, cfg.g, cfg.Q, cfg.Q, device=C.device, dtype=C.dtype if half else torch.float32)
     c = _c("cb", cfg.Q)
     Bt = c["B"]
     K.bmm_cb_kernel[(cfg.b * cfg.nc * cfg.g, cfg.Q // Bt, cfg.Q // Bt)](
@@ -160,9 +231,7 @@ def _prep(x, dt, A, B, C, D, z, dt_bias, seq_idx):
 
 def _forward(cfg, x, dt, A, B, C, D, z, dt_bias, dt_softplus, init, seq_idx):
     dt_eff, dA = _cumsum(cfg, dt, A, dt_bias, dt_softplus)
-    states = _chunk_states(cfg, x, B, dt_eff, dA, seq_idx)
-    prev, final = _pass_states(cfg, states, dA, init, seq_idx, dtype=x.dtype)
-    del states
+    prev, final = _states(cfg, x, B, dt_eff, dA, init, seq_idx, dtype=x.dtype)
     cb = _cb(cfg, C, B)
     y = torch.empty_like(x)
     c = _c("scan", cfg.Q)
@@ -171,7 +240,7 @@ def _forward(cfg, x, dt, A, B, C, D, z, dt_bias, dt_softplus, init, seq_idx):
         x, C, cb, dt_eff, dA, prev, cfg.seq_ptr, D if D is not None else A, z if z is not None else x, y, ypre,
         cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *C.stride(), *cfg.seq_strides,
         HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        IEEE=cfg.ieee, Q=cfg.Q, BM=c["BM"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BM"]),
+        IEEE=cfg.ieee, Q=cfg.Q, BM=c["BM"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BM"]), FACTOR=_misc("factor"),
         num_warps=c["warps"], num_stages=c["stages"],
     )
     return y, ypre, final, dt_eff, dA, prev
@@ -191,24 +260,12 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
     dy = dy.contiguous()
     # the incoming states (saved, or recomputed) and C·B (recomputed)
     if prev is None:
-        states = _chunk_states(cfg, x, B, dt_eff, dA, seq_idx)
-        prev, _ = _pass_states(cfg, states, dA, init, seq_idx, dtype=x.dtype)
-        del states
+        prev, _ = _states(cfg, x, B, dt_eff, dA, init, seq_idx, dtype=x.dtype)
     cb = _cb(cfg, C, B)
-    # state gradients: u_c, then the reverse scan -> ds_c = G_{c+1}, dinit = G_0, da_last terms
-    u = _chunk_states(cfg, dy, C, dt_eff, dA, seq_idx, reverse=True)
+    # state gradients: ds_c = G_{c+1}, dinit = G_0, da_last terms
     dda = torch.zeros_like(dA)
     ddt = torch.zeros_like(dA)
-    g_buf = (dfinal.float().clone() if dfinal is not None
-             else torch.zeros(cfg.b, cfg.h, cfg.p, cfg.n, device=x.device, dtype=torch.float32)).contiguous()
-    ds = torch.empty(u.shape, device=u.device, dtype=x.dtype)
-    size = cfg.p * cfg.n
-    BS = min(1024, _p2(size))
-    K.state_passing_kernel[(cfg.b * cfg.h, triton.cdiv(size, BS))](
-        u, dA, g_buf, cfg.seq_ptr, ds, prev, dda, cfg.l, cfg.h, size, *cfg.seq_strides,
-        REVERSE=True, HAS_INIT=True, HAS_SEQ=cfg.has_seq, STORE=True, Q=cfg.Q, BS=BS, num_warps=4,
-    )
-    del u
+    ds, g_buf = _states_bwd(cfg, dy, C, dA, dfinal, prev, dda)
     # dx, ddt, da, dD
     dx = torch.empty_like(x)
     c = _c("dx", cfg.Q)
@@ -216,62 +273,101 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
     dD_part = torch.empty(cfg.b * cfg.nc * cfg.h, nj, cfg.p, device=x.device, dtype=torch.float32)
     dda_in = torch.zeros_like(dA)  # gradient w.r.t. dA_k = dt_k A directly (no reverse cumsum needed)
     diff = torch.zeros_like(dA)
-    in_dx = bool(CONFIG["misc"]["dda_in_dx"])
+    in_dx = _misc("dda_in_dx")
     K.bwd_dx_kernel[(cfg.b * cfg.nc * cfg.h, nj, triton.cdiv(cfg.p, cfg.BP))](
         x, dy, B, cb, dt_eff, dA, ds, cfg.seq_ptr, D if D is not None else A,
         dx, ddt, dda, dD_part, dda_in, diff,
         cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *B.stride(), *cfg.seq_strides,
         HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, STABLE_DA=in_dx,
         IEEE=cfg.ieee, Q=cfg.Q, BJ=c["BJ"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BJ"]),
-        num_warps=c["warps"], num_stages=c["stages"],
+        FACTOR=_misc("factor") and not in_dx, num_warps=c["warps"], num_stages=c["stages"],
     )
     # dC, dB
 
     nsplit = math.gcd(int(CONFIG["misc"]["hsplit"]), cfg.h // cfg.g)
     # dCB: in place over C·B (each tile read, then overwritten) unless heads are split over programs
-    dcb = cb if nsplit == 1 else torch.zeros_like(cb)
+    dcb = cb if nsplit == 1 else torch.zeros(cb.shape, device=cb.device, dtype=torch.float32)
     c = _c("dcb", cfg.Q)
     K.bwd_dcb_kernel[(cfg.b * cfg.nc * cfg.g * nsplit, cfg.Q // c["B"], cfg.Q // c["B"])](
         x, dy, dt_eff, dA, cfg.seq_ptr, cb, dcb, dda_in, diff, cfg.l, cfg.h, cfg.g, cfg.p, *x.stride(),
         *cfg.seq_strides,
         HAS_SEQ=cfg.has_seq, STABLE_DA=not in_dx, IEEE=cfg.ieee, NSPLIT=nsplit, Q=cfg.Q, BI=c["B"], BJ=c["B"], BK=cfg.BP,
-        num_warps=c["warps"], num_stages=c["stages"],
+        FACTOR=_misc("factor"), num_warps=c["warps"], num_stages=c["stages"],
     )
-    L = cfg.nc * cfg.Q
-    alloc = torch.empty if nsplit == 1 else torch.zeros
-    dC = alloc(cfg.b, L, cfg.g, cfg.n, device=x.device, dtype=torch.float32)
-    dB = alloc(cfg.b, L, cfg.g, cfg.n, device=x.device, dtype=torch.float32)
-    c = _c("bcs", cfg.Q)
-    BN2 = min(cfg.BN, c["BN"])
-    K.bwd_bc_state_kernel[(cfg.b * cfg.nc * cfg.g, cfg.Q // c["BT"], triton.cdiv(cfg.n, BN2) * nsplit)](
-        x, dy, C, dt_eff, dA, prev, ds, cfg.seq_ptr, dC, dB, dda, cfg.l, cfg.h, cfg.g, cfg.p, cfg.n,
-        *x.stride(), *C.stride(), *cfg.seq_strides,
-        HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, NSPLIT=nsplit, Q=cfg.Q, BT=c["BT"], BN=BN2, BP=cfg.BP,
-        num_warps=c["warps"], num_stages=c["stages"],
-    )
-    pad = L - cfg.l
-    Bp = F.pad(B, (0, 0, 0, 0, 0, pad)).view(cfg.b, cfg.nc, cfg.Q, cfg.g, cfg.n).float()
-    Cp = F.pad(C, (0, 0, 0, 0, 0, pad)).view(cfg.b, cfg.nc, cfg.Q, cfg.g, cfg.n).float()
-    dC = dC.view(cfg.b, cfg.nc, cfg.Q, cfg.g, cfg.n) + torch.einsum("bcgij,bcjgn->bcign", dcb, Bp)
-    dB = dB.view(cfg.b, cfg.nc, cfg.Q, cfg.g, cfg.n) + torch.einsum("bcgij,bcign->bcjgn", dcb, Cp)
-    dC = dC.view(cfg.b, L, cfg.g, cfg.n)[:, : cfg.l].to(C.dtype)
-    dB = dB.view(cfg.b, L, cfg.g, cfg.n)[:, : cfg.l].to(B.dtype)
+    dB, dC = _dbc(cfg, x, dy, B, C, dt_eff, dA, prev, ds, dcb, dda, nsplit)
     # dt, A, dt_bias: a = cumsum(dt_eff A) -> d(dt_eff A)_k = sum_{i>=k} da_i
+    if _misc("fddt"):
+        ddt_raw, dA_, d_bias = _ddt_tail(cfg, dda, dda_in, diff, ddt, dt_eff, A, dt, dt_bias, dt_softplus)
+        return dx, ddt_raw, dA_, dB, dC, _dD(cfg, D, dD_part, nj), dz, d_bias, _dinit(g_buf, init)
     rcs = dda.flip(-1).cumsum(-1).flip(-1) + dda_in + diff.cumsum(-1)
     ddt_eff = ddt + A.float()[None, :, None, None] * rcs
     dA_ = (dt_eff * rcs).sum((0, 2, 3)).to(A.dtype)
-    ddt_eff = ddt_eff.view(cfg.b, cfg.h, L)[:, :, : cfg.l].transpose(1, 2)  # (b, l, h)
+    ddt_eff = ddt_eff.view(cfg.b, cfg.h, cfg.nc * cfg.Q)[:, :, : cfg.l].transpose(1, 2)  # (b, l, h)
     ddt_raw = ddt_eff
     if dt_softplus:
         v = dt.float() + (dt_bias.float() if dt_bias is not None else 0.0)
         ddt_raw = ddt_eff * torch.sigmoid(v)
     d_bias = ddt_raw.sum((0, 1)).to(dt_bias.dtype) if dt_bias is not None else None
-    dD = None
-    if D is not None:
-        part = dD_part.view(cfg.b * cfg.nc, cfg.h, nj, cfg.p).sum((0, 2))
-        dD = (part if D.dim() == 2 else part.sum(-1)).to(D.dtype)
-    dinit = g_buf.to(init.dtype) if init is not None else None
-    return dx, ddt_raw.to(dt.dtype), dA_, dB, dC, dD, dz, d_bias, dinit
+    return dx, ddt_raw.to(dt.dtype), dA_, dB, dC, _dD(cfg, D, dD_part, nj), dz, d_bias, _dinit(g_buf, init)
+
+
+def _dD(cfg, D, dD_part, nj):
+    if D is None:
+        return None
+    part = dD_part.view(cfg.b * cfg.nc, cfg.h, nj, cfg.p).sum((0, 2))
+    return (part if D.dim() == 2 else part.sum(-1)).to(D.dtype)
+
+
+def _dinit(g_buf, init):
+    return g_buf.to(init.dtype) if init is not None else None
+
+
+def _dbc(cfg, x, dy, B, C, dt_eff, dA, prev, ds, dcb, dda, nsplit):
+    """dB, dC (b, l, g, n) in B's / C's dtype: state parts in the bcs kernel, intra-chunk parts (dCB·B,
+    dCBᵀ·C) fused into it (misc.fbc, without the head split) or as two torch einsums."""
+    fuse = _misc("fbc") and nsplit == 1
+    L = cfg.nc * cfg.Q
+    if fuse:
+        dC = torch.empty(cfg.b, cfg.l, cfg.g, cfg.n, device=x.device, dtype=C.dtype)
+        dB = torch.empty(cfg.b, cfg.l, cfg.g, cfg.n, device=x.device, dtype=B.dtype)
+    else:
+        alloc = torch.empty if nsplit == 1 else torch.zeros
+        dC = alloc(cfg.b, L, cfg.g, cfg.n, device=x.device, dtype=torch.float32)
+        dB = alloc(cfg.b, L, cfg.g, cfg.n, device=x.device, dtype=torch.float32)
+    c = _c("bcs", cfg.Q)
+    BN2 = min(cfg.BN, c["BN"])
+    K.bwd_bc_state_kernel[(cfg.b * cfg.nc * cfg.g, cfg.Q // c["BT"], triton.cdiv(cfg.n, BN2) * nsplit)](
+        x, dy, C, dt_eff, dA, prev, ds, cfg.seq_ptr, dC, dB, dda, B, dcb, cfg.l, cfg.h, cfg.g, cfg.p, cfg.n,
+        *x.stride(), *C.stride(), *cfg.seq_strides,
+        HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, NSPLIT=nsplit, Q=cfg.Q, BT=c["BT"], BN=BN2, BP=cfg.BP, FUSE_CB=fuse,
+        num_warps=c["warps"], num_stages=c["stages"],
+    )
+    if fuse:
+        return dB, dC
+    pad = L - cfg.l
+    Bp = F.pad(B, (0, 0, 0, 0, 0, pad)).view(cfg.b, cfg.nc, cfg.Q, cfg.g, cfg.n).float()
+    Cp = F.pad(C, (0, 0, 0, 0, 0, pad)).view(cfg.b, cfg.nc, cfg.Q, cfg.g, cfg.n).float()
+    dcb = dcb.float()
+    dC = dC.view(cfg.b, cfg.nc, cfg.Q, cfg.g, cfg.n) + torch.einsum("bcgij,bcjgn->bcign", dcb, Bp)
+    dB = dB.view(cfg.b, cfg.nc, cfg.Q, cfg.g, cfg.n) + torch.einsum("bcgij,bcign->bcjgn", dcb, Cp)
+    dC = dC.view(cfg.b, L, cfg.g, cfg.n)[:, : cfg.l].to(C.dtype)
+    dB = dB.view(cfg.b, L, cfg.g, cfg.n)[:, : cfg.l].to(B.dtype)
+    return dB, dC
+
+
+def _ddt_tail(cfg, dda, dda_in, diff, ddt, dt_eff, A, dt, dt_bias, dt_softplus):
+    """One kernel: rcs = reverse-cumsum(dda) + dda_in + cumsum(diff) per chunk -> ddt (b, l, h) in dt's
+    dtype, dA (h,), d_bias (h,)."""
+    ddt_out = torch.empty(cfg.b, cfg.l, cfg.h, device=dt.device, dtype=dt.dtype)
+    dA_ = torch.zeros(cfg.h, device=dt.device, dtype=torch.float32)
+    d_bias = torch.zeros(cfg.h, device=dt.device, dtype=torch.float32) if dt_bias is not None else None
+    BH = min(_p2(cfg.h, 1), max(1, 4096 // cfg.Q))
+    KF.ddt_finalize_kernel[(cfg.b, cfg.nc, triton.cdiv(cfg.h, BH))](
+        dda, dda_in, diff, ddt, dt_eff, A, dt, dt_bias if dt_bias is not None else A, ddt_out, dA_,
+        d_bias if d_bias is not None else dA_, cfg.l, cfg.h, dt.stride(0), dt.stride(1), dt.stride(2),
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), Q=cfg.Q, BH=BH,
+    )
+    return ddt_out, dA_.to(A.dtype), (d_bias.to(dt_bias.dtype) if d_bias is not None else None)
 
 
 class _SSDFunction(torch.autograd.Function):
@@ -358,8 +454,7 @@ def ssd_final_state_triton(
     x, dt, A, B, _, _, _, dt_bias, seq_idx = _prep(x, dt, A, B, B, None, None, dt_bias, seq_idx)
     cfg = _Cfg(x, B, chunk_size, seq_idx)
     dt_eff, dA = _cumsum(cfg, dt, A, dt_bias, dt_softplus)
-    states = _chunk_states(cfg, x, B, dt_eff, dA, seq_idx)
-    _, final = _pass_states(cfg, states, dA, initial_state, seq_idx, store=False)
+    _, final = _states(cfg, x, B, dt_eff, dA, initial_state, seq_idx, store=False)
     return final
 
 

@@ -244,10 +244,16 @@ def chunk_scan_kernel(
     s_seq_b, s_seq_l,
     HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr,
     IEEE: tl.constexpr, Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-    BK: tl.constexpr,
+    BK: tl.constexpr, FACTOR: tl.constexpr = False,
 ):
     """y_i = exp(a_i) C_i S_c + sum_{j<=i} CB_ij exp(a_i - a_j) dt_j x_j + D x_i  (then YPRE = y, Y = y silu(z)).
-    Grid (b * nchunks * h, Q // BM, cdiv(p, BP)). X, Z, Y, YPRE share strides. BN >= dstate."""
+    Grid (b * nchunks * h, Q // BM, cdiv(p, BP)). X, Z, Y, YPRE share strides. BN >= dstate. CB fp32 or
+    the inputs' dtype.
+
+    FACTOR: for column blocks strictly before the row block, exp(a_i - a_j) = exp(a_i - a_r) exp(a_r - a_j)
+    with a_r = a at the row block's first token: the column factor scales x (BK x BP) and the row factor
+    the block's sum, so no 2-D exp and no (BM, BK) fp32 weight tile. Both factors are entries of the decay
+    matrix itself (<= 1 when dt A <= 0, the stable case); only the diagonal block uses the 2-D form."""
     pid = tl.program_id(0)
     pm = tl.program_id(1)
     pp = tl.program_id(2)
@@ -283,11 +289,29 @@ def chunk_scan_kernel(
     # intra-chunk
     xb = X + b * s_x_b + h * s_x_h
     cbb = CB + (bc * ngroups + g) * Q * Q
-    for k in range(0, (pm + 1) * BM, BK):
+    if FACTOR:
+        a_r = tl.load(DA + da_base + pm * BM)
+        acc2 = tl.zeros((BM, BP), dtype=tl.float32)
+        for k in range(0, pm * BM, BK):
+            offs_k = k + tl.arange(0, BK)
+            tk = t0 + offs_k
+            mk = tk < seqlen
+            xk = tl.load(xb + tk[:, None] * s_x_l + offs_p[None, :] * s_x_p, mask=mk[:, None] & mp[None, :], other=0.0)
+            cb = tl.load(cbb + offs_m[:, None] * Q + offs_k[None, :])  # (BM, BK)
+            if HAS_SEQ:
+                seq_k = tl.load(SEQ + b * s_seq_b + tk * s_seq_l, mask=mk, other=-2)
+                cb = tl.where(seq_m[:, None] == seq_k[None, :], cb, 0.0)
+            wk = tl.exp(a_r - tl.load(DA + da_base + offs_k)) * tl.load(DT + da_base + offs_k)
+            acc2 += _dot(cb.to(xk.dtype), (xk.to(tl.float32) * wk[:, None]).to(xk.dtype), IEEE)
+        acc += acc2 * tl.exp(a_m - a_r)[:, None]
+        k_start = pm * BM
+    else:
+        k_start = 0
+    for k in range(k_start, (pm + 1) * BM, BK):
         offs_k = k + tl.arange(0, BK)
         tk = t0 + offs_k
         mk = tk < seqlen
-        cb = tl.load(cbb + offs_m[:, None] * Q + offs_k[None, :])  # (BM, BK)
+        cb = tl.load(cbb + offs_m[:, None] * Q + offs_k[None, :]).to(tl.float32)  # (BM, BK)
         a_k = tl.load(DA + da_base + offs_k)
         dt_k = tl.load(DT + da_base + offs_k)
         keep = offs_m[:, None] >= offs_k[None, :]
@@ -328,14 +352,16 @@ def bwd_dx_kernel(
     s_seq_b, s_seq_l,
     HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, STABLE_DA: tl.constexpr,
     IEEE: tl.constexpr, Q: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-    BK: tl.constexpr,
+    BK: tl.constexpr, FACTOR: tl.constexpr = False,
 ):
     """For tokens j of a block: dx_j, and the (b, h, c, Q) partial sums of ddt_j and da_j (atomics over p
     blocks), dD partial (b, c, h, Q // BJ, p). X, DY, DX share strides. Grid (b * nchunks * h, Q // BJ, cdiv(p, BP)).
     With STABLE_DA, also the intra-chunk dA sum over i >= k > j (see bwd_dcb_kernel) from the tiles this
     program visits (i >= its j block), with M_ij = dy_i·x_j computed here (partial over p blocks): k in the
     j block from the 2-D form (off-block tiles: exclusive cumsum of column sums, kept in registers), k in
-    an off-block i tile from the reverse cumsum of row sums, k between the two through DIFF."""
+    an off-block i tile from the reverse cumsum of row sums, k between the two through DIFF.
+    FACTOR (not with STABLE_DA): row blocks after the j block use exp(a_i - a_j) = exp(a_i - a_r) exp(a_r - a_j),
+    a_r = a at the j block's last token (as in chunk_scan_kernel)."""
     pid = tl.program_id(0)
     pj = tl.program_id(1)
     pp = tl.program_id(2)
@@ -370,11 +396,30 @@ def bwd_dx_kernel(
         xj_raw = tl.load(X + xyb + tj[:, None] * s_x_l + offs_p[None, :] * s_x_p,
                          mask=mj[:, None] & mp[None, :], other=0.0)  # (BJ, BP)
         c1 = tl.zeros((BJ,), dtype=tl.float32)
-    for k in range(pj * BJ, Q, BK):
+    if FACTOR:
+        a_r = tl.load(DA + da_base + pj * BJ + BJ - 1)
+        acc2 = tl.zeros((BJ, BP), dtype=tl.float32)
+        for k in range(pj * BJ + BJ, Q, BK):
+            offs_i = k + tl.arange(0, BK)
+            ti = t0 + offs_i
+            mi = ti < seqlen
+            dyi = tl.load(DY + xyb + ti[:, None] * s_x_l + offs_p[None, :] * s_x_p,
+                          mask=mi[:, None] & mp[None, :], other=0.0)
+            cb = tl.load(cbb + offs_i[:, None] * Q + offs_j[None, :])  # (BK, BJ), rows i
+            if HAS_SEQ:
+                seq_i = tl.load(SEQ + b * s_seq_b + ti * s_seq_l, mask=mi, other=-2)
+                cb = tl.where(seq_i[:, None] == seq_j[None, :], cb, 0.0)
+            wi = tl.exp(tl.load(DA + da_base + offs_i) - a_r)
+            acc2 += _dot(tl.trans(cb.to(dyi.dtype)), (dyi.to(tl.float32) * wi[:, None]).to(dyi.dtype), IEEE)
+        acc += acc2 * tl.exp(a_r - a_j)[:, None]
+        k_end = pj * BJ + BJ
+    else:
+        k_end = Q
+    for k in range(pj * BJ, k_end, BK):
         offs_i = k + tl.arange(0, BK)
         ti = t0 + offs_i
         mi = ti < seqlen
-        cb = tl.load(cbb + offs_i[:, None] * Q + offs_j[None, :])  # (BK, BJ), rows i
+        cb = tl.load(cbb + offs_i[:, None] * Q + offs_j[None, :]).to(tl.float32)  # (BK, BJ), rows i
         a_i = tl.load(DA + da_base + offs_i)
         keep = (offs_i[:, None] >= offs_j[None, :]) & mi[:, None]
         if HAS_SEQ:
@@ -437,7 +482,7 @@ def bwd_dcb_kernel(
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_seq_b, s_seq_l,
     HAS_SEQ: tl.constexpr, STABLE_DA: tl.constexpr, IEEE: tl.constexpr, NSPLIT: tl.constexpr,
-    Q: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+    Q: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, FACTOR: tl.constexpr = False,
 ):
     """OUT[b, c, g, i, j] = sum_{h of g} exp(a_i - a_j) dt_j dy_i·x_j for i >= j (0 elsewhere); OUT holds
     C·B on entry (read before it is overwritten, tile by tile).
@@ -450,7 +495,8 @@ def bwd_dcb_kernel(
     block's start; the caller cumsums it); a diagonal tile uses the 2-D form. DDA_IN and DIFF are
     (b, h, c, Q) fp32, atomically added. Grid (b * nchunks * g * NSPLIT, Q // BI, Q // BJ): with NSPLIT > 1
     each program takes 1/NSPLIT of the group's heads and adds its tile into a zeroed OUT (CBIN != OUT);
-    with NSPLIT == 1 OUT may be CBIN (each tile is read before it is overwritten)."""
+    with NSPLIT == 1 OUT may be CBIN (each tile is read before it is overwritten). FACTOR: off-diagonal
+    tiles take exp(a_i - a_j) = exp(a_i - a_r) exp(a_r - a_j), a_r = a at the i block's first token."""
     pid0 = tl.program_id(0).to(tl.int64)
     pid = pid0 // NSPLIT
     split = pid0 % NSPLIT
@@ -478,7 +524,7 @@ def bwd_dcb_kernel(
             seq_j = tl.load(SEQ + b * s_seq_b + tj * s_seq_l, mask=mj, other=-2)
             keep &= seq_i[:, None] == seq_j[None, :]
         if STABLE_DA:
-            cb = tl.load(CBIN + pid * Q * Q + offs_i[:, None] * Q + offs_j[None, :])
+            cb = tl.load(CBIN + pid * Q * Q + offs_i[:, None] * Q + offs_j[None, :]).to(tl.float32)
             cb = tl.where(keep, cb, 0.0)
         hpg = nheads // ngroups
         hps = hpg // NSPLIT
@@ -497,7 +543,14 @@ def bwd_dcb_kernel(
                 xj = tl.load(X + b * s_x_b + h * s_x_h + tj[None, :] * s_x_l + offs_k[:, None] * s_x_p,
                              mask=mj[None, :] & mk[:, None], other=0.0)
                 m += _dot(dyi, xj, IEEE)
-            w = tl.where(keep, m * tl.exp(tl.where(keep, a_i[:, None] - a_j[None, :], 0.0)) * dt_j[None, :], 0.0)
+            if FACTOR:
+                if pj < pi:
+                    a_r = tl.load(DA + da_base + pi * BI)
+                    w = tl.where(keep, m * tl.exp(a_i - a_r)[:, None] * (tl.exp(a_r - a_j) * dt_j)[None, :], 0.0)
+                else:
+                    w = tl.where(keep, m * tl.exp(tl.where(keep, a_i[:, None] - a_j[None, :], 0.0)) * dt_j[None, :], 0.0)
+            else:
+                w = tl.where(keep, m * tl.exp(tl.where(keep, a_i[:, None] - a_j[None, :], 0.0)) * dt_j[None, :], 0.0)
             acc += w
             if STABLE_DA:
                 w = w * cb
@@ -523,19 +576,22 @@ def bwd_dcb_kernel(
 
 @triton.jit
 def bwd_bc_state_kernel(
-    X, DY, CM, DT, DA, SPREV, DS, SEQ, DC, DB, DDA,
+    X, DY, CM, DT, DA, SPREV, DS, SEQ, DC, DB, DDA, BM, DCB,
     seqlen, nheads, ngroups, headdim, dstate,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_c_b, s_c_l, s_c_g, s_c_n,
     s_seq_b, s_seq_l,
     HAS_SEQ: tl.constexpr, IEEE: tl.constexpr, NSPLIT: tl.constexpr,
-    Q: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
+    Q: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, FUSE_CB: tl.constexpr = False,
 ):
     """State parts of dC and dB for a block of tokens, summed over the heads of the group:
     DC[t] = sum_h exp(a_t) dy_t S_c,  DB[t] = sum_h exp(a_last - a_t) dt_t x_t ds_c.
     Also DDA[t] += exp(a_t) dy_t·(S_c C_t) per head (the incoming state's log-decay gradient; partial
     over n blocks). Grid (b * nchunks * g, Q // BT, cdiv(n, BN) * NSPLIT). DC, DB fp32 (b, nchunks*Q, g, n),
-    zeroed and atomically added when NSPLIT > 1 (each program then takes 1/NSPLIT of the group's heads)."""
+    zeroed and atomically added when NSPLIT > 1 (each program then takes 1/NSPLIT of the group's heads).
+    FUSE_CB (NSPLIT == 1 only): also the intra-chunk parts DC[t] += sum_{j<=t} dCB_tj B_j and
+    DB[t] += sum_{i>=t} dCB_it C_i (DCB (b, c, g, Q, Q), B = BM, sharing C's strides); DC, DB are then the
+    final (b, l, g, n) gradients in their own dtype."""
     pid = tl.program_id(0)
     pt = tl.program_id(1)
     pn = tl.program_id(2) % tl.cdiv(dstate, BN)
@@ -594,10 +650,29 @@ def bwd_bc_state_kernel(
         acc_c += pc
         acc_b += pb * wb[:, None]
         tl.atomic_add(DDA + da_base + offs_t, tl.sum(pc * ct, axis=1), mask=mt)
-    out = ((b * nchunks * Q + tt[:, None]) * ngroups + g) * dstate + offs_n[None, :]
+    if FUSE_CB:
+        dcbb = DCB + (bc * ngroups + g) * Q * Q
+        cbase = b * s_c_b + g * s_c_g
+        for k in range(0, pt * BT + BT, BT):  # dC_t += sum_{j<=t} dCB_tj B_j
+            offs_j = k + tl.arange(0, BT)
+            tj = t0 + offs_j
+            bj = tl.load(BM + cbase + tj[:, None] * s_c_l + offs_n[None, :] * s_c_n,
+                         mask=(tj[:, None] < seqlen) & mn[None, :], other=0.0)
+            d = tl.load(dcbb + offs_t[:, None] * Q + offs_j[None, :])
+            acc_c += _dot(d.to(bj.dtype), bj, IEEE)
+        for k in range(pt * BT, Q, BT):  # dB_t += sum_{i>=t} dCB_it C_i
+            offs_i = k + tl.arange(0, BT)
+            ti = t0 + offs_i
+            ci = tl.load(CM + cbase + ti[:, None] * s_c_l + offs_n[None, :] * s_c_n,
+                         mask=(ti[:, None] < seqlen) & mn[None, :], other=0.0)
+            d = tl.load(dcbb + offs_i[None, :] * Q + offs_t[:, None])
+            acc_b += _dot(d.to(ci.dtype), ci, IEEE)
+        out = ((b * seqlen + tt[:, None]) * ngroups + g) * dstate + offs_n[None, :]
+    else:
+        out = ((b * nchunks * Q + tt[:, None]) * ngroups + g) * dstate + offs_n[None, :]
     if NSPLIT == 1:
-        tl.store(DC + out, acc_c, mask=mt[:, None] & mn[None, :])
-        tl.store(DB + out, acc_b, mask=mt[:, None] & mn[None, :])
+        tl.store(DC + out, acc_c.to(DC.dtype.element_ty), mask=mt[:, None] & mn[None, :])
+        tl.store(DB + out, acc_b.to(DB.dtype.element_ty), mask=mt[:, None] & mn[None, :])
     else:
         tl.atomic_add(DC + out, acc_c, mask=mt[:, None] & mn[None, :])
         tl.atomic_add(DB + out, acc_b, mask=mt[:, None] & mn[None, :])
