@@ -412,6 +412,139 @@ def run_ssd_decode(args) -> list[dict[str, Any]]:
     return rows
 
 
+# ---- Mamba-1 selective scan ------------------------------------------------------------------------------
+
+
+def _scan_inputs(b, d, l, n, channel_last=False):
+    """Mamba-1 scan inputs in bf16 (u, delta, z, B, C) with fp32 A, D, delta_bias; mamba_ssm's (b, d, l)
+    layout, or channel-last views of (b, l, d) tensors as the Mamba1 layer passes them."""
+    dev, bf = "cuda", torch.bfloat16
+
+    def seq3(c, scale=1.0, shift=0.0):
+        if channel_last:
+            return (torch.randn(b, l, c, device=dev) * scale + shift).to(bf).transpose(1, 2)
+        return (torch.randn(b, c, l, device=dev) * scale + shift).to(bf)
+
+    u, delta, z, B, C = seq3(d), seq3(d, 0.5, -1.0), seq3(d), seq3(n), seq3(n)
+    A = -torch.exp(torch.rand(d, n, device=dev) * 2.0)  # like -exp(A_log)
+    D = torch.randn(d, device=dev)
+    bias = torch.randn(d, device=dev) * 0.3
+    return u, delta, A, B, C, D, z, bias
+
+
+def scan_floor(b, l, d, n, ceil, elt=2) -> dict[str, float]:
+    """Bandwidth floor of one scan call: u, delta, z, B, C read once and y written once (forward); the
+    backward also reads u, delta, z, B, C and dy and writes du, ddelta, dz, dB, dC. Over the copy bandwidth."""
+    tok = b * l
+    fwd_bytes = tok * (4 * d * elt + 2 * n * elt)
+    bwd_bytes = tok * (7 * d * elt + 4 * n * elt)
+    bw = ceil["copy_GBps"] * 1e9
+    return {"fwd_floor_ms": fwd_bytes / bw * 1e3, "fwdbwd_floor_ms": (fwd_bytes + bwd_bytes) / bw * 1e3,
+            "fwd_bytes": fwd_bytes}
+
+
+def _scan_op_layout(row, layout, b, d, l, n, args) -> None:
+    """Time ours (and, in the (b, d, l) layout, the torch references) at one shape; fills `row`."""
+    from transmamba.ops.selective_scan import selective_scan_chunked, selective_scan_ref
+    from transmamba.ops.triton.selective_scan import selective_scan_triton
+
+    u, delta, A, B, C, D, z, bias = _scan_inputs(b, d, l, n, channel_last=layout != "bdl")
+    leaves = [u, delta, A, B, C, D, z, bias]
+    for t in leaves:
+        t.requires_grad_()
+    dy = torch.randn_like(u)
+    kw = dict(D=D, z=z, delta_bias=bias, delta_softplus=True)
+    impls = {"ours": lambda: selective_scan_triton(u, delta, A, B, C, **kw)}
+    if layout == "bdl":
+        if l <= args.torch_max_len:
+            impls["torch_chunked"] = lambda: selective_scan_chunked(u, delta, A, B, C, **kw)
+        if l <= args.scan_seq_max_len:
+            impls["torch_sequential"] = lambda: selective_scan_ref(u, delta, A, B, C, **kw)
+    outs = {}
+    for name, fn in impls.items():
+        key = name if layout == "bdl" else f"{name}_{layout}"
+        slow = name == "torch_sequential"
+        try:
+            with torch.no_grad():
+                outs[name] = fn().float()
+            row[f"{key}_fwd_ms"] = bench_ms(lambda fn=fn: _nograd(fn), warmup=2 if slow else 25,
+                                            rep=20 if slow else 100)
+            row[f"{key}_fwdbwd_ms"] = bench_ms(lambda fn=fn: torch.autograd.grad(fn(), leaves, dy),
+                                               warmup=2 if slow else 25, rep=20 if slow else 100)
+        except Exception as err:  # noqa: BLE001 - record and keep going
+            row[f"{key}_error"] = repr(err)[:300]
+            traceback.print_exc()
+        torch.cuda.empty_cache()
+    if "ours" in outs and "torch_chunked" in outs:
+        row["rel_err_vs_torch_chunked"] = rel(outs["ours"], outs["torch_chunked"])
+
+
+@case("scan-op", "Mamba-1 selective scan fwd / fwd+bwd: ours (Triton) vs torch chunked (and sequential), L 1K..32K")
+def run_scan_op(args) -> list[dict[str, Any]]:
+    ceil = ceilings()
+    d, n = args.scan_dim, 16
+    rows = []
+    for l in [int(v) for v in args.lengths.split(",")]:
+        b = max(1, args.scan_tokens // l)
+        row: dict[str, Any] = {"L": l, "batch": b, "d_inner": d, "d_state": n, "dtype": "bf16"}
+        row.update(scan_floor(b, l, d, n, ceil))
+        for layout in ("bdl", "channel_last"):
+            _scan_op_layout(row, layout, b, d, l, n, args)
+            torch.cuda.empty_cache()
+        for kind in ("fwd", "fwdbwd"):
+            if f"ours_{kind}_ms" in row:
+                row[f"ours_{kind}_frac_of_floor"] = row[f"{kind}_floor_ms"] / row[f"ours_{kind}_ms"]
+            if f"ours_{kind}_ms" in row and f"torch_chunked_{kind}_ms" in row:
+                row[f"torch_chunked_over_ours_{kind}"] = row[f"torch_chunked_{kind}_ms"] / row[f"ours_{kind}_ms"]
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+        rows.append(row)
+    return rows
+
+
+@case("scan-decode", "one Mamba-1 decode step (state update + output): ours vs mamba_ssm vs torch, batch 1/16/64")
+def run_scan_decode(args) -> list[dict[str, Any]]:
+    from transmamba.ops.selective_scan import selective_state_update
+    from transmamba.ops.triton.selective_scan import selective_state_update_triton
+
+    ceil = ceilings()
+    peer = load_mamba_ssm()
+    d, n = args.scan_dim, 16
+    rows = []
+    for b in (1, 16, 64):
+        dev, bf = "cuda", torch.bfloat16
+        state = torch.randn(b, d, n, device=dev)
+        x, z = torch.randn(b, d, device=dev, dtype=bf), torch.randn(b, d, device=dev, dtype=bf)
+        dt = torch.randn(b, d, device=dev, dtype=bf)
+        A = -torch.exp(torch.rand(d, n, device=dev))
+        B, C = torch.randn(b, n, device=dev, dtype=bf), torch.randn(b, n, device=dev, dtype=bf)
+        D, bias = torch.randn(d, device=dev), torch.randn(d, device=dev)
+        kw = dict(D=D, z=z, dt_bias=bias, dt_softplus=True)
+        row: dict[str, Any] = {"batch": b, "d_inner": d, "d_state": n, "state_MB": state.numel() * 4 / 1e6,
+                               "floor_us": 2 * state.numel() * 4 / (ceil["copy_GBps"] * 1e9) * 1e6}
+        y_ours, new_ours = selective_state_update_triton(state, x, dt, A, B, C, **kw)
+        y_ref, new_ref = selective_state_update(state, x, dt, A, B, C, **kw, impl="torch")
+        row["rel_err_y"] = rel(y_ours, y_ref)
+        row["rel_err_state"] = rel(new_ours, new_ref)
+        s2 = state.clone()
+        row["ours_us"] = 1e3 * bench_ms(lambda: selective_state_update_triton(s2, x, dt, A, B, C, **kw, inplace=True))
+        s4 = state.clone()
+        row["torch_us"] = 1e3 * bench_ms(lambda: selective_state_update(s4, x, dt, A, B, C, **kw, impl="torch",
+                                                                        inplace=True))
+        if peer is not None:
+            sel = peer["selective_state_update"]
+            try:
+                s3 = state.clone()
+                y_m = sel(s3, x, dt, A, B, C, **kw)
+                row["rel_err_vs_mamba_ssm"] = rel(y_ours, y_m)
+                row["mamba_ssm_us"] = 1e3 * bench_ms(lambda: sel(s3, x, dt, A, B, C, **kw))
+            except Exception as err:  # noqa: BLE001
+                row["mamba_ssm_error"] = repr(err)[:300]
+        row["ours_frac_of_floor"] = row["floor_us"] / row["ours_us"]
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+        rows.append(row)
+    return rows
+
+
 # ---- model-level cases ------------------------------------------------------------------------------------
 
 
@@ -589,6 +722,21 @@ def plot(name: str, rows: list[dict[str, Any]], out: Path, meta: dict[str, Any])
             ax.set_ylabel("ms")
             ax.set_title(f"SSD {kind}")
             ax.legend()
+    elif name == "scan-op":
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, kind in zip(axes, ("fwd", "fwdbwd")):
+            for impl, style in (("ours", "o-"), ("ours_channel_last", "o--"), ("torch_chunked", "^:"),
+                                ("torch_sequential", "x:")):
+                pts = [(r["L"], r[f"{impl}_{kind}_ms"]) for r in rows if f"{impl}_{kind}_ms" in r]
+                if pts:
+                    ax.plot(*zip(*pts), style, label=impl)
+            ax.plot([r["L"] for r in rows], [r[f"{kind}_floor_ms"] for r in rows], "k-", lw=0.8, label="floor")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel(f"sequence length L (batch = {rows[0]['L'] * rows[0]['batch']} / L)")
+            ax.set_ylabel("ms")
+            ax.set_title(f"Mamba-1 selective scan {kind}")
+            ax.legend(fontsize=7)
     elif name in ("train-step", "transpoint-sweep"):
         fig, ax = plt.subplots(figsize=(7, 4))
         labels = [f"{r['model']}\nT={r['T']}" for r in rows if "tokens_per_s" in r]
@@ -625,6 +773,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lengths", default="1024,2048,4096,8192,16384,32768", help="ssd-op sequence lengths")
     ap.add_argument("--tokens", type=int, default=32768, help="ssd-op tokens per call (batch = tokens / L)")
     ap.add_argument("--torch-max-len", type=int, default=32768, help="ssd-op: torch reference up to this L")
+    ap.add_argument("--scan-tokens", type=int, default=16384, help="scan-op tokens per call (batch = tokens / L)")
+    ap.add_argument("--scan-dim", type=int, default=2048, help="scan-op / scan-decode d_inner (d_state 16)")
+    ap.add_argument("--scan-seq-max-len", type=int, default=1024, help="scan-op: sequential reference up to this L")
     ap.add_argument("--train-lengths", default="2048,8192", help="train-step sequence lengths")
     ap.add_argument("--train-tokens", type=int, default=16384, help="train-step tokens per step")
     ap.add_argument("--train-rep-ms", type=int, default=2000, help="train-step: ms of timed repeats")
