@@ -1,7 +1,8 @@
 """Triton SSD kernels against the torch reference (`ssd_chunked` / `ssd_naive`), forward and backward.
 
-Two kinds of tests:
-- `gpu`: random shapes on CUDA, fp32 (IEEE dots) and bf16, against the fp64 torch reference.
+Two kinds of tests, each for both pipelines ("v1" = the first, "v2" = `ssd.NEW_PATH`, the fused one):
+- `gpu`: random shapes on CUDA, fp32 (IEEE dots, the default for fp32) and bf16, against the fp64 torch
+  reference.
 - interpreter: tiny fp32 cases under the Triton interpreter (TRITON_INTERPRET=1) on the CPU, run in one
   subprocess (the flag must be set before the kernels are defined); skipped when triton is not installed.
 """
@@ -97,34 +98,46 @@ GPU_CASES = [
 ]
 
 
+def _select_path(monkeypatch, path):
+    from transmamba.ops.triton import ssd as S
+
+    misc = dict(S.CONFIG["misc"], **{k: 0 for k in S.NEW_PATH})
+    if path == "v2":
+        misc.update(S.NEW_PATH, hsplit=1)
+    monkeypatch.setitem(S.CONFIG, "misc", misc)
+    monkeypatch.delenv("TRANSMAMBA_SSD_TF32", raising=False)
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("path", ["v1", "v2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", GPU_CASES)
-def test_ssd_triton_gpu(case, dtype, monkeypatch):
+def test_ssd_triton_gpu(case, dtype, path, monkeypatch):
     from transmamba.ops.ssd_chunked import ssd_chunked
     from transmamba.ops.triton.ssd import ssd_triton
 
-    monkeypatch.setenv("TRANSMAMBA_SSD_IEEE", "1")
+    _select_path(monkeypatch, path)
     b, l, h, p, g, n, chunk, ndocs, dpp, with_z, with_init = case
     gen = torch.Generator().manual_seed(hash(case) % 1000)
     t = make_inputs(b, l, h, p, g, n, device="cuda", dtype=dtype, D_per_p=dpp, with_z=with_z,
                     with_init=with_init, gen=gen)
     seq = random_seq_idx(b, l, ndocs, gen).cuda() if ndocs else None
     err = run_case(ssd_triton, ssd_chunked, t, seq, chunk)
-    print(case, dtype, {k: f"{v:.2e}" for k, v in err.items()})
+    print(case, dtype, path, {k: f"{v:.2e}" for k, v in err.items()})
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     bad = {k: v for k, v in err.items() if not v <= tol}
     assert not bad, f"errors over tolerance: {bad} (all: {err})"
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("path", ["v1", "v2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_ssd_final_state_and_step_gpu(dtype, monkeypatch):
+def test_ssd_final_state_and_step_gpu(dtype, path, monkeypatch):
     from transmamba.ops.ssd_chunked import ssd_final_state_chunked as ssd_final_state
     from transmamba.ops.ssd_naive import ssd_step_naive as ssd_step
     from transmamba.ops.triton.ssd import ssd_final_state_triton, ssd_step_triton
 
-    monkeypatch.setenv("TRANSMAMBA_SSD_IEEE", "1")
+    _select_path(monkeypatch, path)
     gen = torch.Generator().manual_seed(3)
     b, l, h, p, g, n = 2, 700, 8, 64, 2, 128
     t = make_inputs(b, l, h, p, g, n, device="cuda", dtype=dtype, gen=gen)
@@ -149,6 +162,25 @@ def test_ssd_final_state_and_step_gpu(dtype, monkeypatch):
     assert same.data_ptr() == state.data_ptr() and rel(state, newr) < 1e-5
 
 
+@pytest.mark.gpu
+def test_ssd_dispatch_fp32_is_ieee_gpu(monkeypatch):
+    """`ops.ssd` on CUDA fp32 (the default path, no environment switches) agrees with the fp64 reference to
+    fp32 accuracy: no tf32 anywhere in the dispatch (tf32 dots gave ~1e-3 relative)."""
+    from transmamba.ops.ssd import ssd
+
+    monkeypatch.delenv("TRANSMAMBA_SSD_TF32", raising=False)
+    gen = torch.Generator().manual_seed(5)
+    t = make_inputs(2, 500, 8, 64, 2, 128, device="cuda", dtype=torch.float32, gen=gen)
+    t = {k: (v.detach() if v is not None else None) for k, v in t.items()}
+    kw = dict(D=t["D"], z=t["z"], dt_bias=t["dt_bias"], dt_softplus=True, initial_state=t["initial_state"],
+              return_final_state=True)
+    y, f = ssd(t["x"], t["dt"], t["A"], t["B"], t["C"], **kw)
+    t64 = {k: (v.cpu().double() if v is not None else None) for k, v in t.items()}
+    kw64 = dict(kw, D=t64["D"], z=t64["z"], dt_bias=t64["dt_bias"], initial_state=t64["initial_state"])
+    yr, fr = ssd(t64["x"], t64["dt"], t64["A"], t64["B"], t64["C"], **kw64)
+    assert rel(y.cpu(), yr) < 2e-5 and rel(f.cpu(), fr) < 2e-5, (rel(y.cpu(), yr), rel(f.cpu(), fr))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # CPU, Triton interpreter
 # ---------------------------------------------------------------------------------------------------------
@@ -164,23 +196,31 @@ _INTERP_SCRIPT = textwrap.dedent(
     from transmamba.ops.ssd_chunked import ssd_final_state_chunked as ssd_final_state
     from transmamba.ops.triton import ssd as S
     from transmamba.ops.triton.ssd import ssd_triton, ssd_final_state_triton, ssd_step_triton
-    gen = torch.Generator().manual_seed(0)
+    import copy
+    base = copy.deepcopy(S.CONFIG)
     out = {}
-    # b, l, h, p, g, n, chunk, ndocs, D_per_p, z, init
-    cases = {"groups_z_init": (2, 37, 4, 16, 2, 16, 16, 0, False, True, True),
-             "seq_idx_Dp": (2, 40, 2, 16, 1, 32, 16, 3, True, False, True)}
-    for name, (b, l, h, p, g, n, chunk, ndocs, dpp, wz, wi) in cases.items():
-        t = make_inputs(b, l, h, p, g, n, device="cpu", dtype=torch.float32, D_per_p=dpp, with_z=wz,
-                        with_init=wi, gen=gen)
-        seq = random_seq_idx(b, l, ndocs, gen) if ndocs else None
-        out[name] = run_case(ssd_triton, ssd_naive, t, seq, chunk)
-    # several tiles per chunk (off-diagonal tiles of the backward's dA sum), several chunks
-    for key, val in {"state": {"BK": 16}, "cb": {"B": 16}, "scan": {"BM": 16, "BK": 16},
-                     "dx": {"BJ": 16, "BK": 16}, "dcb": {"B": 16}, "bcs": {"BT": 16, "BN": 16},
-                     "misc": {"hsplit": 2}}.items():
-        S.CONFIG[key].update(val)
-    t = make_inputs(2, 45, 4, 16, 2, 16, device="cpu", dtype=torch.float32, gen=gen)
-    out["small_tiles"] = run_case(ssd_triton, ssd_naive, t, random_seq_idx(2, 45, 2, gen), 32)
+    for path in ("v1", "v2"):
+        gen = torch.Generator().manual_seed(0)
+        S.CONFIG.clear()
+        S.CONFIG.update(copy.deepcopy(base))
+        S.CONFIG["misc"].update({k: int(path == "v2") for k in S.NEW_PATH})
+        # b, l, h, p, g, n, chunk, ndocs, D_per_p, z, init
+        cases = {"groups_z_init": (2, 37, 4, 16, 2, 16, 16, 0, False, True, True),
+                 "seq_idx_Dp": (2, 40, 2, 16, 1, 32, 16, 3, True, False, True)}
+        for name, (b, l, h, p, g, n, chunk, ndocs, dpp, wz, wi) in cases.items():
+            t = make_inputs(b, l, h, p, g, n, device="cpu", dtype=torch.float32, D_per_p=dpp, with_z=wz,
+                            with_init=wi, gen=gen)
+            seq = random_seq_idx(b, l, ndocs, gen) if ndocs else None
+            out[path + ":" + name] = run_case(ssd_triton, ssd_naive, t, seq, chunk)
+        # several tiles per chunk (off-diagonal tiles of the backward's dA sum / of the factorised
+        # decay), several chunks, the fused state walks with several p/n blocks
+        for key, val in {"state": {"BK": 16}, "cb": {"B": 16}, "scan": {"BM": 16, "BK": 16},
+                         "dx": {"BJ": 16, "BK": 16}, "dcb": {"B": 16}, "bcs": {"BT": 16, "BN": 16},
+                         "fstate": {"BK": 16, "BP": 8, "BN": 8}, "bstate": {"BK": 16, "BN": 8},
+                         "misc": {"hsplit": 2 if path == "v1" else 1}}.items():
+            S.CONFIG[key].update(val)
+        t = make_inputs(2, 45, 4, 16, 2, 16, device="cpu", dtype=torch.float32, gen=gen)
+        out[path + ":small_tiles"] = run_case(ssd_triton, ssd_naive, t, random_seq_idx(2, 45, 2, gen), 32)
     t = {k: (v.detach() if v is not None else None) for k, v in make_inputs(2, 30, 4, 16, 2, 16,
          device="cpu", dtype=torch.float32, gen=gen).items()}
     seq = random_seq_idx(2, 30, 2, gen)
@@ -211,7 +251,10 @@ def interpreter_results():
     return json.loads(line[len("RESULT"):])
 
 
-@pytest.mark.parametrize("case", ["groups_z_init", "seq_idx_Dp", "small_tiles", "final_state", "step"])
+_INTERP_CASES = [p + ":" + c for p in ("v1", "v2") for c in ("groups_z_init", "seq_idx_Dp", "small_tiles")]
+
+
+@pytest.mark.parametrize("case", _INTERP_CASES + ["final_state", "step"])
 def test_ssd_triton_interpreter(interpreter_results, case):
     err = interpreter_results[case]
     bad = {k: v for k, v in err.items() if not v < 1e-5}
