@@ -7,8 +7,10 @@
    per-layer states are merged with `LayerState.stack` (`ModelCache.stack`). Every row keeps its own
    position (`seqlen_offset`), so attention RoPE, KV masks and TransMamba's TransPoints stay per row.
 2. Decode. Each step samples one token per row from the last logits (`inference/sampling.py`) and feeds
-   it through `model.step`. A row that emits a stop token is finished: it keeps the stop token, gets
-   `pad_token_id` afterwards, and the loop ends when every row has finished or after `max_new_tokens`.
+   it through the model: `model.step`, or with `cuda_graph` the static step replayed from CUDA graphs
+   (`inference/static_decode.py`; same logits up to rounding, sampling stays outside the graph). A row
+   that emits a stop token is finished: it keeps the stop token, gets `pad_token_id` afterwards, and the
+   loop ends when every row has finished or after `max_new_tokens`.
 
 The streamer, if given, is called after every step as `streamer(tokens, active)`: tokens (b,) long are
 this step's tokens in the caller's row order, active (b,) bool says which rows produced a real token.
@@ -22,8 +24,10 @@ import torch
 
 from transmamba.inference.cache import ModelCache
 from transmamba.inference.sampling import check_sampling_args, make_generator, sample_next
+from transmamba.inference.static_decode import StaticDecoder, graph_supported
 
 Streamer = Callable[[torch.Tensor, torch.Tensor], None]
+GRAPH_MIN_TOKENS = 8  # cuda_graph=None: shorter runs do not repay a capture
 
 
 def _as_prompts(input_ids) -> tuple[list[list[int]], bool]:
@@ -89,6 +93,7 @@ def generate(
     seed: int | None = None,
     streamer: Streamer | None = None,
     pad_token_id: int | None = None,
+    cuda_graph: bool | None = None,
 ) -> torch.Tensor | list[list[int]]:
     """Generate up to `max_new_tokens` tokens after each prompt.
 
@@ -98,6 +103,8 @@ def generate(
     stop_tokens: ids that end a row (kept in its output).
     seed: seeds a private torch.Generator (None: the global RNG).
     pad_token_id: fills finished rows in a tensor result (default: the first stop token, else 0).
+    cuda_graph: decode through CUDA graphs of the static step (True: required, an error where impossible;
+        None: whenever `graph_supported(model)` and max_new_tokens >= GRAPH_MIN_TOKENS; False: `model.step`).
 
     Returns, for tensor input, a (batch, len + n) tensor (prompt then new tokens, finished rows padded);
     for list input, a list of lists (each prompt followed by its new tokens, up to and including a stop).
@@ -114,11 +121,18 @@ def generate(
     if pad_token_id is None:
         pad_token_id = int(stops[0]) if stops.numel() else 0
 
+    if cuda_graph is None:
+        use_graph = max_new_tokens >= GRAPH_MIN_TOKENS and graph_supported(model)[0]
+    else:
+        use_graph = bool(cuda_graph)
+        if use_graph and not graph_supported(model)[0]:
+            raise ValueError(f"generate: cuda_graph=True is not possible: {graph_supported(model)[1]}")
+
     was_training = model.training
     model.eval()
     try:
         new_tokens = _decode(model, prompts, max_new_tokens, use_greedy, temperature, top_k, top_p, stops,
-                             seed, streamer, pad_token_id)
+                             seed, streamer, pad_token_id, use_graph)
     finally:
         model.train(was_training)
 
@@ -129,7 +143,8 @@ def generate(
     return [p + t for p, t in zip(prompts, new_tokens)]
 
 
-def _decode(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, stops, seed, streamer, pad):
+def _decode(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, stops, seed, streamer, pad,
+            use_graph=False):
     b = len(prompts)
     new_tokens: list[list[int]] = [[] for _ in range(b)]
     if max_new_tokens == 0:
@@ -141,13 +156,18 @@ def _decode(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, s
     stops = stops.to(device)
     generator = make_generator(seed, device)
     finished = torch.zeros(b, dtype=torch.bool, device=device)  # in cache row order
+    if use_graph:
+        step_fn = StaticDecoder(model, cache, cuda_graph=True).step
+    else:
+        step_fn = lambda t: model.step(t, cache)  # noqa: E731
     for step in range(max_new_tokens):
         nxt = sample_next(logits, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
                           generator=generator)
         active = ~finished
         nxt = torch.where(active, nxt, torch.full_like(nxt, pad))
-        for r in active.nonzero().squeeze(1).tolist():
-            new_tokens[order[r]].append(int(nxt[r]))
+        for r, (tok, live) in enumerate(zip(nxt.tolist(), active.tolist())):  # one sync per step
+            if live:
+                new_tokens[order[r]].append(tok)
         if streamer is not None:
             tokens_caller = torch.empty_like(nxt).index_copy_(0, order_t, nxt)
             active_caller = torch.empty_like(active).index_copy_(0, order_t, active)
@@ -156,5 +176,5 @@ def _decode(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, s
             finished |= active & torch.isin(nxt, stops)
         if bool(finished.all()) or step == max_new_tokens - 1:
             break
-        logits = model.step(nxt, cache).float()
+        logits = step_fn(nxt).float()
     return new_tokens

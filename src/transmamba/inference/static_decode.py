@@ -1,0 +1,154 @@
+"""Decode loop driver for the static step, optionally replayed from CUDA graphs.
+
+    dec = StaticDecoder(model, cache, cuda_graph=True)   # cache: prefilled, KV buffers sized for the run
+    logits = dec.step(ids)                               # (b,) long -> (b, V), like model.step(ids, cache)
+
+The decoder keeps the rows' positions on the host (read once at construction, +1 per step), so it knows
+without a device sync, before every step:
+- which TransMamba rows reach their TransPoint P: it runs the Memory Converter for them outside the step
+  (`TransMamba._convert_rows`), and frees a layer's KV cache once every row is converted;
+- the step's mode signature (`static_step.layer_modes`): which TransMamba layers are in attention, SSM or
+  mixed mode. A layer only moves attn -> mixed -> ssm, so a run sees at most 2 x (TransMamba layers) + 1
+  signatures, and a signature never comes back once left.
+- that every attention row still fits its preallocated KV buffer (a clear error instead of an
+  out-of-bounds write).
+
+With `cuda_graph=True` a new signature's first step runs eagerly (on the capture stream: it doubles as the
+warm-up that compiles kernels and initialises cuBLAS); if the next step has the same signature it is
+captured into a CUDA graph and every later step with that signature is one `graph.replay()`. Only the
+current signature's graph is kept (the old one can never be replayed again); all graphs share one memory
+pool. The returned logits of a replay live in the graph's output buffer: use them before the next step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from transmamba.inference.static_step import layer_modes, static_step
+
+UNSUPPORTED_GRAPH_KINDS = ("moe",)  # routing with data-dependent shapes (nonzero); eager static step only
+
+
+def graph_supported(model) -> tuple[bool, str]:
+    """(True, "") when `model` can decode through CUDA graphs, else (False, why)."""
+    if model.device.type != "cuda":
+        return False, f"the model is on {model.device}, CUDA graphs need a CUDA device"
+    bad = sorted(set(model.kinds) & set(UNSUPPORTED_GRAPH_KINDS))
+    if bad:
+        return False, f"layer kinds {bad} have data-dependent shapes and cannot be captured"
+    return True, ""
+
+
+class StaticDecoder:
+    """See the module docstring. `model.step`'s contract: step(ids (b,) long) -> logits (b, V)."""
+
+    def __init__(self, model, cache, *, cuda_graph: bool = False):
+        if cuda_graph:
+            ok, why = graph_supported(model)
+            if not ok:
+                raise ValueError(f"StaticDecoder: cuda_graph=True is not possible: {why}")
+        if len(cache) != len(model.blocks):
+            raise ValueError(f"StaticDecoder: cache has {len(cache)} layers, the model {len(model.blocks)}")
+        self.model, self.cache, self.cuda_graph = model, cache, bool(cuda_graph)
+        self.positions: list[int] = [int(p) for p in cache.seqlen_offset.tolist()]
+        self.converted: dict[int, list[bool]] = {}
+        for i, (kind, state) in enumerate(zip(model.kinds, cache.states)):
+            if kind == "transmamba":
+                if state.transpoint != model.mixer(i).transpoint:
+                    raise ValueError(f"StaticDecoder: layer {i}'s state was made for transpoint "
+                                     f"{state.transpoint}, the layer has {model.mixer(i).transpoint}")
+                self.converted[i] = [bool(c) for c in state.converted.tolist()]
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_modes: tuple | None = None
+        self.eager_modes: tuple | None = None  # signature of the last eager step (captured if seen again)
+        self.captures = 0
+        self._pool = None
+        self._stream = None
+        self._ids = None
+        self._logits = None
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.positions)
+
+    # ---- host-side bookkeeping -----------------------------------------------------------------------
+    def _check_room(self) -> None:
+        top = max(self.positions, default=0)
+        for i, (kind, state) in enumerate(zip(self.model.kinds, self.cache.states)):
+            if kind == "attention" and top >= state.max_len:
+                raise ValueError(f"StaticDecoder: a row is at position {top} but layer {i}'s KV buffer holds "
+                                 f"{state.max_len} positions; make the cache with a larger max_len")
+
+    def _convert_due(self) -> None:
+        """Memory Converter for rows at or past P that are not converted yet; free fully converted caches."""
+        for i, flags in self.converted.items():
+            state, layer = self.cache.states[i], self.model.mixer(i)
+            P = state.transpoint
+            due = [r for r, (p, c) in enumerate(zip(self.positions, flags)) if p >= P and not c]
+            if due:
+                layer._convert_rows(state, torch.tensor(due, dtype=torch.long, device=state.ssm_state.device))
+                for r in due:
+                    flags[r] = True
+
+    def _drop_converted_caches(self) -> None:
+        for i, flags in self.converted.items():
+            state = self.cache.states[i]
+            if all(flags) and state.kv_B is not None:
+                state.kv_B = state.kv_x = state.kv_dt = None
+
+    # ---- the step ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.ndim != 1 or ids.shape[0] != self.batch_size:
+            raise ValueError(f"StaticDecoder.step: ids must have shape ({self.batch_size},), "
+                             f"got {tuple(ids.shape)}")
+        self._check_room()
+        self._convert_due()
+        modes = layer_modes(self.model, self.positions)
+        if self.graph is not None and modes != self.graph_modes:
+            self.graph = self.graph_modes = None  # never replayed again: positions only grow
+        if self.graph is None:
+            self._drop_converted_caches()
+        if not self.cuda_graph:
+            out = static_step(self.model, ids, self.cache, modes)
+        elif modes == self.graph_modes:
+            self._ids.copy_(ids)
+            self.graph.replay()
+            out = self._logits
+        elif modes == self.eager_modes:
+            out = self._capture_and_run(ids, modes)
+        else:
+            out = self._eager_on_stream(ids, modes)
+            self.eager_modes = modes
+        self.positions = [p + 1 for p in self.positions]
+        return out
+
+    def _side_stream(self) -> torch.cuda.Stream:
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device=self.model.device)
+            self._pool = torch.cuda.graph_pool_handle()
+        return self._stream
+
+    def _eager_on_stream(self, ids: torch.Tensor, modes: tuple) -> torch.Tensor:
+        stream = self._side_stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            out = static_step(self.model, ids, self.cache, modes)
+        torch.cuda.current_stream().wait_stream(stream)
+        return out
+
+    def _capture_and_run(self, ids: torch.Tensor, modes: tuple) -> torch.Tensor:
+        stream = self._side_stream()
+        if self._ids is None:
+            self._ids = torch.empty_like(ids)
+        self._ids.copy_(ids)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool, stream=stream):
+            logits = static_step(self.model, self._ids, self.cache, modes)
+        self.graph, self.graph_modes, self._logits = graph, modes, logits
+        self.captures += 1
+        graph.replay()  # capturing recorded the step without running it
+        return logits
+
+
+__all__ = ["StaticDecoder", "graph_supported"]

@@ -1,0 +1,117 @@
+"""The static decode step (`inference/static_step.py`, `static_decode.py`) against `CausalLM.step`, and the
+CUDA-graph `generate()` against eager generation (GPU tests, skipped without one)."""
+
+import pytest
+import torch
+
+from transmamba.inference.generate import generate, prefill
+from transmamba.inference.static_decode import StaticDecoder
+from transmamba.inference.static_step import layer_modes
+from transmamba.models.config import ModelConfig
+from transmamba.models.lm import CausalLM
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+SMALL = dict(vocab_size=53, d_model=32, n_heads=4, n_kv_heads=2, d_ff=48, d_state=8, headdim=8, ngroups=2,
+             chunk_size=4, m1_d_state=4, n_experts=4, top_k=2, max_seq_len=64)
+
+# (pattern, transpoints, prompt lengths): TransMamba layers cross P mid-generation, rows at different
+# positions (mixed mode), a P = 0 layer, Mamba-1 (S), Mamba-2 (M), attention (*), MLP (-), MoE (E)
+CASES = [
+    ("T-*-S-MT-", [5, 8], [2, 4, 1, 3]),
+    ("*MTT", [0, 9], [5, 5, 5]),
+    ("TS*E", [4], [1, 3]),
+]
+
+
+def _model(pattern, points, seed, dtype=torch.float32, device="cpu"):
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return CausalLM(ModelConfig(pattern=pattern, transpoints=points, **SMALL)).to(dtype).eval()
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_static_step_equals_step(case):
+    pattern, points, lengths = CASES[case]
+    model = _model(pattern, points, seed=case)
+    gen = torch.Generator().manual_seed(case)
+    prompts = [torch.randint(0, 53, (n,), generator=gen).tolist() for n in lengths]
+    steps = 12
+    ref_cache, _, _ = prefill(model, prompts, max(lengths) + steps)
+    cache, _, _ = prefill(model, prompts, max(lengths) + steps)
+    dec = StaticDecoder(model, cache)
+    seen = set()
+    with torch.no_grad():
+        for _ in range(steps):
+            modes = layer_modes(model, dec.positions)
+            seen.update(m for m, k in zip(modes, model.kinds) if k == "transmamba")
+            ids = torch.randint(0, 53, (len(prompts),), generator=gen)
+            ref = model.step(ids, ref_cache)
+            out = dec.step(ids)
+            assert (out - ref).abs().max().item() <= 1e-5
+    assert torch.equal(cache.seqlen_offset, ref_cache.seqlen_offset)
+    if case == 0:
+        assert seen == {"attn", "mixed", "ssm"}
+    for i, kind in enumerate(model.kinds):  # every TransMamba layer converted and its KV cache freed
+        if kind == "transmamba":
+            assert bool(cache.states[i].converted.all()) and cache.states[i].kv_B is None
+
+
+def test_static_decoder_errors_and_auto_off_on_cpu():
+    model = _model("T*", [2], seed=0)
+    cache, _, _ = prefill(model, [[1, 2, 3]], 4)
+    dec = StaticDecoder(model, cache)
+    dec.step(torch.tensor([5]))
+    with pytest.raises(ValueError, match="larger max_len"):
+        dec.step(torch.tensor([5]))
+    with pytest.raises(ValueError, match="shape"):
+        dec.step(torch.tensor([5, 6]))
+    with pytest.raises(ValueError, match="CUDA"):
+        StaticDecoder(model, cache, cuda_graph=True)
+    with pytest.raises(ValueError, match="cuda_graph=True"):
+        generate(model, [[1, 2]], 3, cuda_graph=True)
+    prompts = [[1, 2, 3], [4]]
+    auto = generate(model, prompts, 9, greedy=True)
+    assert auto == generate(model, prompts, 9, greedy=True, cuda_graph=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GPU: CUDA-graph generate() against eager generate()
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", range(len(CASES) - 1))  # the MoE case cannot be captured
+def test_cuda_graph_generate_equals_eager_gpu(case):
+    pattern, points, lengths = CASES[case]
+    model = _model(pattern, points, seed=case, device="cuda")
+    prompts = [list(range(1, n + 1)) for n in lengths]
+    kw = dict(max_new_tokens=16)
+    assert generate(model, prompts, greedy=True, cuda_graph=True, **kw) == generate(
+        model, prompts, greedy=True, cuda_graph=False, **kw)
+    assert generate(model, prompts, seed=5, top_k=20, top_p=0.9, cuda_graph=True, **kw) == generate(
+        model, prompts, seed=5, top_k=20, top_p=0.9, cuda_graph=False, **kw)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_equal_static_eager_bf16_gpu():
+    """bf16: graph replays launch the same kernels as the eager static step, so logits are identical."""
+    pattern, points, lengths = CASES[0]
+    model = _model(pattern, points, seed=1, dtype=torch.bfloat16, device="cuda")
+    prompts = [list(range(3, n + 3)) for n in lengths]
+    c1, _, _ = prefill(model, prompts, 40)
+    c2, _, _ = prefill(model, prompts, 40)
+    eager, graph = StaticDecoder(model, c1), StaticDecoder(model, c2, cuda_graph=True)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for _ in range(20):
+        ids = torch.randint(0, 53, (len(prompts),), device="cuda", generator=gen)
+        a, b = eager.step(ids), graph.step(ids)
+        assert torch.equal(a, b)
+    assert graph.captures >= 2  # one per mode signature seen twice in a row
