@@ -257,6 +257,58 @@ def mqar(
     return _finish("mqar", rows, ans, {"key_index": key_index})
 
 
+def mqar_filler(
+    batch_size: int,
+    n_pairs: int,
+    *,
+    filler: int = 0,
+    n_queries: int | None = None,
+    vocab_size: int = DEFAULT_VOCAB,
+    seed: int | np.random.Generator = 0,
+) -> SyntheticBatch:
+    """MQAR with `filler` NOISE tokens between the last pair and the first query (vectorized)::
+
+        BOS  k_1 v_1 ... k_n v_n  NOISE x filler  q_1 [a_1] ... q_m [a_m]
+
+    Same vocabulary and answer rules as :func:`mqar` (keys distinct within a row from the first half of the
+    symbols, values uniform from the second half, queries distinct keys in random order), but drawn with
+    whole-batch numpy calls, so it is cheap enough to feed a fast GPU training step; it draws its random
+    numbers differently from :func:`mqar`, so the same seed gives different rows. The filler moves every
+    query `filler` tokens further from its pair: accuracy against it measures recall over distance with
+    the number of pairs fixed.
+
+    meta: key_index (b, n_queries) long, which pair each query asks for; filler (1,) long.
+    """
+    n_queries = n_pairs if n_queries is None else n_queries
+    if n_pairs < 1 or n_queries < 1 or n_queries > n_pairs:
+        raise ValueError(f"mqar_filler: need 1 <= n_queries <= n_pairs, got {n_queries}, {n_pairs}")
+    if filler < 0:
+        raise ValueError(f"mqar_filler: filler must be >= 0, got {filler}")
+    _check_vocab(vocab_size, 2, "mqar_filler")
+    n_keys, n_values = mqar_split(vocab_size)
+    if n_keys < n_pairs:
+        raise ValueError(
+            f"mqar_filler: {n_keys} key symbols (vocab_size={vocab_size}) cannot make {n_pairs} distinct keys"
+        )
+    rng = _rng(seed)
+    b = batch_size
+    keys = SYMBOL0 + np.argsort(rng.random((b, n_keys)), axis=1)[:, :n_pairs]  # distinct per row
+    values = SYMBOL0 + n_keys + rng.integers(0, n_values, size=(b, n_pairs))
+    asked = np.argsort(rng.random((b, n_pairs)), axis=1)[:, :n_queries]  # (b, m) distinct pair indices
+    q0 = 1 + 2 * n_pairs + filler
+    t = q0 + 2 * n_queries
+    rows = np.full((b, t), NOISE, dtype=np.int64)
+    ans = np.full((b, t), -1, dtype=np.int64)
+    rows[:, 0] = BOS
+    rows[:, 1 : 1 + 2 * n_pairs : 2] = keys
+    rows[:, 2 : 2 + 2 * n_pairs : 2] = values
+    rows[:, q0::2] = np.take_along_axis(keys, asked, axis=1)
+    rows[:, q0 + 1 :: 2] = np.take_along_axis(values, asked, axis=1)
+    ans[:, q0 + 1 :: 2] = np.arange(n_queries)
+    meta = {"key_index": asked.astype(np.int64), "filler": np.array([filler], dtype=np.int64)}
+    return _finish("mqar", rows, ans, meta)
+
+
 # ----------------------------------------------------------------------------------------------- copying
 
 

@@ -1,0 +1,542 @@
+"""GPU stages of the TransMamba reproduction: many tiny runs at once, each training step one CUDA graph.
+
+    python benchmarks/repro_gpu.py launch --plan recall --out DIR [--parallel 14] [--budget-s 220]
+                                         [--set KEY=JSON ...]
+    python benchmarks/repro_gpu.py report DIR            # tables + plots from DIR/*.jsonl
+    python benchmarks/repro_gpu.py worker JOB.json LOG.jsonl   (internal: one run)
+
+`benchmarks/reproduce_transmamba.py --stage recall-gpu|text-gpu|pilot-gpu` calls `launch` then `report`.
+
+Why a second runner: the models are tiny (d_model 64), so one eager training step is a few thousand
+kernel launches of microseconds each and the GPU idles between them; with a dozen processes on one GPU
+the step cost is set by launches, not by arithmetic. Here each process captures its whole training step
+(forward, backward, gradient clipping, AdamW with a tensor learning rate) in one CUDA graph after a few
+warm-up steps and replays it; the next batch is drawn on the CPU while the GPU runs the current one. If
+capture fails the run falls back to the same step in eager mode and says so in its log (`graph`: false).
+
+Every run writes one JSON object per line to its log as it goes (start, training points, evaluations,
+done), so a run cut off by the budget still leaves its curve. Runs of one plan differ only in kind and
+seed: same task stream (seeded by the run's seed), same steps, same optimizer; `deadline` stops a
+run's training early (then `truncated` is true in its `done` line) and is a guard, not the plan.
+
+Tasks:
+* `mqar` — :func:`transmamba.data.synthetic.mqar_filler` rows; each training batch has a random number of
+  pairs in [pairs_lo, pairs_hi] and of filler tokens in [filler_lo, filler_hi], right-padded to one static
+  length (padding is unscored). Scored after training on fresh seeded rows for every (pairs, filler) in
+  the evaluation grid; TransMamba also with its schedule rescaled to each evaluated length.
+* `text` — random windows of the tokenized Shakespeare plays (`.repro_data/shakespeare.npz`); validation
+  loss on held-out plays; TransMamba also under every other schedule (the inference-time swap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for _p in (ROOT / "src", ROOT / "benchmarks"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+import numpy as np  # noqa: E402
+
+SCHEDULES = ["V1", "V2", "V3", "V4", "V5", "V6", "V7", "V8", "V9"]
+FAMILIES = ["transformer", "mamba2", "hybrid", "tm-V9", "tm-V7"]
+
+# ------------------------------------------------------------------------------------------------ plans
+
+COMMON = dict(d_model=64, n_layers=8, lr=1e-3, wd=0.1, clip=1.0, warmup=100, min_lr_ratio=0.1,
+              batch=128, log_every=100, graph=True, triton=True, steps=4000, eval_rows=256, eval_batch=128)
+MQAR = dict(task="mqar", vocab=512, pairs_lo=4, pairs_hi=32, filler_lo=0, filler_hi=32,
+            eval_grid=[[8, 0], [16, 0], [32, 0], [64, 0], [128, 0], [32, 128], [32, 512], [16, 256]])
+TEXT = dict(task="text", batch=64, train_len=256, lr=3e-3, data=".repro_data/shakespeare.npz",
+            val_windows=256, swap=True)
+
+
+def plan_jobs(plan: str, over: dict) -> list[dict]:
+    """The runs of a plan, in launch order (seed 0 of every kind first). `over` overrides settings."""
+    jobs = []
+    if plan == "pilot":  # B1: does a small Transformer learn MQAR, and how fast does each kind step?
+        base = {**COMMON, **MQAR, "steps": 100000, "eval_grid": [[8, 0], [32, 0], [64, 0], [32, 128]]}
+        variants = [
+            ("tf8-lr1e-3", dict(kind="transformer")),
+            ("tf8-lr3e-3", dict(kind="transformer", lr=3e-3)),
+            ("tf4-lr1e-3", dict(kind="transformer", n_layers=4)),
+            ("tf2-lr1e-3", dict(kind="transformer", n_layers=2)),
+            ("tf8-v128", dict(kind="transformer", vocab=128, eval_grid=[[8, 0], [32, 0], [32, 128]])),
+            ("tf8-b256", dict(kind="transformer", batch=256)),
+            ("m2-8", dict(kind="mamba2")),
+            ("hy-8", dict(kind="hybrid")),
+            ("tmV9-8", dict(kind="tm-V9")),
+            ("tmV7-8", dict(kind="tm-V7")),
+            ("tmV9-8-notriton", dict(kind="tm-V9", triton=False)),
+            ("tf8-eager", dict(kind="transformer", graph=False)),
+            ("tf8-unpipelined", dict(kind="transformer", pipelined=False)),
+            ("tmV9-8-eager", dict(kind="tm-V9", graph=False)),
+            ("pb-tf8", dict(kind="transformer", task="phonebook", vocab=128, name_len=1, number_len=2,
+                            queries=8, pairs_lo=4, pairs_hi=24, filler_hi=0,
+                            eval_grid=[[8, 0], [24, 0], [48, 0]])),
+            ("text-tf8", dict(TEXT, kind="transformer", eval_grid=None, val_windows=64)),
+            ("text-tmV9", dict(TEXT, kind="tm-V9", eval_grid=None, val_windows=64)),
+        ]
+        for name, v in variants:
+            jobs.append({**base, **v, "name": name, "seed": 0, **over})
+        return jobs
+    if plan == "recall":
+        kinds = over.pop("kinds", FAMILIES)
+        seeds = over.pop("seeds", 3)
+        for seed in range(seeds):
+            for kind in kinds:
+                jobs.append({**COMMON, **MQAR, "kind": kind, "seed": seed, **over,
+                             "name": f"mqar-{kind}-s{seed}"})
+        return jobs
+    if plan == "text":
+        kinds = over.pop("kinds", ["transformer", "mamba2", "hybrid"] + [f"tm-{s}" for s in SCHEDULES])
+        seeds = over.pop("seeds", 3)
+        for seed in range(seeds):
+            for kind in kinds:
+                jobs.append({**COMMON, **TEXT, "kind": kind, "seed": seed, **over,
+                             "name": f"text-{kind}-s{seed}"})
+        return jobs
+    raise ValueError(f"unknown plan {plan!r}")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def pb_queries(job: dict, n_entries: int) -> int:
+    """PhoneBook training queries per row: up to `queries`, at most half the book."""
+    return max(1, min(job["queries"], n_entries // 2))
+
+
+def static_len(job: dict) -> int:
+    """The padded training row length of a job."""
+    if job["task"] == "text":
+        return job["train_len"]
+    if job["task"] == "phonebook":
+        from transmamba.data.synthetic import phonebook_length
+
+        n = job["pairs_hi"]
+        return phonebook_length(n, name_len=job["name_len"], number_len=job["number_len"],
+                                n_queries=pb_queries(job, n))
+    return 1 + 4 * job["pairs_hi"] + job["filler_hi"]
+
+
+def mqar_batch(job: dict, rng, n_pairs: int, filler: int, batch: int, train: bool = True):
+    """A batch of the job's recall task: MQAR with `filler`, or PhoneBook with `n_pairs` entries (and as
+    many queries as training uses, or one query per row for evaluation)."""
+    from transmamba.data.synthetic import mqar_filler, phonebook
+
+    if job["task"] == "phonebook":
+        q = pb_queries(job, n_pairs) if train else 1
+        return phonebook(batch, n_pairs, name_len=job["name_len"], number_len=job["number_len"],
+                         n_queries=q, vocab_size=job["vocab"], seed=rng)
+    return mqar_filler(batch, n_pairs, filler=filler, vocab_size=job["vocab"], seed=rng)
+
+
+def make_stream(job: dict):
+    """next_batch() -> (ids (b, T) int64 numpy, labels (b, T) int64 numpy), fresh rows every call."""
+    T = static_len(job)
+    if job["task"] == "text":
+        z = np.load(ROOT / job["data"])
+        train = z["train"].astype(np.int64)
+        rng = np.random.default_rng(2000 + job["seed"])
+        offs = np.arange(T)
+
+        def next_text():
+            starts = rng.integers(0, len(train) - T, size=job["batch"])
+            ids = train[starts[:, None] + offs]
+            return ids, ids
+
+        return next_text
+    rng = np.random.default_rng(1000 + job["seed"])
+    ids = np.zeros((job["batch"], T), dtype=np.int64)
+    lab = np.full((job["batch"], T), -100, dtype=np.int64)
+
+    def next_mqar():
+        n = int(rng.integers(job["pairs_lo"], job["pairs_hi"] + 1))
+        f = int(rng.integers(job["filler_lo"], job["filler_hi"] + 1))
+        b = mqar_batch(job, rng, n, f, job["batch"])
+        t = b.seq_len
+        ids[:] = 0
+        lab[:] = -100
+        ids[:, :t] = b.input_ids.numpy()
+        lab[:, :t] = b.labels.numpy()
+        return ids, lab
+
+    return next_mqar
+
+
+# ------------------------------------------------------------------------------------------------ worker
+
+
+class Log:
+    """Append one JSON object per line, flushed at once."""
+
+    def __init__(self, path):
+        self.f = open(path, "a")
+
+    def __call__(self, **rec):
+        rec.setdefault("time", round(time.time(), 2))
+        self.f.write(json.dumps(rec) + "\n")
+        self.f.flush()
+
+
+def lr_at(job: dict, step: int) -> float:
+    """Linear warmup to lr, then cosine to min_lr_ratio * lr at the last step."""
+    lr, warm, steps = job["lr"], job["warmup"], job["steps"]
+    if step < warm:
+        return lr * (step + 1) / warm
+    p = min(1.0, (step - warm) / max(1, steps - warm))
+    r = job["min_lr_ratio"]
+    return lr * (r + (1 - r) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def build_model(job: dict, device):
+    import torch
+    from reproduce_transmamba import equal_param_config, n_params
+
+    from transmamba.models.lm import CausalLM
+
+    vocab = job["vocab"] if job["task"] != "text" else None
+    if vocab is None:
+        vocab = int(np.load(ROOT / job["data"])["vocab_size"])
+    torch.manual_seed(job["seed"])
+    cfg = equal_param_config(job["kind"], vocab_size=vocab, train_len=static_len(job),
+                             d_model=job["d_model"], n_layers=job["n_layers"])
+    model = CausalLM(cfg).to(device)
+    return model, cfg, n_params(model), vocab
+
+
+def make_train_step(model, job: dict, ids_buf, lab_buf):
+    """(step_fn, opt, lr_t): step_fn() runs forward + backward + clip + AdamW on the static buffers and
+    returns (loss, n_correct, n_scored) as device tensors. No host synchronisation inside."""
+    import torch
+    import torch.nn.functional as F
+
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    other = [p for p in model.parameters() if p.ndim < 2]
+    cuda = ids_buf.device.type == "cuda"
+    # a tensor learning rate, updated in place, so a captured AdamW step reads the current value
+    lr_t = torch.tensor(lr_at(job, 0), device=ids_buf.device)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": job["wd"]}, {"params": other, "weight_decay": 0.0}],
+        lr=lr_t if cuda else lr_at(job, 0), betas=(0.9, 0.95), capturable=cuda, foreach=True,
+    )
+    params = list(model.parameters())
+
+    def step():
+        logits = model(ids_buf).logits[:, :-1].float()  # (b, T-1, V)
+        lab = lab_buf[:, 1:]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab.reshape(-1), ignore_index=-100)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, job["clip"], foreach=True)
+        opt.step()
+        scored = lab != -100
+        correct = ((logits.argmax(-1) == lab) & scored).sum()
+        return loss.detach(), correct, scored.sum()
+
+    return step, opt, lr_t
+
+
+def worker(job_path: str, log_path: str) -> None:
+    import torch
+
+    job = json.loads(Path(job_path).read_text())
+    log = Log(log_path)
+    t0 = time.time()
+    if not job.get("triton", True):
+        os.environ["TRANSMAMBA_DISABLE_TRITON"] = "1"
+    torch.set_num_threads(1)
+    torch.set_float32_matmul_precision("high")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, cfg, n_par, vocab = build_model(job, device)
+    n_t = cfg.n_transmamba
+    trained_tp = list(cfg.resolved_transpoints()) if n_t else None
+    log(type="start", job=job, params=n_par, pattern=cfg.pattern, d_ff=cfg.ffn_dim, transpoints=trained_tp,
+        device=str(device), gpu=torch.cuda.get_device_name() if device.type == "cuda" else None)
+    T = static_len(job)
+    next_batch = make_stream(job)
+    ids_buf = torch.zeros(job["batch"], T, dtype=torch.long, device=device)
+    lab_buf = torch.full((job["batch"], T), -100, dtype=torch.long, device=device)
+    step_fn, opt, lr_t = make_train_step(model, job, ids_buf, lab_buf)
+    deadline = job.get("deadline") or float("inf")
+    model.train()
+
+    # pipelined: the next batch goes through pinned buffers with an asynchronous copy, so the CPU draws
+    # batch s+1 while the GPU runs step s; a blocking-sync event (no spinning) guards the pinned buffers.
+    pipelined = device.type == "cuda" and job.get("pipelined", True)
+    if pipelined:
+        pin_ids = torch.zeros(job["batch"], T, dtype=torch.long).pin_memory()
+        pin_lab = torch.zeros(job["batch"], T, dtype=torch.long).pin_memory()
+        copied = torch.cuda.Event(blocking=True)
+        copied.record()
+
+    def load(s):
+        ids, lab = next_batch()
+        if pipelined:
+            copied.synchronize()  # the previous copy out of the pinned buffers has finished
+            pin_ids.numpy()[:] = ids
+            pin_lab.numpy()[:] = lab
+            ids_buf.copy_(pin_ids, non_blocking=True)  # stream-ordered after the step still reading ids_buf
+            lab_buf.copy_(pin_lab, non_blocking=True)
+            copied.record()
+        else:
+            ids_buf.copy_(torch.from_numpy(ids))  # pageable copies: wait for the previous step
+            lab_buf.copy_(torch.from_numpy(lab))
+        lr_t.fill_(lr_at(job, s))
+        if device.type != "cuda":
+            for g in opt.param_groups:
+                g["lr"] = lr_at(job, s)
+
+    graph, step, n_warm = None, 0, 3
+    use_graph = job["graph"] and device.type == "cuda"
+    sums = torch.zeros(3, device=device)  # loss, correct, scored since the last log point
+    t_train = time.time()
+    if use_graph:
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(n_warm):  # real steps on real batches (counted), also compiles kernels
+                    load(step)
+                    opt.zero_grad(set_to_none=True)
+                    out = step_fn()
+                    sums += torch.stack([out[0], out[1].float(), out[2].float()])
+                    step += 1
+            torch.cuda.current_stream().wait_stream(side)
+            opt.zero_grad(set_to_none=True)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                g_loss, g_correct, g_scored = step_fn()
+                g_out = torch.stack([g_loss, g_correct.float(), g_scored.float()])  # refreshed by each replay
+        except Exception as err:  # fall back to eager, same step
+            log(type="graph_error", error=repr(err)[:500])
+            graph = None
+            torch.cuda.synchronize()
+    t_ready = time.time()
+    log(type="ready", graph=graph is not None, pipelined=pipelined, setup_s=round(t_ready - t0, 2),
+        warm_steps=step)
+    last_t, last_s = time.time(), step
+    while step < job["steps"]:
+        load(step)
+        if graph is not None:
+            graph.replay()
+            sums += g_out
+        else:
+            opt.zero_grad(set_to_none=True)
+            out = step_fn()
+            sums += torch.stack([out[0], out[1].float(), out[2].float()])
+        step += 1
+        if step % job["log_every"] == 0 or step == job["steps"]:
+            s = sums.tolist()
+            n = step - last_s
+            now = time.time()
+            log(type="train", step=step, loss=round(s[0] / max(1, n), 5), acc=round(s[1] / max(1, s[2]), 5),
+                lr=lr_at(job, step - 1), steps_per_s=round(n / max(1e-9, now - last_t), 2),
+                elapsed=round(now - t0, 1))
+            sums.zero_()
+            last_t, last_s = now, step
+            if now > deadline:
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    train_s = time.time() - t_train
+    log(type="trained", steps=step, truncated=step < job["steps"], train_s=round(train_s, 2),
+        steps_per_s=round(step / max(1e-9, time.time() - t_ready), 2), graph=graph is not None)
+    del graph
+    model.eval()
+    try:
+        if job["task"] == "text":
+            evaluate_text(job, model, cfg, trained_tp, log)
+        else:
+            evaluate_mqar(job, model, trained_tp, n_t, log)
+    except Exception as err:
+        import traceback
+
+        log(type="eval_error", error=repr(err), traceback=traceback.format_exc()[-2000:])
+    log(type="done", wall_s=round(time.time() - t0, 2))
+
+
+def evaluate_mqar(job, model, trained_tp, n_t, log):
+    from transmamba.eval.recall import score
+    from transmamba.models.schedules import resolve_schedule
+
+    hard = job.get("hard_deadline") or float("inf")
+    for n_pairs, filler in job["eval_grid"]:
+        if time.time() > hard:
+            log(type="eval_skipped", pairs=n_pairs, filler=filler)
+            continue
+        from transmamba.data.synthetic import mqar_split
+
+        if job["task"] == "mqar" and n_pairs > mqar_split(job["vocab"])[0]:
+            continue
+        rng = np.random.default_rng(777 + 1000 * n_pairs + filler)
+        batch = mqar_batch(job, rng, n_pairs, filler, job["eval_rows"], train=False)
+        swaps = ["train"] + (["scaled"] if n_t else [])
+        for sw in swaps:
+            if n_t:
+                tp = trained_tp if sw == "train" else resolve_schedule(job["kind"][3:], n_t,
+                                                                       train_len=batch.seq_len)
+                model.set_transpoints(list(tp))
+            r = score(model, batch, batch_size=job["eval_batch"])
+            log(type="eval", pairs=n_pairs, filler=filler, length=batch.seq_len, schedule=sw,
+                acc=r["answer_accuracy"], token_acc=r["token_accuracy"],
+                per_answer=[round(x, 4) for x in r["per_answer"]],
+                by_position=r.get("by_book_position"))
+        if n_t:
+            model.set_transpoints(list(trained_tp))
+
+
+def evaluate_text(job, model, cfg, trained_tp, log):
+    import torch
+
+    from transmamba.eval.perplexity import perplexity
+    from transmamba.models.schedules import resolve_schedule
+
+    val = torch.from_numpy(np.load(ROOT / job["data"])["val"].astype(np.int64))
+    L = job["train_len"]
+    kw = dict(seq_len=L, batch_size=job["eval_batch"], max_windows=job["val_windows"])
+    log(type="eval", schedule="train", length=L, val_loss=perplexity(model, val, **kw)["loss"])
+    n_t = cfg.n_transmamba
+    if n_t and job.get("swap", True):
+        for s in SCHEDULES + ["attention", "ssm"]:
+            tp = [10**9] * n_t if s == "attention" else [0] * n_t if s == "ssm" else \
+                resolve_schedule(s, n_t, train_len=L)
+            model.set_transpoints(tp)
+            log(type="eval", schedule=s, length=L, val_loss=perplexity(model, val, **kw)["loss"])
+        model.set_transpoints(list(trained_tp))
+
+
+# ------------------------------------------------------------------------------------------------ launcher
+
+
+def launch(plan: str, out: Path, parallel: int, budget_s: float, over: dict) -> None:
+    """Run the plan's jobs, `parallel` at a time, each in its own process; stop everything by the budget."""
+    t0 = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = plan_jobs(plan, dict(over))
+    eval_reserve = over.get("eval_reserve_s", 25.0)
+    procs: list[tuple[subprocess.Popen, dict]] = []
+    pending = list(jobs)
+
+    def stop(*_):
+        for p, _j in procs:
+            if p.poll() is None:
+                p.kill()
+        sys.exit(1)
+
+    signal.signal(signal.SIGTERM, stop)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    print(f"launch {plan}: {len(jobs)} runs, {parallel} at a time, budget {budget_s:.0f} s", flush=True)
+    while pending or any(p.poll() is None for p, _ in procs):
+        while pending and sum(p.poll() is None for p, _ in procs) < parallel:
+            j = pending.pop(0)
+            j["deadline"] = t0 + budget_s - eval_reserve
+            j["hard_deadline"] = t0 + budget_s - 5
+            jp = out / f"{j['name']}.job.json"
+            jp.write_text(json.dumps(j))
+            cmd = [sys.executable, __file__, "worker", str(jp), str(out / f"{j['name']}.jsonl")]
+            p = subprocess.Popen(cmd, env=env, stdout=open(out / f"{j['name']}.out", "w"),
+                                 stderr=subprocess.STDOUT)
+            procs.append((p, j))
+            print(f"[{time.time() - t0:6.1f}s] start {j['name']}", flush=True)
+        if time.time() > t0 + budget_s - 2:
+            for p, j in procs:
+                if p.poll() is None:
+                    print(f"killing {j['name']} at the budget", flush=True)
+                    p.kill()
+            break
+        time.sleep(0.5)
+        for p, j in procs:
+            if p.poll() is not None and not j.get("_reported"):
+                j["_reported"] = True
+                print(f"[{time.time() - t0:6.1f}s] end {j['name']} rc={p.returncode}", flush=True)
+    print(f"launch done in {time.time() - t0:.0f} s; {len(pending)} runs never started", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def read_logs(folder: Path) -> list[dict]:
+    """One dict per run: start/ready/trained/done lines merged, `train` and `eval` lines as lists."""
+    runs = []
+    for f in sorted(folder.glob("*.jsonl")):
+        run = {"file": f.name, "train": [], "eval": []}
+        for line in f.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            typ = r.pop("type", "")
+            if typ in ("train", "eval"):
+                run[typ].append(r)
+            else:
+                run.setdefault(typ, r)
+        if "start" in run:
+            run["job"] = run["start"]["job"]
+            runs.append(run)
+    return runs
+
+
+def summary(folder: Path) -> None:
+    """One line per run: kind, graph?, steps, steps/s, last training accuracy, evaluations."""
+    for r in read_logs(folder):
+        j, tr = r["job"], r.get("trained", {})
+        last = r["train"][-1] if r["train"] else {}
+        ev = " ".join(
+            f"{e.get('pairs', '')}/{e.get('filler', '')}{'s' if e['schedule'] == 'scaled' else ''}:"
+            f"{e['acc'] if 'acc' in e else e.get('val_loss', float('nan')):.3f}"
+            for e in r["eval"] if e["schedule"] in ("train", "scaled")
+        )
+        ready = r.get("ready", {})
+        print(f"{j['name']:<22} {j['kind']:<12} params {r['start']['params']:>8} graph {ready.get('graph')} "
+              f"setup {ready.get('setup_s')} steps {tr.get('steps', last.get('step'))} "
+              f"{last.get('steps_per_s')} it/s loss {last.get('loss')} acc {last.get('acc')} | {ev}",
+              flush=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("worker")
+    w.add_argument("job")
+    w.add_argument("log")
+    la = sub.add_parser("launch")
+    la.add_argument("--plan", required=True, choices=("pilot", "recall", "text"))
+    la.add_argument("--out", required=True)
+    la.add_argument("--parallel", type=int, default=14)
+    la.add_argument("--budget-s", type=float, default=220)
+    la.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
+    rp = sub.add_parser("report")
+    rp.add_argument("folder")
+    sm = sub.add_parser("summary")
+    sm.add_argument("folder")
+    args = ap.parse_args(argv)
+    if args.cmd == "worker":
+        worker(args.job, args.log)
+    elif args.cmd == "launch":
+        over = {}
+        for item in args.set:
+            k, _, v = item.partition("=")
+            over[k] = json.loads(v)
+        launch(args.plan, Path(args.out), args.parallel, args.budget_s, over)
+    elif args.cmd == "summary":
+        summary(Path(args.folder))
+    else:
+        from repro_gpu_report import report
+
+        report(Path(args.folder))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
