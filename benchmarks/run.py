@@ -555,17 +555,41 @@ def _model(preset: str, **overrides):
     return CausalLM(cfg)
 
 
-def _train_flops_per_token(model) -> float:
-    """6 x non-embedding parameters: the usual MFU convention. The attention-score and SSD-mixing FLOPs are
-    not counted, so MFU is a lower bound (more so for attention-heavy models at long T)."""
-    n = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name)
-    return 6.0 * n
+TRAIN_MODELS = {  # label -> (preset, overrides); transformer-400m-eq has transmamba-400m's non-embedding size
+    "transmamba-400m": ("transmamba-400m", {}),
+    "transformer-400m-eq": ("transformer-400m-eq", {}),
+    "transformer-400m-deep": ("transformer-400m", {"pattern": "*-" * 18}),
+    "transformer-400m": ("transformer-400m", {}),
+    "mamba2-400m": ("mamba2-400m", {}),
+    "mamba2-hybrid-400m": ("mamba2-400m", {"pattern": "M-M-M-M-M-*-M-M-M-M-M-*-"}),
+}
+
+
+def _train_model(preset: str, over: dict, T: int, args):
+    """The model built directly on the GPU (fast init), with the training-speed options of `args`."""
+    from transmamba.models import CausalLM, get_preset
+
+    cfg = get_preset(preset, max_seq_len=max(T, 8192), **over)
+    with torch.device("cuda"):
+        model = CausalLM(cfg)
+    model.fused_loss = not args.no_fused_loss
+    model.gradient_checkpointing = bool(args.checkpointing)
+    for layer in model.transmamba_layers():  # auto: one full SSD when training on CUDA; off: converter path
+        layer.full_ssd_in_training = {"auto": None, "on": True, "off": False}[args.tm_full_ssd]
+    return model
 
 
 def _train_one(preset: str, over: dict, T: int, tokens_per_step: int, args) -> dict[str, Any]:
-    """One model's training step (bf16 autocast, fused AdamW): median ms, tokens/s, MFU."""
+    """One model's training step (bf16 autocast, fused AdamW): median ms, tokens/s, MFU, peak memory.
+
+    MFU = model FLOPs (`models/flops.py`: projections + LM head + attention + SSD, training = 3 x forward)
+    x tokens/s / the bf16 matmul rate measured in the same run; mfu_6n is the 6 x non-embedding-parameters
+    convention for comparison."""
+    from transmamba.models.flops import train_flops_per_token
+
     torch.manual_seed(0)
-    model = _model(preset, max_seq_len=max(T, 8192), **over).cuda()
+    torch.cuda.reset_peak_memory_stats()
+    model = _train_model(preset, over, T, args)
     b = max(1, tokens_per_step // T)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     ids = torch.randint(0, model.config.vocab_size, (b, T), device="cuda")
@@ -581,11 +605,17 @@ def _train_one(preset: str, over: dict, T: int, tokens_per_step: int, args) -> d
         step()
     torch.cuda.synchronize()
     ms = bench_ms(step, warmup=1, rep=args.train_rep_ms)
-    flops = _train_flops_per_token(model) * b * T
-    return dict(batch=b, step_ms=ms, tokens_per_s=b * T / ms * 1e3,
-                mfu=flops / (ms * 1e-3) / (ceilings()["bf16_TFLOPs"] * 1e12),
-                params=sum(p.numel() for p in model.parameters()),
-                peak_mem_GB=torch.cuda.max_memory_allocated() / 1e9)
+    fl = train_flops_per_token(model.config, T)
+    peak = ceilings()["bf16_TFLOPs"] * 1e12
+    tok_s = b * T / ms * 1e3
+    n_ne = model.num_parameters(exclude_embeddings=True)
+    row = dict(batch=b, step_ms=ms, tokens_per_s=tok_s, mfu=fl["total"] * tok_s / peak,
+               mfu_6n=6.0 * n_ne * tok_s / peak, train_GFLOP_per_token=fl["total"] / 1e9,
+               dense_GFLOP=fl["dense"] / 1e9, attention_GFLOP=fl["attention"] / 1e9, ssd_GFLOP=fl["ssd"] / 1e9,
+               params=model.num_parameters(), non_embedding_params=n_ne,
+               peak_mem_GB=torch.cuda.max_memory_allocated() / 1e9,
+               fused_loss=model.fused_loss, checkpointing=model.gradient_checkpointing, tm_full_ssd=args.tm_full_ssd)
+    return row
 
 
 def _train_step_rows(presets: list[tuple[str, tuple[str, dict]]], lengths: list[int], tokens_per_step: int,
@@ -601,7 +631,6 @@ def _train_step_rows(presets: list[tuple[str, tuple[str, dict]]], lengths: list[
                 row["error"] = repr(err)[:300]
                 traceback.print_exc()
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
             rows.append(row)
     return rows
@@ -610,14 +639,9 @@ def _train_step_rows(presets: list[tuple[str, tuple[str, dict]]], lengths: list[
 HYBRID_400M_PATTERN = "M-M-M-M-M-*-M-M-M-M-M-*-"  # 10 Mamba-2 + 2 attention mixers (Mamba-2-Hybrid 8B: 4 of 28)
 
 
-@case("train-step", "training step tokens/s and MFU, transmamba-400m vs transformer / mamba2 / hybrid")
+@case("train-step", "training step tokens/s and MFU, transmamba-400m vs same-size transformer / mamba2 / hybrid")
 def run_train_step(args) -> list[dict[str, Any]]:
-    presets = [
-        ("transmamba-400m", ("transmamba-400m", {})),
-        ("transformer-400m", ("transformer-400m", {})),
-        ("mamba2-400m", ("mamba2-400m", {})),
-        ("mamba2-hybrid-400m", ("mamba2-400m", {"pattern": HYBRID_400M_PATTERN})),
-    ]
+    presets = [(m, TRAIN_MODELS[m]) for m in args.train_models.split(",") if m]
     return _train_step_rows(presets, [int(v) for v in args.train_lengths.split(",")], args.train_tokens, args)
 
 
@@ -625,10 +649,102 @@ def run_train_step(args) -> list[dict[str, Any]]:
 def run_transpoint_sweep(args) -> list[dict[str, Any]]:
     T = 8192
     presets = []
-    for P in (0, 512, 1024, 2048, 4096, 8192):
+    for P in (0, 1024, 2048, 4096, 6144, 8192):
         presets.append((f"P={P}", ("transmamba-400m", {"transpoints": [P] * 12})))
     presets.append(("V9", ("transmamba-400m", {})))
-    return _train_step_rows(presets, [T], T, args)
+    presets.append(("transformer-400m-eq", TRAIN_MODELS["transformer-400m-eq"]))
+    return _train_step_rows(presets, [T], args.train_tokens, args)
+
+
+@case("train-profile", "per-op CUDA time of one training step (torch.profiler) and the SDPA kernels used")
+def run_train_profile(args) -> list[dict[str, Any]]:
+    from torch.profiler import ProfilerActivity, profile
+
+    T = args.profile_T
+    rows = []
+    for label in [m for m in args.train_models.split(",") if m]:
+        preset, over = TRAIN_MODELS[label]
+        torch.manual_seed(0)
+        model = _train_model(preset, over, T, args)
+        b = max(1, args.train_tokens // T)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        ids = torch.randint(0, model.config.vocab_size, (b, T), device="cuda")
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = model(ids, labels=ids)
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - t0) / 3 * 1e3
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            step()
+            torch.cuda.synchronize()
+        evs = [e for e in prof.key_averages() if (getattr(e, "self_device_time_total", 0) or 0) > 0]
+        total = sum(e.self_device_time_total for e in evs)
+        evs.sort(key=lambda e: -e.self_device_time_total)
+        print(f"== {label} T={T} batch={b}: step {wall_ms:.1f} ms wall, {total / 1e3:.1f} ms CUDA kernels")
+        for e in evs[:40]:
+            r = {"model": label, "T": T, "op": e.key[:120], "cuda_ms": e.self_device_time_total / 1e3,
+                 "share": e.self_device_time_total / total, "calls": e.count, "step_wall_ms": wall_ms}
+            rows.append(r)
+            print(f"  {r['cuda_ms']:8.2f} ms {100 * r['share']:5.1f}%  x{e.count:<4d} {r['op']}")
+        attn = [e.key for e in evs if any(s in e.key.lower() for s in ("flash", "fmha", "attention", "cudnn",
+                                                                          "efficient", "sdpa"))]
+        print("  attention kernels:", attn[:10])
+        model = opt = ids = prof = None  # free before the next model
+        torch.cuda.empty_cache()
+    return rows
+
+
+@case("sdpa-backends", "causal SDPA fwd+bwd per backend at the transformer and TransMamba shapes, T = 8192")
+def run_sdpa_backends(args) -> list[dict[str, Any]]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    T = args.profile_T
+    shapes = {  # name -> (heads, d_qk, d_v)
+        "transformer h16 d96": (16, 96, 96),
+        "transmamba g16 pad192": (16, 192, 192),
+        "transmamba g16 qk128 v192": (16, 128, 192),
+        "transmamba g16 d128": (16, 128, 128),
+    }
+    backends = {"default": None, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "cudnn": SDPBackend.CUDNN_ATTENTION}
+    rows = []
+    for name, (h, dq, dv) in shapes.items():
+        q = torch.randn(1, h, T, dq, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        k = torch.randn(1, h, T, dq, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        v = torch.randn(1, h, T, dv, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        flops = 2 * T * (T + 1) / 2 * h * (dq + dv)  # causal forward
+        for bname, be in backends.items():
+            row = {"shape": name, "T": T, "backend": bname}
+
+            def fwd():
+                if be is None:
+                    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+                with sdpa_kernel([be]):
+                    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+            try:
+                o = fwd()
+                do = torch.randn_like(o)
+                row["fwd_ms"] = bench_ms(lambda: _nograd(fwd), rep=200)
+                row["fwdbwd_ms"] = bench_ms(lambda: torch.autograd.grad(fwd(), (q, k, v), do), rep=300)
+                row["fwd_TFLOPs"] = flops / row["fwd_ms"] / 1e9
+                row["fwdbwd_TFLOPs"] = 3.5 * flops / row["fwdbwd_ms"] / 1e9  # bwd recomputes QK^T: 2.5x fwd
+            except Exception as err:  # noqa: BLE001
+                row["error"] = repr(err)[:200]
+            print(json.dumps({kk: (round(vv, 3) if isinstance(vv, float) else vv) for kk, vv in row.items()}))
+            rows.append(row)
+    return rows
 
 
 def _decode_one(preset: str, ctx: int, b: int, new: int) -> dict[str, Any]:
@@ -779,6 +895,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--train-lengths", default="2048,8192", help="train-step sequence lengths")
     ap.add_argument("--train-tokens", type=int, default=16384, help="train-step tokens per step")
     ap.add_argument("--train-rep-ms", type=int, default=2000, help="train-step: ms of timed repeats")
+    ap.add_argument("--train-models", default="transmamba-400m,transformer-400m-eq,mamba2-400m,mamba2-hybrid-400m",
+                    help="train-step / train-profile models (labels of TRAIN_MODELS)")
+    ap.add_argument("--no-fused-loss", action="store_true", help="train-*: materialise the logits (plain CE)")
+    ap.add_argument("--checkpointing", action="store_true", help="train-*: activation checkpointing per block")
+    ap.add_argument("--tm-full-ssd", default="auto", choices=["auto", "on", "off"],
+                    help="train-*: TransMamba training path (off = converter + suffix SSD, the inference path)")
+    ap.add_argument("--profile-T", type=int, default=8192, help="train-profile / sdpa-backends sequence length")
     ap.add_argument("--decode-contexts", default="4096,16384,32768", help="decode prompt lengths")
     ap.add_argument("--decode-new-tokens", type=int, default=64, help="decode: new tokens timed")
     return ap

@@ -68,6 +68,7 @@ class TransMamba(Mamba2):
         super().__init__(d_model, *args, **kwargs)
         self._transpoint = _check_transpoint(type(self).__name__, transpoint)
         self.attn_d_skip = bool(attn_d_skip)
+        self.full_ssd_in_training: bool | None = None  # see `_full_ssd`
 
     @property
     def transpoint(self) -> int:
@@ -135,6 +136,16 @@ class TransMamba(Mamba2):
         return ssd(x, dt, self.A, B, C, chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias,
                    dt_softplus=True, **kw)
 
+    def _full_ssd(self, x: torch.Tensor) -> bool:
+        """Whether the unpacked forward runs one SSD over the whole row instead of converter + suffix SSD.
+
+        `full_ssd_in_training` None (default): yes for CUDA tensors that need gradients, where the one
+        differentiable Triton SSD call is much cheaper than the torch converter's autograd graph; the
+        converter stays on every no-gradient (inference) path. True / False force it either way."""
+        if self.full_ssd_in_training is not None:
+            return bool(self.full_ssd_in_training)
+        return x.is_cuda and torch.is_grad_enabled() and x.requires_grad
+
     def _convert(self, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
         """The Memory Converter: SSM state after a prefix (b, l, ...) -> (b, h, p, n)."""
         return ssd_final_state(x, dt, self.A, B, dt_bias=self.dt_bias, dt_softplus=True,
@@ -165,9 +176,12 @@ class TransMamba(Mamba2):
         n_att = min(P, t)
         # positions [0, n_att): attention among themselves only
         parts = [self._attention_out(self._attend(C[:, :n_att], B[:, :n_att], x[:, :n_att]), x[:, :n_att])]
-        if n_att < t:  # positions [P, t): SSD from the converted state; prefix SSD outputs never computed
-            h0 = self._convert(x[:, :P], dt[:, :P], B[:, :P])
-            y = self._ssd(x[:, P:], dt[:, P:], B[:, P:], C[:, P:], initial_state=h0)
+        if n_att < t:  # positions [P, t): SSD from the converted state
+            if self._full_ssd(x):  # SSD over all t positions, outputs before P dropped (same values)
+                y = self._ssd(x, dt, B, C)[:, P:]
+            else:  # converter + SSD on the suffix: prefix SSD outputs never computed
+                h0 = self._convert(x[:, :P], dt[:, :P], B[:, :P])
+                y = self._ssd(x[:, P:], dt[:, P:], B[:, P:], C[:, P:], initial_state=h0)
             parts.append(self._ssm_out(y, z[:, P:]))
         return self.out_proj(torch.cat(parts, dim=1))
 

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from transmamba.inference.cache import ModelCache
 from transmamba.models.config import ModelConfig
@@ -49,7 +50,7 @@ KEEP_INIT_NAMES = ("dt_proj",)
 
 @dataclasses.dataclass
 class CausalLMOutput:
-    logits: torch.Tensor  # (b, t, V)
+    logits: torch.Tensor | None  # (b, t, V); None with `fused_loss` and labels
     loss: torch.Tensor | None = None  # scalar: CE + aux (when labels are given)
     aux_loss: torch.Tensor | None = None  # scalar: weighted MoE load-balancing loss (0 without MoE)
 
@@ -140,6 +141,14 @@ class CausalLM(nn.Module):
         self.reset_parameters()
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        # Training-speed options (off by default; they change no result):
+        # fused_loss: with `labels`, the loss comes from `ops.cross_entropy.linear_cross_entropy` chunk by
+        #   chunk of `loss_chunk_size` tokens and `out.logits` is None (no (b, t, V) logits tensor).
+        # gradient_checkpointing: in training with gradients, each block's activations are recomputed in
+        #   the backward instead of kept (torch.utils.checkpoint, non-reentrant).
+        self.fused_loss = False
+        self.loss_chunk_size = 4096
+        self.gradient_checkpointing = False
 
     # ---- construction helpers ------------------------------------------------------------------
     @torch.no_grad()
@@ -250,21 +259,27 @@ class CausalLM(nn.Module):
             raise ValueError(f"CausalLM: input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         if cache is not None and len(cache) != len(self.blocks):
             raise ValueError(f"CausalLM: cache has {len(cache)} layers, the model {len(self.blocks)}")
+        if labels is not None and labels.shape != input_ids.shape:
+            raise ValueError(f"CausalLM: labels must have input_ids' shape {tuple(input_ids.shape)}, "
+                             f"got {tuple(labels.shape)}")
         h = self.embed(input_ids)
+        ckpt = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, (block, kind) in enumerate(zip(self.blocks, self.kinds)):
-            if kind in MIXER_KINDS:
+            if ckpt:
+                sidx = seq_idx if kind in MIXER_KINDS else None
+                h = checkpoint(block, h, seq_idx=sidx, use_reentrant=False)
+            elif kind in MIXER_KINDS:
                 h = block(h, seq_idx=seq_idx, state=None if cache is None else cache.states[i])
             else:
                 h = block(h)
+        aux = self._aux_loss() if "moe" in self.kinds else None
+        if self.fused_loss and labels is not None and not last_logits_only:
+            return self._fused_loss(h, labels, aux)
         if last_logits_only:
             h = h[:, -1:]
         logits = self.lm_head(self.norm(h))
-        aux = self._aux_loss() if "moe" in self.kinds else None
         loss = None
         if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"CausalLM: labels must have input_ids' shape {tuple(input_ids.shape)}, "
-                                 f"got {tuple(labels.shape)}")
             shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
             shift_labels = labels[:, 1:].reshape(-1)
             if bool((shift_labels != -100).any()):
@@ -274,6 +289,18 @@ class CausalLM(nn.Module):
             if aux is not None:
                 loss = loss + aux
         return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux)
+
+    def _fused_loss(self, h: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor | None) -> CausalLMOutput:
+        """Loss of the final hidden states h (b, t, D) without logits: position i predicts labels[i + 1]."""
+        from transmamba.ops.cross_entropy import linear_cross_entropy
+
+        shifted = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)  # (b, t)
+        hn = self.norm(h)
+        loss = linear_cross_entropy(hn.reshape(-1, hn.shape[-1]), self.lm_head.weight, shifted.reshape(-1),
+                                    chunk_size=self.loss_chunk_size)
+        if aux is not None:
+            loss = loss + aux
+        return CausalLMOutput(logits=None, loss=loss, aux_loss=aux)
 
     def step(self, input_ids: torch.Tensor, cache: ModelCache) -> torch.Tensor:
         """Decode one token per row: input_ids (b,) long -> logits (b, V); updates `cache` in place."""

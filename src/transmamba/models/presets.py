@@ -91,6 +91,10 @@ _TM = dict(vocab_size=151936, d_model=1536, n_heads=16, d_ff=4096, mlp_act="gelu
            expand=2, ngroups=16, chunk_size=256, tie_embeddings=False, max_seq_len=8192, rope=True)
 # (T- pairs, nominal size, which count the name refers to): at hidden 1536 the untied 152K-token
 # embeddings alone are 467M, so "400M" can only name the non-embedding count (docs/presets.md).
+# FFN of the equal-size Transformer: per layer pair, attention (4 x 1536^2) + MLP (2 x 1536 x d_ff) equals
+# Mamba-2 (in_proj 1536 x 10288 + out_proj 3072 x 1536 + conv/norm) + MLP (2 x 1536 x 4096) at d_ff = 7717;
+# 7680 (a multiple of 256) is 0.35% short.
+_TM_EQ_FF = 7680
 _TM_SIZES = {"400m": (12, 400e6, "non_embedding"), "1.5b": (32, 1.5e9, "total")}
 
 # Mamba-2-Hybrid 8B (arXiv 2406.07887): 24 Mamba-2 + 4 attention + 28 MLP = 56 sub-layers, hidden 4096,
@@ -125,6 +129,10 @@ def _register_all() -> None:
         register_preset(
             f"transformer-{size}", _cfg(pattern="*-" * n, **_TM),
             f"Transformer baseline the shape of transmamba-{size}: '*-' x {n}, 16 heads, RoPE")
+        register_preset(
+            f"transformer-{size}-eq", _cfg(pattern="*-" * n, **{**_TM, "d_ff": _TM_EQ_FF}),
+            f"Transformer with transmamba-{size}'s non-embedding parameter count (within 0.4%): '*-' x {n} "
+            f"with FFN {_TM_EQ_FF} instead of 4096 (an attention mixer has 9.4M weights, Mamba-2 20.6M)")
         register_preset(
             f"mamba2-{size}", _cfg(pattern="M-" * n, **_TM),
             f"Mamba-2 baseline the shape of transmamba-{size}: 'M-' x {n}")
