@@ -1,0 +1,279 @@
+"""Tables and plots from the JSONL logs of `benchmarks/repro_gpu.py` (one folder of runs).
+
+    python benchmarks/repro_gpu.py report DIR
+
+Writes DIR/results.json (every run: settings, parameters, steps, training curve, evaluations),
+DIR/tables.md (mean ± std over seeds; std is numpy's, ddof 0) and PNG plots: MQAR accuracy against the
+number of pairs and against the filler length, MQAR training curves, validation loss per kind and the
+schedule-swap matrix for text runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from repro_gpu import SCHEDULES, read_logs
+
+ORDER = ["transformer", "tm-V9", "tm-V7", "tm-V8", "tm-V1", "tm-V2", "tm-V3", "tm-V4", "tm-V5", "tm-V6",
+         "hybrid", "mamba2"]
+
+
+def _ms(vals):
+    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None, None, 0
+    return float(np.mean(vals)), float(np.std(vals)), len(vals)
+
+
+def _fmt(m, s, n, pct=False):
+    if m is None:
+        return "—"
+    k, d = (100, 1) if pct else (1, 3)
+    return f"{m * k:.{d}f} ± {s * k:.{d}f}" + (f" ({n})" if n != 3 else "")
+
+
+def _kinds(runs):
+    ks = {r["job"]["kind"] for r in runs}
+    return [k for k in ORDER if k in ks] + sorted(ks - set(ORDER))
+
+
+def first_step_at(run, level: float):
+    """First logged step whose training accuracy (mean over the logging window) reaches `level`."""
+    for p in run["train"]:
+        if p.get("acc", 0) >= level:
+            return p["step"]
+    return None
+
+
+def compact(run) -> dict:
+    j = run["job"]
+    keep = {k: v for k, v in j.items() if k not in ("deadline", "hard_deadline")}
+    return {
+        "job": keep,
+        "params": run["start"]["params"],
+        "pattern": run["start"]["pattern"],
+        "d_ff": run["start"].get("d_ff"),
+        "transpoints": run["start"].get("transpoints"),
+        "gpu": run["start"].get("gpu"),
+        "graph": run.get("ready", {}).get("graph"),
+        "steps": run.get("trained", {}).get("steps"),
+        "truncated": run.get("trained", {}).get("truncated"),
+        "steps_per_s": run.get("trained", {}).get("steps_per_s"),
+        "train": [{k: p[k] for k in ("step", "loss", "acc") if k in p} for p in run["train"]],
+        "eval": [{k: v for k, v in e.items() if k not in ("time", "per_answer")} for e in run["eval"]],
+        "complete": "done" in run,
+    }
+
+
+def recall_tables(runs, md, out: Path):
+    kinds = _kinds(runs)
+    j0 = runs[0]["job"]
+    task = j0["task"]
+
+    def acc(kind, pairs, filler, sw="train", key="acc"):
+        return [e[key] for r in runs if r["job"]["kind"] == kind for e in r["eval"]
+                if e["pairs"] == pairs and e["filler"] == filler and e["schedule"] == sw]
+
+    grid = []
+    for r in runs:
+        for e in r["eval"]:
+            if (e["pairs"], e["filler"]) not in grid:
+                grid.append((e["pairs"], e["filler"]))
+    by_pairs = sorted({g for g in grid if g[1] == 0})
+    by_filler = sorted({g for g in grid if g[0] == j0["pairs_hi"]}, key=lambda g: g[1])
+    md.append(f"### {task}: trained on {j0['pairs_lo']}–{j0['pairs_hi']} pairs, filler {j0['filler_lo']}–"
+              f"{j0['filler_hi']} (rows ≤ {1 + 4 * j0['pairs_hi'] + j0['filler_hi']} tokens)\n")
+    md.append("| kind | params | steps | seeds | train acc (last 100 steps) | first step ≥ 50 % train acc |")
+    md.append("|---|---|---|---|---|---|")
+    for k in kinds:
+        rs = [r for r in runs if r["job"]["kind"] == k]
+        last = _ms([r["train"][-1]["acc"] for r in rs if r["train"]])
+        firsts = [first_step_at(r, 0.5) for r in rs]
+        steps = sorted({r.get("trained", {}).get("steps") for r in rs}, key=str)
+        md.append(f"| {k} | {rs[0]['start']['params']:,} | {steps} | {len(rs)} | {_fmt(*last, pct=True)} "
+                  f"| {firsts} |")
+    for title, pts in (("number of pairs (no filler)", by_pairs), ("filler tokens", by_filler)):
+        if not pts:
+            continue
+        md.append(f"\n**Answer accuracy (%) by {title}**; columns: pairs/filler (row length); mean ± std "
+                  "over seeds ((n) = number of seeds when not 3); TransMamba `scaled` = schedule rescaled to "
+                  "the row\n")
+        lens = {}
+        for r in runs:
+            for e in r["eval"]:
+                lens[(e["pairs"], e["filler"])] = e["length"]
+        md.append("| kind | " + " | ".join(f"{p}/{f} ({lens.get((p, f))})" for p, f in pts) + " |")
+        md.append("|---|" + "---|" * len(pts))
+        for k in kinds:
+            cells = [_fmt(*_ms(acc(k, p, f)), pct=True) for p, f in pts]
+            md.append(f"| {k} | " + " | ".join(cells) + " |")
+            if k.startswith("tm-"):
+                cells = [_fmt(*_ms(acc(k, p, f, "scaled")), pct=True) for p, f in pts]
+                md.append(f"| {k} scaled | " + " | ".join(cells) + " |")
+    try:
+        _recall_plots(runs, kinds, by_pairs, by_filler, acc, out, task)
+    except Exception as err:  # plots must not lose the tables
+        md.append(f"\n(plots failed: {err!r})")
+
+
+def _recall_plots(runs, kinds, by_pairs, by_filler, acc, out: Path, task):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    j0 = runs[0]["job"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.4))
+    for i, k in enumerate(kinds):
+        c = f"C{i % 10}"
+        for ax, pts, xi in ((axes[0], by_pairs, 0), (axes[1], by_filler, 1)):
+            if not pts:
+                continue
+            xs = [p[xi] for p in pts]
+            ms = [_ms(acc(k, p, f)) for p, f in pts]
+            ax.errorbar(xs, [100 * (m[0] if m[0] is not None else np.nan) for m in ms],
+                        yerr=[100 * (m[1] or 0) for m in ms], marker="o", capsize=3, c=c, label=k)
+            if k.startswith("tm-"):
+                ms = [_ms(acc(k, p, f, "scaled")) for p, f in pts]
+                ax.plot(xs, [100 * (m[0] if m[0] is not None else np.nan) for m in ms], ls=":", c=c,
+                        label=f"{k} rescaled")
+        steps = sorted({p["step"] for r in runs if r["job"]["kind"] == k for p in r["train"]})
+        curves = [[next((p["acc"] for p in r["train"] if p["step"] == s), np.nan) for s in steps]
+                  for r in runs if r["job"]["kind"] == k]
+        if steps:
+            axes[2].plot(steps, 100 * np.nanmean(np.array(curves, float), axis=0), c=c, label=k)
+    axes[0].axvline(j0["pairs_hi"], ls="--", c="gray", lw=1)
+    axes[0].set_xscale("log", base=2)
+    axes[0].set_xlabel("key-value pairs (dashed: most pairs in training)")
+    axes[0].set_title(f"{task}: accuracy vs pairs (no filler)")
+    axes[1].axvline(j0["filler_hi"], ls="--", c="gray", lw=1)
+    axes[1].set_xscale("symlog", base=2, linthresh=16)
+    axes[1].set_xlabel(f"filler tokens between pairs and queries ({j0['pairs_hi']} pairs)")
+    axes[1].set_title(f"{task}: accuracy vs distance")
+    axes[2].set_xlabel("training step")
+    axes[2].set_title("training accuracy on answers (mean over seeds)")
+    for ax in axes:
+        ax.set_ylabel("answer accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.set_ylim(-3, 103)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"{task}_recall.png", dpi=110)
+    plt.close(fig)
+
+
+def text_tables(runs, md, out: Path):
+    kinds = _kinds(runs)
+
+    def vl(kind, sw="train"):
+        return [e["val_loss"] for r in runs if r["job"]["kind"] == kind for e in r["eval"]
+                if e["schedule"] == sw]
+
+    j0 = runs[0]["job"]
+    md.append(f"### Shakespeare: validation loss (nats/token), windows of {j0['train_len']} tokens, "
+              f"batch {j0['batch']}\n")
+    md.append("| kind | params | steps | seeds | val loss | per seed |")
+    md.append("|---|---|---|---|---|---|")
+    rows = sorted(kinds, key=lambda k: _ms(vl(k))[0] if _ms(vl(k))[0] is not None else 99)
+    for k in rows:
+        rs = [r for r in runs if r["job"]["kind"] == k]
+        per = ", ".join(f"s{r['job']['seed']} {e['val_loss']:.3f}" for r in rs for e in r["eval"]
+                        if e["schedule"] == "train")
+        steps = sorted({r.get("trained", {}).get("steps") for r in rs}, key=str)
+        cells = [f"{rs[0]['start']['params']:,}", str(steps), str(len(rs)), _fmt(*_ms(vl(k))), per]
+        md.append(f"| {k} | " + " | ".join(cells) + " |")
+    tms = [k for k in kinds if k.startswith("tm-")]
+    evs = SCHEDULES + ["attention", "ssm"]
+    mat = np.full((len(tms), len(evs)), np.nan)
+    if tms:
+        md.append("\nSchedule swap at inference: rows = trained with, columns = evaluated with "
+                  "(mean over seeds)\n")
+        md.append("| trained \\ eval | " + " | ".join(evs) + " |")
+        md.append("|---|" + "---|" * len(evs))
+        for i, k in enumerate(tms):
+            for jx, e in enumerate(evs):
+                m = _ms(vl(k, e))[0]
+                mat[i, jx] = np.nan if m is None else m
+            md.append(f"| {k} | " + " | ".join("—" if np.isnan(x) else f"{x:.3f}" for x in mat[i]) + " |")
+    try:
+        _text_plots(runs, rows, vl, tms, evs, mat, out)
+    except Exception as err:
+        md.append(f"\n(plots failed: {err!r})")
+
+
+def _text_plots(runs, kinds, vl, tms, evs, mat, out: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.4))
+    ms = [_ms(vl(k)) for k in kinds]
+    xs = np.arange(len(kinds))
+    ax = axes[0]
+    ax.bar(xs, [m[0] for m in ms], yerr=[m[1] for m in ms], capsize=3,
+           color=["C1" if k.startswith("tm-") else "C0" for k in kinds])
+    for i, k in enumerate(kinds):  # every seed as a dot
+        v = vl(k)
+        ax.scatter([i] * len(v), v, c="k", s=8, zorder=3)
+    lo, hi = min(m[0] for m in ms), max(m[0] for m in ms)
+    ax.set_ylim(lo - 0.15 * (hi - lo + 0.02), hi + 0.25 * (hi - lo + 0.02))
+    ax.set_xticks(xs, kinds, rotation=30)
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title("Shakespeare validation loss (bars: mean ± std; dots: seeds)")
+    ax.grid(alpha=0.3, axis="y")
+    ax = axes[1]
+    for i, k in enumerate(kinds):
+        rs = [r for r in runs if r["job"]["kind"] == k and r["train"]]
+        if rs:
+            c = np.array([[p["step"], p["loss"]] for p in rs[0]["train"]])
+            ax.plot(c[:, 0], c[:, 1], c=f"C{i % 10}", ls="-" if k.startswith("tm-") else "--", label=k)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (mean over 100 steps)")
+    ax.set_title("training curves (seed 0)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "text_val_loss.png", dpi=110)
+    plt.close(fig)
+    if tms and np.isfinite(mat).any():
+        fig, ax = plt.subplots(figsize=(10, 5))
+        vmax = np.nanpercentile(mat, 85)
+        im = ax.imshow(mat, cmap="viridis_r", vmin=np.nanmin(mat), vmax=vmax)
+        for i in range(mat.shape[0]):
+            for jx in range(mat.shape[1]):
+                if np.isfinite(mat[i, jx]):
+                    light = mat[i, jx] < (im.norm.vmin + im.norm.vmax) / 2
+                    ax.text(jx, i, f"{mat[i, jx]:.2f}", ha="center", va="center", fontsize=7,
+                            c="k" if light else "w")
+        ax.set_xticks(range(len(evs)), evs, rotation=30)
+        ax.set_yticks(range(len(tms)), tms)
+        ax.set_xlabel("schedule at inference")
+        ax.set_ylabel("schedule in training")
+        ax.set_title("validation loss under an inference-time schedule swap (mean over seeds)")
+        fig.colorbar(im)
+        fig.tight_layout()
+        fig.savefig(out / "text_schedule_swap.png", dpi=110)
+        plt.close(fig)
+
+
+def report(folder: Path, out: Path | None = None) -> None:
+    out = out or folder
+    out.mkdir(parents=True, exist_ok=True)
+    runs = read_logs(folder)
+    md = [f"Runs: {len(runs)} (from {folder.name}); GPU: {runs[0]['start'].get('gpu') if runs else None}; "
+          f"CUDA-graph steps: {sum(bool(r.get('ready', {}).get('graph')) for r in runs)} of {len(runs)}; "
+          f"incomplete: {[r['job']['name'] for r in runs if 'done' not in r]}\n"]
+    for task in ("mqar", "phonebook"):
+        rs = [r for r in runs if r["job"]["task"] == task and r["eval"]]
+        if rs:
+            recall_tables(rs, md, out)
+    rs = [r for r in runs if r["job"]["task"] == "text" and r["eval"]]
+    if rs:
+        text_tables(rs, md, out)
+    (out / "tables.md").write_text("\n".join(md) + "\n")
+    (out / "results.json").write_text(json.dumps([compact(r) for r in runs], indent=1))
+    print(f"wrote {out}/tables.md, results.json and plots")
