@@ -1,0 +1,188 @@
+# ruff: noqa: B023  (closures are called inside the loop iteration that builds them)
+"""SSD pipeline variants on the GPU: the first path (v1), the fused one (v2 = `ssd.NEW_PATH`), v2 with each
+switch turned off, and mamba_ssm, at the benchmark shape (64 heads x 64, d_state 128, 1 group, chunk 256,
+bf16); optionally a sweep of the fused state walks' launch settings.
+
+    python benchmarks/ssd_variants.py --shapes 4x8192,1x32768 --out DIR [--tune] [--variants v1,v2]
+
+Writes DIR/ssd-variants2.json/.csv (fwd ms, fwd+bwd ms, largest relative difference of y and of every
+gradient against v1) and, with --tune, DIR/ssd-tune-fused.json/.csv. Timings: medians of CUDA events after
+warm-up (triton.testing.do_bench), all in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "src"))
+
+from run import _ssd_inputs, bench_ms, gpu_name, load_mamba_ssm, rel  # noqa: E402
+
+
+def _variants(S) -> dict[str, dict[str, int]]:
+    off = {k: 0 for k in S.NEW_PATH}
+    out = {"v1": dict(off), "v2": dict(S.NEW_PATH, hsplit=1)}
+    for k in S.NEW_PATH:
+        out[f"v2-no-{k}"] = dict(S.NEW_PATH, hsplit=1, **{k: 0})
+    return out
+
+
+def _write(rows, out: Path, name: str, meta) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(out / f"{name}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def run_variants(shapes, names, out: Path, meta) -> list[dict]:
+    from transmamba.ops.triton import ssd as S
+
+    base = copy.deepcopy(S.CONFIG)
+    variants = _variants(S)
+    names = names or list(variants) + ["mamba_ssm"]
+    peer = load_mamba_ssm() if "mamba_ssm" in names else None
+    rows = []
+    for b, l in shapes:
+        x, dt, A, B, C, D, dt_bias = _ssd_inputs(b, l, 64, 64, 1, 128)
+        leaves = [x, dt, A, B, C, D, dt_bias]
+        for t in leaves:
+            t.requires_grad_()
+        dy = torch.randn_like(x)
+        kw = dict(chunk_size=256, D=D, dt_bias=dt_bias, dt_softplus=True)
+        ref = None
+        for name in names:
+            S.CONFIG.clear()
+            S.CONFIG.update(copy.deepcopy(base))
+            if name == "mamba_ssm":
+                if peer is None:
+                    continue
+                impl = peer["chunk_scan_combined"]
+            else:
+                S.CONFIG["misc"].update(variants[name])
+                impl = S.ssd_triton
+
+            def fn():
+                return impl(x, dt, A, B, C, **kw)
+            row = {"variant": name, "batch": b, "L": l}
+            try:
+                y = fn()
+                gs = torch.autograd.grad(y, leaves, dy)
+                outs = [y.detach().float()] + [g.float() for g in gs]
+                if ref is None:
+                    ref = outs
+                for nm, a, r in zip(["y", "dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias"], outs, ref):
+                    row[f"diff_{nm}"] = rel(a, r)
+                del y, gs, outs
+                row["fwd_ms"] = bench_ms(lambda: _nograd(fn))
+                row["fwdbwd_ms"] = bench_ms(lambda: torch.autograd.grad(fn(), leaves, dy))
+            except Exception as err:  # noqa: BLE001 - record and keep going
+                row["error"] = repr(err)[:300]
+            print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}),
+                  flush=True)
+            rows.append(row)
+            _write(rows, out, "ssd-variants2", meta)
+        ref = None
+        torch.cuda.empty_cache()
+    S.CONFIG.clear()
+    S.CONFIG.update(base)
+    return rows
+
+
+def _nograd(fn):
+    with torch.no_grad():
+        return fn()
+
+
+TUNE = {  # most promising first: the sweep stops at its time budget
+    "fstate": [dict(BP=bp, BN=bn, BK=bk, warps=w, stages=3) for bk in (64, 32) for bp, bn in
+               ((64, 64), (32, 64), (64, 32), (64, 128), (32, 128), (32, 32)) for w in (4, 8)],
+    "bstate": [dict(BP=bp, BN=bn, BK=bk, warps=w, stages=3) for bk in (64, 32) for bp, bn in
+               ((64, 64), (32, 64), (64, 32), (64, 128), (32, 128), (32, 32)) for w in (4, 8)],
+}
+
+
+def run_tune(shapes, out: Path, meta, budget_s: float) -> list[dict]:  # noqa: C901
+    """fstate: forward-only time of the fused walk alone (`ssd_final_state_triton` plus prev stores are
+    timed through the whole forward); bstate: fwd+bwd. Greedy per kernel, v2 path, first shape only."""
+    from transmamba.ops.triton import ssd as S
+
+    b, l = shapes[0]
+    x, dt, A, B, C, D, dt_bias = _ssd_inputs(b, l, 64, 64, 1, 128)
+    leaves = [x, dt, A, B, C, D, dt_bias]
+    for t in leaves:
+        t.requires_grad_()
+    dy = torch.randn_like(x)
+    kw = dict(chunk_size=256, D=D, dt_bias=dt_bias, dt_softplus=True)
+    S.CONFIG["misc"].update(S.NEW_PATH, hsplit=1)
+    rows = []
+    for key, space in TUNE.items():
+        t_end = time.time() + budget_s / len(TUNE)
+        best = None
+        for cand in space:
+            if time.time() > t_end:
+                break
+            old = dict(S.CONFIG[key])
+            S.CONFIG[key].update(cand)
+            try:
+                if key == "fstate":
+                    ms = bench_ms(lambda: _nograd(lambda: S.ssd_triton(x, dt, A, B, C, **kw)),
+                                  warmup=10, rep=40)
+                else:
+                    ms = bench_ms(lambda: torch.autograd.grad(S.ssd_triton(x, dt, A, B, C, **kw), leaves, dy),
+                                  warmup=10, rep=40)
+                row = {"kernel": key, **cand, "ms": ms}
+            except Exception as err:  # noqa: BLE001 - a config that does not compile is skipped
+                row = {"kernel": key, **cand, "error": repr(err)[:200]}
+            S.CONFIG[key] = old
+            rows.append(row)
+            if "ms" in row and (best is None or row["ms"] < best[1]):
+                best = (cand, row["ms"])
+        if best is not None:
+            S.CONFIG[key].update(best[0])
+        print(f"tune {key}: best {best}", flush=True)
+        _write(rows, out, "ssd-tune-fused", meta)
+    print("TUNED " + json.dumps({k: S.CONFIG[k] for k in TUNE}), flush=True)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default="4x8192,1x32768", help="comma-separated BATCHxL")
+    ap.add_argument("--variants", default="", help="comma-separated (default: all + mamba_ssm)")
+    ap.add_argument("--tune", action="store_true", help="also sweep the fused state walks' settings")
+    ap.add_argument("--tune-budget-s", type=float, default=40.0)
+    ap.add_argument("--out", default=".")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import triton
+
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    meta = {"gpu": gpu_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "command": "python benchmarks/ssd_variants.py " + " ".join(sys.argv[1:]),
+            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    out = Path(args.out)
+    run_variants(shapes, [v for v in args.variants.split(",") if v], out, meta)
+    if args.tune:
+        run_tune(shapes, out, meta, args.tune_budget_s)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
