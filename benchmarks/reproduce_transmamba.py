@@ -46,6 +46,7 @@ SCHEDULES = ["V1", "V2", "V3", "V4", "V5", "V6", "V7", "V8", "V9"]
 BASELINES = ["transformer", "mamba2", "hybrid"]
 RECALL_KINDS = ["transformer", "mamba2", "hybrid", "tm-V1", "tm-V7", "tm-V8", "tm-V9"]
 TEXT_KINDS = ["transformer", "mamba2", "hybrid"] + [f"tm-{s}" for s in SCHEDULES]
+GPU_STAGES = ("recall-gpu", "text-gpu", "pilot-gpu")  # benchmarks/repro_gpu.py (CUDA-graph runner)
 
 # The papers' numbers we set ours beside (TransMamba Table 2 / Table 6; Mamba-2-Hybrid Sec. 7).
 PAPER = {
@@ -905,10 +906,14 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument(
         "--stage",
-        choices=("all", "run1", "run2"),
+        choices=("all", "run1", "run2") + GPU_STAGES,
         default="all",
         help="run1: PhoneBook + MQAR, all recall kinds, 3 seeds (short training); run2: longer PhoneBook "
-        "training of 5 kinds + Shakespeare for every schedule, 2 seeds; all: both, into OUT/run1, OUT/run2",
+        "training of 5 kinds + Shakespeare for every schedule, 2 seeds; all: both, into OUT/run1, OUT/run2; "
+        "recall-gpu / text-gpu / pilot-gpu: the CUDA-graph runner of benchmarks/repro_gpu.py (MQAR for the "
+        "four families, 3 seeds / Shakespeare for every schedule, 3 seeds / the sizing pilot), into "
+        "OUT/<stage>; there --set KEY=JSON goes to that runner "
+        "(e.g. --set steps=3000 --set 'kinds=[\"transformer\"]')",
     )
     p.add_argument("--parts", default=None, help="comma list of recall,text (default: as the stage says)")
     p.add_argument(
@@ -925,6 +930,8 @@ def parse_args(argv=None):
     )
     p.add_argument("--from-json", default=None, help="only redraw tables/plots from this results.json")
     args = p.parse_args(argv)
+    if args.stage in GPU_STAGES:
+        return args, []
     gpu = torch.cuda.is_available() and args.device != "cpu"
     a = dict(
         device=args.device,
@@ -1033,10 +1040,29 @@ def _override(p, args, a):
     return a
 
 
+def run_gpu_stage(args) -> int:
+    """`--stage recall-gpu|text-gpu|pilot-gpu`: launch benchmarks/repro_gpu.py's plan, then its report."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from repro_gpu import launch
+    from repro_gpu_report import report as gpu_report
+
+    over = {}
+    for item in args.set:
+        key, _, val = item.partition("=")
+        over[key] = json.loads(val)
+    out = Path(args.out) / args.stage
+    plan = args.stage.split("-")[0]
+    launch(plan, out, args.workers or 14, args.budget_s or 220, over)
+    gpu_report(out)
+    return 0
+
+
 def main(argv=None):
     args, stages = parse_args(argv)
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
+    if args.stage in GPU_STAGES and not args.from_json:
+        return run_gpu_stage(args)
     if args.from_json:
         report(json.loads(Path(args.from_json).read_text()), root, print)
         return 0
