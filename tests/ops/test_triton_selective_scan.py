@@ -227,6 +227,10 @@ _INTERP_SCRIPT = textwrap.dedent(
                         with_bias=wb, channel_last=cl, gen=gen)
         seq = random_seq_idx(b, l, nd, gen) if nd else None
         out[name] = run_case(selective_scan_triton, selective_scan_ref, t, seq, softplus=sp)
+    # time split into segments (state-only / carry-only passes + the carry across segments)
+    S.CONFIG["seg"].update(programs=64, min_tiles=1)
+    t = make_inputs(2, 6, 29, 4, 0, device="cpu", dtype=torch.float32, gen=gen)
+    out["segments"] = run_case(selective_scan_triton, selective_scan_ref, t, random_seq_idx(2, 29, 2, gen))
     out["step"] = step_case("cpu", torch.float32, 2, 6, 5, 2, gen=gen)
     out["step"].pop("same_tensor")
     print("RESULT" + json.dumps(out))
@@ -246,7 +250,7 @@ def interpreter_results():
     return json.loads(line[len("RESULT"):])
 
 
-@pytest.mark.parametrize("case", ["z_D_init", "groups_seq_idx", "groups_split_block", "step"])
+@pytest.mark.parametrize("case", ["z_D_init", "groups_seq_idx", "groups_split_block", "segments", "step"])
 def test_selective_scan_triton_interpreter(interpreter_results, case):
     err = interpreter_results[case]
     bad = {k: v for k, v in err.items() if not v < 1e-5}

@@ -29,10 +29,14 @@ __all__ = ["selective_scan_triton", "selective_state_update_triton", "CONFIG"]
 # Launch settings. TT (tokens per tile) is shared by forward and backward: the forward checkpoints the
 # state at every tile start. TRANSMAMBA_SCAN_CONFIG='{"fwd": {"BD": 8}}' overrides them per process (JSON).
 CONFIG: dict[str, dict[str, int]] = {
-    "tile": dict(TT=64),
+    "tile": dict(TT=32),
     "fwd": dict(BD=8, warps=4),
     "bwd": dict(BD=4, warps=4),
     "step": dict(BD=32, warps=4),
+    # time segments: when b * cdiv(d, BD) programs are fewer than `programs`, time is also split into
+    # segments of at least `min_tiles` tiles (an extra state-only pass + a carry pass, see the module doc);
+    # programs=0 turns the split off
+    "seg": dict(programs=1024, min_tiles=8),
 }
 if os.environ.get("TRANSMAMBA_SCAN_CONFIG"):
     import json as _json
@@ -64,29 +68,59 @@ class _Cfg:
         self.nt = triton.cdiv(self.l, self.TT)
         self.BN = _p2(self.n)
         self.BD = bd
+        self.nd = triton.cdiv(self.d, bd)
         self.same_group = self.dpg % bd == 0
         self.has_seq = seq_idx is not None
         self.seq = seq_idx if seq_idx is not None else u
         self.seq_strides = (seq_idx.stride(0), seq_idx.stride(1)) if seq_idx is not None else (0, 0)
+        # time segments (tiles per segment tps, nseg segments)
+        want, min_tiles = CONFIG["seg"]["programs"], max(1, CONFIG["seg"]["min_tiles"])
+        nseg = 1
+        if want and self.b * self.nd < want:
+            nseg = max(1, min(triton.cdiv(want, self.b * self.nd), self.nt // min_tiles))
+        self.tps = triton.cdiv(self.nt, nseg)
+        self.nseg = triton.cdiv(self.nt, self.tps)
+
+    def grid(self):
+        return (self.b, self.nd, self.nseg)
+
+
+def _seg_pass(cfg, P, H, init, reverse):
+    """States entering each segment, (b, nseg, d, n) fp32, from the per-segment maps h -> P h + H."""
+    E = torch.empty_like(P)
+    size = cfg.d * cfg.n
+    BS = 1024
+    K.seg_pass_kernel[(cfg.b, triton.cdiv(size, BS))](
+        P, H, init if init is not None else P, E, size, cfg.nseg,
+        HAS_INIT=init is not None, REVERSE=reverse, BS=BS, num_warps=4,
+    )
+    return E
 
 
 def _fwd(u, delta, A, B4, C4, D, z, bias, softplus, seq_idx, init, store_ckpt):
     c = CONFIG["fwd"]
     cfg = _Cfg(u, A, B4, seq_idx, min(c["BD"], _p2(u.shape[1])))
+    dev = u.device
     y = torch.empty_like(u)
-    final = torch.empty(cfg.b, cfg.d, cfg.n, device=u.device, dtype=torch.float32)
-    ckpt = (torch.empty(cfg.b, cfg.nt, cfg.d, cfg.n, device=u.device, dtype=torch.float32) if store_ckpt
-            else final)
-    K.scan_fwd_kernel[(cfg.b, triton.cdiv(cfg.d, cfg.BD))](
-        u, delta, A, B4, C4, D if D is not None else A, z if z is not None else u,
-        bias if bias is not None else A, cfg.seq, init if init is not None else final, y, final, ckpt,
-        cfg.l, cfg.d, cfg.n, cfg.nt, cfg.dpg,
-        *u.stride(), *delta.stride(), *B4.stride(), *C4.stride(), *_strides(z),
-        *y.stride(), *cfg.seq_strides,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
-        HAS_SEQ=cfg.has_seq, HAS_INIT=init is not None, STORE_CKPT=store_ckpt, SAME_GROUP=cfg.same_group,
-        BD=cfg.BD, BN=cfg.BN, TT=cfg.TT, num_warps=c["warps"],
-    )
+    final = torch.empty(cfg.b, cfg.d, cfg.n, device=dev, dtype=torch.float32)
+    ckpt = torch.empty(cfg.b, cfg.nt, cfg.d, cfg.n, device=dev, dtype=torch.float32) if store_ckpt else final
+    args = (u, delta, A, B4, C4, D if D is not None else A, z if z is not None else u,
+            bias if bias is not None else A, cfg.seq)
+    tail = (cfg.l, cfg.d, cfg.n, cfg.nt, cfg.tps, cfg.dpg,
+            *u.stride(), *delta.stride(), *B4.stride(), *C4.stride(), *_strides(z), *y.stride(),
+            *cfg.seq_strides)
+    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
+                 HAS_SEQ=cfg.has_seq, SAME_GROUP=cfg.same_group, BD=cfg.BD, BN=cfg.BN, TT=cfg.TT,
+                 num_warps=c["warps"])
+    h0 = init.view(cfg.b, 1, cfg.d, cfg.n) if init is not None else None
+    if cfg.nseg > 1:  # state-only pass per segment, then carry across segments
+        P = torch.empty(cfg.b, cfg.nseg, cfg.d, cfg.n, device=dev, dtype=torch.float32)
+        H = torch.empty_like(P)
+        K.scan_fwd_kernel[cfg.grid()](*args, final, y, final, final, P, H, *tail, HAS_H0=False,
+                                      STORE_CKPT=False, STATE_ONLY=True, **flags)
+        h0 = _seg_pass(cfg, P, H, init, reverse=False)
+    K.scan_fwd_kernel[cfg.grid()](*args, h0 if h0 is not None else final, y, final, ckpt, final, final, *tail,
+                                  HAS_H0=h0 is not None, STORE_CKPT=store_ckpt, STATE_ONLY=False, **flags)
     return y, final, (ckpt if store_ckpt else None)
 
 
@@ -99,23 +133,30 @@ def _bwd(dout, dfinal, u, delta, A, B4, C4, D, z, bias, softplus, seq_idx, ckpt)
     dz = torch.empty_like(z) if z is not None else None
     dB = torch.zeros(cfg.b, cfg.g, cfg.n, cfg.l, device=dev, dtype=torch.float32)
     dC = torch.zeros_like(dB)
-    dA_part = torch.empty(cfg.b, cfg.d, cfg.n, device=dev, dtype=torch.float32)
-    dD_part = torch.empty(cfg.b, cfg.d, device=dev, dtype=torch.float32)
+    dA_part = torch.empty(cfg.b, cfg.nseg, cfg.d, cfg.n, device=dev, dtype=torch.float32)
+    dD_part = torch.empty(cfg.b, cfg.nseg, cfg.d, device=dev, dtype=torch.float32)
     dbias_part = torch.empty_like(dD_part)
-    dinit = torch.empty_like(dA_part)
-    K.scan_bwd_kernel[(cfg.b, triton.cdiv(cfg.d, cfg.BD))](
-        u, delta, A, B4, C4, D if D is not None else A, z if z is not None else u,
-        bias if bias is not None else A, cfg.seq, ckpt, dout, dfinal if dfinal is not None else dA_part,
-        du, ddelta, dz if dz is not None else du, dB, dC, dA_part, dD_part, dbias_part, dinit,
-        cfg.l, cfg.d, cfg.n, cfg.nt, cfg.dpg,
-        *u.stride(), *delta.stride(), *B4.stride(), *C4.stride(), *_strides(z),
-        *dout.stride(), *cfg.seq_strides, *du.stride(), *ddelta.stride(),
-        *_strides(dz), *dB.stride()[:3], *dC.stride()[:3],
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
-        HAS_SEQ=cfg.has_seq, HAS_DFINAL=dfinal is not None, SAME_GROUP=cfg.same_group,
-        BD=cfg.BD, BN=cfg.BN, TT=cfg.TT, num_warps=c["warps"],
-    )
-    return du, ddelta, dA_part.sum(0), dB, dC, dD_part.sum(0), dz, dbias_part.sum(0), dinit
+    dinit = torch.empty(cfg.b, cfg.d, cfg.n, device=dev, dtype=torch.float32)
+    args = (u, delta, A, B4, C4, D if D is not None else A, z if z is not None else u,
+            bias if bias is not None else A, cfg.seq, ckpt, dout)
+    outs = (du, ddelta, dz if dz is not None else du, dB, dC, dA_part, dD_part, dbias_part, dinit)
+    tail = (cfg.l, cfg.d, cfg.n, cfg.nt, cfg.tps, cfg.dpg,
+            *u.stride(), *delta.stride(), *B4.stride(), *C4.stride(), *_strides(z), *dout.stride(),
+            *cfg.seq_strides, *du.stride(), *ddelta.stride(), *_strides(dz), *dB.stride()[:3],
+            *dC.stride()[:3])
+    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
+                 HAS_SEQ=cfg.has_seq, SAME_GROUP=cfg.same_group, BD=cfg.BD, BN=cfg.BN, TT=cfg.TT,
+                 num_warps=c["warps"])
+    g0 = dfinal.view(cfg.b, 1, cfg.d, cfg.n) if dfinal is not None else None
+    if cfg.nseg > 1:  # carry-only reverse pass per segment, then carry across segments (right to left)
+        P = torch.empty(cfg.b, cfg.nseg, cfg.d, cfg.n, device=dev, dtype=torch.float32)
+        Gs = torch.empty_like(P)
+        K.scan_bwd_kernel[cfg.grid()](*args, dinit, *outs, P, Gs, *tail, HAS_G0=False, CARRY_ONLY=True,
+                                      **flags)
+        g0 = _seg_pass(cfg, P, Gs, dfinal, reverse=True)
+    K.scan_bwd_kernel[cfg.grid()](*args, g0 if g0 is not None else dinit, *outs, dinit, dinit, *tail,
+                                  HAS_G0=g0 is not None, CARRY_ONLY=False, **flags)
+    return du, ddelta, dA_part.sum((0, 1)), dB, dC, dD_part.sum((0, 1)), dz, dbias_part.sum((0, 1)), dinit
 
 
 class _ScanFunction(torch.autograd.Function):

@@ -88,18 +88,23 @@ def _load_c(CM, pid_b, grp_off, offs_n, mask_n, offs_d, mask_d, t, mask_t, s_c_b
 
 @triton.jit
 def scan_fwd_kernel(
-    U, DELTA, A, BM, CM, DPTR, Z, BIAS, SEQ, INIT, Y, FINAL, CKPT,
-    seqlen, dim, dstate, ntiles, dpg,
+    U, DELTA, A, BM, CM, DPTR, Z, BIAS, SEQ, H0, Y, FINAL, CKPT, SEG_P, SEG_H,
+    seqlen, dim, dstate, ntiles, tps, dpg,
     s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_b_b, s_b_g, s_b_n, s_b_l, s_c_b, s_c_g, s_c_n, s_c_l,
     s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l, s_seq_b, s_seq_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, STORE_CKPT: tl.constexpr, SAME_GROUP: tl.constexpr,
-    BD: tl.constexpr, BN: tl.constexpr, TT: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, SAME_GROUP: tl.constexpr,
+    STATE_ONLY: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, TT: tl.constexpr,
 ):
-    """Grid (b, cdiv(dim, BD)). Y in U's layout (strides given), FINAL (b, dim, n) fp32,
-    CKPT (b, ntiles, dim, n) fp32 = the state entering each tile. dpg = channels per group of B/C."""
+    """Grid (b, cdiv(dim, BD), nseg); segment s covers tiles [s·tps, min((s+1)·tps, ntiles)).
+    H0 (b, nseg, dim, n) fp32: the state entering each segment (HAS_H0). Y in U's layout, FINAL (b, dim, n)
+    fp32 (written by the last segment), CKPT (b, ntiles, dim, n) fp32 = the state entering each tile.
+    STATE_ONLY: no outputs; from a zero state, write the segment's decay product SEG_P and end state SEG_H,
+    (b, nseg, dim, n), so that h_end = SEG_P · h_start + SEG_H. dpg = channels per group of B/C."""
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    seg = tl.program_id(2)
+    nseg = tl.num_programs(2)
     mask_d = offs_d < dim
     offs_n = tl.arange(0, BN)
     mask_n = offs_n < dstate
@@ -111,6 +116,8 @@ def scan_fwd_kernel(
         bias = tl.zeros([BD], dtype=tl.float32)
     if HAS_D:
         dskip = tl.load(DPTR + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        dskip = tl.zeros([BD], dtype=tl.float32)
     if SAME_GROUP:
         grp = (tl.program_id(1) * BD) // dpg
     else:
@@ -118,12 +125,15 @@ def scan_fwd_kernel(
     grp_b = grp * s_b_g
     grp_c = grp * s_c_g
     st_off = offs_d[:, None] * dstate + offs_n[None, :]  # (BD, BN) offsets of a (dim, n) state
-    if HAS_INIT:
-        h = tl.load(INIT + pid_b * dim * dstate + st_off, mask=md_n, other=0.0).to(tl.float32)
+    seg_off = (pid_b * nseg + seg) * dim * dstate + st_off
+    if HAS_H0:
+        h = tl.load(H0 + seg_off, mask=md_n, other=0.0).to(tl.float32)
     else:
         h = tl.zeros([BD, BN], dtype=tl.float32)
+    prod = tl.full([BD, BN], 1.0, dtype=tl.float32)
     last = (tl.arange(0, TT) == TT - 1)[None, None, :]
-    for it in range(0, ntiles):
+    it_end = tl.minimum(ntiles, (seg + 1) * tps)
+    for it in range(seg * tps, it_end):
         t = it * TT + tl.arange(0, TT)
         mask_t = t < seqlen
         if STORE_CKPT:
@@ -133,37 +143,73 @@ def scan_fwd_kernel(
             s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_b_b, s_b_n, s_b_l, s_seq_b, s_seq_l,
             SOFTPLUS, HAS_SEQ, SAME_GROUP)
         pa, pb = tl.associative_scan((a, bx), 2, _compose)
-        hs = pa * h[:, :, None] + pb  # (BD, BN, TT): every state of the tile
-        ct = _load_c(CM, pid_b, grp_c, offs_n, mask_n, offs_d, mask_d, t, mask_t, s_c_b, s_c_n, s_c_l, SAME_GROUP)
-        y = tl.sum(hs * ct, axis=1)  # (BD, TT)
-        h = tl.sum(tl.where(last, hs, 0.0), axis=2)  # padded tokens pass the state through (a=1, b=0)
-        if HAS_D:
-            y += dskip[:, None] * u
-        m2 = mask_d[:, None] & mask_t[None, :]
-        if HAS_Z:
-            zz = tl.load(Z + pid_b * s_z_b + offs_d[:, None] * s_z_d + t[None, :] * s_z_l, mask=m2, other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(Y + pid_b * s_y_b + offs_d[:, None] * s_y_d + t[None, :] * s_y_l, y.to(Y.dtype.element_ty), mask=m2)
-    tl.store(FINAL + pid_b * dim * dstate + st_off, h, mask=md_n)
+        if STATE_ONLY:
+            prod = prod * tl.sum(tl.where(last, pa, 0.0), axis=2)
+            h = h * tl.sum(tl.where(last, pa, 0.0), axis=2) + tl.sum(tl.where(last, pb, 0.0), axis=2)
+        else:
+            hs = pa * h[:, :, None] + pb  # (BD, BN, TT): every state of the tile
+            ct = _load_c(CM, pid_b, grp_c, offs_n, mask_n, offs_d, mask_d, t, mask_t, s_c_b, s_c_n, s_c_l, SAME_GROUP)
+            y = tl.sum(hs * ct, axis=1)  # (BD, TT)
+            h = tl.sum(tl.where(last, hs, 0.0), axis=2)  # padded tokens pass the state through (a=1, b=0)
+            if HAS_D:
+                y += dskip[:, None] * u
+            m2 = mask_d[:, None] & mask_t[None, :]
+            if HAS_Z:
+                zz = tl.load(Z + pid_b * s_z_b + offs_d[:, None] * s_z_d + t[None, :] * s_z_l, mask=m2, other=0.0).to(tl.float32)
+                y = y * zz * tl.sigmoid(zz)
+            tl.store(Y + pid_b * s_y_b + offs_d[:, None] * s_y_d + t[None, :] * s_y_l, y.to(Y.dtype.element_ty), mask=m2)
+    if STATE_ONLY:
+        tl.store(SEG_P + seg_off, prod, mask=md_n)
+        tl.store(SEG_H + seg_off, h, mask=md_n)
+    elif seg == nseg - 1:
+        tl.store(FINAL + pid_b * dim * dstate + st_off, h, mask=md_n)
+
+
+@triton.jit
+def seg_pass_kernel(
+    P, H, INIT, E, size, nseg,
+    HAS_INIT: tl.constexpr, REVERSE: tl.constexpr, BS: tl.constexpr,
+):
+    """Carry states across segments. P, H, E (b, nseg, size), INIT (b, size), all fp32; grid (b, cdiv(size, BS)).
+    Forward: E_0 = INIT (or 0), E_{s+1} = P_s E_s + H_s. REVERSE: E_{nseg-1} = INIT (or 0),
+    E_{s-1} = P_s E_s + H_s."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BS + tl.arange(0, BS)
+    mask = offs < size
+    if HAS_INIT:
+        e = tl.load(INIT + pid_b * size + offs, mask=mask, other=0.0)
+    else:
+        e = tl.zeros([BS], dtype=tl.float32)
+    for k in range(0, nseg):
+        s = nseg - 1 - k if REVERSE else k
+        o = (pid_b * nseg + s) * size + offs
+        tl.store(E + o, e, mask=mask)
+        e = tl.load(P + o, mask=mask, other=0.0) * e + tl.load(H + o, mask=mask, other=0.0)
 
 
 @triton.jit
 def scan_bwd_kernel(
-    U, DELTA, A, BM, CM, DPTR, Z, BIAS, SEQ, CKPT, DOUT, DFINAL,
-    DU, DDELTA, DZ, DBM, DCM, DA_PART, DD_PART, DBIAS_PART, DINIT,
-    seqlen, dim, dstate, ntiles, dpg,
+    U, DELTA, A, BM, CM, DPTR, Z, BIAS, SEQ, CKPT, DOUT, G0,
+    DU, DDELTA, DZ, DBM, DCM, DA_PART, DD_PART, DBIAS_PART, DINIT, SEG_P, SEG_G,
+    seqlen, dim, dstate, ntiles, tps, dpg,
     s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_b_b, s_b_g, s_b_n, s_b_l, s_c_b, s_c_g, s_c_n, s_c_l,
     s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l, s_seq_b, s_seq_l,
     s_du_b, s_du_d, s_du_l, s_ddl_b, s_ddl_d, s_ddl_l, s_dz_b, s_dz_d, s_dz_l,
     s_db_b, s_db_g, s_db_n, s_dc_b, s_dc_g, s_dc_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr, SAME_GROUP: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_G0: tl.constexpr, SAME_GROUP: tl.constexpr, CARRY_ONLY: tl.constexpr,
     BD: tl.constexpr, BN: tl.constexpr, TT: tl.constexpr,
 ):
-    """Grid (b, cdiv(dim, BD)); tiles in reverse. DBM/DCM (b, g, n, l) fp32 zero-initialised (atomics, unit
-    stride in l); DA_PART (b, dim, n), DD_PART / DBIAS_PART (b, dim), DINIT (b, dim, n), all fp32."""
+    """Grid (b, cdiv(dim, BD), nseg); each program walks its segment's tiles in reverse. G0 (b, nseg, dim, n):
+    dL/dh carried into each segment from the right (for the last segment: dL/dh_final). DBM/DCM
+    (b, g, n, l) fp32 zero-initialised (atomics, unit stride in l); DA_PART (b, nseg, dim, n),
+    DD_PART / DBIAS_PART (b, nseg, dim), DINIT (b, dim, n) (segment 0), all fp32.
+    CARRY_ONLY: only the reverse scan from a zero carry; writes SEG_P, SEG_G (b, nseg, dim, n) with
+    g_first = SEG_P · G_in + SEG_G."""
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    seg = tl.program_id(2)
+    nseg = tl.num_programs(2)
     mask_d = offs_d < dim
     offs_n = tl.arange(0, BN)
     mask_n = offs_n < dstate
@@ -182,36 +228,32 @@ def scan_bwd_kernel(
     else:
         grp = offs_d // dpg
     st_off = offs_d[:, None] * dstate + offs_n[None, :]
-    if HAS_DFINAL:
-        G = tl.load(DFINAL + pid_b * dim * dstate + st_off, mask=md_n, other=0.0).to(tl.float32)
+    seg_off = (pid_b * nseg + seg) * dim * dstate + st_off
+    if HAS_G0:
+        G = tl.load(G0 + seg_off, mask=md_n, other=0.0).to(tl.float32)
     else:
         G = tl.zeros([BD, BN], dtype=tl.float32)
+    prod = tl.full([BD, BN], 1.0, dtype=tl.float32)
     dA_acc = tl.zeros([BD, BN], dtype=tl.float32)
     dD_acc = tl.zeros([BD], dtype=tl.float32)
     dbias_acc = tl.zeros([BD], dtype=tl.float32)
     first = (tl.arange(0, TT) == 0)[None, None, :]
-    for k in range(0, ntiles):
-        it = ntiles - 1 - k
+    it_lo = seg * tps
+    it_hi = tl.minimum(ntiles, (seg + 1) * tps)
+    for k in range(0, it_hi - it_lo):
+        it = it_hi - 1 - k
         t = it * TT + tl.arange(0, TT)
         mask_t = t < seqlen
         m2 = mask_d[:, None] & mask_t[None, :]
-        u, dl, raw, a, bx, bt = _tile_inputs(
-            U, DELTA, BM, SEQ, pid_b, offs_d, mask_d, t, mask_t, bias, A_blk, grp * s_b_g, offs_n, mask_n,
-            s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_b_b, s_b_n, s_b_l, s_seq_b, s_seq_l,
-            SOFTPLUS, HAS_SEQ, SAME_GROUP)
-        h0 = tl.load(CKPT + (pid_b * ntiles + it) * dim * dstate + st_off, mask=md_n, other=0.0)
-        pa, pb = tl.associative_scan((a, bx), 2, _compose)
-        hs = pa * h0[:, :, None] + pb  # (BD, BN, TT)
         ct = _load_c(CM, pid_b, grp * s_c_g, offs_n, mask_n, offs_d, mask_d, t, mask_t, s_c_b, s_c_n, s_c_l, SAME_GROUP)
         dout = tl.load(DOUT + pid_b * s_o_b + offs_d[:, None] * s_o_d + t[None, :] * s_o_l, mask=m2, other=0.0).to(tl.float32)
         if HAS_Z:
-            y = tl.sum(hs * ct, axis=1) + dskip[:, None] * u
             zz = tl.load(Z + pid_b * s_z_b + offs_d[:, None] * s_z_d + t[None, :] * s_z_l, mask=m2, other=0.0).to(tl.float32)
             sg = tl.sigmoid(zz)
-            dz = dout * y * sg * (1.0 + zz * (1.0 - sg))
-            tl.store(DZ + pid_b * s_dz_b + offs_d[:, None] * s_dz_d + t[None, :] * s_dz_l, dz.to(DZ.dtype.element_ty), mask=m2)
             dy = dout * zz * sg
         else:
+            zz = dout
+            sg = dout
             dy = dout
         # decay of the next token (a_{t+1}); 1 after the last token, so the carry G enters there unchanged
         tn = t + 1
@@ -227,40 +269,62 @@ def scan_bwd_kernel(
             alpha = alpha * keep_n[None, None, :]
         cdy = ct * dy[:, None, :]  # (BD, BN, TT)
         qa, qb = tl.associative_scan((alpha, cdy), 2, _compose, reverse=True)
-        g = qa * G[:, :, None] + qb  # (BD, BN, TT): dL/dh_t
-        G = tl.sum(tl.where(first, g, 0.0), axis=2)
-        r = g * (hs - bx)  # gradient w.r.t. the log decay Δ_t A
-        if SAME_GROUP:
-            gB = tl.sum(g * bt[None, :, :], axis=1)  # (BD, TT)
+        if CARRY_ONLY:
+            qa0 = tl.sum(tl.where(first, qa, 0.0), axis=2)
+            prod = prod * qa0
+            G = qa0 * G + tl.sum(tl.where(first, qb, 0.0), axis=2)
         else:
-            gB = tl.sum(g * bt, axis=1)
-        du = dl * gB + dskip[:, None] * dy
-        ddl = tl.sum(r * A_blk[:, :, None], axis=1) + u * gB
-        if SOFTPLUS:
-            ddl = ddl * tl.sigmoid(raw + bias[:, None])
-        ddl = tl.where(m2, ddl, 0.0)
-        tl.store(DU + pid_b * s_du_b + offs_d[:, None] * s_du_d + t[None, :] * s_du_l, du.to(DU.dtype.element_ty), mask=m2)
-        tl.store(DDELTA + pid_b * s_ddl_b + offs_d[:, None] * s_ddl_d + t[None, :] * s_ddl_l, ddl.to(DDELTA.dtype.element_ty), mask=m2)
-        dA_acc += tl.sum(r * dl[:, None, :], axis=2)
-        dD_acc += tl.sum(dy * u, axis=1)
-        dbias_acc += tl.sum(ddl, axis=1)
-        gdu = g * (dl * u)[:, None, :]  # (BD, BN, TT) -> dB
-        hdy = hs * dy[:, None, :]  # -> dC
-        if SAME_GROUP:
-            mnt = mask_n[:, None] & mask_t[None, :]
-            tl.atomic_add(DBM + pid_b * s_db_b + grp * s_db_g + offs_n[:, None] * s_db_n + t[None, :], tl.sum(gdu, axis=0), mask=mnt)
-            tl.atomic_add(DCM + pid_b * s_dc_b + grp * s_dc_g + offs_n[:, None] * s_dc_n + t[None, :], tl.sum(hdy, axis=0), mask=mnt)
-        else:
-            m3 = mask_d[:, None, None] & mask_n[None, :, None] & mask_t[None, None, :]
-            tl.atomic_add(DBM + pid_b * s_db_b + grp[:, None, None] * s_db_g + offs_n[None, :, None] * s_db_n + t[None, None, :], gdu, mask=m3)
-            tl.atomic_add(DCM + pid_b * s_dc_b + grp[:, None, None] * s_dc_g + offs_n[None, :, None] * s_dc_n + t[None, None, :], hdy, mask=m3)
-    # dinit = a_0 g_0 (token 0 never resets: the initial state belongs to its document)
-    raw0 = tl.load(DELTA + pid_b * s_dl_b + offs_d * s_dl_d, mask=mask_d, other=0.0).to(tl.float32)
-    a0 = tl.exp(_delta(raw0, bias, SOFTPLUS)[:, None] * A_blk)
-    tl.store(DINIT + pid_b * dim * dstate + st_off, a0 * G, mask=md_n)
-    tl.store(DA_PART + pid_b * dim * dstate + st_off, dA_acc, mask=md_n)
-    tl.store(DD_PART + pid_b * dim + offs_d, dD_acc, mask=mask_d)
-    tl.store(DBIAS_PART + pid_b * dim + offs_d, dbias_acc, mask=mask_d)
+            g = qa * G[:, :, None] + qb  # (BD, BN, TT): dL/dh_t
+            G = tl.sum(tl.where(first, g, 0.0), axis=2)
+            u, dl, raw, a, bx, bt = _tile_inputs(
+                U, DELTA, BM, SEQ, pid_b, offs_d, mask_d, t, mask_t, bias, A_blk, grp * s_b_g, offs_n, mask_n,
+                s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_b_b, s_b_n, s_b_l, s_seq_b, s_seq_l,
+                SOFTPLUS, HAS_SEQ, SAME_GROUP)
+            h0 = tl.load(CKPT + (pid_b * ntiles + it) * dim * dstate + st_off, mask=md_n, other=0.0)
+            pa, pb = tl.associative_scan((a, bx), 2, _compose)
+            hs = pa * h0[:, :, None] + pb  # (BD, BN, TT): the forward states, recomputed
+            if HAS_Z:
+                y = tl.sum(hs * ct, axis=1) + dskip[:, None] * u
+                dz = dout * y * sg * (1.0 + zz * (1.0 - sg))
+                tl.store(DZ + pid_b * s_dz_b + offs_d[:, None] * s_dz_d + t[None, :] * s_dz_l, dz.to(DZ.dtype.element_ty), mask=m2)
+            r = g * (hs - bx)  # gradient w.r.t. the log decay Δ_t A
+            if SAME_GROUP:
+                gB = tl.sum(g * bt[None, :, :], axis=1)  # (BD, TT)
+            else:
+                gB = tl.sum(g * bt, axis=1)
+            du = dl * gB + dskip[:, None] * dy
+            ddl = tl.sum(r * A_blk[:, :, None], axis=1) + u * gB
+            if SOFTPLUS:
+                ddl = ddl * tl.sigmoid(raw + bias[:, None])
+            ddl = tl.where(m2, ddl, 0.0)
+            tl.store(DU + pid_b * s_du_b + offs_d[:, None] * s_du_d + t[None, :] * s_du_l, du.to(DU.dtype.element_ty), mask=m2)
+            tl.store(DDELTA + pid_b * s_ddl_b + offs_d[:, None] * s_ddl_d + t[None, :] * s_ddl_l, ddl.to(DDELTA.dtype.element_ty), mask=m2)
+            dA_acc += tl.sum(r * dl[:, None, :], axis=2)
+            dD_acc += tl.sum(dy * u, axis=1)
+            dbias_acc += tl.sum(ddl, axis=1)
+            gdu = g * (dl * u)[:, None, :]  # (BD, BN, TT) -> dB
+            hdy = hs * dy[:, None, :]  # -> dC
+            if SAME_GROUP:
+                mnt = mask_n[:, None] & mask_t[None, :]
+                tl.atomic_add(DBM + pid_b * s_db_b + grp * s_db_g + offs_n[:, None] * s_db_n + t[None, :], tl.sum(gdu, axis=0), mask=mnt)
+                tl.atomic_add(DCM + pid_b * s_dc_b + grp * s_dc_g + offs_n[:, None] * s_dc_n + t[None, :], tl.sum(hdy, axis=0), mask=mnt)
+            else:
+                m3 = mask_d[:, None, None] & mask_n[None, :, None] & mask_t[None, None, :]
+                tl.atomic_add(DBM + pid_b * s_db_b + grp[:, None, None] * s_db_g + offs_n[None, :, None] * s_db_n + t[None, None, :], gdu, mask=m3)
+                tl.atomic_add(DCM + pid_b * s_dc_b + grp[:, None, None] * s_dc_g + offs_n[None, :, None] * s_dc_n + t[None, None, :], hdy, mask=m3)
+    if CARRY_ONLY:
+        tl.store(SEG_P + seg_off, prod, mask=md_n)
+        tl.store(SEG_G + seg_off, G, mask=md_n)
+    else:
+        if seg == 0:
+            # dinit = a_0 g_0 (token 0 never resets: the initial state belongs to its document)
+            raw0 = tl.load(DELTA + pid_b * s_dl_b + offs_d * s_dl_d, mask=mask_d, other=0.0).to(tl.float32)
+            a0 = tl.exp(_delta(raw0, bias, SOFTPLUS)[:, None] * A_blk)
+            tl.store(DINIT + pid_b * dim * dstate + st_off, a0 * G, mask=md_n)
+        tl.store(DA_PART + seg_off, dA_acc, mask=md_n)
+        vec_off = (pid_b * nseg + seg) * dim + offs_d
+        tl.store(DD_PART + vec_off, dD_acc, mask=mask_d)
+        tl.store(DBIAS_PART + vec_off, dbias_acc, mask=mask_d)
 
 
 @triton.jit
