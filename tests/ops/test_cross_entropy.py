@@ -1,5 +1,11 @@
 """linear_cross_entropy (chunked LM head + CE) against F.cross_entropy of the full logits, fwd and grads."""
 
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -61,3 +67,47 @@ def test_bad_input():
         linear_cross_entropy(h, w, torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="int64"):
         linear_cross_entropy(h, w, torch.zeros(4, dtype=torch.int32))
+
+
+def _compare_fp32(device: str, n: int = 29, V: int = 300, d: int = 16, chunk: int = 8, dtype=torch.float32):
+    """Max relative error of loss, dh, dW against F.cross_entropy on full fp64 logits."""
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(n, d, generator=g).to(device=device, dtype=dtype).requires_grad_()
+    w = torch.randn(V, d, generator=g).to(device=device, dtype=dtype).requires_grad_()
+    y = torch.randint(0, V, (n,), generator=g).to(device)
+    y[::4] = -100
+    out = linear_cross_entropy(h, w, y, chunk_size=chunk)
+    gh, gw = torch.autograd.grad(out, (h, w))
+    hr, wr = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref = _ref(hr, wr, y)
+    rh, rw = torch.autograd.grad(ref, (hr, wr))
+    return max(abs(out.item() - ref.item()) / ref.item(), float((gh.double() - rh).norm() / rh.norm()),
+               float((gw.double() - rw).norm() / rw.norm()))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_triton_rows_gpu():
+    assert _compare_fp32("cuda", n=300, V=5000, d=64, chunk=128) < 1e-4  # fp32 compute (tf32 off by default)
+    assert _compare_fp32("cuda", n=300, V=5000, d=64, chunk=128, dtype=torch.bfloat16) < 2e-2
+
+
+_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, os.environ["TM_TEST_DIR"])
+    from test_cross_entropy import _compare_fp32
+    print("RESULT", _compare_fp32("cpu"))
+    """
+)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_triton_rows_interpreter():
+    env = dict(os.environ, TM_TEST_DIR=os.path.dirname(__file__), TRITON_INTERPRET="1",
+               TRANSMAMBA_CE_TRITON="1")
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    err = float([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1].split()[1])
+    assert err < 1e-5

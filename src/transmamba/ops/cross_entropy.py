@@ -11,17 +11,36 @@ the stored dh, dW by the incoming gradient of the (scalar) loss. Extra memory is
 compute dtype and in fp32 (with a 152K vocabulary and 4096-token chunks about 3.7 GB) instead of every
 token's logits, their fp32 copy, the saved log-softmax and its gradient (about 40 GB at 32K tokens).
 
+On CUDA the per-chunk softmax / gradient is one Triton row kernel (`ops/triton/cross_entropy.py`) that
+writes the gradient over the chunk's logits in the compute dtype (no fp32 copy of the chunk).
+
 Matmuls run in `compute_dtype` (default: the autocast dtype when autocast is on, else h's dtype), like
 `F.linear` under autocast; the log-sum-exp and the softmax are fp32, like `F.cross_entropy(logits.float())`.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import torch
 
 from transmamba.ops.checks import check_shape
 
 __all__ = ["linear_cross_entropy"]
+
+
+def _triton_rows(h: torch.Tensor, acc: torch.dtype):
+    """`ops.triton.cross_entropy.ce_rows_` for CUDA tensors (lazily imported), else None (torch code).
+    TRANSMAMBA_DISABLE_TRITON=1 turns it off; TRANSMAMBA_CE_TRITON=1 forces it (interpreter tests)."""
+    force = os.environ.get("TRANSMAMBA_CE_TRITON") == "1"
+    if acc != torch.float32 or importlib.util.find_spec("triton") is None:
+        return None
+    if not force and (not h.is_cuda or os.environ.get("TRANSMAMBA_DISABLE_TRITON")):
+        return None
+    from transmamba.ops.triton.cross_entropy import ce_rows_
+
+    return ce_rows_
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -39,8 +58,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
             dh = torch.empty_like(hc) if need_h else None
             dw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
             loss = torch.zeros((), dtype=acc, device=h.device)
+            row_kernel = _triton_rows(h, acc) if (need_h or need_w) else None
             for s in range(0, n, chunk_size):
                 e = min(n, s + chunk_size)
+                if row_kernel is not None:  # loss rows + gradient in place in the compute dtype
+                    keep = valid[s:e].to(acc)
+                    gc = hc[s:e] @ wc.T  # (c, V), overwritten by the gradient
+                    loss += (row_kernel(gc, safe[s:e], keep / denom) * keep).sum()
+                    if need_h:
+                        dh[s:e] = gc @ wc
+                    if need_w:
+                        dw += gc.T @ hc[s:e]
+                    continue
                 logits = (hc[s:e] @ wc.T).to(acc)  # (c, V)
                 lse = torch.logsumexp(logits, dim=-1)  # (c,)
                 tgt = logits.gather(1, safe[s:e, None])[:, 0]
