@@ -15,7 +15,9 @@ Cases (each writes <out>/<case>.json, .csv and, where a plot makes sense, .png):
                       selective_state_update vs torch, batch 1 / 16; bandwidth floor = state read + write
     train-step        model training step (fwd + bwd + AdamW) tokens/s and MFU at T = 2K / 8K for
                       transmamba-400m and same-size transformer / mamba2 / mamba2-hybrid
-    decode            generate() tokens/s after a 4K..32K prompt, batch 1 / 16
+    decode            tokens/s of one decode step (eager / static / CUDA graph) on synthetically filled caches at
+                      contexts 4K..128K, batch 1 / 16 / 64, with the bandwidth bound (benchmarks/decode_bench.py)
+    decode-generate   generate() tokens/s after a 4K..32K prompt (prefill included in the setup), batch 1 / 16
     transpoint-sweep  training step time of a transmamba-400m-shaped model vs a constant TransPoint P at T = 8192
 
 Every timing is a median of CUDA-event timings after warm-up (triton.testing.do_bench). Nothing here runs
@@ -688,13 +690,16 @@ def run_train_profile(args) -> list[dict[str, Any]]:
         with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
             step()
             torch.cuda.synchronize()
-        evs = [e for e in prof.key_averages() if (getattr(e, "self_device_time_total", 0) or 0) > 0]
-        total = sum(e.self_device_time_total for e in evs)
-        evs.sort(key=lambda e: -e.self_device_time_total)
+        def dev_us(e) -> float:
+            return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0)
+
+        evs = [e for e in prof.key_averages() if dev_us(e) > 0]
+        total = sum(dev_us(e) for e in evs)
+        evs.sort(key=lambda e: -dev_us(e))
         print(f"== {label} T={T} batch={b}: step {wall_ms:.1f} ms wall, {total / 1e3:.1f} ms CUDA kernels")
         for e in evs[:40]:
-            r = {"model": label, "T": T, "op": e.key[:120], "cuda_ms": e.self_device_time_total / 1e3,
-                 "share": e.self_device_time_total / total, "calls": e.count, "step_wall_ms": wall_ms}
+            r = {"model": label, "T": T, "op": e.key[:120], "cuda_ms": dev_us(e) / 1e3,
+                 "share": dev_us(e) / total, "calls": e.count, "step_wall_ms": wall_ms}
             rows.append(r)
             print(f"  {r['cuda_ms']:8.2f} ms {100 * r['share']:5.1f}%  x{e.count:<4d} {r['op']}")
         attn = [e.key for e in evs if any(s in e.key.lower() for s in ("flash", "fmha", "attention", "cudnn",
@@ -777,8 +782,18 @@ def _decode_one(preset: str, ctx: int, b: int, new: int) -> dict[str, Any]:
                 weights_bound_ms=wbytes / (ceilings()["copy_GBps"] * 1e9) * 1e3)
 
 
-@case("decode", "generate() tokens/s after 4K..32K prompts, batch 1/16")
+@case("decode", "one decode step tokens/s, eager vs CUDA graph, contexts 4K..128K, batch 1/16/64, vs bandwidth")
 def run_decode(args) -> list[dict[str, Any]]:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from decode_bench import run_decode_case
+
+    return run_decode_case([int(v) for v in args.decode_contexts.split(",")],
+                           [int(v) for v in args.decode_batches.split(",")], HYBRID_400M_PATTERN,
+                           ceilings()["copy_GBps"], target_ms=args.decode_target_ms)
+
+
+@case("decode-generate", "generate() tokens/s after 4K..32K prompts, batch 1/16")
+def run_decode_generate(args) -> list[dict[str, Any]]:
     rows = []
     for preset in ("transmamba-400m", "transformer-400m", "mamba2-400m"):
         for ctx in [int(v) for v in args.decode_contexts.split(",")]:
@@ -861,6 +876,12 @@ def plot(name: str, rows: list[dict[str, Any]], out: Path, meta: dict[str, Any])
         ax.set_xticks(range(len(vals)), labels, fontsize=7, rotation=30)
         ax.set_ylabel("training tokens/s")
     elif name == "decode":
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from decode_bench import plot_decode
+
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        plot_decode(rows, axes)
+    elif name == "decode-generate":
         fig, ax = plt.subplots(figsize=(7, 4))
         for model in sorted({r["model"] for r in rows}):
             for b in (1, 16):
@@ -902,7 +923,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tm-full-ssd", default="auto", choices=["auto", "on", "off"],
                     help="train-*: TransMamba training path (off = converter + suffix SSD, the inference path)")
     ap.add_argument("--profile-T", type=int, default=8192, help="train-profile / sdpa-backends sequence length")
-    ap.add_argument("--decode-contexts", default="4096,16384,32768", help="decode prompt lengths")
+    ap.add_argument("--decode-contexts", default="4096,8192,16384,32768,65536,131072",
+                    help="decode (and decode-generate) context lengths")
+    ap.add_argument("--decode-batches", default="1,16,64", help="decode batch sizes")
+    ap.add_argument("--decode-target-ms", type=float, default=150.0,
+                    help="decode: wall-clock ms to spend on each timing (steps = target / first step)")
     ap.add_argument("--decode-new-tokens", type=int, default=64, help="decode: new tokens timed")
     return ap
 
