@@ -34,6 +34,8 @@ def _variants(S) -> dict[str, dict[str, int]]:
     out = {"v1": dict(off), "v2": dict(S.NEW_PATH, hsplit=1)}
     for k in S.NEW_PATH:
         out[f"v2-no-{k}"] = dict(S.NEW_PATH, hsplit=1, **{k: 0})
+    for n in (2, 4, 8):  # each group's heads split over n programs in the dCB / dB-dC kernels (no fbc then)
+        out[f"v2-hsplit{n}"] = dict(S.NEW_PATH, hsplit=n)
     return out
 
 
