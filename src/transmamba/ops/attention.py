@@ -16,6 +16,9 @@ Decoding reads a preallocated KV cache (b, L, hkv, dh) of which row r holds `len
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -48,8 +51,23 @@ def rope_positions(seq_idx: torch.Tensor) -> torch.Tensor:
     return idx - first
 
 
+def _triton_rope(x: torch.Tensor):
+    """`ops.triton.rope.rope_triton` for CUDA tensors of more than one token (training, prefill; lazily
+    imported), else None. TRANSMAMBA_DISABLE_TRITON=1 turns it off; TRANSMAMBA_ROPE_TRITON=1 forces it
+    (interpreter tests)."""
+    force = os.environ.get("TRANSMAMBA_ROPE_TRITON") == "1"
+    if x.dtype == torch.float64 or importlib.util.find_spec("triton") is None:
+        return None
+    if not force and (not x.is_cuda or x.shape[1] < 2 or os.environ.get("TRANSMAMBA_DISABLE_TRITON")):
+        return None
+    from transmamba.ops.triton.rope import rope_triton
+
+    return rope_triton
+
+
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Rotate x (b, t, h, dh) by its positions (b, t) or (t,); dh must be even. Computed in fp32."""
+    """Rotate x (b, t, h, dh) by its positions (b, t) or (t,); dh must be even. Computed in fp32. CUDA
+    tensors of t > 1 tokens use the Triton kernel (`ops/triton/rope.py`), same math."""
     if x.dim() != 4:
         raise ValueError(
             f"apply_rope: x must have shape (batch, seqlen, heads, head_dim), got {tuple(x.shape)}"
@@ -64,6 +82,9 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) 
         check_shape("apply_rope", "positions", positions, (b, t))
     half = dh // 2
     inv_freq = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) * 2.0 / dh)  # (half,)
+    fn = _triton_rope(x)
+    if fn is not None:  # one fused kernel (fwd and bwd) instead of ~10 fp32 elementwise passes
+        return fn(x, positions, inv_freq)
     angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq  # (b|1, t, half)
     cos = angles.cos().unsqueeze(2)  # (b|1, t, 1, half)
     sin = angles.sin().unsqueeze(2)
