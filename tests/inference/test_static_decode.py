@@ -115,3 +115,22 @@ def test_cuda_graph_replays_equal_static_eager_bf16_gpu():
         a, b = eager.step(ids), graph.step(ids)
         assert torch.equal(a, b)
     assert graph.captures >= 2  # one per mode signature seen twice in a row
+
+
+def test_static_step_without_precomputed_constants():
+    from transmamba.inference.static_step import static_step, step_constants
+
+    model = _model("T*M-", [3], seed=4)
+    prompts = [[1, 2], [3, 4, 5, 6]]
+    c1, _, _ = prefill(model, prompts, 10)
+    c2, _, _ = prefill(model, prompts, 10)
+    ids = torch.tensor([7, 8])
+    with torch.no_grad():
+        for _ in range(3):  # rows at 2 and 4 against P = 3: mixed, then ssm after a conversion
+            positions = c1.seqlen_offset.tolist()
+            assert layer_modes(model, positions)[0] in ("mixed", "ssm")
+            if layer_modes(model, positions)[0] == "ssm":
+                break
+            a = static_step(model, ids, c1, layer_modes(model, positions))
+            b = static_step(model, ids, c2, layer_modes(model, positions), step_constants(model))
+            assert torch.equal(a, b)

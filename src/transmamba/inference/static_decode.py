@@ -18,13 +18,15 @@ warm-up that compiles kernels and initialises cuBLAS); if the next step has the 
 captured into a CUDA graph and every later step with that signature is one `graph.replay()`. Only the
 current signature's graph is kept (the old one can never be replayed again); all graphs share one memory
 pool. The returned logits of a replay live in the graph's output buffer: use them before the next step.
+The weights must not change while a decoder is in use (it reads A = -exp(A_log) and RoPE's frequencies once,
+and graphs hold the weights' addresses).
 """
 
 from __future__ import annotations
 
 import torch
 
-from transmamba.inference.static_step import layer_modes, static_step
+from transmamba.inference.static_step import layer_modes, static_step, step_constants
 
 UNSUPPORTED_GRAPH_KINDS = ("moe",)  # routing with data-dependent shapes (nonzero); eager static step only
 
@@ -58,6 +60,7 @@ class StaticDecoder:
                     raise ValueError(f"StaticDecoder: layer {i}'s state was made for transpoint "
                                      f"{state.transpoint}, the layer has {model.mixer(i).transpoint}")
                 self.converted[i] = [bool(c) for c in state.converted.tolist()]
+        self.consts = step_constants(model)  # A = -exp(A_log), RoPE frequencies: read from the weights once
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_modes: tuple | None = None
         self.eager_modes: tuple | None = None  # signature of the last eager step (captured if seen again)
@@ -110,7 +113,7 @@ class StaticDecoder:
         if self.graph is None:
             self._drop_converted_caches()
         if not self.cuda_graph:
-            out = static_step(self.model, ids, self.cache, modes)
+            out = static_step(self.model, ids, self.cache, modes, self.consts)
         elif modes == self.graph_modes:
             self._ids.copy_(ids)
             self.graph.replay()
@@ -133,7 +136,7 @@ class StaticDecoder:
         stream = self._side_stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            out = static_step(self.model, ids, self.cache, modes)
+            out = static_step(self.model, ids, self.cache, modes, self.consts)
         torch.cuda.current_stream().wait_stream(stream)
         return out
 
@@ -144,7 +147,7 @@ class StaticDecoder:
         self._ids.copy_(ids)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool, stream=stream):
-            logits = static_step(self.model, self._ids, self.cache, modes)
+            logits = static_step(self.model, self._ids, self.cache, modes, self.consts)
         self.graph, self.graph_modes, self._logits = graph, modes, logits
         self.captures += 1
         graph.replay()  # capturing recorded the step without running it

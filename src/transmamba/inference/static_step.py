@@ -11,7 +11,8 @@ What differs from `CausalLM.step` (the results are the same, up to rounding):
   TransPoint P), "ssm" (every row at or past P, already converted) or "mixed" (both paths for every row,
   each row keeping the one its position selects). The Memory Converter (KV cache -> SSM state) is not part
   of the step: the caller runs it beforehand for the rows that reached P (`StaticDecoder` does).
-- Mamba-1 / Mamba-2 / MLP layers use their own `step`, which is already static.
+- Mamba-2 / TransMamba SSM states are updated in place (one kernel on CUDA, no copy), and A = -exp(A_log)
+  and RoPE's frequencies come precomputed (`step_constants`). Mamba-1 / MLP layers use their own `step`.
 
 With fixed `modes` and batch, every step launches the same kernels on the same buffers, so it can be captured
 once in a CUDA graph and replayed (`inference/static_decode.py`).
@@ -19,11 +20,12 @@ once in a CUDA graph and replayed (`inference/static_decode.py`).
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 
 import torch
 
-from transmamba.ops.attention import apply_rope
 from transmamba.ops.conv import causal_conv1d_update
 from transmamba.ops.decode_attention import decode_attention
 from transmamba.ops.ssd import ssd_step
@@ -45,22 +47,83 @@ def layer_modes(model, positions: list[int]) -> tuple[str | None, ...]:
     return tuple(modes)
 
 
-def attention_step(attn, hidden: torch.Tensor, state) -> torch.Tensor:
-    """Attention layer, one token per row: hidden (b, D) -> (b, D); writes k/v at seqlen_offset[row]."""
+def step_constants(model) -> dict[int, torch.Tensor]:
+    """Per layer, what every step would otherwise recompute from the weights: A = -exp(A_log) (fp32) of
+    Mamba-2 / TransMamba layers, RoPE's inverse frequencies base^(-2i/dh) (fp32) of attention layers.
+    Made once per decoder (so the weights must not change while it decodes)."""
+    out: dict[int, torch.Tensor] = {}
+    for i, (block, kind) in enumerate(zip(model.blocks, model.kinds)):
+        layer = block.mixer
+        if kind in ("mamba2", "transmamba"):
+            out[i] = layer.A.detach()
+        elif kind == "attention" and layer.rope:
+            dh = layer.head_dim
+            idx = torch.arange(dh // 2, device=layer.q_proj.weight.device, dtype=torch.float32)
+            out[i] = layer.rope_base ** (-idx * 2.0 / dh)  # as ops.attention.apply_rope computes it
+    return out
+
+
+def _rope(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """`ops.attention.apply_rope` for one token per row with the frequencies given: x (b, h, dh), pos (b,)."""
+    half = x.shape[-1] // 2
+    angles = pos.to(torch.float32)[:, None] * inv_freq  # (b, half)
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]  # (b, 1, half)
+    xf = x.float()
+    x1, x2 = xf[..., :half], xf[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+def _triton_inplace(t: torch.Tensor) -> bool:
+    if not t.is_cuda or not t.is_contiguous() or t.dtype == torch.float64:
+        return False
+    return not os.environ.get("TRANSMAMBA_DISABLE_TRITON") and importlib.util.find_spec("triton") is not None
+
+
+def _ssd_step_into(state: torch.Tensor, x, dt, A, B, C, D, dt_bias) -> torch.Tensor:
+    """ssd_step with softplus, writing the new state into `state` (one kernel on CUDA); returns y."""
+    if _triton_inplace(state):
+        from transmamba.ops.triton.ssd import ssd_step_triton
+
+        return ssd_step_triton(state, x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=True, inplace=True)[0]
+    y, new = ssd_step(state, x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=True)
+    state.copy_(new)
+    return y
+
+
+def attention_step(attn, hidden: torch.Tensor, state, inv_freq: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention layer, one token per row: hidden (b, D) -> (b, D); writes k/v at seqlen_offset[row].
+    inv_freq: RoPE frequencies from `step_constants` (computed here when None)."""
     b = hidden.shape[0]
-    q, k, v = attn._qkv(hidden.unsqueeze(1))  # (b, 1, h, dh), (b, 1, hkv, dh) x 2
+    q, k, v = attn._qkv(hidden)  # (b, h, dh), (b, hkv, dh) x 2
     pos = state.seqlen_offset  # (b,)
     if attn.rope:
-        q, k = apply_rope(q, pos[:, None], attn.rope_base), apply_rope(k, pos[:, None], attn.rope_base)
+        if inv_freq is None:
+            idx = torch.arange(attn.head_dim // 2, device=hidden.device, dtype=torch.float32)
+            inv_freq = attn.rope_base ** (-idx * 2.0 / attn.head_dim)
+        q, k = _rope(q, pos, inv_freq), _rope(k, pos, inv_freq)
     rows = torch.arange(b, device=hidden.device)
-    state.k[rows, pos] = k[:, 0].to(state.k.dtype)
-    state.v[rows, pos] = v[:, 0].to(state.v.dtype)
-    out = decode_attention(q[:, 0], state.k, state.v, pos + 1)  # (b, h, dh)
+    state.k[rows, pos] = k.to(state.k.dtype)
+    state.v[rows, pos] = v.to(state.v.dtype)
+    out = decode_attention(q, state.k, state.v, pos + 1)  # (b, h, dh)
     state.seqlen_offset += 1
     return attn.o_proj(out.reshape(b, attn.n_heads * attn.head_dim))
 
 
-def transmamba_step(tm, hidden: torch.Tensor, state, mode: str) -> torch.Tensor:
+def mamba2_step(layer, hidden: torch.Tensor, state, A: torch.Tensor | None = None) -> torch.Tensor:
+    """`Mamba2.step` with the SSM state updated in place (one kernel on CUDA) and A given."""
+    b = hidden.shape[0]
+    z, xbc, dt = layer.split_proj(layer.in_proj(hidden))
+    xbc, conv_new = causal_conv1d_update(xbc, state.conv_state, layer.conv_weight(), layer.conv1d.bias,
+                                         activation="silu")
+    state.conv_state.copy_(conv_new)
+    x, B, C = layer.split_xbc(xbc)
+    y = _ssd_step_into(state.ssm_state, x, dt, layer.A if A is None else A, B, C, layer.D, layer.dt_bias)
+    state.seqlen_offset += 1
+    return layer.out_proj(layer.norm(y.reshape(b, layer.d_inner), z))
+
+
+def transmamba_step(tm, hidden: torch.Tensor, state, mode: str,
+                    A: torch.Tensor | None = None) -> torch.Tensor:
     """TransMamba layer, one token per row, in `mode` ("attn" | "ssm" | "mixed"): hidden (b, D) -> (b, D).
 
     attn:  K = B, V = x, dt of this token stored at slot seqlen_offset[row]; y = softmax(C·K/√N) V (+ D x),
@@ -94,11 +157,13 @@ def transmamba_step(tm, hidden: torch.Tensor, state, mode: str) -> torch.Tensor:
                                scale=1.0 / math.sqrt(tm.d_state))  # (b, g, r·p)
         y_att = tm._attention_out(att.reshape(b, h, p).to(x.dtype), x)
     if mode != "attn":
-        ys, new = ssd_step(state.ssm_state, x, dt, tm.A, B, C, D=tm.D, dt_bias=tm.dt_bias, dt_softplus=True)
-        if mode == "mixed":
-            new = torch.where((pos >= state.transpoint)[:, None, None, None], new.to(state.ssm_state.dtype),
-                              state.ssm_state)
-        state.ssm_state.copy_(new)
+        A = tm.A if A is None else A
+        if mode == "ssm":
+            ys = _ssd_step_into(state.ssm_state, x, dt, A, B, C, tm.D, tm.dt_bias)
+        else:  # rows before P keep their (unused, zero) state
+            ys, new = ssd_step(state.ssm_state, x, dt, A, B, C, D=tm.D, dt_bias=tm.dt_bias, dt_softplus=True)
+            state.ssm_state.copy_(torch.where((pos >= state.transpoint)[:, None, None, None],
+                                              new.to(state.ssm_state.dtype), state.ssm_state))
         y_ssm = tm._ssm_out(ys, z)
     if y_att is None:
         y = y_ssm
@@ -110,18 +175,24 @@ def transmamba_step(tm, hidden: torch.Tensor, state, mode: str) -> torch.Tensor:
     return tm.out_proj(y)
 
 
-def static_step(model, ids: torch.Tensor, cache, modes: tuple[str | None, ...]) -> torch.Tensor:
+def static_step(model, ids: torch.Tensor, cache, modes: tuple[str | None, ...],
+                consts: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """One decode token per row through the whole model: ids (b,) long -> logits (b, V); `modes` from
-    `layer_modes` (TransMamba rows that reached P must already be converted)."""
+    `layer_modes` (TransMamba rows that reached P must already be converted); `consts` from
+    `step_constants` (recomputed per step when None)."""
+    consts = {} if consts is None else consts
     h = model.embed(ids)
-    for block, kind, state, mode in zip(model.blocks, model.kinds, cache.states, modes):
+    for i, (block, kind, state, mode) in enumerate(zip(model.blocks, model.kinds, cache.states, modes)):
         if kind == "attention":
-            h = h + attention_step(block.mixer, block.norm(h), state)
+            h = h + attention_step(block.mixer, block.norm(h), state, consts.get(i))
         elif kind == "transmamba":
-            h = h + transmamba_step(block.mixer, block.norm(h), state, mode)
+            h = h + transmamba_step(block.mixer, block.norm(h), state, mode, consts.get(i))
+        elif kind == "mamba2":
+            h = h + mamba2_step(block.mixer, block.norm(h), state, consts.get(i))
         else:
             h = block.step(h, state)
     return model.lm_head(model.norm(h))
 
 
-__all__ = ["TM_MODES", "attention_step", "layer_modes", "static_step", "transmamba_step"]
+__all__ = ["TM_MODES", "attention_step", "layer_modes", "mamba2_step", "static_step", "step_constants",
+           "transmamba_step"]
