@@ -115,12 +115,20 @@ TUNE = {  # most promising first: the sweep stops at its time budget
                ((64, 64), (32, 64), (64, 32), (64, 128), (32, 128), (32, 32)) for w in (4, 8)],
     "bstate": [dict(BP=bp, BN=bn, BK=bk, warps=w, stages=3) for bk in (64, 32) for bp, bn in
                ((64, 64), (32, 64), (64, 32), (64, 128), (32, 128), (32, 32)) for w in (4, 8)],
+    "scan": [dict(BM=bm, BK=bk, warps=w, stages=s) for bm, bk, w in ((128, 32, 8), (64, 64, 4), (64, 32, 4),
+             (128, 64, 8), (64, 64, 8), (128, 32, 4)) for s in (3, 2)],
+    "dx": [dict(BJ=bj, BK=bk, warps=w, stages=s) for bj, bk, w in ((64, 32, 4), (64, 64, 4), (128, 64, 8),
+           (64, 64, 8), (128, 32, 8)) for s in (3, 2)],
+    "dcb": [dict(B=bb, warps=w, stages=s) for bb, w in ((64, 4), (64, 8), (32, 4), (128, 8)) for s in (2, 3)],
+    "bcs": [dict(BT=bt, BN=bn, warps=w, stages=s) for bt, bn, w in ((64, 64, 4), (64, 128, 4), (64, 128, 8),
+            (128, 64, 8), (64, 32, 4)) for s in (2, 3)],
 }
+FWD_ONLY = ("fstate", "scan")
 
 
-def run_tune(shapes, out: Path, meta, budget_s: float) -> list[dict]:  # noqa: C901
-    """fstate: forward-only time of the fused walk alone (`ssd_final_state_triton` plus prev stores are
-    timed through the whole forward); bstate: fwd+bwd. Greedy per kernel, v2 path, first shape only."""
+def run_tune(shapes, out: Path, meta, budget_s: float, keys: list[str]) -> list[dict]:  # noqa: C901
+    """Greedy per kernel (in `keys` order), v2 path, first shape only: forward kernels (FWD_ONLY) by the
+    forward's time, the others by fwd+bwd; each key gets budget_s / len(keys) seconds."""
     from transmamba.ops.triton import ssd as S
 
     b, l = shapes[0]
@@ -132,8 +140,9 @@ def run_tune(shapes, out: Path, meta, budget_s: float) -> list[dict]:  # noqa: C
     kw = dict(chunk_size=256, D=D, dt_bias=dt_bias, dt_softplus=True)
     S.CONFIG["misc"].update(S.NEW_PATH, hsplit=1)
     rows = []
-    for key, space in TUNE.items():
-        t_end = time.time() + budget_s / len(TUNE)
+    for key in keys:
+        space = TUNE[key]
+        t_end = time.time() + budget_s / len(keys)
         best = None
         for cand in space:
             if time.time() > t_end:
@@ -141,7 +150,7 @@ def run_tune(shapes, out: Path, meta, budget_s: float) -> list[dict]:  # noqa: C
             old = dict(S.CONFIG[key])
             S.CONFIG[key].update(cand)
             try:
-                if key == "fstate":
+                if key in FWD_ONLY:
                     ms = bench_ms(lambda: _nograd(lambda: S.ssd_triton(x, dt, A, B, C, **kw)),
                                   warmup=10, rep=40)
                 else:
@@ -158,7 +167,7 @@ def run_tune(shapes, out: Path, meta, budget_s: float) -> list[dict]:  # noqa: C
             S.CONFIG[key].update(best[0])
         print(f"tune {key}: best {best}", flush=True)
         _write(rows, out, "ssd-tune-fused", meta)
-    print("TUNED " + json.dumps({k: S.CONFIG[k] for k in TUNE}), flush=True)
+    print("TUNED " + json.dumps({k: S.CONFIG[k] for k in keys}), flush=True)
     return rows
 
 
@@ -168,6 +177,7 @@ def main() -> int:
     ap.add_argument("--variants", default="", help="comma-separated (default: all + mamba_ssm)")
     ap.add_argument("--tune", action="store_true", help="also sweep the fused state walks' settings")
     ap.add_argument("--tune-budget-s", type=float, default=40.0)
+    ap.add_argument("--tune-keys", default="fstate,bstate", help=f"kernels to sweep, of {','.join(TUNE)}")
     ap.add_argument("--out", default=".")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -182,7 +192,7 @@ def main() -> int:
     out = Path(args.out)
     run_variants(shapes, [v for v in args.variants.split(",") if v], out, meta)
     if args.tune:
-        run_tune(shapes, out, meta, args.tune_budget_s)
+        run_tune(shapes, out, meta, args.tune_budget_s, args.tune_keys.split(","))
     return 0
 
 

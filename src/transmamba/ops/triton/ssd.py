@@ -53,10 +53,11 @@ CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweeps on an H100 
                  # second-generation switches (each 0 = the first path): fstate = fused state walks (fwd
                  # and bwd), factor = per-block factorised decay (scan, dx, dCB), cb16 = C·B stored in the
                  # inputs' dtype when it is 16-bit, fbc = dB/dC intra parts fused into the bcs kernel,
-                 # fddt = the ddt/dA/d_bias tail in one kernel
-                 fstate=0, factor=0, cb16=0, fbc=0, fddt=0),
+                 # fddt = the ddt/dA/d_bias tail in one kernel, onek = no inner loop over headdim in the
+                 # per-group kernels when one block covers it (their head loop gets software-pipelined)
+                 fstate=0, factor=0, cb16=0, fbc=0, fddt=0, onek=0),
 }
-NEW_PATH = dict(fstate=1, factor=1, cb16=1, fbc=1, fddt=1)  # CONFIG["misc"].update(NEW_PATH) selects it
+NEW_PATH = dict(fstate=1, factor=1, cb16=1, fbc=1, fddt=1, onek=1)  # CONFIG["misc"].update(NEW_PATH) selects it
 if os.environ.get("TRANSMAMBA_SSD_CONFIG"):
     import json as _json
 
@@ -292,7 +293,7 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
         x, dy, dt_eff, dA, cfg.seq_ptr, cb, dcb, dda_in, diff, cfg.l, cfg.h, cfg.g, cfg.p, *x.stride(),
         *cfg.seq_strides,
         HAS_SEQ=cfg.has_seq, STABLE_DA=not in_dx, IEEE=cfg.ieee, NSPLIT=nsplit, Q=cfg.Q, BI=c["B"], BJ=c["B"], BK=cfg.BP,
-        FACTOR=_misc("factor"), num_warps=c["warps"], num_stages=c["stages"],
+        FACTOR=_misc("factor"), ONE_K=_misc("onek") and cfg.p <= cfg.BP, num_warps=c["warps"], num_stages=c["stages"],
     )
     dB, dC = _dbc(cfg, x, dy, B, C, dt_eff, dA, prev, ds, dcb, dda, nsplit)
     # dt, A, dt_bias: a = cumsum(dt_eff A) -> d(dt_eff A)_k = sum_{i>=k} da_i
@@ -340,7 +341,7 @@ def _dbc(cfg, x, dy, B, C, dt_eff, dA, prev, ds, dcb, dda, nsplit):
         x, dy, C, dt_eff, dA, prev, ds, cfg.seq_ptr, dC, dB, dda, B, dcb, cfg.l, cfg.h, cfg.g, cfg.p, cfg.n,
         *x.stride(), *C.stride(), *cfg.seq_strides,
         HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, NSPLIT=nsplit, Q=cfg.Q, BT=c["BT"], BN=BN2, BP=cfg.BP, FUSE_CB=fuse,
-        num_warps=c["warps"], num_stages=c["stages"],
+        ONE_K=_misc("onek") and cfg.p <= cfg.BP, num_warps=c["warps"], num_stages=c["stages"],
     )
     if fuse:
         return dB, dC

@@ -483,6 +483,7 @@ def bwd_dcb_kernel(
     s_seq_b, s_seq_l,
     HAS_SEQ: tl.constexpr, STABLE_DA: tl.constexpr, IEEE: tl.constexpr, NSPLIT: tl.constexpr,
     Q: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, FACTOR: tl.constexpr = False,
+    ONE_K: tl.constexpr = False,
 ):
     """OUT[b, c, g, i, j] = sum_{h of g} exp(a_i - a_j) dt_j dy_i·x_j for i >= j (0 elsewhere); OUT holds
     C·B on entry (read before it is overwritten, tile by tile).
@@ -534,15 +535,24 @@ def bwd_dcb_kernel(
             a_i = tl.load(DA + da_base + offs_i)
             a_j = tl.load(DA + da_base + offs_j)
             dt_j = tl.load(DT + da_base + offs_j)
-            m = tl.zeros((BI, BJ), dtype=tl.float32)
-            for k in range(0, headdim, BK):
-                offs_k = k + tl.arange(0, BK)
+            if ONE_K:  # headdim <= BK: no inner loop, so the head loop is the pipelined one
+                offs_k = tl.arange(0, BK)
                 mk = offs_k < headdim
                 dyi = tl.load(DY + b * s_x_b + h * s_x_h + ti[:, None] * s_x_l + offs_k[None, :] * s_x_p,
                               mask=mi[:, None] & mk[None, :], other=0.0)
                 xj = tl.load(X + b * s_x_b + h * s_x_h + tj[None, :] * s_x_l + offs_k[:, None] * s_x_p,
                              mask=mj[None, :] & mk[:, None], other=0.0)
-                m += _dot(dyi, xj, IEEE)
+                m = _dot(dyi, xj, IEEE)
+            else:
+                m = tl.zeros((BI, BJ), dtype=tl.float32)
+                for k in range(0, headdim, BK):
+                    offs_k = k + tl.arange(0, BK)
+                    mk = offs_k < headdim
+                    dyi = tl.load(DY + b * s_x_b + h * s_x_h + ti[:, None] * s_x_l + offs_k[None, :] * s_x_p,
+                                  mask=mi[:, None] & mk[None, :], other=0.0)
+                    xj = tl.load(X + b * s_x_b + h * s_x_h + tj[None, :] * s_x_l + offs_k[:, None] * s_x_p,
+                                 mask=mj[None, :] & mk[:, None], other=0.0)
+                    m += _dot(dyi, xj, IEEE)
             if FACTOR:
                 if pj < pi:
                     a_r = tl.load(DA + da_base + pi * BI)
@@ -583,6 +593,7 @@ def bwd_bc_state_kernel(
     s_seq_b, s_seq_l,
     HAS_SEQ: tl.constexpr, IEEE: tl.constexpr, NSPLIT: tl.constexpr,
     Q: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, FUSE_CB: tl.constexpr = False,
+    ONE_K: tl.constexpr = False,
 ):
     """State parts of dC and dB for a block of tokens, summed over the heads of the group:
     DC[t] = sum_h exp(a_t) dy_t S_c,  DB[t] = sum_h exp(a_last - a_t) dt_t x_t ds_c.
@@ -632,10 +643,8 @@ def bwd_bc_state_kernel(
         wc = tl.where(keep_c, tl.exp(a_t), 0.0)
         wb = tl.where(keep_b, tl.exp(a_last - a_t) * dt_t, 0.0)
         st_base = (bc * nheads + h) * headdim * dstate
-        pc = tl.zeros((BT, BN), dtype=tl.float32)
-        pb = tl.zeros((BT, BN), dtype=tl.float32)
-        for k in range(0, headdim, BP):
-            offs_p = k + tl.arange(0, BP)
+        if ONE_K:  # headdim <= BP: no inner loop, so the head loop is the pipelined one
+            offs_p = tl.arange(0, BP)
             mp = offs_p < headdim
             off = b * s_x_b + h * s_x_h + tt[:, None] * s_x_l + offs_p[None, :] * s_x_p
             dyt = tl.load(DY + off, mask=mt[:, None] & mp[None, :], other=0.0)
@@ -644,8 +653,23 @@ def bwd_bc_state_kernel(
                          mask=mp[:, None] & mn[None, :], other=0.0)
             ds = tl.load(DS + st_base + offs_p[:, None] * dstate + offs_n[None, :],
                          mask=mp[:, None] & mn[None, :], other=0.0)
-            pc += _dot(dyt, sp.to(dyt.dtype), IEEE)
-            pb += _dot(xt, ds.to(xt.dtype), IEEE)
+            pc = _dot(dyt, sp.to(dyt.dtype), IEEE)
+            pb = _dot(xt, ds.to(xt.dtype), IEEE)
+        else:
+            pc = tl.zeros((BT, BN), dtype=tl.float32)
+            pb = tl.zeros((BT, BN), dtype=tl.float32)
+            for k in range(0, headdim, BP):
+                offs_p = k + tl.arange(0, BP)
+                mp = offs_p < headdim
+                off = b * s_x_b + h * s_x_h + tt[:, None] * s_x_l + offs_p[None, :] * s_x_p
+                dyt = tl.load(DY + off, mask=mt[:, None] & mp[None, :], other=0.0)
+                xt = tl.load(X + off, mask=mt[:, None] & mp[None, :], other=0.0)
+                sp = tl.load(SPREV + st_base + offs_p[:, None] * dstate + offs_n[None, :],
+                             mask=mp[:, None] & mn[None, :], other=0.0)
+                ds = tl.load(DS + st_base + offs_p[:, None] * dstate + offs_n[None, :],
+                             mask=mp[:, None] & mn[None, :], other=0.0)
+                pc += _dot(dyt, sp.to(dyt.dtype), IEEE)
+                pb += _dot(xt, ds.to(xt.dtype), IEEE)
         pc = pc * wc[:, None]
         acc_c += pc
         acc_b += pb * wb[:, None]
