@@ -38,6 +38,10 @@ def register(subparsers) -> None:
                    help="TransMamba models: decode with another TransPoint schedule, a name V1..V9 (scaled "
                    "like the checkpoint's) or comma-separated ints, one per T layer (default: as trained)")
     p.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--cuda-graph", choices=("auto", "on", "off"), default="auto",
+                   help="decode through CUDA graphs of the static decode step: 'auto' uses them on a CUDA "
+                   "device when the model allows it (no MoE layers), 'on' requires them, 'off' never "
+                   "(default: auto)")
     p.set_defaults(func=run)
 
 
@@ -96,6 +100,12 @@ def run(args: argparse.Namespace) -> int:
             model.set_transpoints(points)
         except ValueError as err:
             raise SystemExit(f"generate: --transpoints {sched!r}: {err}") from None
+    if args.cuda_graph == "on":
+        from transmamba.inference.static_decode import graph_supported
+
+        ok, why = graph_supported(model)
+        if not ok:
+            raise SystemExit(f"generate: --cuda-graph on is not possible: {why}")
     ids = tokenizer.encode(args.prompt).ids
     if not ids:
         eos = tokenizer.token_to_id(EOS)
@@ -112,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     model.generate(
         [ids], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         greedy=args.greedy, stop_tokens=stop, seed=args.seed, streamer=streamer,
+        cuda_graph={"auto": None, "on": True, "off": False}[args.cuda_graph],
     )
     sys.stdout.write("\n")
     return 0
