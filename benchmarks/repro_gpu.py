@@ -65,29 +65,37 @@ def plan_jobs(plan: str, over: dict) -> list[dict]:
     jobs = []
     if plan == "pilot":  # B1: does a small Transformer learn MQAR, and how fast does each kind step?
         base = {**COMMON, **MQAR, "steps": 100000, "eval_grid": [[8, 0], [32, 0], [64, 0], [32, 128]]}
-        variants = [
-            ("tf8-lr1e-3", dict(kind="transformer")),
-            ("tf8-lr3e-3", dict(kind="transformer", lr=3e-3)),
-            ("tf4-lr1e-3", dict(kind="transformer", n_layers=4)),
-            ("tf2-lr1e-3", dict(kind="transformer", n_layers=2)),
-            ("tf8-v128", dict(kind="transformer", vocab=128, eval_grid=[[8, 0], [32, 0], [32, 128]])),
-            ("tf8-b256", dict(kind="transformer", batch=256)),
-            ("m2-8", dict(kind="mamba2")),
-            ("hy-8", dict(kind="hybrid")),
-            ("tmV9-8", dict(kind="tm-V9")),
-            ("tmV7-8", dict(kind="tm-V7")),
-            ("tmV9-8-notriton", dict(kind="tm-V9", triton=False)),
-            ("tf8-eager", dict(kind="transformer", graph=False)),
-            ("tf8-unpipelined", dict(kind="transformer", pipelined=False)),
-            ("tmV9-8-eager", dict(kind="tm-V9", graph=False)),
-            ("pb-tf8", dict(kind="transformer", task="phonebook", vocab=128, name_len=1, number_len=2,
-                            queries=8, pairs_lo=4, pairs_hi=24, filler_hi=0,
-                            eval_grid=[[8, 0], [24, 0], [48, 0]])),
-            ("text-tf8", dict(TEXT, kind="transformer", eval_grid=None, val_windows=64)),
-            ("text-tmV9", dict(TEXT, kind="tm-V9", eval_grid=None, val_windows=64)),
+        tf = dict(kind="transformer")
+        pb = dict(kind="transformer", task="phonebook", vocab=128, name_len=1, number_len=2, queries=8,
+                  pairs_lo=4, pairs_hi=24, filler_hi=0, eval_grid=[[8, 0], [24, 0], [48, 0]])
+        text = dict(TEXT, eval_grid=None, val_windows=64)
+        variants = [  # (name, settings, process group): one process per group
+            ("tf8-lr1e-3", tf, "a"),
+            ("tf8-lr3e-3", dict(tf, lr=3e-3), "b"),
+            ("tf4-lr1e-3", dict(tf, n_layers=4), "c"),
+            ("tf2-lr1e-3", dict(tf, n_layers=2), "d"),
+            ("tf8-v128", dict(tf, vocab=128, eval_grid=[[8, 0], [32, 0], [32, 128]]), "e"),
+            ("pb-tf8", pb, "f"),
+            ("text-tf8", dict(text, kind="transformer"), "g"),
+            ("tf8-eager", dict(tf, graph=False), "h"),
+            ("tmV9-8-eager", dict(kind="tm-V9", graph=False), "i"),
+            ("tf8-unpipelined", dict(tf, pipelined=False), "j"),
+            ("m2-8", dict(kind="mamba2"), "k"),  # four families in one process, four streams
+            ("hy-8", dict(kind="hybrid"), "k"),
+            ("tmV9-8", dict(kind="tm-V9"), "k"),
+            ("tmV7-8", dict(kind="tm-V7"), "k"),
+            ("tf8-s1", dict(tf, seed=1), "l"),  # four transformers in one process
+            ("tf8-s2", dict(tf, seed=2), "l"),
+            ("tf8-s3", dict(tf, seed=3), "l"),
+            ("tf8-b256", dict(tf, batch=256), "l"),
+            ("text-tmV9", dict(text, kind="tm-V9"), "m"),
+            ("text-tmV7", dict(text, kind="tm-V7"), "m"),
+            ("text-m2", dict(text, kind="mamba2"), "m"),
+            ("text-hy", dict(text, kind="hybrid"), "m"),
+            ("tmV9-8-notriton", dict(kind="tm-V9", triton=False), "n"),
         ]
-        for name, v in variants:
-            jobs.append({**base, **v, "name": name, "seed": 0, **over})
+        for name, v, grp in variants:
+            jobs.append({**base, "seed": 0, **v, "name": name, "group": grp, **over})
         return jobs
     if plan == "recall":
         kinds = over.pop("kinds", FAMILIES)
@@ -246,123 +254,174 @@ def make_train_step(model, job: dict, ids_buf, lab_buf):
     return step, opt, lr_t
 
 
-def worker(job_path: str, log_path: str) -> None:
+class Run:
+    """One training run: model, optimizer, static batch buffers, its own CUDA stream and (if capture works)
+    a CUDA graph of the whole training step. Several runs in one process replay their graphs on their own
+    streams, so their small kernels can overlap on the GPU (processes would only time-slice it)."""
+
+    def __init__(self, job: dict, log: Log, device):
+        import torch
+
+        self.job, self.log, self.device, self.t0 = job, log, device, time.time()
+        self.model, self.cfg, n_par, _ = build_model(job, device)
+        n_t = self.cfg.n_transmamba
+        self.trained_tp = list(self.cfg.resolved_transpoints()) if n_t else None
+        log(type="start", job=job, params=n_par, pattern=self.cfg.pattern, d_ff=self.cfg.ffn_dim,
+            transpoints=self.trained_tp, device=str(device),
+            gpu=torch.cuda.get_device_name() if device.type == "cuda" else None)
+        T, b = static_len(job), job["batch"]
+        self.next_batch = make_stream(job)
+        self.ids_buf = torch.zeros(b, T, dtype=torch.long, device=device)
+        self.lab_buf = torch.full((b, T), -100, dtype=torch.long, device=device)
+        self.step_fn, self.opt, self.lr_t = make_train_step(self.model, job, self.ids_buf, self.lab_buf)
+        self.cuda = device.type == "cuda"
+        self.stream = torch.cuda.Stream() if self.cuda else None
+        # pipelined: the next batch goes through pinned buffers with an asynchronous copy, so the CPU draws
+        # batch s+1 while the GPU runs step s; a blocking-sync event (no spinning) guards the pinned buffers
+        self.pipelined = self.cuda and job.get("pipelined", True)
+        if self.pipelined:
+            self.pin_ids = torch.zeros(b, T, dtype=torch.long).pin_memory()
+            self.pin_lab = torch.zeros(b, T, dtype=torch.long).pin_memory()
+            self.copied = torch.cuda.Event(blocking=True)
+            self.copied.record()
+        self.sums = torch.zeros(3, device=device)  # loss, correct, scored since the last log point
+        self.step, self.graph, self.g_out = 0, None, None
+        self.deadline = job.get("deadline") or float("inf")
+        self.done_training = False
+        self.model.train()
+
+    def _ctx(self):
+        import contextlib
+
+        import torch
+
+        return torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext()
+
+    def _load(self):
+        import torch
+
+        ids, lab = self.next_batch()
+        if self.pipelined:
+            self.copied.synchronize()  # the previous copy out of the pinned buffers has finished
+            self.pin_ids.numpy()[:] = ids
+            self.pin_lab.numpy()[:] = lab
+            self.ids_buf.copy_(self.pin_ids, non_blocking=True)  # stream-ordered after the step reading it
+            self.lab_buf.copy_(self.pin_lab, non_blocking=True)
+            self.copied.record()
+        else:
+            self.ids_buf.copy_(torch.from_numpy(ids))  # pageable copies: wait for the previous step
+            self.lab_buf.copy_(torch.from_numpy(lab))
+        lr = lr_at(self.job, self.step)
+        self.lr_t.fill_(lr)
+        if not self.cuda:
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+
+    def _eager(self):
+        import torch
+
+        self.opt.zero_grad(set_to_none=True)
+        loss, correct, scored = self.step_fn()
+        self.sums += torch.stack([loss, correct.float(), scored.float()])
+
+    def setup(self, n_warm: int = 3) -> None:
+        """Warm-up steps (real, counted; they also compile kernels), then capture the step."""
+        import torch
+
+        with self._ctx():
+            for _ in range(n_warm):
+                self._load()
+                self._eager()
+                self.step += 1
+        if self.cuda and self.job["graph"]:
+            torch.cuda.synchronize()
+            try:
+                self.opt.zero_grad(set_to_none=True)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    loss, correct, scored = self.step_fn()
+                    self.g_out = torch.stack([loss, correct.float(), scored.float()])  # refreshed per replay
+                self.graph = graph
+            except Exception as err:  # fall back to eager, same step
+                self.log(type="graph_error", error=repr(err)[:500])
+                self.graph = None
+                torch.cuda.synchronize()
+        self.sums.zero_()  # training points cover steps after the warm-up
+        self.t_ready = self.last_t = time.time()
+        self.last_s = self.step
+        self.log(type="ready", graph=self.graph is not None, pipelined=self.pipelined,
+                 setup_s=round(self.t_ready - self.t0, 2), warm_steps=self.step)
+
+    def advance(self) -> None:
+        """One training step (asynchronous on the GPU) and, every log_every steps, a log line."""
+        job = self.job
+        with self._ctx():
+            self._load()
+            if self.graph is not None:
+                self.graph.replay()
+                self.sums += self.g_out
+            else:
+                self._eager()
+        self.step += 1
+        if self.step % job["log_every"] == 0 or self.step >= job["steps"]:
+            s = self.sums.tolist()
+            n = self.step - self.last_s
+            now = time.time()
+            self.log(type="train", step=self.step, loss=round(s[0] / max(1, n), 5),
+                     acc=round(s[1] / max(1, s[2]), 5), lr=lr_at(job, self.step - 1),
+                     steps_per_s=round(n / max(1e-9, now - self.last_t), 2), elapsed=round(now - self.t0, 1))
+            self.sums.zero_()
+            self.last_t, self.last_s = now, self.step
+            if now > self.deadline:
+                self.done_training = True
+        if self.step >= job["steps"]:
+            self.done_training = True
+
+    def finish(self) -> None:
+        """Log the training summary, drop the graph, evaluate."""
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.log(type="trained", steps=self.step, truncated=self.step < self.job["steps"],
+                 train_s=round(time.time() - self.t_ready, 2),
+                 steps_per_s=round((self.step - 3) / max(1e-9, time.time() - self.t_ready), 2),
+                 graph=self.graph is not None)
+        self.graph = None
+        self.model.eval()
+        try:
+            if self.job["task"] == "text":
+                evaluate_text(self.job, self.model, self.cfg, self.trained_tp, self.log)
+            else:
+                evaluate_mqar(self.job, self.model, self.trained_tp, self.cfg.n_transmamba, self.log)
+        except Exception as err:
+            import traceback
+
+            self.log(type="eval_error", error=repr(err), traceback=traceback.format_exc()[-2000:])
+        self.log(type="done", wall_s=round(time.time() - self.t0, 2))
+
+
+def worker(job_paths: list[str], log_paths: list[str]) -> None:
+    """Train the given runs side by side (round robin, one step each), then evaluate them one by one."""
     import torch
 
-    job = json.loads(Path(job_path).read_text())
-    log = Log(log_path)
-    t0 = time.time()
-    if not job.get("triton", True):
+    jobs = [json.loads(Path(p).read_text()) for p in job_paths]
+    if not all(j.get("triton", True) for j in jobs):
         os.environ["TRANSMAMBA_DISABLE_TRITON"] = "1"
     torch.set_num_threads(1)
     torch.set_float32_matmul_precision("high")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg, n_par, vocab = build_model(job, device)
-    n_t = cfg.n_transmamba
-    trained_tp = list(cfg.resolved_transpoints()) if n_t else None
-    log(type="start", job=job, params=n_par, pattern=cfg.pattern, d_ff=cfg.ffn_dim, transpoints=trained_tp,
-        device=str(device), gpu=torch.cuda.get_device_name() if device.type == "cuda" else None)
-    T = static_len(job)
-    next_batch = make_stream(job)
-    ids_buf = torch.zeros(job["batch"], T, dtype=torch.long, device=device)
-    lab_buf = torch.full((job["batch"], T), -100, dtype=torch.long, device=device)
-    step_fn, opt, lr_t = make_train_step(model, job, ids_buf, lab_buf)
-    deadline = job.get("deadline") or float("inf")
-    model.train()
-
-    # pipelined: the next batch goes through pinned buffers with an asynchronous copy, so the CPU draws
-    # batch s+1 while the GPU runs step s; a blocking-sync event (no spinning) guards the pinned buffers.
-    pipelined = device.type == "cuda" and job.get("pipelined", True)
-    if pipelined:
-        pin_ids = torch.zeros(job["batch"], T, dtype=torch.long).pin_memory()
-        pin_lab = torch.zeros(job["batch"], T, dtype=torch.long).pin_memory()
-        copied = torch.cuda.Event(blocking=True)
-        copied.record()
-
-    def load(s):
-        ids, lab = next_batch()
-        if pipelined:
-            copied.synchronize()  # the previous copy out of the pinned buffers has finished
-            pin_ids.numpy()[:] = ids
-            pin_lab.numpy()[:] = lab
-            ids_buf.copy_(pin_ids, non_blocking=True)  # stream-ordered after the step still reading ids_buf
-            lab_buf.copy_(pin_lab, non_blocking=True)
-            copied.record()
-        else:
-            ids_buf.copy_(torch.from_numpy(ids))  # pageable copies: wait for the previous step
-            lab_buf.copy_(torch.from_numpy(lab))
-        lr_t.fill_(lr_at(job, s))
-        if device.type != "cuda":
-            for g in opt.param_groups:
-                g["lr"] = lr_at(job, s)
-
-    graph, step, n_warm = None, 0, 3
-    use_graph = job["graph"] and device.type == "cuda"
-    sums = torch.zeros(3, device=device)  # loss, correct, scored since the last log point
-    t_train = time.time()
-    if use_graph:
-        try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(n_warm):  # real steps on real batches (counted), also compiles kernels
-                    load(step)
-                    opt.zero_grad(set_to_none=True)
-                    out = step_fn()
-                    sums += torch.stack([out[0], out[1].float(), out[2].float()])
-                    step += 1
-            torch.cuda.current_stream().wait_stream(side)
-            opt.zero_grad(set_to_none=True)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                g_loss, g_correct, g_scored = step_fn()
-                g_out = torch.stack([g_loss, g_correct.float(), g_scored.float()])  # refreshed by each replay
-        except Exception as err:  # fall back to eager, same step
-            log(type="graph_error", error=repr(err)[:500])
-            graph = None
-            torch.cuda.synchronize()
-    t_ready = time.time()
-    log(type="ready", graph=graph is not None, pipelined=pipelined, setup_s=round(t_ready - t0, 2),
-        warm_steps=step)
-    last_t, last_s = time.time(), step
-    while step < job["steps"]:
-        load(step)
-        if graph is not None:
-            graph.replay()
-            sums += g_out
-        else:
-            opt.zero_grad(set_to_none=True)
-            out = step_fn()
-            sums += torch.stack([out[0], out[1].float(), out[2].float()])
-        step += 1
-        if step % job["log_every"] == 0 or step == job["steps"]:
-            s = sums.tolist()
-            n = step - last_s
-            now = time.time()
-            log(type="train", step=step, loss=round(s[0] / max(1, n), 5), acc=round(s[1] / max(1, s[2]), 5),
-                lr=lr_at(job, step - 1), steps_per_s=round(n / max(1e-9, now - last_t), 2),
-                elapsed=round(now - t0, 1))
-            sums.zero_()
-            last_t, last_s = now, step
-            if now > deadline:
-                break
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    train_s = time.time() - t_train
-    log(type="trained", steps=step, truncated=step < job["steps"], train_s=round(train_s, 2),
-        steps_per_s=round(step / max(1e-9, time.time() - t_ready), 2), graph=graph is not None)
-    del graph
-    model.eval()
-    try:
-        if job["task"] == "text":
-            evaluate_text(job, model, cfg, trained_tp, log)
-        else:
-            evaluate_mqar(job, model, trained_tp, n_t, log)
-    except Exception as err:
-        import traceback
-
-        log(type="eval_error", error=repr(err), traceback=traceback.format_exc()[-2000:])
-    log(type="done", wall_s=round(time.time() - t0, 2))
+    runs = [Run(j, Log(lp), device) for j, lp in zip(jobs, log_paths)]
+    for r in runs:
+        r.setup()
+    active = list(runs)
+    while active:
+        for r in list(active):
+            r.advance()
+            if r.done_training:
+                active.remove(r)
+    for r in runs:
+        r.finish()
 
 
 def evaluate_mqar(job, model, trained_tp, n_t, log):
@@ -419,13 +478,19 @@ def evaluate_text(job, model, cfg, trained_tp, log):
 
 
 def launch(plan: str, out: Path, parallel: int, budget_s: float, over: dict) -> None:
-    """Run the plan's jobs, `parallel` at a time, each in its own process; stop everything by the budget."""
+    """Run the plan's jobs in `parallel` processes at a time, `per_proc` runs per process (setting, default
+    1; a job's own `group` key overrides: jobs with the same group share a process); stop by the budget."""
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
+    over = dict(over)
+    per_proc = int(over.pop("per_proc", 1))
+    eval_reserve = over.pop("eval_reserve_s", 25.0)
     jobs = plan_jobs(plan, dict(over))
-    eval_reserve = over.get("eval_reserve_s", 25.0)
+    groups: dict = {}
+    for i, j in enumerate(jobs):
+        groups.setdefault(j.get("group", f"g{i // per_proc}"), []).append(j)
     procs: list[tuple[subprocess.Popen, dict]] = []
-    pending = list(jobs)
+    pending = list(groups.values())
 
     def stop(*_):
         for p, _j in procs:
@@ -436,19 +501,23 @@ def launch(plan: str, out: Path, parallel: int, budget_s: float, over: dict) -> 
     signal.signal(signal.SIGTERM, stop)
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    print(f"launch {plan}: {len(jobs)} runs, {parallel} at a time, budget {budget_s:.0f} s", flush=True)
+    print(f"launch {plan}: {len(jobs)} runs in {len(groups)} processes, {parallel} at a time, budget "
+          f"{budget_s:.0f} s", flush=True)
     while pending or any(p.poll() is None for p, _ in procs):
         while pending and sum(p.poll() is None for p, _ in procs) < parallel:
-            j = pending.pop(0)
-            j["deadline"] = t0 + budget_s - eval_reserve
-            j["hard_deadline"] = t0 + budget_s - 5
-            jp = out / f"{j['name']}.job.json"
-            jp.write_text(json.dumps(j))
-            cmd = [sys.executable, __file__, "worker", str(jp), str(out / f"{j['name']}.jsonl")]
-            p = subprocess.Popen(cmd, env=env, stdout=open(out / f"{j['name']}.out", "w"),
+            group = pending.pop(0)
+            cmd = [sys.executable, __file__, "worker"]
+            for j in group:
+                j["deadline"] = t0 + budget_s - eval_reserve
+                j["hard_deadline"] = t0 + budget_s - 5
+                jp = out / f"{j['name']}.job.json"
+                jp.write_text(json.dumps(j))
+                cmd += [str(jp), str(out / f"{j['name']}.jsonl")]
+            name = group[0]["name"] + (f"+{len(group) - 1}" if len(group) > 1 else "")
+            p = subprocess.Popen(cmd, env=env, stdout=open(out / f"{group[0]['name']}.out", "w"),
                                  stderr=subprocess.STDOUT)
-            procs.append((p, j))
-            print(f"[{time.time() - t0:6.1f}s] start {j['name']}", flush=True)
+            procs.append((p, {"name": name}))
+            print(f"[{time.time() - t0:6.1f}s] start {name}", flush=True)
         if time.time() > t0 + budget_s - 2:
             for p, j in procs:
                 if p.poll() is None:
@@ -508,8 +577,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("worker")
-    w.add_argument("job")
-    w.add_argument("log")
+    w.add_argument("files", nargs="+", help="JOB.json LOG.jsonl [JOB.json LOG.jsonl ...]")
     la = sub.add_parser("launch")
     la.add_argument("--plan", required=True, choices=("pilot", "recall", "text"))
     la.add_argument("--out", required=True)
@@ -522,7 +590,9 @@ def main(argv=None) -> int:
     sm.add_argument("folder")
     args = ap.parse_args(argv)
     if args.cmd == "worker":
-        worker(args.job, args.log)
+        if len(args.files) % 2:
+            ap.error("worker: give JOB.json LOG.jsonl pairs")
+        worker(args.files[0::2], args.files[1::2])
     elif args.cmd == "launch":
         over = {}
         for item in args.set:
