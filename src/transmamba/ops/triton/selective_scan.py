@@ -30,8 +30,8 @@ __all__ = ["selective_scan_triton", "selective_state_update_triton", "CONFIG"]
 # state at every tile start. TRANSMAMBA_SCAN_CONFIG='{"fwd": {"BD": 8}}' overrides them per process (JSON).
 CONFIG: dict[str, dict[str, int]] = {
     "tile": dict(TT=32),
-    "fwd": dict(BD=8, warps=4),
-    "bwd": dict(BD=4, warps=4),
+    "fwd": dict(BD=8, warps=4, stages=1),  # stages > 1: software-pipelined tile loads (tl.range)
+    "bwd": dict(BD=4, warps=4, stages=1),
     "step": dict(BD=32, warps=4),
     # time segments: when b * cdiv(d, BD) programs are fewer than `programs`, time is also split into
     # segments of at least `min_tiles` tiles (an extra state-only pass + a carry pass, see the module doc);
@@ -111,7 +111,7 @@ def _fwd(u, delta, A, B4, C4, D, z, bias, softplus, seq_idx, init, store_ckpt):
             *cfg.seq_strides)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
                  HAS_SEQ=cfg.has_seq, SAME_GROUP=cfg.same_group, BD=cfg.BD, BN=cfg.BN, TT=cfg.TT,
-                 num_warps=c["warps"])
+                 STAGES=c.get("stages", 1), num_warps=c["warps"])
     h0 = init.view(cfg.b, 1, cfg.d, cfg.n) if init is not None else None
     if cfg.nseg > 1:  # state-only pass per segment, then carry across segments
         P = torch.empty(cfg.b, cfg.nseg, cfg.d, cfg.n, device=dev, dtype=torch.float32)
@@ -146,7 +146,7 @@ def _bwd(dout, dfinal, u, delta, A, B4, C4, D, z, bias, softplus, seq_idx, ckpt)
             *dC.stride()[:3])
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
                  HAS_SEQ=cfg.has_seq, SAME_GROUP=cfg.same_group, BD=cfg.BD, BN=cfg.BN, TT=cfg.TT,
-                 num_warps=c["warps"])
+                 STAGES=c.get("stages", 1), num_warps=c["warps"])
     g0 = dfinal.view(cfg.b, 1, cfg.d, cfg.n) if dfinal is not None else None
     if cfg.nseg > 1:  # carry-only reverse pass per segment, then carry across segments (right to left)
         P = torch.empty(cfg.b, cfg.nseg, cfg.d, cfg.n, device=dev, dtype=torch.float32)

@@ -94,7 +94,7 @@ def scan_fwd_kernel(
     s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l, s_seq_b, s_seq_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, SAME_GROUP: tl.constexpr,
-    STATE_ONLY: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, TT: tl.constexpr,
+    STATE_ONLY: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, TT: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Grid (b, cdiv(dim, BD), nseg); segment s covers tiles [s·tps, min((s+1)·tps, ntiles)).
     H0 (b, nseg, dim, n) fp32: the state entering each segment (HAS_H0). Y in U's layout, FINAL (b, dim, n)
@@ -133,7 +133,7 @@ def scan_fwd_kernel(
     prod = tl.full([BD, BN], 1.0, dtype=tl.float32)
     last = (tl.arange(0, TT) == TT - 1)[None, None, :]
     it_end = tl.minimum(ntiles, (seg + 1) * tps)
-    for it in range(seg * tps, it_end):
+    for it in tl.range(seg * tps, it_end, num_stages=STAGES):
         t = it * TT + tl.arange(0, TT)
         mask_t = t < seqlen
         if STORE_CKPT:
@@ -198,7 +198,7 @@ def scan_bwd_kernel(
     s_db_b, s_db_g, s_db_n, s_dc_b, s_dc_g, s_dc_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_G0: tl.constexpr, SAME_GROUP: tl.constexpr, CARRY_ONLY: tl.constexpr,
-    BD: tl.constexpr, BN: tl.constexpr, TT: tl.constexpr,
+    BD: tl.constexpr, BN: tl.constexpr, TT: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Grid (b, cdiv(dim, BD), nseg); each program walks its segment's tiles in reverse. G0 (b, nseg, dim, n):
     dL/dh carried into each segment from the right (for the last segment: dL/dh_final). DBM/DCM
@@ -240,7 +240,7 @@ def scan_bwd_kernel(
     first = (tl.arange(0, TT) == 0)[None, None, :]
     it_lo = seg * tps
     it_hi = tl.minimum(ntiles, (seg + 1) * tps)
-    for k in range(0, it_hi - it_lo):
+    for k in tl.range(0, it_hi - it_lo, num_stages=STAGES):
         it = it_hi - 1 - k
         t = it * TT + tl.arange(0, TT)
         mask_t = t < seqlen
