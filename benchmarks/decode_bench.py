@@ -215,3 +215,31 @@ def plot_decode(rows: list[dict[str, Any]], ax_pair, batches=(1, 16, 64)) -> Non
     ax2.set_ylabel("fraction of the bandwidth bound")
     ax2.set_ylim(0, 1.05)
     ax1.legend(fontsize=6, ncol=2)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The docs table: one line per (model, context, batch); skipped / failed combinations say why."""
+    head = ("| model | context | batch | eager tok/s | graph tok/s | graph ms | bound ms | graph / bound | "
+            "graph x transformer |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        if "context" not in r:
+            continue
+        cells = [r["model"], f"{r['context'] // 1024}K", str(r["batch"])]
+        if "graph_ms" in r:
+            x = r.get("graph_x_transformer")
+            cells += [f"{r['eager_tokens_per_s']:,.0f}", f"{r['graph_tokens_per_s']:,.0f}",
+                      f"{r['graph_ms']:.3f}", f"{r['bound_ms']:.3f}", f"{r['graph_frac_of_bound']:.0%}",
+                      "" if x is None else f"{x:.1f}x"]
+        else:
+            why = r.get("skipped") or ("error: " + r.get("error", "?")[:80])
+            cells += ["–", "–", "–", "–", "–", why]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    data = json.loads(open(sys.argv[1]).read())
+    print(markdown_table(data["rows"]))
