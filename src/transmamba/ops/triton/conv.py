@@ -128,13 +128,23 @@ def _update_kernel(X, STATE, W, BIAS, Y, NEW, dim, s_st_b, s_st_d, s_st_k,
 _BD, _BL = 32, 128
 
 
+def _empty_like_layout(x: torch.Tensor) -> torch.Tensor:
+    """An empty (batch, dim, seqlen) tensor in x's memory order: channels-last (the transposed view of a
+    (batch, seqlen, dim) buffer) when x's channels are adjacent, as for Mamba's in_proj output, so the
+    (b, t, ...) views taken of the result downstream are coalesced; else contiguous."""
+    if x.stride(1) == 1 and x.shape[1] > 1:
+        b, d, t = x.shape
+        return torch.empty(b, t, d, device=x.device, dtype=x.dtype).transpose(1, 2)
+    return torch.empty(x.shape, device=x.device, dtype=x.dtype)
+
+
 class _CausalConv1d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, seq_idx, silu):
         batch, dim, seqlen = x.shape
         width = weight.shape[1]
         weight = weight.contiguous()
-        y = torch.empty_like(x)
+        y = _empty_like_layout(x)
         seq = seq_idx if seq_idx is not None else x
         ss = (seq_idx.stride(0), seq_idx.stride(1)) if seq_idx is not None else (0, 0)
         grid = (batch, triton.cdiv(dim, _BD), triton.cdiv(seqlen, _BL))
@@ -150,12 +160,14 @@ class _CausalConv1d(torch.autograd.Function):
         x, weight, bias, seq_idx = ctx.saved_tensors
         batch, dim, seqlen = x.shape
         width = weight.shape[1]
-        dx = torch.empty_like(x)
+        dx = _empty_like_layout(x)
         dw = torch.zeros(dim, width, device=x.device, dtype=torch.float32)
         db = torch.zeros(dim, device=x.device, dtype=torch.float32)
         seq = seq_idx if seq_idx is not None else x
         ss = (seq_idx.stride(0), seq_idx.stride(1)) if seq_idx is not None else (0, 0)
         grid = (batch, triton.cdiv(dim, _BD), triton.cdiv(seqlen, _BL))
+        if dx.stride() != x.stride():  # the kernel addresses x and dx with the same strides
+            x = x.contiguous() if dx.is_contiguous() else _empty_like_layout(x).copy_(x)
         _bwd_kernel[grid](x, weight, bias if bias is not None else weight, seq, dy, dx, dw, db, seqlen, dim,
                           *x.stride(), *dy.stride(), *ss, WIDTH=width, HAS_BIAS=bias is not None,
                           HAS_SEQ=seq_idx is not None, SILU=ctx.silu, BD=_BD, BL=_BL, num_warps=4)
