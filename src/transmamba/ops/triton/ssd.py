@@ -44,8 +44,10 @@ CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweeps on an H100 
     "dx": dict(BJ=64, BK=32, warps=4, stages=3),  # backward dx / ddt / da
     "dcb": dict(B=64, warps=4, stages=2),  # backward dCB (and the intra-chunk dA unless misc.dda_in_dx)
     "bcs": dict(BT=64, BN=64, warps=4, stages=2),  # backward state parts of dB, dC
-    "fstate": dict(BP=64, BN=64, BK=64, warps=4, stages=3),  # fused chunk states + state passing (forward)
-    "bstate": dict(BP=64, BN=64, BK=64, warps=4, stages=3),  # fused u_c + reverse state passing (backward)
+    # fused chunk states + state passing (forward) / u_c + reverse state passing (backward); with fewer than
+    # `min_progs` programs (b * h * p/BP * n/BN) the state tile is halved (BN, then BP, down to 32 / 16)
+    "fstate": dict(BP=64, BN=64, BK=64, warps=4, stages=3, min_progs=0),
+    "bstate": dict(BP=64, BN=64, BK=64, warps=4, stages=3, min_progs=0),
     # where the intra-chunk dA is summed: 0 = bwd_dcb kernel (per group, loops over its heads; measured
     # 5.5-5.6 ms fwd+bwd at the benchmark shape), 1 = bwd_dx kernel (per head; measured 5.9 ms)
     "misc": dict(dda_in_dx=0, hsplit=1,  # hsplit: split each group's heads over this many programs
@@ -73,7 +75,21 @@ SAVE_STATES = os.environ.get("TRANSMAMBA_SSD_SAVE_STATES", "1") != "0"
 
 def _c(kernel: str, Q: int) -> dict[str, int]:
     """CONFIG[kernel] with block sizes capped at Q."""
-    return {k: (min(v, Q) if k not in ("warps", "stages") else v) for k, v in CONFIG[kernel].items()}
+    return {k: (min(v, Q) if k not in ("warps", "stages", "min_progs") else v) for k, v in CONFIG[kernel].items()}
+
+
+def _walk_tiles(cfg, c) -> tuple[int, int]:
+    """(BP, BN) of a fused state walk: the configured tile, halved while there are fewer than min_progs
+    programs (the walk is sequential over chunks, so b * h * tiles is all the parallelism there is)."""
+    BP, BN = min(c["BP"], cfg.BP), min(c["BN"], cfg.BN)
+    while cfg.b * cfg.h * triton.cdiv(cfg.p, BP) * triton.cdiv(cfg.n, BN) < c.get("min_progs", 0):
+        if BN > 32:
+            BN //= 2
+        elif BP > 16:
+            BP //= 2
+        else:
+            break
+    return BP, BN
 
 
 def _p2(v: int, lo: int = 16) -> int:
@@ -165,7 +181,7 @@ def _states(cfg, x, B, dt_eff, dA, init, seq_idx, store=True, dtype=torch.float3
         states = _chunk_states(cfg, x, B, dt_eff, dA, seq_idx)
         return _pass_states(cfg, states, dA, init, seq_idx, store=store, dtype=dtype)
     c = _c("fstate", cfg.Q)
-    BP, BN = min(c["BP"], cfg.BP), min(c["BN"], cfg.BN)
+    BP, BN = _walk_tiles(cfg, c)
     final = torch.empty(cfg.b, cfg.h, cfg.p, cfg.n, device=x.device, dtype=torch.float32)
     prev = torch.empty(cfg.b, cfg.nc, cfg.h, cfg.p, cfg.n, device=x.device, dtype=dtype) if store else final
     init_t = init.float().contiguous() if init is not None else final
@@ -194,7 +210,7 @@ def _states_bwd(cfg, dy, C, dA, dfinal, prev, dda):
         )
         return ds, g_buf
     c = _c("bstate", cfg.Q)
-    BP, BN = min(c["BP"], cfg.BP), min(c["BN"], cfg.BN)
+    BP, BN = _walk_tiles(cfg, c)
     ds = torch.empty(cfg.b, cfg.nc, cfg.h, cfg.p, cfg.n, device=dy.device, dtype=dy.dtype)
     dinit = torch.empty(cfg.b, cfg.h, cfg.p, cfg.n, device=dy.device, dtype=torch.float32)
     gin = dfinal.float().contiguous() if dfinal is not None else dinit
