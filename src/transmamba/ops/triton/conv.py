@@ -58,10 +58,10 @@ def _fwd_kernel(X, W, BIAS, SEQ, Y, seqlen, dim, s_x_b, s_x_d, s_x_l, s_y_b, s_y
 
 @triton.jit
 def _bwd_kernel(X, W, BIAS, SEQ, DY, DX, DW, DB, seqlen, dim, s_x_b, s_x_d, s_x_l, s_y_b, s_y_d, s_y_l,
-                s_seq_b, s_seq_l,
+                s_dx_b, s_dx_d, s_dx_l, s_seq_b, s_seq_l,
                 WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
                 BD: tl.constexpr, BL: tl.constexpr):
-    """DX like X (strides s_x_*), DY strides s_y_*; DW (dim, W) and DB (dim,) fp32, atomically added."""
+    """DX strides s_dx_*, DY strides s_y_*; DW (dim, W) and DB (dim,) fp32, atomically added."""
     b = tl.program_id(0).to(tl.int64)  # offsets of large tensors need 64 bits
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     s = tl.program_id(2) * BL + tl.arange(0, BL)
@@ -98,7 +98,7 @@ def _bwd_kernel(X, W, BIAS, SEQ, DY, DX, DW, DB, seqlen, dim, s_x_b, s_x_d, s_x_
             if j == 0:
                 gb = tl.where(md[:, None] & ms[None, :], g, 0.0)
                 tl.atomic_add(DB + offs_d, tl.sum(gb, axis=1), mask=md)
-    tl.store(DX + b * s_x_b + offs_d[:, None] * s_x_d + s[None, :] * s_x_l, dx, mask=md[:, None] & ms[None, :])
+    tl.store(DX + b * s_dx_b + offs_d[:, None] * s_dx_d + s[None, :] * s_dx_l, dx, mask=md[:, None] & ms[None, :])
 
 
 @triton.jit
@@ -166,10 +166,8 @@ class _CausalConv1d(torch.autograd.Function):
         seq = seq_idx if seq_idx is not None else x
         ss = (seq_idx.stride(0), seq_idx.stride(1)) if seq_idx is not None else (0, 0)
         grid = (batch, triton.cdiv(dim, _BD), triton.cdiv(seqlen, _BL))
-        if dx.stride() != x.stride():  # the kernel addresses x and dx with the same strides
-            x = x.contiguous() if dx.is_contiguous() else _empty_like_layout(x).copy_(x)
         _bwd_kernel[grid](x, weight, bias if bias is not None else weight, seq, dy, dx, dw, db, seqlen, dim,
-                          *x.stride(), *dy.stride(), *ss, WIDTH=width, HAS_BIAS=bias is not None,
+                          *x.stride(), *dy.stride(), *dx.stride(), *ss, WIDTH=width, HAS_BIAS=bias is not None,
                           HAS_SEQ=seq_idx is not None, SILU=ctx.silu, BD=_BD, BL=_BL, num_warps=4)
         return dx, dw.to(weight.dtype), (db.to(bias.dtype) if bias is not None else None), None, None
 
