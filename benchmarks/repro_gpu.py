@@ -439,11 +439,11 @@ def evaluate_mqar(job, model, trained_tp, n_t, log):
             continue
         rng = np.random.default_rng(777 + 1000 * n_pairs + filler)
         batch = mqar_batch(job, rng, n_pairs, filler, job["eval_rows"], train=False)
-        swaps = ["train"] + (["scaled"] if n_t else [])
+        swaps = ["train"] + (["scaled", "attention"] if n_t else [])
         for sw in swaps:
             if n_t:
-                tp = trained_tp if sw == "train" else resolve_schedule(job["kind"][3:], n_t,
-                                                                       train_len=batch.seq_len)
+                tp = (trained_tp if sw == "train" else [10**9] * n_t if sw == "attention"
+                      else resolve_schedule(job["kind"][3:], n_t, train_len=batch.seq_len))
                 model.set_transpoints(list(tp))
             r = score(model, batch, batch_size=job["eval_batch"])
             log(type="eval", pairs=n_pairs, filler=filler, length=batch.seq_len, schedule=sw,

@@ -62,7 +62,7 @@ def test_worker_and_report(rg, tmp_path):
     assert [x["step"] for x in lines if x["type"] == "train"] == [4]  # 3 warm-up steps, then 1; logged at 4
     ev = [x for x in lines if x["type"] == "eval"]
     assert {(e["pairs"], e["filler"], e["schedule"]) for e in ev} == {
-        (p, f, s) for p, f in [(4, 0), (6, 0), (6, 8)] for s in ("train", "scaled")
+        (p, f, s) for p, f in [(4, 0), (6, 0), (6, 8)] for s in ("train", "scaled", "attention")
     }
     assert all(0.0 <= e["acc"] <= 1.0 for e in ev)
     repro_gpu_report.report(tmp_path)
