@@ -30,7 +30,9 @@ Layouts (one row):
 
   keys come from the first half of the symbols (distinct within a row), values from the second half
   (uniform, with replacement); each query is one of the row's keys (distinct queries, random order) and
-  the answer is its value. ``meta["key_index"]`` holds the queried pair's index.
+  the answer is its value. ``meta["key_index"]`` holds the queried pair's index. :func:`mqar_filler`
+  draws the same task in whole-batch numpy calls and can put `filler` NOISE tokens between the last pair
+  and the first query (recall over a longer distance with the number of pairs fixed).
 
 * **Selective copying** (Gu & Dao, 2023, "Mamba")::
 
