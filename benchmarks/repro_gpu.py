@@ -56,6 +56,8 @@ COMMON = dict(d_model=64, n_layers=8, lr=1e-3, wd=0.1, clip=1.0, warmup=100, min
               batch=128, log_every=100, graph=True, triton=True, steps=4000, eval_rows=256, eval_batch=128)
 MQAR = dict(task="mqar", vocab=512, pairs_lo=4, pairs_hi=32, filler_lo=0, filler_hi=32,
             eval_grid=[[8, 0], [16, 0], [32, 0], [64, 0], [128, 0], [32, 128], [32, 512], [16, 256]])
+PHONEBOOK = dict(task="phonebook", vocab=128, name_len=1, number_len=2, queries=8, pairs_lo=4, pairs_hi=24,
+                 filler_lo=0, filler_hi=0, eval_grid=[[8, 0], [16, 0], [24, 0], [48, 0], [96, 0]])
 TEXT = dict(task="text", batch=64, train_len=256, lr=3e-3, data=".repro_data/shakespeare.npz",
             val_windows=256, swap=True)
 
@@ -100,10 +102,15 @@ def plan_jobs(plan: str, over: dict) -> list[dict]:
     if plan == "recall":
         kinds = over.pop("kinds", FAMILIES)
         seeds = over.pop("seeds", 3)
+        tasks = over.pop("tasks", ["mqar"])
+        pb_over = over.pop("phonebook", {})  # settings for the PhoneBook runs only
         for seed in range(seeds):
-            for kind in kinds:
-                jobs.append({**COMMON, **MQAR, "kind": kind, "seed": seed, **over,
-                             "name": f"mqar-{kind}-s{seed}"})
+            for task in tasks:
+                for kind in kinds:
+                    spec = {**COMMON, **MQAR, "kind": kind, "seed": seed, **over}
+                    if task == "phonebook":
+                        spec.update(PHONEBOOK, **pb_over)
+                    jobs.append({**spec, "name": f"{task}-{kind}-s{seed}"})
         return jobs
     if plan == "text":
         kinds = over.pop("kinds", ["transformer", "mamba2", "hybrid"] + [f"tm-{s}" for s in SCHEDULES])
