@@ -868,13 +868,30 @@ def plot(name: str, rows: list[dict[str, Any]], out: Path, meta: dict[str, Any])
             ax.set_ylabel("ms")
             ax.set_title(f"Mamba-1 selective scan {kind}")
             ax.legend(fontsize=7)
-    elif name in ("train-step", "transpoint-sweep"):
+    elif name == "train-step":
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for model in dict.fromkeys(r["model"] for r in rows):
+            pts = sorted((r["T"], r["tokens_per_s"], r["mfu"]) for r in rows if r["model"] == model and "mfu" in r)
+            if pts:
+                axes[0].plot([p[0] for p in pts], [p[1] / 1e3 for p in pts], "o-", label=model)
+                axes[1].plot([p[0] for p in pts], [100 * p[2] for p in pts], "o-", label=model)
+        for ax, lab in zip(axes, ("training K tokens/s", "MFU % (model FLOPs, models/flops.py)")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel(f"sequence length T ({rows[0].get('batch', 1) * rows[0]['T']} tokens per step)"
+                          if rows and "batch" in rows[0] else "sequence length T")
+            ax.set_ylabel(lab)
+            ax.legend(fontsize=7)
+    elif name == "transpoint-sweep":
         fig, ax = plt.subplots(figsize=(7, 4))
-        labels = [f"{r['model']}\nT={r['T']}" for r in rows if "tokens_per_s" in r]
-        vals = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
-        ax.bar(range(len(vals)), vals)
-        ax.set_xticks(range(len(vals)), labels, fontsize=7, rotation=30)
-        ax.set_ylabel("training tokens/s")
+        pts = sorted((int(r["model"][2:]), r["step_ms"]) for r in rows
+                     if r["model"].startswith("P=") and "step_ms" in r)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="TransMamba, constant P (all layers)")
+        for r, style in zip([r for r in rows if not r["model"].startswith("P=") and "step_ms" in r], ("--", ":")):
+            ax.axhline(r["step_ms"], ls=style, color="k" if style == "--" else "gray", label=r["model"])
+        ax.set_xlabel("TransPoint P (T = 8192; P = 0: all SSM, P = 8192: all attention)")
+        ax.set_ylabel("training step ms")
+        ax.legend(fontsize=8)
     elif name == "decode":
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from decode_bench import plot_decode
