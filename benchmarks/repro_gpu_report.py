@@ -95,6 +95,14 @@ def recall_tables(runs, md, out: Path):
         steps = sorted({r.get("trained", {}).get("steps") for r in rs}, key=str)
         md.append(f"| {k} | {rs[0]['start']['params']:,} | {steps} | {len(rs)} | {_fmt(*last, pct=True)} "
                   f"| {firsts} |")
+    ref = (j0["pairs_hi"], 0)
+    order = sorted(kinds, key=lambda k: -(_ms(acc(k, *ref))[0] or -1))
+    md.append(f"\nOrdering at {ref[0]} pairs, no filler (the longest training rows), mean over "
+              "seeds, with every seed's accuracy (%):\n")
+    for k in order:
+        m = _ms(acc(k, *ref))
+        seeds = ", ".join(f"{100 * v:.1f}" for v in acc(k, *ref))
+        md.append(f"- {k}: {_fmt(*m, pct=True)} — seeds: {seeds}")
     for title, pts in (("number of pairs (no filler)", by_pairs), ("filler tokens", by_filler)):
         if not pts:
             continue
