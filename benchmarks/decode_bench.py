@@ -20,6 +20,7 @@ with the reason.
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from typing import Any
@@ -35,12 +36,14 @@ def decode_models(hybrid_pattern: str) -> list[tuple[str, str, dict]]:
     from transmamba.models.presets import list_presets
 
     tf = "transformer-400m-eq" if "transformer-400m-eq" in list_presets() else "transformer-400m"
-    return [
+    only = [m for m in os.environ.get("DECODE_BENCH_MODELS", "").split(",") if m]  # a subset, for quick runs
+    models = [
         (tf, tf, {}),
         ("mamba2-400m", "mamba2-400m", {}),
         ("mamba2-hybrid-400m", "mamba2-400m", {"pattern": hybrid_pattern}),
         ("transmamba-400m", "transmamba-400m", {}),
     ]
+    return [m for m in models if not only or m[0] in only]
 
 
 def _build(preset: str, over: dict, max_len: int):

@@ -11,7 +11,8 @@ What differs from `CausalLM.step` (the results are the same, up to rounding):
   TransPoint P), "ssm" (every row at or past P, already converted) or "mixed" (both paths for every row,
   each row keeping the one its position selects). The Memory Converter (KV cache -> SSM state) is not part
   of the step: the caller runs it beforehand for the rows that reached P (`StaticDecoder` does).
-- Mamba-2 / TransMamba SSM states are updated in place (one kernel on CUDA, no copy), and A = -exp(A_log)
+- Mamba-2 / TransMamba SSM states are updated in place; on CUDA the whole SSM step between in_proj and
+  out_proj (conv update, SSD step, gated RMSNorm) is one kernel (`ops/triton/ssm_decode.py`). A = -exp(A_log)
   and RoPE's frequencies come precomputed (`step_constants`). Mamba-1 / MLP layers use their own `step`.
 
 With fixed `modes` and batch, every step launches the same kernels on the same buffers, so it can be captured
@@ -90,6 +91,24 @@ def _ssd_step_into(state: torch.Tensor, x, dt, A, B, C, D, dt_bias) -> torch.Ten
     return y
 
 
+def _fused_ok(layer, state) -> bool:
+    """Whether `ops/triton/ssm_decode.py` can run this Mamba-2 / TransMamba layer's SSM step
+    (TRANSMAMBA_DECODE_UNFUSED=1 turns it off, for comparisons)."""
+    if os.environ.get("TRANSMAMBA_DECODE_UNFUSED") == "1":
+        return False
+    return (_triton_inplace(state.ssm_state) and layer.D.dim() == 1 and layer.d_conv >= 2
+            and layer.norm.group_size == layer.d_inner // layer.ngroups)
+
+
+def _fused_ssm_tail(layer, zxbcdt: torch.Tensor, state, A: torch.Tensor) -> torch.Tensor:
+    """conv update + SSD step + gated RMSNorm of one token in one launch: -> (b, d_inner) for out_proj."""
+    from transmamba.ops.triton.ssm_decode import mamba2_decode_triton
+
+    return mamba2_decode_triton(zxbcdt, state.conv_state, layer.conv_weight(), layer.conv1d.bias,
+                                state.ssm_state, A, layer.dt_bias, layer.D, layer.norm.weight, layer.norm.eps,
+                                layer.ngroups, layer.headdim)
+
+
 def attention_step(attn, hidden: torch.Tensor, state, inv_freq: torch.Tensor | None = None) -> torch.Tensor:
     """Attention layer, one token per row: hidden (b, D) -> (b, D); writes k/v at seqlen_offset[row].
     inv_freq: RoPE frequencies from `step_constants` (computed here when None)."""
@@ -110,14 +129,21 @@ def attention_step(attn, hidden: torch.Tensor, state, inv_freq: torch.Tensor | N
 
 
 def mamba2_step(layer, hidden: torch.Tensor, state, A: torch.Tensor | None = None) -> torch.Tensor:
-    """`Mamba2.step` with the SSM state updated in place (one kernel on CUDA) and A given."""
+    """`Mamba2.step` with the states updated in place and A given; on CUDA everything between in_proj and
+    out_proj is one kernel (`ops/triton/ssm_decode.py`)."""
     b = hidden.shape[0]
-    z, xbc, dt = layer.split_proj(layer.in_proj(hidden))
+    A = layer.A if A is None else A
+    zxbcdt = layer.in_proj(hidden)
+    if _fused_ok(layer, state):
+        y = _fused_ssm_tail(layer, zxbcdt, state, A)
+        state.seqlen_offset += 1
+        return layer.out_proj(y)
+    z, xbc, dt = layer.split_proj(zxbcdt)
     xbc, conv_new = causal_conv1d_update(xbc, state.conv_state, layer.conv_weight(), layer.conv1d.bias,
                                          activation="silu")
     state.conv_state.copy_(conv_new)
     x, B, C = layer.split_xbc(xbc)
-    y = _ssd_step_into(state.ssm_state, x, dt, layer.A if A is None else A, B, C, layer.D, layer.dt_bias)
+    y = _ssd_step_into(state.ssm_state, x, dt, A, B, C, layer.D, layer.dt_bias)
     state.seqlen_offset += 1
     return layer.out_proj(layer.norm(y.reshape(b, layer.d_inner), z))
 
@@ -134,7 +160,12 @@ def transmamba_step(tm, hidden: torch.Tensor, state, mode: str,
     if mode not in TM_MODES:
         raise ValueError(f"transmamba_step: mode must be one of {TM_MODES}, got {mode!r}")
     b = hidden.shape[0]
-    z, xbc, dt = tm.split_proj(tm.in_proj(hidden))
+    zxbcdt = tm.in_proj(hidden)
+    if mode == "ssm" and _fused_ok(tm, state):  # the whole SSM path in one kernel on CUDA
+        y = _fused_ssm_tail(tm, zxbcdt, state, tm.A if A is None else A)
+        state.seqlen_offset += 1
+        return tm.out_proj(y)
+    z, xbc, dt = tm.split_proj(zxbcdt)
     xbc, conv_new = causal_conv1d_update(xbc, state.conv_state, tm.conv_weight(), tm.conv1d.bias,
                                          activation="silu")
     state.conv_state.copy_(conv_new)

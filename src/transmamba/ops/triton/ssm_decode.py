@@ -1,0 +1,115 @@
+# ruff: noqa: E501  (kernel code reads better with long index expressions on one line)
+"""Triton: the whole Mamba-2 decode step between in_proj and out_proj in one launch (the static decode step).
+
+From one row of zxbcdt = in_proj(u) = [z (d_inner) | xBC (conv_dim) | dt (h)], per row b and group g
+(its H/G heads, their x channels, the group's B and C channels):
+
+    xBC'  = silu(bias + Σ_k w_k · [conv_state, xBC]_k)        conv_state <- [conv_state[1:], xBC] (in place)
+    dt'   = softplus(dt + dt_bias)
+    S_h   = exp(dt'_h A_h) S_h + dt'_h x_h Bᵀ                  (in place)
+    y_h   = S_h C + D_h x_h
+    u     = y · silu(z);  out = u · rsqrt(mean_group(u²) + eps) · norm_weight     (grouped gated RMSNorm)
+
+It replaces ~10 launches of the unfused step (strided-input copies, conv update, state copy, SSD step,
+gated RMSNorm). Intermediates are rounded to the inputs' dtype where the unfused step stores them (the conv
+output and y), so the result matches it up to summation order. Needs: norm groups = SSM groups
+(group_size = d_inner / ngroups, as `Mamba2` builds it), a contiguous SSM state (b, h, p, n), and d_conv >= 2.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _conv_silu(XROW, CST, CW, CB, ch, m, s_c, s_k, W: tl.constexpr, HAS_CB: tl.constexpr):
+    """Causal-conv update of channels ch (xBC indices) for one row: returns silu(conv) rounded to the input
+    dtype (as fp32) and shifts the state in place."""
+    acc = tl.zeros(ch.shape, dtype=tl.float32)
+    if HAS_CB:
+        acc += tl.load(CB + ch, mask=m, other=0.0).to(tl.float32)
+    for k in tl.static_range(W - 1):
+        sv = tl.load(CST + ch * s_c + k * s_k, mask=m, other=0.0)
+        acc += tl.load(CW + ch * W + k, mask=m, other=0.0).to(tl.float32) * sv.to(tl.float32)
+        if k > 0:
+            tl.store(CST + ch * s_c + (k - 1) * s_k, sv, mask=m)
+    xv = tl.load(XROW + ch, mask=m, other=0.0)
+    acc += tl.load(CW + ch * W + W - 1, mask=m, other=0.0).to(tl.float32) * xv.to(tl.float32)
+    tl.store(CST + ch * s_c + (W - 2) * s_k, xv, mask=m)
+    acc = acc * tl.sigmoid(acc)
+    return acc.to(xv.dtype).to(tl.float32)
+
+
+@triton.jit
+def _mamba2_decode_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT, SCR,
+                          s_zx, s_cb, s_cc, s_ck, d_inner, conv_dim, nheads, ngroups, headdim, dstate, eps,
+                          R: tl.constexpr, W: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                          HAS_CB: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1)
+    zrow = ZX + b * s_zx
+    xrow = zrow + d_inner  # xBC starts after z
+    cst = CST + b * s_cb
+    offs_n = tl.arange(0, BN)
+    mn = offs_n < dstate
+    offs_p = tl.arange(0, BP)
+    mp = offs_p < headdim
+    Bv = _conv_silu(xrow, cst, CW, CB, d_inner + g * dstate + offs_n, mn, s_cc, s_ck, W, HAS_CB)
+    Cv = _conv_silu(xrow, cst, CW, CB, d_inner + (ngroups + g) * dstate + offs_n, mn, s_cc, s_ck, W, HAS_CB)
+    sumsq = tl.zeros((BP,), dtype=tl.float32)
+    for r in tl.static_range(R):
+        h = g * R + r
+        cx = h * headdim + offs_p  # channels of head h (in x, z and the output)
+        xv = _conv_silu(xrow, cst, CW, CB, cx, mp, s_cc, s_ck, W, HAS_CB)
+        dt = tl.load(zrow + d_inner + conv_dim + h).to(tl.float32) + tl.load(DTB + h).to(tl.float32)
+        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
+        decay = tl.exp(dt * tl.load(A + h).to(tl.float32))
+        so = S + (b * nheads + h) * headdim * dstate + offs_p[:, None] * dstate + offs_n[None, :]
+        ms = mp[:, None] & mn[None, :]
+        st = tl.load(so, mask=ms, other=0.0)
+        s_new = st.to(tl.float32) * decay + (dt * xv)[:, None] * Bv[None, :]
+        tl.store(so, s_new.to(st.dtype), mask=ms)
+        y = tl.sum(s_new * Cv[None, :], axis=1) + xv * tl.load(DD + h).to(tl.float32)
+        z = tl.load(zrow + cx, mask=mp, other=0.0)
+        y = y.to(z.dtype).to(tl.float32)  # the unfused step stores y in the inputs' dtype
+        zf = z.to(tl.float32)
+        u = y * (zf * tl.sigmoid(zf))
+        sumsq += tl.where(mp, u * u, 0.0)
+        tl.store(SCR + b * d_inner + cx, u, mask=mp)
+    rstd = 1.0 / tl.sqrt(tl.sum(sumsq, axis=0) / (R * headdim) + eps)
+    tl.debug_barrier()  # the scratch row was written by other threads of this program
+    for r in tl.static_range(R):
+        cx = (g * R + r) * headdim + offs_p
+        u = tl.load(SCR + b * d_inner + cx, mask=mp, other=0.0)
+        w = tl.load(NW + cx, mask=mp, other=0.0).to(tl.float32)
+        tl.store(OUT + b * d_inner + cx, u * rstd * w, mask=mp)
+
+
+def mamba2_decode_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, conv_weight: torch.Tensor,
+                         conv_bias: torch.Tensor | None, ssm_state: torch.Tensor, A: torch.Tensor,
+                         dt_bias: torch.Tensor, D: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+                         ngroups: int, headdim: int) -> torch.Tensor:
+    """zxbcdt (b, 2·d_inner + 2·G·N + H) with a contiguous last dim; conv_state (b, conv_dim, W-1) any
+    strides; conv_weight (conv_dim, W); ssm_state (b, H, P, N) contiguous; A, dt_bias, D (H,); norm_weight
+    (d_inner,). Updates conv_state and ssm_state in place; returns the normalised gated y (b, d_inner) in
+    zxbcdt's dtype, ready for out_proj."""
+    b = zxbcdt.shape[0]
+    nheads, dstate = ssm_state.shape[1], ssm_state.shape[3]
+    d_inner = nheads * headdim
+    conv_dim, width = conv_weight.shape
+    if zxbcdt.stride(-1) != 1 or not ssm_state.is_contiguous() or width < 2 or D.dim() != 1:
+        raise ValueError("mamba2_decode_triton: needs a contiguous last dim of zxbcdt, a contiguous "
+                         "ssm_state, d_conv >= 2 and D of shape (nheads,)")
+    out = torch.empty(b, d_inner, device=zxbcdt.device, dtype=zxbcdt.dtype)
+    scratch = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)
+    BN = max(16, triton.next_power_of_2(dstate))
+    BP = max(16, triton.next_power_of_2(headdim))
+    _mamba2_decode_kernel[(b, ngroups)](
+        zxbcdt, conv_state, conv_weight.contiguous(), conv_bias if conv_bias is not None else conv_weight,
+        ssm_state, A, dt_bias, D, norm_weight, out, scratch,
+        zxbcdt.stride(0), *conv_state.stride(), d_inner, conv_dim, nheads, ngroups, headdim, dstate, float(eps),
+        R=nheads // ngroups, W=width, BP=BP, BN=BN, HAS_CB=conv_bias is not None, num_warps=4,
+    )
+    return out
