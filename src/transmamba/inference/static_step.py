@@ -65,7 +65,12 @@ def step_constants(model) -> dict[int, torch.Tensor]:
 
 
 def _rope(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """`ops.attention.apply_rope` for one token per row with the frequencies given: x (b, h, dh), pos (b,)."""
+    """`ops.attention.apply_rope` for one token per row with the frequencies given: x (b, h, dh), pos (b,).
+    CUDA: one Triton launch (`ops/triton/rope.py`) instead of ~12 elementwise passes."""
+    if _triton_inplace(x):
+        from transmamba.ops.triton.rope import rope_triton
+
+        return rope_triton(x.unsqueeze(1), pos[:, None], inv_freq)[:, 0]
     half = x.shape[-1] // 2
     angles = pos.to(torch.float32)[:, None] * inv_freq  # (b, half)
     cos, sin = angles.cos()[:, None], angles.sin()[:, None]  # (b, 1, half)
