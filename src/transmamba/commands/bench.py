@@ -26,8 +26,10 @@ _PASS_THROUGH = [
     ("--train-lengths", str, "train-step sequence lengths, comma-separated"),
     ("--train-tokens", int, "train-step tokens per step"),
     ("--train-rep-ms", int, "train-step: milliseconds of timed repeats"),
-    ("--decode-contexts", str, "decode prompt lengths, comma-separated"),
-    ("--decode-new-tokens", int, "decode: new tokens timed"),
+    ("--decode-contexts", str, "decode context lengths, comma-separated"),
+    ("--decode-batches", str, "decode batch sizes, comma-separated"),
+    ("--decode-target-ms", float, "decode: wall-clock ms spent on each timing"),
+    ("--decode-new-tokens", int, "decode-generate: new tokens timed"),
 ]
 
 
