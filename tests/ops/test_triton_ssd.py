@@ -203,7 +203,7 @@ _INTERP_SCRIPT = textwrap.dedent(
         gen = torch.Generator().manual_seed(0)
         S.CONFIG.clear()
         S.CONFIG.update(copy.deepcopy(base))
-        S.CONFIG["misc"].update({k: int(path == "v2") for k in S.NEW_PATH})
+        S.CONFIG["misc"].update({k: (v if path == "v2" else 0) for k, v in S.NEW_PATH.items()})
         # b, l, h, p, g, n, chunk, ndocs, D_per_p, z, init
         cases = {"groups_z_init": (2, 37, 4, 16, 2, 16, 16, 0, False, True, True),
                  "seq_idx_Dp": (2, 40, 2, 16, 1, 32, 16, 3, True, False, True)}
@@ -219,8 +219,14 @@ _INTERP_SCRIPT = textwrap.dedent(
                          "fstate": {"BK": 16, "BP": 8, "BN": 8}, "bstate": {"BK": 16, "BN": 8},
                          "misc": {"hsplit": 2 if path == "v1" else 1}}.items():
             S.CONFIG[key].update(val)
-        t = make_inputs(2, 45, 4, 16, 2, 16, device="cpu", dtype=torch.float32, gen=gen)
-        out[path + ":small_tiles"] = run_case(ssd_triton, ssd_naive, t, random_seq_idx(2, 45, 2, gen), 32)
+        if path == "v2":  # 4 blocks per chunk in the dx kernel: its block-total (DIFF) terms of dA
+            S.CONFIG["dx"].update(BK=8)
+            t = make_inputs(1, 100, 4, 16, 2, 16, device="cpu", dtype=torch.float32, gen=gen)
+            seq = random_seq_idx(1, 100, 2, gen)
+            out[path + ":small_tiles"] = run_case(ssd_triton, ssd_naive, t, seq, 64)
+        else:
+            t = make_inputs(2, 45, 4, 16, 2, 16, device="cpu", dtype=torch.float32, gen=gen)
+            out[path + ":small_tiles"] = run_case(ssd_triton, ssd_naive, t, random_seq_idx(2, 45, 2, gen), 32)
     t = {k: (v.detach() if v is not None else None) for k, v in make_inputs(2, 30, 4, 16, 2, 16,
          device="cpu", dtype=torch.float32, gen=gen).items()}
     seq = random_seq_idx(2, 30, 2, gen)

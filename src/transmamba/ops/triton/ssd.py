@@ -49,7 +49,8 @@ CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweeps on an H100 
     "fstate": dict(BP=64, BN=64, BK=64, warps=4, stages=3, min_progs=0),
     "bstate": dict(BP=64, BN=64, BK=64, warps=4, stages=3, min_progs=0),
     # where the intra-chunk dA is summed: 0 = bwd_dcb kernel (per group, loops over its heads; measured
-    # 5.5-5.6 ms fwd+bwd at the benchmark shape), 1 = bwd_dx kernel (per head; measured 5.9 ms)
+    # 5.5-5.6 ms fwd+bwd at the benchmark shape), 1 = bwd_dx kernel (per head; measured 5.9 ms), 2 = bwd_dx
+    # kernel from its factorised block sums (no per-tile W off the diagonal; see bwd_dx_kernel DA2)
     "misc": dict(dda_in_dx=0, hsplit=1,  # hsplit: split each group's heads over this many programs
                                          # in the dCB and dB/dC-state kernels (atomics; 1 = none)
                  # second-generation switches (each 0 = the first path): fstate = fused state walks (fwd
@@ -59,7 +60,7 @@ CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweeps on an H100 
                  # per-group kernels when one block covers it (their head loop gets software-pipelined)
                  fstate=0, factor=0, cb16=0, fbc=0, fddt=0, onek=0),
 }
-NEW_PATH = dict(fstate=1, factor=1, cb16=1, fbc=1, fddt=1, onek=1)  # CONFIG["misc"].update(NEW_PATH) selects it
+NEW_PATH = dict(fstate=1, factor=1, cb16=1, fbc=1, fddt=1, onek=1, dda_in_dx=2)  # CONFIG["misc"].update(NEW_PATH) selects it
 if os.environ.get("TRANSMAMBA_SSD_CONFIG"):
     import json as _json
 
@@ -290,14 +291,16 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
     dD_part = torch.empty(cfg.b * cfg.nc * cfg.h, nj, cfg.p, device=x.device, dtype=torch.float32)
     dda_in = torch.zeros_like(dA)  # gradient w.r.t. dA_k = dt_k A directly (no reverse cumsum needed)
     diff = torch.zeros_like(dA)
-    in_dx = _misc("dda_in_dx")
+    mode = int(CONFIG["misc"]["dda_in_dx"])  # 0: dCB kernel, 1: dx kernel per tile, 2: dx kernel factorised
+    in_dx = mode != 0
     K.bwd_dx_kernel[(cfg.b * cfg.nc * cfg.h, nj, triton.cdiv(cfg.p, cfg.BP))](
         x, dy, B, cb, dt_eff, dA, ds, cfg.seq_ptr, D if D is not None else A,
         dx, ddt, dda, dD_part, dda_in, diff,
         cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *B.stride(), *cfg.seq_strides,
         HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, STABLE_DA=in_dx,
         IEEE=cfg.ieee, Q=cfg.Q, BJ=c["BJ"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BJ"]),
-        FACTOR=_misc("factor") and not in_dx, num_warps=c["warps"], num_stages=c["stages"],
+        FACTOR=(_misc("factor") and mode == 0) or mode == 2, WDIAG=in_dx, DA2=mode == 2,
+        num_warps=c["warps"], num_stages=c["stages"],
     )
     # dC, dB
 

@@ -352,7 +352,7 @@ def bwd_dx_kernel(
     s_seq_b, s_seq_l,
     HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, STABLE_DA: tl.constexpr,
     IEEE: tl.constexpr, Q: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-    BK: tl.constexpr, FACTOR: tl.constexpr = False,
+    BK: tl.constexpr, FACTOR: tl.constexpr = False, WDIAG: tl.constexpr = False, DA2: tl.constexpr = False,
 ):
     """For tokens j of a block: dx_j, and the (b, h, c, Q) partial sums of ddt_j and da_j (atomics over p
     blocks), dD partial (b, c, h, Q // BJ, p). X, DY, DX share strides. Grid (b * nchunks * h, Q // BJ, cdiv(p, BP)).
@@ -361,7 +361,16 @@ def bwd_dx_kernel(
     j block from the 2-D form (off-block tiles: exclusive cumsum of column sums, kept in registers), k in
     an off-block i tile from the reverse cumsum of row sums, k between the two through DIFF.
     FACTOR (not with STABLE_DA): row blocks after the j block use exp(a_i - a_j) = exp(a_i - a_r) exp(a_r - a_j),
-    a_r = a at the j block's last token (as in chunk_scan_kernel)."""
+    a_r = a at the j block's last token (as in chunk_scan_kernel).
+    WDIAG: the tiles visited by the main loop get W_ij (set with STABLE_DA and with DA2).
+    DA2 (needs FACTOR and WDIAG; the dCB kernel then skips dA): the whole intra-chunk dA for k in this
+    program's block K, without per-tile W off the diagonal:
+        sum_{i >= k > j} W_ij = [i, j in K: 2-D form on the diagonal tile]
+            + [j in K, i after K: exclusive cumsum over j of col_j = dt_j exp(a_r - a_j) x_j · acc2_j,
+               acc2 = the factorised off-block sum of the dx loop]
+            + [i in K, j before K: reverse cumsum over i of row_i = exp(a_i - a_r') dy_i · acc3_i,
+               acc3_i = sum_{j before K} CB_ij exp(a_r' - a_j) dt_j x_j, a_r' = a at K's first token]
+            + [j before K, i after K: through DIFF, from the (K, J) block totals of the acc3 loop]."""
     pid = tl.program_id(0)
     pj = tl.program_id(1)
     pp = tl.program_id(2)
@@ -392,7 +401,7 @@ def bwd_dx_kernel(
     # intra-chunk: acc[j, p] = sum_{i>=j} CB_ij exp(a_i - a_j) dy_i[p]
     acc = tl.zeros((BJ, BP), dtype=tl.float32)
     cbb = CB + (bc * ngroups + g) * Q * Q
-    if STABLE_DA:
+    if WDIAG:
         xj_raw = tl.load(X + xyb + tj[:, None] * s_x_l + offs_p[None, :] * s_x_p,
                          mask=mj[:, None] & mp[None, :], other=0.0)  # (BJ, BP)
         c1 = tl.zeros((BJ,), dtype=tl.float32)
@@ -413,6 +422,33 @@ def bwd_dx_kernel(
             acc2 += _dot(tl.trans(cb.to(dyi.dtype)), (dyi.to(tl.float32) * wi[:, None]).to(dyi.dtype), IEEE)
         acc += acc2 * tl.exp(a_r - a_j)[:, None]
         k_end = pj * BJ + BJ
+        if DA2:
+            # j in K, i after K
+            col = dt_j * tl.exp(a_r - a_j) * tl.sum(xj_raw.to(tl.float32) * acc2, axis=1)
+            c1 += tl.cumsum(col, axis=0) - col
+            # i in K, j before K (and j before K, i after K through the block totals)
+            a_r2 = tl.load(DA + da_base + pj * BJ)
+            dys = tl.load(DY + xyb + tj[:, None] * s_x_l + offs_p[None, :] * s_x_p,
+                          mask=mj[:, None] & mp[None, :], other=0.0).to(tl.float32) * tl.exp(a_j - a_r2)[:, None]
+            acc3 = tl.zeros((BJ, BP), dtype=tl.float32)
+            for k in range(0, pj * BJ, BK):
+                offs_k = k + tl.arange(0, BK)
+                tk = t0 + offs_k
+                mk = tk < seqlen
+                xk = tl.load(X + xyb + tk[:, None] * s_x_l + offs_p[None, :] * s_x_p,
+                             mask=mk[:, None] & mp[None, :], other=0.0)  # (BK, BP)
+                cbt = tl.load(cbb + offs_j[:, None] * Q + offs_k[None, :])  # (BJ, BK), rows i in K
+                if HAS_SEQ:
+                    seq_k = tl.load(SEQ + b * s_seq_b + tk * s_seq_l, mask=mk, other=-2)
+                    cbt = tl.where(seq_j[:, None] == seq_k[None, :], cbt, 0.0)
+                wk = tl.exp(a_r2 - tl.load(DA + da_base + offs_k)) * tl.load(DT + da_base + offs_k)
+                part = _dot(cbt.to(xk.dtype), (xk.to(tl.float32) * wk[:, None]).to(xk.dtype), IEEE)
+                acc3 += part
+                if k // BJ < pj - 1:  # block J = k // BJ not adjacent to K: its pairs straddle the blocks between
+                    tot = tl.sum(tl.sum(dys * part, axis=1), axis=0)
+                    tl.atomic_add(DIFF + da_base + (k // BJ + 1) * BJ, tot)
+                    tl.atomic_add(DIFF + da_base + pj * BJ, -tot)
+            c1 += tl.cumsum(tl.sum(dys * acc3, axis=1), axis=0, reverse=True)
     else:
         k_end = Q
     for k in range(pj * BJ, k_end, BK):
@@ -429,7 +465,7 @@ def bwd_dx_kernel(
         dyi = tl.load(DY + xyb + ti[:, None] * s_x_l + offs_p[None, :] * s_x_p,
                       mask=mi[:, None] & mp[None, :], other=0.0)
         acc += _dot(tl.trans(w.to(dyi.dtype)), dyi, IEEE)
-        if STABLE_DA:
+        if WDIAG:
             wm = w * _dot(dyi, tl.trans(xj_raw), IEEE) * dt_j[None, :]  # W_ij (BK, BJ)
             if k >= pj * BJ + BJ:
                 col = tl.sum(wm, axis=0)
@@ -442,7 +478,7 @@ def bwd_dx_kernel(
             else:
                 rr = tl.cumsum(wm, axis=1) - wm  # rr[i, k'] = sum_{j<k'} W_ij
                 c1 += tl.sum(tl.where(offs_i[:, None] >= offs_j[None, :], rr, 0.0), axis=0)
-    if STABLE_DA:
+    if WDIAG:
         tl.atomic_add(DDA_IN + da_base + offs_j, c1)
     off_j = xyb + tj[:, None] * s_x_l + offs_p[None, :] * s_x_p
     mo = mj[:, None] & mp[None, :]
