@@ -23,10 +23,47 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "src"))
 
-from run import _ssd_inputs, bench_ms, gpu_name, load_mamba_ssm, rel  # noqa: E402
+
+def bench_ms(fn, warmup: int = 25, rep: int = 100) -> float:
+    """Median milliseconds of fn over CUDA events (triton's do_bench), as in benchmarks/run.py."""
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def gpu_name() -> str:
+    return torch.cuda.get_device_name()
+
+
+def load_mamba_ssm():
+    """mamba_ssm's `mamba_chunk_scan_combined` from .peers/ (None when absent)."""
+    sys.path.insert(0, str(ROOT / ".peers"))
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except Exception as err:  # noqa: BLE001 - peers are optional
+        print(f"mamba_ssm peer unavailable: {err!r}")
+        return None
+    return {"chunk_scan_combined": mamba_chunk_scan_combined}
+
+
+def _ssd_inputs(b, l, h, p, g, n, dtype=torch.bfloat16):
+    """The benchmark inputs of benchmarks/run.py's SSD cases (same distributions)."""
+    dev = "cuda"
+    x = torch.randn(b, l, h, p, device=dev, dtype=dtype)
+    dt = torch.randn(b, l, h, device=dev, dtype=torch.float32) * 0.5 - 1.0
+    A = -torch.rand(h, device=dev) - 0.5
+    B = torch.randn(b, l, g, n, device=dev, dtype=dtype)
+    C = torch.randn(b, l, g, n, device=dev, dtype=dtype)
+    D = torch.randn(h, device=dev)
+    dt_bias = torch.randn(h, device=dev) * 0.3
+    return x, dt, A, B, C, D, dt_bias
 
 
 def _variants(S) -> dict[str, dict[str, int]]:
