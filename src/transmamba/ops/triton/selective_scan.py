@@ -29,9 +29,12 @@ __all__ = ["selective_scan_triton", "selective_state_update_triton", "CONFIG"]
 # Launch settings. TT (tokens per tile) is shared by forward and backward: the forward checkpoints the
 # state at every tile start. TRANSMAMBA_SCAN_CONFIG='{"fwd": {"BD": 8}}' overrides them per process (JSON).
 CONFIG: dict[str, dict[str, int]] = {
-    "tile": dict(TT=32),
+    # Tiles are (TT, BD, n) time-major; Triton's default layout spreads n over 16 lanes and BD over 2 lanes
+    # x the warps, so BD = 2 * warps keeps each thread's TT steps of the scan in registers (no shuffles).
+    # TT = 32 makes the backward spill registers (sm_90 compile), TT = 16 does not.
+    "tile": dict(TT=16),
     "fwd": dict(BD=8, warps=4, stages=1),  # stages > 1: software-pipelined tile loads (tl.range)
-    "bwd": dict(BD=4, warps=4, stages=1),
+    "bwd": dict(BD=8, warps=4, stages=1),
     "step": dict(BD=32, warps=4),
     # time segments: when b * cdiv(d, BD) programs are fewer than `programs`, time is also split into
     # segments of at least `min_tiles` tiles (an extra state-only pass + a carry pass, see the module doc);

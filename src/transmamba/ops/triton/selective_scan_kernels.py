@@ -55,35 +55,35 @@ def _tile_inputs(
     s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_b_b, s_b_n, s_b_l, s_seq_b, s_seq_l,
     SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr, SAME_GROUP: tl.constexpr,
 ):
-    """Load one tile and form the scan's affine maps. Returns u, Δ (BD, TT) fp32 (0 outside), the decay
-    a (BD, N, TT), the input bx (BD, N, TT) and B (N, TT) or (BD, N, TT)."""
-    m2 = mask_d[:, None] & mask_t[None, :]
-    u = tl.load(U + pid_b * s_u_b + offs_d[:, None] * s_u_d + t[None, :] * s_u_l, mask=m2, other=0.0).to(tl.float32)
-    raw = tl.load(DELTA + pid_b * s_dl_b + offs_d[:, None] * s_dl_d + t[None, :] * s_dl_l, mask=m2, other=0.0).to(tl.float32)
-    dl = tl.where(m2, _delta(raw, bias[:, None], SOFTPLUS), 0.0)
+    """Load one tile and form the scan's affine maps. Returns u, Δ, raw delta (TT, BD) fp32 (0 outside), the
+    decay a (TT, BD, BN), the input bx (TT, BD, BN) and B as (TT, 1, BN) or (TT, BD, BN)."""
+    m2 = mask_t[:, None] & mask_d[None, :]
+    u = tl.load(U + pid_b * s_u_b + t[:, None] * s_u_l + offs_d[None, :] * s_u_d, mask=m2, other=0.0).to(tl.float32)
+    raw = tl.load(DELTA + pid_b * s_dl_b + t[:, None] * s_dl_l + offs_d[None, :] * s_dl_d, mask=m2, other=0.0).to(tl.float32)
+    dl = tl.where(m2, _delta(raw, bias[None, :], SOFTPLUS), 0.0)
     if SAME_GROUP:
-        bt = tl.load(BM + pid_b * s_b_b + grp_off + offs_n[:, None] * s_b_n + t[None, :] * s_b_l, mask=mask_n[:, None] & mask_t[None, :], other=0.0).to(tl.float32)
-        bx = (dl * u)[:, None, :] * bt[None, :, :]
+        bt = tl.load(BM + pid_b * s_b_b + grp_off + t[:, None] * s_b_l + offs_n[None, :] * s_b_n, mask=mask_t[:, None] & mask_n[None, :], other=0.0).to(tl.float32)[:, None, :]
     else:
-        bt = tl.load(BM + pid_b * s_b_b + grp_off[:, None, None] + offs_n[None, :, None] * s_b_n + t[None, None, :] * s_b_l,
-                     mask=mask_d[:, None, None] & mask_n[None, :, None] & mask_t[None, None, :], other=0.0).to(tl.float32)
-        bx = (dl * u)[:, None, :] * bt
-    a = tl.exp(dl[:, None, :] * A_blk[:, :, None])
+        bt = tl.load(BM + pid_b * s_b_b + t[:, None, None] * s_b_l + grp_off[None, :, None] + offs_n[None, None, :] * s_b_n,
+                     mask=mask_t[:, None, None] & mask_d[None, :, None] & mask_n[None, None, :], other=0.0).to(tl.float32)
+    bx = (dl * u)[:, :, None] * bt
+    a = tl.exp(dl[:, :, None] * A_blk[None, :, :])
     if HAS_SEQ:
         s_now = tl.load(SEQ + pid_b * s_seq_b + t * s_seq_l, mask=mask_t, other=0)
         s_prev = tl.load(SEQ + pid_b * s_seq_b + (t - 1) * s_seq_l, mask=mask_t & (t > 0), other=0)
         keep = ((s_now == s_prev) | (t == 0)).to(tl.float32)
-        a = a * keep[None, None, :]
+        a = a * keep[:, None, None]
     return u, dl, raw, a, bx, bt
 
 
 @triton.jit
 def _load_c(CM, pid_b, grp_off, offs_n, mask_n, offs_d, mask_d, t, mask_t, s_c_b, s_c_n, s_c_l, SAME_GROUP: tl.constexpr):
+    """C of one tile as (TT, 1, BN) or (TT, BD, BN)."""
     if SAME_GROUP:
-        return tl.load(CM + pid_b * s_c_b + grp_off + offs_n[:, None] * s_c_n + t[None, :] * s_c_l, mask=mask_n[:, None] & mask_t[None, :], other=0.0).to(tl.float32)[None, :, :]
+        return tl.load(CM + pid_b * s_c_b + grp_off + t[:, None] * s_c_l + offs_n[None, :] * s_c_n, mask=mask_t[:, None] & mask_n[None, :], other=0.0).to(tl.float32)[:, None, :]
     else:
-        return tl.load(CM + pid_b * s_c_b + grp_off[:, None, None] + offs_n[None, :, None] * s_c_n + t[None, None, :] * s_c_l,
-                       mask=mask_d[:, None, None] & mask_n[None, :, None] & mask_t[None, None, :], other=0.0).to(tl.float32)
+        return tl.load(CM + pid_b * s_c_b + t[:, None, None] * s_c_l + grp_off[None, :, None] + offs_n[None, None, :] * s_c_n,
+                       mask=mask_t[:, None, None] & mask_d[None, :, None] & mask_n[None, None, :], other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -100,7 +100,9 @@ def scan_fwd_kernel(
     H0 (b, nseg, dim, n) fp32: the state entering each segment (HAS_H0). Y in U's layout, FINAL (b, dim, n)
     fp32 (written by the last segment), CKPT (b, ntiles, dim, n) fp32 = the state entering each tile.
     STATE_ONLY: no outputs; from a zero state, write the segment's decay product SEG_P and end state SEG_H,
-    (b, nseg, dim, n), so that h_end = SEG_P · h_start + SEG_H. dpg = channels per group of B/C."""
+    (b, nseg, dim, n), so that h_end = SEG_P · h_start + SEG_H. dpg = channels per group of B/C.
+    Tiles are time-major, (TT, BD, BN): Triton's default layout then keeps the time axis inside each
+    thread, so the scan over time needs no shuffles (only the sums over n do)."""
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     seg = tl.program_id(2)
@@ -131,7 +133,7 @@ def scan_fwd_kernel(
     else:
         h = tl.zeros([BD, BN], dtype=tl.float32)
     prod = tl.full([BD, BN], 1.0, dtype=tl.float32)
-    last = (tl.arange(0, TT) == TT - 1)[None, None, :]
+    last = (tl.arange(0, TT) == TT - 1)[:, None, None]
     it_end = tl.minimum(ntiles, (seg + 1) * tps)
     for it in tl.range(seg * tps, it_end, num_stages=STAGES):
         t = it * TT + tl.arange(0, TT)
@@ -142,22 +144,23 @@ def scan_fwd_kernel(
             U, DELTA, BM, SEQ, pid_b, offs_d, mask_d, t, mask_t, bias, A_blk, grp_b, offs_n, mask_n,
             s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_b_b, s_b_n, s_b_l, s_seq_b, s_seq_l,
             SOFTPLUS, HAS_SEQ, SAME_GROUP)
-        pa, pb = tl.associative_scan((a, bx), 2, _compose)
+        pa, pb = tl.associative_scan((a, bx), 0, _compose)
         if STATE_ONLY:
-            prod = prod * tl.sum(tl.where(last, pa, 0.0), axis=2)
-            h = h * tl.sum(tl.where(last, pa, 0.0), axis=2) + tl.sum(tl.where(last, pb, 0.0), axis=2)
+            pa_last = tl.sum(tl.where(last, pa, 0.0), axis=0)
+            prod = prod * pa_last
+            h = h * pa_last + tl.sum(tl.where(last, pb, 0.0), axis=0)
         else:
-            hs = pa * h[:, :, None] + pb  # (BD, BN, TT): every state of the tile
+            hs = pa * h[None, :, :] + pb  # (TT, BD, BN): every state of the tile
             ct = _load_c(CM, pid_b, grp_c, offs_n, mask_n, offs_d, mask_d, t, mask_t, s_c_b, s_c_n, s_c_l, SAME_GROUP)
-            y = tl.sum(hs * ct, axis=1)  # (BD, TT)
-            h = tl.sum(tl.where(last, hs, 0.0), axis=2)  # padded tokens pass the state through (a=1, b=0)
+            y = tl.sum(hs * ct, axis=2)  # (TT, BD)
+            h = tl.sum(tl.where(last, hs, 0.0), axis=0)  # padded tokens pass the state through (a=1, b=0)
             if HAS_D:
-                y += dskip[:, None] * u
-            m2 = mask_d[:, None] & mask_t[None, :]
+                y += dskip[None, :] * u
+            m2 = mask_t[:, None] & mask_d[None, :]
             if HAS_Z:
-                zz = tl.load(Z + pid_b * s_z_b + offs_d[:, None] * s_z_d + t[None, :] * s_z_l, mask=m2, other=0.0).to(tl.float32)
+                zz = tl.load(Z + pid_b * s_z_b + t[:, None] * s_z_l + offs_d[None, :] * s_z_d, mask=m2, other=0.0).to(tl.float32)
                 y = y * zz * tl.sigmoid(zz)
-            tl.store(Y + pid_b * s_y_b + offs_d[:, None] * s_y_d + t[None, :] * s_y_l, y.to(Y.dtype.element_ty), mask=m2)
+            tl.store(Y + pid_b * s_y_b + t[:, None] * s_y_l + offs_d[None, :] * s_y_d, y.to(Y.dtype.element_ty), mask=m2)
     if STATE_ONLY:
         tl.store(SEG_P + seg_off, prod, mask=md_n)
         tl.store(SEG_H + seg_off, h, mask=md_n)
@@ -205,7 +208,7 @@ def scan_bwd_kernel(
     (b, g, n, l) fp32 zero-initialised (atomics, unit stride in l); DA_PART (b, nseg, dim, n),
     DD_PART / DBIAS_PART (b, nseg, dim), DINIT (b, dim, n) (segment 0), all fp32.
     CARRY_ONLY: only the reverse scan from a zero carry; writes SEG_P, SEG_G (b, nseg, dim, n) with
-    g_first = SEG_P · G_in + SEG_G."""
+    g_first = SEG_P · G_in + SEG_G. Tiles are time-major (TT, BD, BN) as in the forward."""
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     seg = tl.program_id(2)
@@ -237,18 +240,18 @@ def scan_bwd_kernel(
     dA_acc = tl.zeros([BD, BN], dtype=tl.float32)
     dD_acc = tl.zeros([BD], dtype=tl.float32)
     dbias_acc = tl.zeros([BD], dtype=tl.float32)
-    first = (tl.arange(0, TT) == 0)[None, None, :]
+    first = (tl.arange(0, TT) == 0)[:, None, None]
     it_lo = seg * tps
     it_hi = tl.minimum(ntiles, (seg + 1) * tps)
     for k in tl.range(0, it_hi - it_lo, num_stages=STAGES):
         it = it_hi - 1 - k
         t = it * TT + tl.arange(0, TT)
         mask_t = t < seqlen
-        m2 = mask_d[:, None] & mask_t[None, :]
+        m2 = mask_t[:, None] & mask_d[None, :]
         ct = _load_c(CM, pid_b, grp * s_c_g, offs_n, mask_n, offs_d, mask_d, t, mask_t, s_c_b, s_c_n, s_c_l, SAME_GROUP)
-        dout = tl.load(DOUT + pid_b * s_o_b + offs_d[:, None] * s_o_d + t[None, :] * s_o_l, mask=m2, other=0.0).to(tl.float32)
+        dout = tl.load(DOUT + pid_b * s_o_b + t[:, None] * s_o_l + offs_d[None, :] * s_o_d, mask=m2, other=0.0).to(tl.float32)
         if HAS_Z:
-            zz = tl.load(Z + pid_b * s_z_b + offs_d[:, None] * s_z_d + t[None, :] * s_z_l, mask=m2, other=0.0).to(tl.float32)
+            zz = tl.load(Z + pid_b * s_z_b + t[:, None] * s_z_l + offs_d[None, :] * s_z_d, mask=m2, other=0.0).to(tl.float32)
             sg = tl.sigmoid(zz)
             dy = dout * zz * sg
         else:
@@ -258,60 +261,57 @@ def scan_bwd_kernel(
         # decay of the next token (a_{t+1}); 1 after the last token, so the carry G enters there unchanged
         tn = t + 1
         mask_tn = tn < seqlen
-        mn2 = mask_d[:, None] & mask_tn[None, :]
-        raw_n = tl.load(DELTA + pid_b * s_dl_b + offs_d[:, None] * s_dl_d + tn[None, :] * s_dl_l, mask=mn2, other=0.0).to(tl.float32)
-        dl_n = tl.where(mn2, _delta(raw_n, bias[:, None], SOFTPLUS), 0.0)
-        alpha = tl.exp(dl_n[:, None, :] * A_blk[:, :, None])
+        mn2 = mask_tn[:, None] & mask_d[None, :]
+        raw_n = tl.load(DELTA + pid_b * s_dl_b + tn[:, None] * s_dl_l + offs_d[None, :] * s_dl_d, mask=mn2, other=0.0).to(tl.float32)
+        dl_n = tl.where(mn2, _delta(raw_n, bias[None, :], SOFTPLUS), 0.0)
+        alpha = tl.exp(dl_n[:, :, None] * A_blk[None, :, :])
         if HAS_SEQ:
             s_now = tl.load(SEQ + pid_b * s_seq_b + t * s_seq_l, mask=mask_t, other=0)
             s_next = tl.load(SEQ + pid_b * s_seq_b + tn * s_seq_l, mask=mask_tn, other=0)
             keep_n = ((s_now == s_next) | (tn >= seqlen)).to(tl.float32)
-            alpha = alpha * keep_n[None, None, :]
-        cdy = ct * dy[:, None, :]  # (BD, BN, TT)
-        qa, qb = tl.associative_scan((alpha, cdy), 2, _compose, reverse=True)
+            alpha = alpha * keep_n[:, None, None]
+        cdy = ct * dy[:, :, None]  # (TT, BD, BN)
+        qa, qb = tl.associative_scan((alpha, cdy), 0, _compose, reverse=True)
         if CARRY_ONLY:
-            qa0 = tl.sum(tl.where(first, qa, 0.0), axis=2)
+            qa0 = tl.sum(tl.where(first, qa, 0.0), axis=0)
             prod = prod * qa0
-            G = qa0 * G + tl.sum(tl.where(first, qb, 0.0), axis=2)
+            G = qa0 * G + tl.sum(tl.where(first, qb, 0.0), axis=0)
         else:
-            g = qa * G[:, :, None] + qb  # (BD, BN, TT): dL/dh_t
-            G = tl.sum(tl.where(first, g, 0.0), axis=2)
+            g = qa * G[None, :, :] + qb  # (TT, BD, BN): dL/dh_t
+            G = tl.sum(tl.where(first, g, 0.0), axis=0)
             u, dl, raw, a, bx, bt = _tile_inputs(
                 U, DELTA, BM, SEQ, pid_b, offs_d, mask_d, t, mask_t, bias, A_blk, grp * s_b_g, offs_n, mask_n,
                 s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_b_b, s_b_n, s_b_l, s_seq_b, s_seq_l,
                 SOFTPLUS, HAS_SEQ, SAME_GROUP)
             h0 = tl.load(CKPT + (pid_b * ntiles + it) * dim * dstate + st_off, mask=md_n, other=0.0)
-            pa, pb = tl.associative_scan((a, bx), 2, _compose)
-            hs = pa * h0[:, :, None] + pb  # (BD, BN, TT): the forward states, recomputed
+            pa, pb = tl.associative_scan((a, bx), 0, _compose)
+            hs = pa * h0[None, :, :] + pb  # (TT, BD, BN): the forward states, recomputed
             if HAS_Z:
-                y = tl.sum(hs * ct, axis=1) + dskip[:, None] * u
+                y = tl.sum(hs * ct, axis=2) + dskip[None, :] * u
                 dz = dout * y * sg * (1.0 + zz * (1.0 - sg))
-                tl.store(DZ + pid_b * s_dz_b + offs_d[:, None] * s_dz_d + t[None, :] * s_dz_l, dz.to(DZ.dtype.element_ty), mask=m2)
+                tl.store(DZ + pid_b * s_dz_b + t[:, None] * s_dz_l + offs_d[None, :] * s_dz_d, dz.to(DZ.dtype.element_ty), mask=m2)
             r = g * (hs - bx)  # gradient w.r.t. the log decay Δ_t A
-            if SAME_GROUP:
-                gB = tl.sum(g * bt[None, :, :], axis=1)  # (BD, TT)
-            else:
-                gB = tl.sum(g * bt, axis=1)
-            du = dl * gB + dskip[:, None] * dy
-            ddl = tl.sum(r * A_blk[:, :, None], axis=1) + u * gB
+            gB = tl.sum(g * bt, axis=2)  # (TT, BD)
+            du = dl * gB + dskip[None, :] * dy
+            ddl = tl.sum(r * A_blk[None, :, :], axis=2) + u * gB
             if SOFTPLUS:
-                ddl = ddl * tl.sigmoid(raw + bias[:, None])
+                ddl = ddl * tl.sigmoid(raw + bias[None, :])
             ddl = tl.where(m2, ddl, 0.0)
-            tl.store(DU + pid_b * s_du_b + offs_d[:, None] * s_du_d + t[None, :] * s_du_l, du.to(DU.dtype.element_ty), mask=m2)
-            tl.store(DDELTA + pid_b * s_ddl_b + offs_d[:, None] * s_ddl_d + t[None, :] * s_ddl_l, ddl.to(DDELTA.dtype.element_ty), mask=m2)
-            dA_acc += tl.sum(r * dl[:, None, :], axis=2)
-            dD_acc += tl.sum(dy * u, axis=1)
-            dbias_acc += tl.sum(ddl, axis=1)
-            gdu = g * (dl * u)[:, None, :]  # (BD, BN, TT) -> dB
-            hdy = hs * dy[:, None, :]  # -> dC
+            tl.store(DU + pid_b * s_du_b + t[:, None] * s_du_l + offs_d[None, :] * s_du_d, du.to(DU.dtype.element_ty), mask=m2)
+            tl.store(DDELTA + pid_b * s_ddl_b + t[:, None] * s_ddl_l + offs_d[None, :] * s_ddl_d, ddl.to(DDELTA.dtype.element_ty), mask=m2)
+            dA_acc += tl.sum(r * dl[:, :, None], axis=0)
+            dD_acc += tl.sum(dy * u, axis=0)
+            dbias_acc += tl.sum(ddl, axis=0)
+            gdu = g * (dl * u)[:, :, None]  # (TT, BD, BN) -> dB
+            hdy = hs * dy[:, :, None]  # -> dC
             if SAME_GROUP:
-                mnt = mask_n[:, None] & mask_t[None, :]
-                tl.atomic_add(DBM + pid_b * s_db_b + grp * s_db_g + offs_n[:, None] * s_db_n + t[None, :], tl.sum(gdu, axis=0), mask=mnt)
-                tl.atomic_add(DCM + pid_b * s_dc_b + grp * s_dc_g + offs_n[:, None] * s_dc_n + t[None, :], tl.sum(hdy, axis=0), mask=mnt)
+                mtn = mask_t[:, None] & mask_n[None, :]
+                tl.atomic_add(DBM + pid_b * s_db_b + grp * s_db_g + t[:, None] + offs_n[None, :] * s_db_n, tl.sum(gdu, axis=1), mask=mtn)
+                tl.atomic_add(DCM + pid_b * s_dc_b + grp * s_dc_g + t[:, None] + offs_n[None, :] * s_dc_n, tl.sum(hdy, axis=1), mask=mtn)
             else:
-                m3 = mask_d[:, None, None] & mask_n[None, :, None] & mask_t[None, None, :]
-                tl.atomic_add(DBM + pid_b * s_db_b + grp[:, None, None] * s_db_g + offs_n[None, :, None] * s_db_n + t[None, None, :], gdu, mask=m3)
-                tl.atomic_add(DCM + pid_b * s_dc_b + grp[:, None, None] * s_dc_g + offs_n[None, :, None] * s_dc_n + t[None, None, :], hdy, mask=m3)
+                m3 = mask_t[:, None, None] & mask_d[None, :, None] & mask_n[None, None, :]
+                tl.atomic_add(DBM + pid_b * s_db_b + t[:, None, None] + grp[None, :, None] * s_db_g + offs_n[None, None, :] * s_db_n, gdu, mask=m3)
+                tl.atomic_add(DCM + pid_b * s_dc_b + t[:, None, None] + grp[None, :, None] * s_dc_g + offs_n[None, None, :] * s_dc_n, hdy, mask=m3)
     if CARRY_ONLY:
         tl.store(SEG_P + seg_off, prod, mask=md_n)
         tl.store(SEG_G + seg_off, G, mask=md_n)
