@@ -9,10 +9,18 @@ Per batch row, channel d, state index n, token t (Δ_t = softplus(delta_t + bias
     h_t = a_t h_{t-1} + b_t                  h_{-1} = initial state (or 0)
     y_t = Σ_n C_t[n] h_t[n] + D u_t,         out_t = y_t · silu(z_t)
 
-One program owns (batch row, BD channels) and walks time in tiles of TT tokens; the state h (BD, N) stays in
-registers. Inside a tile the recurrence is one `tl.associative_scan` over time on (BD, N, TT) tensors of
-affine maps x -> a x + b: (a1, b1) then (a2, b2) composes to (a1 a2, b1 a2 + b2). The state entering every
-tile is written out (CKPT, fp32, N/TT values per token and channel) so the backward can restart any tile.
+One program owns (batch row, BD channels, time segment) and walks time in tiles of TT tokens; the state h
+(BD, N) stays in registers. Inside a tile the recurrence is one `tl.associative_scan` over time on (TT, BD, N)
+tensors of affine maps x -> a x + b: (a1, b1) then (a2, b2) composes to (a1 a2, b1 a2 + b2). Time-major tiles
+get Triton's default layout with N and BD on the lanes and warps and all TT steps of one (d, n) pair in one
+thread, so the scan is sequential in registers; the sums over n (y, du, ddelta) cross 16 lanes. The state
+entering every tile is written out (CKPT, fp32, N/TT values per token and channel) so the backward can
+restart any tile.
+
+Few rows and long sequences leave too few programs; time is then also split into segments: a state-only
+pass gives each segment's map h -> P h + H from a zero state, a small sequential pass over the segments
+(`seg_pass_kernel`) gives the state entering each, and the full pass runs all segments in parallel from
+those. The backward does the same right to left for dL/dh (a carry-only reverse pass).
 
 Backward (dout given; g_t = dL/dh_t, G = dL/dh_final):
 
