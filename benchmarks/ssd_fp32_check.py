@@ -7,7 +7,8 @@ Prints (and writes DIR/ssd-fp32-check.json) relative errors ||a - ref|| / ||ref|
 - `ops.ssd_final_state` (the converter) likewise;
 - a TransMamba layer (d_model 256, P = half the tokens) forward, CUDA fp32 vs the same weights in fp64 on
   the CPU, under the torch defaults (cuBLAS matmul tf32 off, cuDNN tf32 on) and with every torch tf32
-  switch off, so the SSD kernels, the conv / norm kernels and torch's own matmuls can be told apart.
+  switch off, with one SDPA backend forced, and with the Triton kernels disabled, so the SSD kernels, the
+  conv / norm kernels, attention and torch's own matmuls can be told apart.
 Needs a CUDA GPU.
 """
 
@@ -86,6 +87,16 @@ def _layer_rows() -> list[dict]:
         os.environ.pop("TRANSMAMBA_SSD_TF32", None)
         rows.append({"what": "TransMamba layer fwd fp32 CUDA (torch defaults, TRANSMAMBA_SSD_TF32=1)",
                      "out": rel(out, ref)})
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        for backend in (SDPBackend.MATH, SDPBackend.EFFICIENT_ATTENTION):
+            try:
+                with sdpa_kernel(backend):
+                    out = layer(hid.cuda())
+                rows.append({"what": f"TransMamba layer fwd fp32 CUDA (SDPA {backend.name} only)",
+                             "out": rel(out, ref)})
+            except RuntimeError as err:
+                rows.append({"what": f"SDPA {backend.name}", "error": repr(err)[:200]})
         os.environ["TRANSMAMBA_DISABLE_TRITON"] = "1"
         out = layer(hid.cuda())
         os.environ.pop("TRANSMAMBA_DISABLE_TRITON", None)
