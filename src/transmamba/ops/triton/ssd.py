@@ -281,16 +281,15 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
         prev, _ = _states(cfg, x, B, dt_eff, dA, init, seq_idx, dtype=x.dtype)
     cb = _cb(cfg, C, B)
     # state gradients: ds_c = G_{c+1}, dinit = G_0, da_last terms
-    dda = torch.zeros_like(dA)
-    ddt = torch.zeros_like(dA)
+    # four (b, h, c, Q) fp32 accumulators, zeroed by one fill: da_i partials (reverse-cumsummed later), ddt
+    # partials, the gradient w.r.t. dA_k = dt_k A directly, and the difference array of block totals
+    dda, ddt, dda_in, diff = torch.zeros((4, *dA.shape), device=dA.device, dtype=torch.float32).unbind(0)
     ds, g_buf = _states_bwd(cfg, dy, C, dA, dfinal, prev, dda)
     # dx, ddt, da, dD
     dx = torch.empty_like(x)
     c = _c("dx", cfg.Q)
     nj = cfg.Q // c["BJ"]
     dD_part = torch.empty(cfg.b * cfg.nc * cfg.h, nj, cfg.p, device=x.device, dtype=torch.float32)
-    dda_in = torch.zeros_like(dA)  # gradient w.r.t. dA_k = dt_k A directly (no reverse cumsum needed)
-    diff = torch.zeros_like(dA)
     mode = int(CONFIG["misc"]["dda_in_dx"])  # 0: dCB kernel, 1: dx kernel per tile, 2: dx kernel factorised
     in_dx = mode != 0
     K.bwd_dx_kernel[(cfg.b * cfg.nc * cfg.h, nj, triton.cdiv(cfg.p, cfg.BP))](
