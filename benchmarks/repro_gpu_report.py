@@ -275,6 +275,16 @@ def report(folder: Path, out: Path | None = None) -> None:
     md = [f"Runs: {len(runs)} (from {folder.name}); GPU: {runs[0]['start'].get('gpu') if runs else None}; "
           f"CUDA-graph steps: {sum(bool(r.get('ready', {}).get('graph')) for r in runs)} of {len(runs)}; "
           f"incomplete: {[r['job']['name'] for r in runs if 'done' not in r]}\n"]
+    models = {}
+    for r in runs:
+        st = r["start"]
+        models.setdefault((r["job"]["task"], r["job"]["kind"]),
+                          (st["pattern"], st.get("d_ff"), st["params"], st.get("transpoints")))
+    md.append("| task | kind | pattern | MLP width | parameters | TransPoints (trained) |")
+    md.append("|---|---|---|---|---|---|")
+    for (task, kind), (pat, dff, n, tp) in sorted(models.items()):
+        md.append(f"| {task} | {kind} | `{pat}` | {dff} | {n:,} | {tp or ''} |")
+    md.append("")
     for task in ("mqar", "phonebook"):
         rs = [r for r in runs if r["job"]["task"] == task and r["eval"]]
         if rs:
