@@ -1,5 +1,6 @@
-"""`ops/triton/ssm_decode.py` (conv update + SSD step + gated RMSNorm in one kernel) against the unfused
-torch ops, under TRITON_INTERPRET=1 on the CPU and on the GPU."""
+"""The static decode step's fused kernels against the unfused torch ops, under TRITON_INTERPRET=1 on the CPU
+and on the GPU: `ops/triton/ssm_decode.py` (conv update + SSD step + gated RMSNorm in one kernel) and
+`ops/triton/add_norm.py` (residual add + RMSNorm)."""
 
 import importlib.util
 import json
@@ -53,6 +54,19 @@ _CASE = textwrap.dedent(
             a, r = a.cpu().double(), r.double()
             return float((a - r).norm() / r.norm())
         return {"out": rel(out, out_ref), "conv": rel(conv_t, conv_ref), "ssm": rel(ssm, ssm_ref)}
+
+
+    def add_norm_case(rows, dim, device, dtype, seed):
+        from transmamba.ops.norm import rms_norm
+        from transmamba.ops.triton.add_norm import add_rms_norm_triton
+        g = torch.Generator().manual_seed(seed)
+        h, d = (torch.randn(rows, dim, generator=g).to(device, dtype) for _ in range(2))
+        w = (1 + 0.3 * torch.randn(dim, generator=g)).to(device, dtype)
+        h2, n2 = add_rms_norm_triton(h, d, w, 1e-5)
+        ref_h = h + d
+        ref_n = rms_norm(ref_h.cpu().double(), w.cpu().double(), 1e-5)
+        return {"h": float((h2 - ref_h).abs().max()),
+                "n": float((n2.cpu().double() - ref_n).norm() / ref_n.norm())}
     """
 )
 
@@ -60,7 +74,7 @@ _INTERP = _CASE + textwrap.dedent(
     """
     import json
     res = [run_case(2, 32, 8, 2, 16, "cpu", torch.float32, 0),
-           run_case(3, 24, 16, 1, 8, "cpu", torch.float32, 1)]
+           run_case(3, 24, 16, 1, 8, "cpu", torch.float32, 1), add_norm_case(3, 40, "cpu", torch.float32, 2)]
     print("RESULT" + json.dumps(res))
     """
 )
@@ -86,3 +100,5 @@ def test_fused_mamba2_decode_gpu(dtype):
         r = ns["run_case"](*args, "cuda", dtype, 3)
         tol = 1e-5 if dtype == torch.float32 else 2e-2
         assert max(r.values()) < tol, (args, r)
+    r = ns["add_norm_case"](16, 1536, "cuda", dtype, 4)
+    assert r["h"] == 0.0 and r["n"] < (1e-5 if dtype == torch.float32 else 1e-2), r

@@ -211,23 +211,39 @@ def transmamba_step(tm, hidden: torch.Tensor, state, mode: str,
     return tm.out_proj(y)
 
 
+def _add_norm(h: torch.Tensor, delta: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h + delta, norm(h + delta)): one launch on CUDA (`ops/triton/add_norm.py`), else the two ops."""
+    if _triton_inplace(h) and h.dtype == delta.dtype and os.environ.get("TRANSMAMBA_DECODE_UNFUSED") != "1":
+        from transmamba.ops.triton.add_norm import add_rms_norm_triton
+
+        return add_rms_norm_triton(h, delta, norm.weight, norm.eps)
+    h = h + delta
+    return h, norm(h)
+
+
 def static_step(model, ids: torch.Tensor, cache, modes: tuple[str | None, ...],
                 consts: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """One decode token per row through the whole model: ids (b,) long -> logits (b, V); `modes` from
     `layer_modes` (TransMamba rows that reached P must already be converted); `consts` from
-    `step_constants` (recomputed per step when None)."""
+    `step_constants` (recomputed per step when None). Blocks are x + mixer(norm(x)) as in `Block.step`;
+    each residual add is fused with the next norm (the final norm after the last block)."""
     consts = {} if consts is None else consts
+    blocks = model.blocks
     h = model.embed(ids)
-    for i, (block, kind, state, mode) in enumerate(zip(model.blocks, model.kinds, cache.states, modes)):
+    n = blocks[0].norm(h)
+    for i, (block, kind, state, mode) in enumerate(zip(blocks, model.kinds, cache.states, modes)):
         if kind == "attention":
-            h = h + attention_step(block.mixer, block.norm(h), state, consts.get(i))
+            delta = attention_step(block.mixer, n, state, consts.get(i))
         elif kind == "transmamba":
-            h = h + transmamba_step(block.mixer, block.norm(h), state, mode, consts.get(i))
+            delta = transmamba_step(block.mixer, n, state, mode, consts.get(i))
         elif kind == "mamba2":
-            h = h + mamba2_step(block.mixer, block.norm(h), state, consts.get(i))
+            delta = mamba2_step(block.mixer, n, state, consts.get(i))
+        elif block.is_token_mixer:
+            delta = block.mixer.step(n, state)
         else:
-            h = block.step(h, state)
-    return model.lm_head(model.norm(h))
+            delta = block.mixer(n)
+        h, n = _add_norm(h, delta, blocks[i + 1].norm if i + 1 < len(blocks) else model.norm)
+    return model.lm_head(n)
 
 
 __all__ = ["TM_MODES", "attention_step", "layer_modes", "mamba2_step", "static_step", "step_constants",

@@ -1,0 +1,40 @@
+"""Triton: residual add + RMSNorm of the next block in one launch (the static decode step's block seam).
+
+    h' = h + d                       (rounded to h's dtype, as the unfused add stores it)
+    n  = h' · rsqrt(mean(h'²) + eps) · w
+
+One program per row; h' and n are returned. Same math as `h + d` followed by `ops.norm.rms_norm`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _add_norm_kernel(H, D, W, HO, NO, dim, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    m = cols < dim
+    h = tl.load(H + row * dim + cols, mask=m, other=0.0)
+    d = tl.load(D + row * dim + cols, mask=m, other=0.0)
+    s = (h.to(tl.float32) + d.to(tl.float32)).to(h.dtype)
+    tl.store(HO + row * dim + cols, s, mask=m)
+    u = s.to(tl.float32)
+    r = 1.0 / tl.sqrt(tl.sum(u * u, axis=0) / dim + eps)
+    w = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
+    tl.store(NO + row * dim + cols, u * r * w, mask=m)
+
+
+def add_rms_norm_triton(h: torch.Tensor, d: torch.Tensor, weight: torch.Tensor,
+                        eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """h, d (rows, dim) -> (h + d, rms_norm(h + d) * weight), both in h's dtype."""
+    h, d = h.contiguous(), d.contiguous()
+    rows, dim = h.shape
+    h_out = torch.empty_like(h)
+    n_out = torch.empty_like(h)
+    _add_norm_kernel[(rows,)](h, d, weight, h_out, n_out, dim, float(eps),
+                              BLOCK=triton.next_power_of_2(dim), num_warps=8 if dim > 2048 else 4)
+    return h_out, n_out
