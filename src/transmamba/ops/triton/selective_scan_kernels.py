@@ -314,12 +314,12 @@ def scan_bwd_kernel(
             hdy = hs * dy[:, :, None]  # -> dC
             if SAME_GROUP:
                 mtn = mask_t[:, None] & mask_n[None, :]
-                tl.atomic_add(DBM + pid_b * s_db_b + grp * s_db_g + t[:, None] + offs_n[None, :] * s_db_n, tl.sum(gdu, axis=1), mask=mtn)
-                tl.atomic_add(DCM + pid_b * s_dc_b + grp * s_dc_g + t[:, None] + offs_n[None, :] * s_dc_n, tl.sum(hdy, axis=1), mask=mtn)
+                tl.atomic_add(DBM + pid_b * s_db_b + grp * s_db_g + t[:, None] + offs_n[None, :] * s_db_n, tl.sum(gdu, axis=1), mask=mtn, sem="relaxed")
+                tl.atomic_add(DCM + pid_b * s_dc_b + grp * s_dc_g + t[:, None] + offs_n[None, :] * s_dc_n, tl.sum(hdy, axis=1), mask=mtn, sem="relaxed")
             else:
                 m3 = mask_t[:, None, None] & mask_d[None, :, None] & mask_n[None, None, :]
-                tl.atomic_add(DBM + pid_b * s_db_b + t[:, None, None] + grp[None, :, None] * s_db_g + offs_n[None, None, :] * s_db_n, gdu, mask=m3)
-                tl.atomic_add(DCM + pid_b * s_dc_b + t[:, None, None] + grp[None, :, None] * s_dc_g + offs_n[None, None, :] * s_dc_n, hdy, mask=m3)
+                tl.atomic_add(DBM + pid_b * s_db_b + t[:, None, None] + grp[None, :, None] * s_db_g + offs_n[None, None, :] * s_db_n, gdu, mask=m3, sem="relaxed")
+                tl.atomic_add(DCM + pid_b * s_dc_b + t[:, None, None] + grp[None, :, None] * s_dc_g + offs_n[None, None, :] * s_dc_n, hdy, mask=m3, sem="relaxed")
     if CARRY_ONLY:
         tl.store(SEG_P + seg_off, prod, mask=md_n)
         tl.store(SEG_G + seg_off, G, mask=md_n)
