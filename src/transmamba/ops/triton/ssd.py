@@ -311,7 +311,8 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
         x, dy, dt_eff, dA, cfg.seq_ptr, cb, dcb, dda_in, diff, cfg.l, cfg.h, cfg.g, cfg.p, *x.stride(),
         *cfg.seq_strides,
         HAS_SEQ=cfg.has_seq, STABLE_DA=not in_dx, IEEE=cfg.ieee, NSPLIT=nsplit, Q=cfg.Q, BI=c["B"], BJ=c["B"], BK=cfg.BP,
-        FACTOR=_misc("factor"), ONE_K=_misc("onek") and cfg.p <= cfg.BP, num_warps=c["warps"], num_stages=c["stages"],
+        FACTOR=_misc("factor"), ONE_K=_misc("onek") and cfg.p <= cfg.BP and mode != 0,
+        num_warps=c["warps"], num_stages=c["stages"],
     )
     dB, dC = _dbc(cfg, x, dy, B, C, dt_eff, dA, prev, ds, dcb, dda, nsplit)
     # dt, A, dt_bias: a = cumsum(dt_eff A) -> d(dt_eff A)_k = sum_{i>=k} da_i

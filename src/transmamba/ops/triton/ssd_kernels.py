@@ -512,6 +512,65 @@ def bwd_dx_kernel(
 
 
 @triton.jit
+def _dcb_heads(X, DY, DT, DA, DDA_IN, DIFF, cb, keep, b, c, g, pi, pj, split, ti, tj, mi, mj, offs_i, offs_j,
+               nheads, ngroups, nchunks, headdim, s_x_b, s_x_l, s_x_h, s_x_p,
+               STABLE_DA: tl.constexpr, IEEE: tl.constexpr, NSPLIT: tl.constexpr, Q: tl.constexpr,
+               BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, FACT: tl.constexpr, ONE_K: tl.constexpr):
+    """The head loop of bwd_dcb_kernel for one tile: returns sum_h W_ij / CB_ij (the dCB tile) and, with
+    STABLE_DA, adds the tile's dA terms. FACT: the factorised decay (off-diagonal tiles only)."""
+    acc = tl.zeros((BI, BJ), dtype=tl.float32)
+    hpg = nheads // ngroups
+    hps = hpg // NSPLIT
+    for hh in range(split * hps, split * hps + hps):
+        h = g * hpg + hh
+        da_base = ((b * nheads + h) * nchunks + c) * Q
+        a_i = tl.load(DA + da_base + offs_i)
+        a_j = tl.load(DA + da_base + offs_j)
+        dt_j = tl.load(DT + da_base + offs_j)
+        if ONE_K:  # headdim <= BK: no inner loop, so the head loop is the pipelined one
+            offs_k = tl.arange(0, BK)
+            mk = offs_k < headdim
+            dyi = tl.load(DY + b * s_x_b + h * s_x_h + ti[:, None] * s_x_l + offs_k[None, :] * s_x_p,
+                          mask=mi[:, None] & mk[None, :], other=0.0)
+            xj = tl.load(X + b * s_x_b + h * s_x_h + tj[None, :] * s_x_l + offs_k[:, None] * s_x_p,
+                         mask=mj[None, :] & mk[:, None], other=0.0)
+            m = _dot(dyi, xj, IEEE)
+        else:
+            m = tl.zeros((BI, BJ), dtype=tl.float32)
+            for k in range(0, headdim, BK):
+                offs_k = k + tl.arange(0, BK)
+                mk = offs_k < headdim
+                dyi = tl.load(DY + b * s_x_b + h * s_x_h + ti[:, None] * s_x_l + offs_k[None, :] * s_x_p,
+                              mask=mi[:, None] & mk[None, :], other=0.0)
+                xj = tl.load(X + b * s_x_b + h * s_x_h + tj[None, :] * s_x_l + offs_k[:, None] * s_x_p,
+                             mask=mj[None, :] & mk[:, None], other=0.0)
+                m += _dot(dyi, xj, IEEE)
+        if FACT:
+            a_r = tl.load(DA + da_base + pi * BI)
+            w = tl.where(keep, m * tl.exp(a_i - a_r)[:, None] * (tl.exp(a_r - a_j) * dt_j)[None, :], 0.0)
+        else:
+            w = tl.where(keep, m * tl.exp(tl.where(keep, a_i[:, None] - a_j[None, :], 0.0)) * dt_j[None, :], 0.0)
+        acc += w
+        if STABLE_DA:
+            w = w * cb
+        if not STABLE_DA:
+            pass
+        elif pj < pi:
+            col = tl.sum(w, axis=0)
+            row = tl.sum(w, axis=1)
+            tot = tl.sum(row, axis=0)
+            tl.atomic_add(DDA_IN + da_base + offs_j, tl.cumsum(col, axis=0) - col)
+            tl.atomic_add(DDA_IN + da_base + offs_i, tot - tl.cumsum(row, axis=0) + row)
+            tl.atomic_add(DIFF + da_base + pj * BJ + BJ, tot)
+            tl.atomic_add(DIFF + da_base + pi * BI, -tot)
+        else:
+            r = tl.cumsum(w, axis=1) - w  # r[i, k] = sum_{j<k} W_ij
+            contrib = tl.sum(tl.where(offs_i[:, None] >= offs_j[None, :], r, 0.0), axis=0)
+            tl.atomic_add(DDA_IN + da_base + offs_j, contrib)
+    return acc
+
+
+@triton.jit
 def bwd_dcb_kernel(
     X, DY, DT, DA, SEQ, CBIN, OUT, DDA_IN, DIFF,
     seqlen, nheads, ngroups, headdim,
@@ -563,57 +622,23 @@ def bwd_dcb_kernel(
         if STABLE_DA:
             cb = tl.load(CBIN + pid * Q * Q + offs_i[:, None] * Q + offs_j[None, :]).to(tl.float32)
             cb = tl.where(keep, cb, 0.0)
-        hpg = nheads // ngroups
-        hps = hpg // NSPLIT
-        for hh in range(split * hps, split * hps + hps):
-            h = g * hpg + hh
-            da_base = ((b * nheads + h) * nchunks + c) * Q
-            a_i = tl.load(DA + da_base + offs_i)
-            a_j = tl.load(DA + da_base + offs_j)
-            dt_j = tl.load(DT + da_base + offs_j)
-            if ONE_K:  # headdim <= BK: no inner loop, so the head loop is the pipelined one
-                offs_k = tl.arange(0, BK)
-                mk = offs_k < headdim
-                dyi = tl.load(DY + b * s_x_b + h * s_x_h + ti[:, None] * s_x_l + offs_k[None, :] * s_x_p,
-                              mask=mi[:, None] & mk[None, :], other=0.0)
-                xj = tl.load(X + b * s_x_b + h * s_x_h + tj[None, :] * s_x_l + offs_k[:, None] * s_x_p,
-                             mask=mj[None, :] & mk[:, None], other=0.0)
-                m = _dot(dyi, xj, IEEE)
+        if STABLE_DA:
+            cbk = cb
+        else:
+            cbk = keep  # unused
+        if FACTOR:
+            if pj < pi:  # off-diagonal tile: the loop without a branch inside (it gets pipelined)
+                acc = _dcb_heads(X, DY, DT, DA, DDA_IN, DIFF, cbk, keep, b, c, g, pi, pj, split, ti, tj, mi, mj,
+                                 offs_i, offs_j, nheads, ngroups, nchunks, headdim, s_x_b, s_x_l, s_x_h, s_x_p,
+                                 STABLE_DA, IEEE, NSPLIT, Q, BI, BJ, BK, True, ONE_K)
             else:
-                m = tl.zeros((BI, BJ), dtype=tl.float32)
-                for k in range(0, headdim, BK):
-                    offs_k = k + tl.arange(0, BK)
-                    mk = offs_k < headdim
-                    dyi = tl.load(DY + b * s_x_b + h * s_x_h + ti[:, None] * s_x_l + offs_k[None, :] * s_x_p,
-                                  mask=mi[:, None] & mk[None, :], other=0.0)
-                    xj = tl.load(X + b * s_x_b + h * s_x_h + tj[None, :] * s_x_l + offs_k[:, None] * s_x_p,
-                                 mask=mj[None, :] & mk[:, None], other=0.0)
-                    m += _dot(dyi, xj, IEEE)
-            if FACTOR:
-                if pj < pi:
-                    a_r = tl.load(DA + da_base + pi * BI)
-                    w = tl.where(keep, m * tl.exp(a_i - a_r)[:, None] * (tl.exp(a_r - a_j) * dt_j)[None, :], 0.0)
-                else:
-                    w = tl.where(keep, m * tl.exp(tl.where(keep, a_i[:, None] - a_j[None, :], 0.0)) * dt_j[None, :], 0.0)
-            else:
-                w = tl.where(keep, m * tl.exp(tl.where(keep, a_i[:, None] - a_j[None, :], 0.0)) * dt_j[None, :], 0.0)
-            acc += w
-            if STABLE_DA:
-                w = w * cb
-            if not STABLE_DA:
-                pass
-            elif pj < pi:
-                col = tl.sum(w, axis=0)
-                row = tl.sum(w, axis=1)
-                tot = tl.sum(row, axis=0)
-                tl.atomic_add(DDA_IN + da_base + offs_j, tl.cumsum(col, axis=0) - col)
-                tl.atomic_add(DDA_IN + da_base + offs_i, tot - tl.cumsum(row, axis=0) + row)
-                tl.atomic_add(DIFF + da_base + pj * BJ + BJ, tot)
-                tl.atomic_add(DIFF + da_base + pi * BI, -tot)
-            else:
-                r = tl.cumsum(w, axis=1) - w  # r[i, k] = sum_{j<k} W_ij
-                contrib = tl.sum(tl.where(offs_i[:, None] >= offs_j[None, :], r, 0.0), axis=0)
-                tl.atomic_add(DDA_IN + da_base + offs_j, contrib)
+                acc = _dcb_heads(X, DY, DT, DA, DDA_IN, DIFF, cbk, keep, b, c, g, pi, pj, split, ti, tj, mi, mj,
+                                 offs_i, offs_j, nheads, ngroups, nchunks, headdim, s_x_b, s_x_l, s_x_h, s_x_p,
+                                 STABLE_DA, IEEE, NSPLIT, Q, BI, BJ, BK, False, ONE_K)
+        else:
+            acc = _dcb_heads(X, DY, DT, DA, DDA_IN, DIFF, cbk, keep, b, c, g, pi, pj, split, ti, tj, mi, mj,
+                             offs_i, offs_j, nheads, ngroups, nchunks, headdim, s_x_b, s_x_l, s_x_h, s_x_p,
+                             STABLE_DA, IEEE, NSPLIT, Q, BI, BJ, BK, False, ONE_K)
     if NSPLIT == 1:
         tl.store(OUT + pid * Q * Q + offs_i[:, None] * Q + offs_j[None, :], acc)
     elif pj * BJ <= pi * BI + BI - 1:
