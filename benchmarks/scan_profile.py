@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sys.path.insert(0, str(ROOT / "src"))
     sys.path.insert(0, str(ROOT / "benchmarks"))
+    from scan_tune import _inputs
     from torch.profiler import ProfilerActivity, profile
 
-    from scan_tune import _inputs
     from transmamba.ops.triton.selective_scan import selective_scan_triton
 
     b, l, d, n = args.batch, args.seqlen, args.dim, args.dstate
