@@ -48,7 +48,13 @@ _SCRIPT = textwrap.dedent(
     import os, sys
     sys.path.insert(0, os.environ["TM_TEST_DIR"])
     from test_triton_conv_slice import compare_slice
-    print("RESULT", compare_slice("cpu"))
+    from transmamba.ops.triton import conv as TC
+    errs = [compare_slice("cpu")]  # default tiles: one tile, one time block per program
+    TC._BD, TC._BL, TC._PROGRAMS = 8, 16, 2  # several channel tiles; 3 time blocks walked by one program
+    errs.append(compare_slice("cpu", seed=1))
+    TC._PROGRAMS = 12  # time split over programs: 3 blocks, one each
+    errs.append(compare_slice("cpu", seed=2))
+    print("RESULT", max(errs))
     """
 )
 

@@ -6,6 +6,7 @@
 Backward, with g = dy * silu'(pre) (silu'(v) = s (1 + v (1 - s))):
     dx[s] = sum_k w[k] g[s + (W-1) - k] (same document),  dw[k] = sum_{b,t} g[t] x[t - (W-1) + k],  dbias = sum g
 pre is recomputed in the backward (W*W shifted loads of x, all from L1/L2), so nothing but x is saved.
+Each backward program walks several time blocks and adds its dw / dbias partial sums atomically once.
 Same layout and results as `transmamba.ops.conv.causal_conv1d` (x (batch, dim, seqlen), any strides,
 weight (dim, W)); `initial_state` / `return_final_state` are left to the torch version.
 """
@@ -58,47 +59,59 @@ def _fwd_kernel(X, W, BIAS, SEQ, Y, seqlen, dim, s_x_b, s_x_d, s_x_l, s_y_b, s_y
 
 @triton.jit
 def _bwd_kernel(X, W, BIAS, SEQ, DY, DX, DW, DB, seqlen, dim, s_x_b, s_x_d, s_x_l, s_y_b, s_y_d, s_y_l,
-                s_dx_b, s_dx_d, s_dx_l, s_seq_b, s_seq_l,
-                WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
-                BD: tl.constexpr, BL: tl.constexpr):
-    """DX strides s_dx_*, DY strides s_y_*; DW (dim, W) and DB (dim,) fp32, atomically added."""
+                s_dx_b, s_dx_d, s_dx_l, s_seq_b, s_seq_l, blocks_per_prog,
+                WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr,
+                SILU: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr):
+    """DX strides s_dx_*, DY strides s_y_*; DW (dim, W) and DB (dim,) fp32, atomically added once per program.
+
+    Program (b, channel block, time split) walks `blocks_per_prog` consecutive time blocks of BL, keeping
+    its dW / dbias partial sums in registers (one atomic add per program, not one per tile and tap)."""
     b = tl.program_id(0).to(tl.int64)  # offsets of large tensors need 64 bits
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
-    s = tl.program_id(2) * BL + tl.arange(0, BL)
     md = offs_d < dim
-    ms = s < seqlen
-    if HAS_SEQ:
-        seq_s = tl.load(SEQ + b * s_seq_b + s * s_seq_l, mask=ms, other=-1)
-    dx = tl.zeros((BD, BL), dtype=tl.float32)
-    for j in tl.static_range(WIDTH):
-        # g at t = s + j reaches x[s] through tap k = W-1-j
-        t = s + j
-        mt = t < seqlen
-        dy = tl.load(DY + b * s_y_b + offs_d[:, None] * s_y_d + t[None, :] * s_y_l,
-                     mask=md[:, None] & mt[None, :], other=0.0).to(tl.float32)
-        if SILU:
-            pre = _pre(X, W, BIAS, SEQ, b, offs_d, md, t, mt, seqlen, s_x_b, s_x_d, s_x_l, s_seq_b, s_seq_l,
-                       WIDTH, HAS_BIAS, HAS_SEQ, BD, BL)
-            sg = tl.sigmoid(pre)
-            g = dy * sg * (1.0 + pre * (1.0 - sg))
-        else:
-            g = dy
-        ok = mt & ms
+    taps = tl.arange(0, WP)
+    dw_acc = tl.zeros((BD, WP), dtype=tl.float32)
+    db_acc = tl.zeros((BD,), dtype=tl.float32)
+    blk0 = tl.program_id(2) * blocks_per_prog
+    for blk in range(blk0, blk0 + blocks_per_prog):
+        s = blk * BL + tl.arange(0, BL)
+        ms = s < seqlen
         if HAS_SEQ:
-            seq_t = tl.load(SEQ + b * s_seq_b + t * s_seq_l, mask=mt, other=-2)
-            ok &= seq_t == seq_s
-        g_ok = tl.where(md[:, None] & ok[None, :], g, 0.0)
-        wk = tl.load(W + offs_d * WIDTH + (WIDTH - 1 - j), mask=md, other=0.0).to(tl.float32)
-        dx += wk[:, None] * g_ok
-        # dw[k] with k = W-1-j: sum over t of g[t] x[t - j] = sum over s of g[s + j] x[s] (same document)
+            seq_s = tl.load(SEQ + b * s_seq_b + s * s_seq_l, mask=ms, other=-1)
         xs = tl.load(X + b * s_x_b + offs_d[:, None] * s_x_d + s[None, :] * s_x_l,
                      mask=md[:, None] & ms[None, :], other=0.0).to(tl.float32)
-        tl.atomic_add(DW + offs_d * WIDTH + (WIDTH - 1 - j), tl.sum(g_ok * xs, axis=1), mask=md)
-        if HAS_BIAS:
-            if j == 0:
-                gb = tl.where(md[:, None] & ms[None, :], g, 0.0)
-                tl.atomic_add(DB + offs_d, tl.sum(gb, axis=1), mask=md)
-    tl.store(DX + b * s_dx_b + offs_d[:, None] * s_dx_d + s[None, :] * s_dx_l, dx, mask=md[:, None] & ms[None, :])
+        dx = tl.zeros((BD, BL), dtype=tl.float32)
+        for j in tl.static_range(WIDTH):
+            # g at t = s + j reaches x[s] through tap k = W-1-j
+            t = s + j
+            mt = t < seqlen
+            dy = tl.load(DY + b * s_y_b + offs_d[:, None] * s_y_d + t[None, :] * s_y_l,
+                         mask=md[:, None] & mt[None, :], other=0.0).to(tl.float32)
+            if SILU:
+                pre = _pre(X, W, BIAS, SEQ, b, offs_d, md, t, mt, seqlen, s_x_b, s_x_d, s_x_l, s_seq_b,
+                           s_seq_l, WIDTH, HAS_BIAS, HAS_SEQ, BD, BL)
+                sg = tl.sigmoid(pre)
+                g = dy * sg * (1.0 + pre * (1.0 - sg))
+            else:
+                g = dy
+            ok = mt & ms
+            if HAS_SEQ:
+                seq_t = tl.load(SEQ + b * s_seq_b + t * s_seq_l, mask=mt, other=-2)
+                ok &= seq_t == seq_s
+            g_ok = tl.where(md[:, None] & ok[None, :], g, 0.0)
+            wk = tl.load(W + offs_d * WIDTH + (WIDTH - 1 - j), mask=md, other=0.0).to(tl.float32)
+            dx += wk[:, None] * g_ok
+            # dw[k], k = W-1-j: sum over s of g[s + j] x[s] (same document)
+            part = tl.sum(g_ok * xs, axis=1)  # (BD,)
+            dw_acc += tl.where(taps[None, :] == WIDTH - 1 - j, part[:, None], 0.0)
+            if HAS_BIAS:
+                if j == 0:
+                    db_acc += tl.sum(tl.where(md[:, None] & ms[None, :], g, 0.0), axis=1)
+        tl.store(DX + b * s_dx_b + offs_d[:, None] * s_dx_d + s[None, :] * s_dx_l, dx,
+                 mask=md[:, None] & ms[None, :])
+    tl.atomic_add(DW + offs_d[:, None] * WIDTH + taps[None, :], dw_acc, mask=md[:, None] & (taps[None, :] < WIDTH))
+    if HAS_BIAS:
+        tl.atomic_add(DB + offs_d, db_acc, mask=md)
 
 
 @triton.jit
@@ -125,7 +138,10 @@ def _update_kernel(X, STATE, W, BIAS, Y, NEW, dim, s_st_b, s_st_d, s_st_k,
     tl.store(Y + b * dim + offs_d, acc, mask=md)
 
 
-_BD, _BL = 32, 128
+# Tiles: BD channels x BL time steps. The models' conv input is channels-last (a slice of in_proj's
+# (b, t, d_in_proj) output), so 64 adjacent channels (128 bytes of bf16) per time step are read together.
+_BD, _BL = 64, 32
+_PROGRAMS = 528  # backward: split time so that about this many programs run (4 per H100 SM)
 
 
 def _empty_like_layout(x: torch.Tensor) -> torch.Tensor:
@@ -165,9 +181,13 @@ class _CausalConv1d(torch.autograd.Function):
         db = torch.zeros(dim, device=x.device, dtype=torch.float32)
         seq = seq_idx if seq_idx is not None else x
         ss = (seq_idx.stride(0), seq_idx.stride(1)) if seq_idx is not None else (0, 0)
-        grid = (batch, triton.cdiv(dim, _BD), triton.cdiv(seqlen, _BL))
+        n_blocks = triton.cdiv(seqlen, _BL)
+        split = max(1, min(n_blocks, triton.cdiv(_PROGRAMS, batch * triton.cdiv(dim, _BD))))
+        per = triton.cdiv(n_blocks, split)
+        grid = (batch, triton.cdiv(dim, _BD), triton.cdiv(n_blocks, per))
         _bwd_kernel[grid](x, weight, bias if bias is not None else weight, seq, dy, dx, dw, db, seqlen, dim,
-                          *x.stride(), *dy.stride(), *dx.stride(), *ss, WIDTH=width, HAS_BIAS=bias is not None,
+                          *x.stride(), *dy.stride(), *dx.stride(), *ss, per, WIDTH=width,
+                          WP=triton.next_power_of_2(width), HAS_BIAS=bias is not None,
                           HAS_SEQ=seq_idx is not None, SILU=ctx.silu, BD=_BD, BL=_BL, num_warps=4)
         return dx, dw.to(weight.dtype), (db.to(bias.dtype) if bias is not None else None), None, None
 
