@@ -23,6 +23,7 @@ import torch
 import triton
 
 from transmamba.ops.triton import selective_scan_kernels as K
+from transmamba.ops.triton import selective_scan_kernels_nm as KN
 
 __all__ = ["selective_scan_triton", "selective_state_update_triton", "CONFIG"]
 
@@ -36,16 +37,24 @@ CONFIG: dict[str, dict[str, int]] = {
     "fwd": dict(BD=8, warps=4, stages=1),  # stages > 1: software-pipelined tile loads (tl.range)
     "bwd": dict(BD=8, warps=4, stages=1),
     "step": dict(BD=32, warps=4),
-    # time segments: when b * cdiv(d, BD) programs are fewer than `programs`, time is also split into
-    # segments of at least `min_tiles` tiles (an extra state-only pass + a carry pass, see the module doc);
-    # programs=0 turns the split off
-    "seg": dict(programs=1024, min_tiles=8),
+    # nmajor=1: the (TT, n, BD) kernels of selective_scan_kernels_nm.py (fewer instructions per element,
+    # more registers); their BD should be <= 32 with 1 warp (more warps split n across warps)
+    "kernels": dict(nmajor=0),
+    # time segments: when b * cdiv(d, BD) programs have fewer than `warps` warps in all, time is also split
+    # into segments of at least `min_tiles` tiles (an extra state-only pass + a carry pass, see the module
+    # doc); warps=0 turns the split off
+    "seg": dict(warps=4096, min_tiles=8),
 }
 if os.environ.get("TRANSMAMBA_SCAN_CONFIG"):
     import json as _json
 
     for _k, _v in _json.loads(os.environ["TRANSMAMBA_SCAN_CONFIG"]).items():
         CONFIG[_k].update(_v)
+
+
+def _k():
+    """The forward/backward kernel module picked by CONFIG["kernels"]."""
+    return KN if CONFIG["kernels"].get("nmajor") else K
 
 
 def _p2(v: int, lo: int = 1) -> int:
@@ -62,7 +71,7 @@ def _bc4(X: torch.Tensor) -> torch.Tensor:
 
 
 class _Cfg:
-    def __init__(self, u, A, B4, seq_idx, bd: int):
+    def __init__(self, u, A, B4, seq_idx, bd: int, warps: int):
         self.b, self.d, self.l = u.shape
         self.n = A.shape[1]
         self.g = B4.shape[1]
@@ -77,10 +86,11 @@ class _Cfg:
         self.seq = seq_idx if seq_idx is not None else u
         self.seq_strides = (seq_idx.stride(0), seq_idx.stride(1)) if seq_idx is not None else (0, 0)
         # time segments (tiles per segment tps, nseg segments)
-        want, min_tiles = CONFIG["seg"]["programs"], max(1, CONFIG["seg"]["min_tiles"])
+        want, min_tiles = CONFIG["seg"]["warps"], max(1, CONFIG["seg"]["min_tiles"])
         nseg = 1
-        if want and self.b * self.nd < want:
-            nseg = max(1, min(triton.cdiv(want, self.b * self.nd), self.nt // min_tiles))
+        have = self.b * self.nd * warps
+        if want and have < want:
+            nseg = max(1, min(triton.cdiv(want, have), self.nt // min_tiles))
         self.tps = triton.cdiv(self.nt, nseg)
         self.nseg = triton.cdiv(self.nt, self.tps)
 
@@ -102,7 +112,8 @@ def _seg_pass(cfg, P, H, init, reverse):
 
 def _fwd(u, delta, A, B4, C4, D, z, bias, softplus, seq_idx, init, store_ckpt):
     c = CONFIG["fwd"]
-    cfg = _Cfg(u, A, B4, seq_idx, min(c["BD"], _p2(u.shape[1])))
+    cfg = _Cfg(u, A, B4, seq_idx, min(c["BD"], _p2(u.shape[1])), c["warps"])
+    kern = _k()
     dev = u.device
     y = torch.empty_like(u)
     final = torch.empty(cfg.b, cfg.d, cfg.n, device=dev, dtype=torch.float32)
@@ -119,17 +130,19 @@ def _fwd(u, delta, A, B4, C4, D, z, bias, softplus, seq_idx, init, store_ckpt):
     if cfg.nseg > 1:  # state-only pass per segment, then carry across segments
         P = torch.empty(cfg.b, cfg.nseg, cfg.d, cfg.n, device=dev, dtype=torch.float32)
         H = torch.empty_like(P)
-        K.scan_fwd_kernel[cfg.grid()](*args, final, y, final, final, P, H, *tail, HAS_H0=False,
-                                      STORE_CKPT=False, STATE_ONLY=True, **flags)
+        kern.scan_fwd_kernel[cfg.grid()](*args, final, y, final, final, P, H, *tail, HAS_H0=False,
+                                         STORE_CKPT=False, STATE_ONLY=True, **flags)
         h0 = _seg_pass(cfg, P, H, init, reverse=False)
-    K.scan_fwd_kernel[cfg.grid()](*args, h0 if h0 is not None else final, y, final, ckpt, final, final, *tail,
-                                  HAS_H0=h0 is not None, STORE_CKPT=store_ckpt, STATE_ONLY=False, **flags)
+    kern.scan_fwd_kernel[cfg.grid()](*args, h0 if h0 is not None else final, y, final, ckpt, final, final,
+                                     *tail, HAS_H0=h0 is not None, STORE_CKPT=store_ckpt, STATE_ONLY=False,
+                                     **flags)
     return y, final, (ckpt if store_ckpt else None)
 
 
 def _bwd(dout, dfinal, u, delta, A, B4, C4, D, z, bias, softplus, seq_idx, ckpt):
     c = CONFIG["bwd"]
-    cfg = _Cfg(u, A, B4, seq_idx, min(c["BD"], _p2(u.shape[1])))
+    cfg = _Cfg(u, A, B4, seq_idx, min(c["BD"], _p2(u.shape[1])), c["warps"])
+    kern = _k()
     dev = u.device
     du = torch.empty_like(u)
     ddelta = torch.empty_like(delta)
@@ -154,11 +167,11 @@ def _bwd(dout, dfinal, u, delta, A, B4, C4, D, z, bias, softplus, seq_idx, ckpt)
     if cfg.nseg > 1:  # carry-only reverse pass per segment, then carry across segments (right to left)
         P = torch.empty(cfg.b, cfg.nseg, cfg.d, cfg.n, device=dev, dtype=torch.float32)
         Gs = torch.empty_like(P)
-        K.scan_bwd_kernel[cfg.grid()](*args, dinit, *outs, P, Gs, *tail, HAS_G0=False, CARRY_ONLY=True,
-                                      **flags)
+        kern.scan_bwd_kernel[cfg.grid()](*args, dinit, *outs, P, Gs, *tail, HAS_G0=False, CARRY_ONLY=True,
+                                         **flags)
         g0 = _seg_pass(cfg, P, Gs, dfinal, reverse=True)
-    K.scan_bwd_kernel[cfg.grid()](*args, g0 if g0 is not None else dinit, *outs, dinit, dinit, *tail,
-                                  HAS_G0=g0 is not None, CARRY_ONLY=False, **flags)
+    kern.scan_bwd_kernel[cfg.grid()](*args, g0 if g0 is not None else dinit, *outs, dinit, dinit, *tail,
+                                     HAS_G0=g0 is not None, CARRY_ONLY=False, **flags)
     return du, ddelta, dA_part.sum((0, 1)), dB, dC, dD_part.sum((0, 1)), dz, dbias_part.sum((0, 1)), dinit
 
 

@@ -1,0 +1,275 @@
+# ruff: noqa: E501  (kernel code reads better with long index expressions on one line)
+"""Selective-scan forward and backward kernels with n-major tiles (TT, n, BD): the same algorithm, formulas and
+arguments as `selective_scan_kernels.py` (see its docstring), another register layout.
+
+With BD fastest, Triton's default layout puts BD on min(BD, 32) lanes and the rest of the warp on n, so each
+thread holds several n values of one channel: the sums over n (y, du, ddelta) run mostly inside a thread
+(BD = 8: 4 n per thread, 2 shuffle rounds instead of 4), at the price of more registers per thread. The
+entering state (forward) and the carry (backward) are folded into the first / last token of a tile, so the
+scans' running products are dead code in the full passes. Chosen with `CONFIG["kernels"]["nmajor"]` in
+`selective_scan.py`.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from transmamba.ops.triton.selective_scan_kernels import _compose, _delta
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _tile_inputs(
+    U, DELTA, BM, SEQ, pid_b, offs_d, mask_d, t, mask_t, bias, A2, grp_off, offs_n, mask_n,
+    s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_b_b, s_b_n, s_b_l, s_seq_b, s_seq_l,
+    SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr, SAME_GROUP: tl.constexpr,
+):
+    """Load one tile and form the scan's affine maps. Returns u, Δ, raw delta (TT, BD) fp32 (0 outside), the
+    decay a (TT, BN, BD), the input bx (TT, BN, BD) and B as (TT, BN, 1) or (TT, BN, BD).
+    A2 = log2(e) A, (BN, BD)."""
+    m2 = mask_t[:, None] & mask_d[None, :]
+    u = tl.load(U + pid_b * s_u_b + t[:, None] * s_u_l + offs_d[None, :] * s_u_d, mask=m2, other=0.0).to(tl.float32)
+    raw = tl.load(DELTA + pid_b * s_dl_b + t[:, None] * s_dl_l + offs_d[None, :] * s_dl_d, mask=m2, other=0.0).to(tl.float32)
+    dl = tl.where(m2, _delta(raw, bias[None, :], SOFTPLUS), 0.0)
+    if SAME_GROUP:
+        bt = tl.load(BM + pid_b * s_b_b + grp_off + t[:, None] * s_b_l + offs_n[None, :] * s_b_n, mask=mask_t[:, None] & mask_n[None, :], other=0.0).to(tl.float32)[:, :, None]
+    else:
+        bt = tl.load(BM + pid_b * s_b_b + t[:, None, None] * s_b_l + offs_n[None, :, None] * s_b_n + grp_off[None, None, :],
+                     mask=mask_t[:, None, None] & mask_n[None, :, None] & mask_d[None, None, :], other=0.0).to(tl.float32)
+    bx = (dl * u)[:, None, :] * bt
+    a = tl.exp2(dl[:, None, :] * A2[None, :, :])
+    if HAS_SEQ:
+        s_now = tl.load(SEQ + pid_b * s_seq_b + t * s_seq_l, mask=mask_t, other=0)
+        s_prev = tl.load(SEQ + pid_b * s_seq_b + (t - 1) * s_seq_l, mask=mask_t & (t > 0), other=0)
+        keep = ((s_now == s_prev) | (t == 0)).to(tl.float32)
+        a = a * keep[:, None, None]
+    return u, dl, raw, a, bx, bt
+
+
+@triton.jit
+def _load_c(CM, pid_b, grp_off, offs_n, mask_n, offs_d, mask_d, t, mask_t, s_c_b, s_c_n, s_c_l, SAME_GROUP: tl.constexpr):
+    """C of one tile as (TT, BN, 1) or (TT, BN, BD)."""
+    if SAME_GROUP:
+        return tl.load(CM + pid_b * s_c_b + grp_off + t[:, None] * s_c_l + offs_n[None, :] * s_c_n, mask=mask_t[:, None] & mask_n[None, :], other=0.0).to(tl.float32)[:, :, None]
+    else:
+        return tl.load(CM + pid_b * s_c_b + t[:, None, None] * s_c_l + offs_n[None, :, None] * s_c_n + grp_off[None, None, :],
+                       mask=mask_t[:, None, None] & mask_n[None, :, None] & mask_d[None, None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _prologue(A, BIAS, DPTR, offs_d, mask_d, offs_n, mask_n, dstate, dpg, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr,
+              SAME_GROUP: tl.constexpr, BD: tl.constexpr):
+    mn_d = mask_n[:, None] & mask_d[None, :]
+    A_blk = tl.load(A + offs_d[None, :] * dstate + offs_n[:, None], mask=mn_d, other=0.0).to(tl.float32)  # (BN, BD)
+    if HAS_BIAS:
+        bias = tl.load(BIAS + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BD], dtype=tl.float32)
+    if HAS_D:
+        dskip = tl.load(DPTR + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        dskip = tl.zeros([BD], dtype=tl.float32)
+    if SAME_GROUP:
+        grp = (tl.program_id(1) * BD) // dpg
+    else:
+        grp = offs_d // dpg
+    return mn_d, A_blk, bias, dskip, grp
+
+
+@triton.jit
+def scan_fwd_kernel(
+    U, DELTA, A, BM, CM, DPTR, Z, BIAS, SEQ, H0, Y, FINAL, CKPT, SEG_P, SEG_H,
+    seqlen, dim, dstate, ntiles, tps, dpg,
+    s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_b_b, s_b_g, s_b_n, s_b_l, s_c_b, s_c_g, s_c_n, s_c_l,
+    s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l, s_seq_b, s_seq_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, SAME_GROUP: tl.constexpr,
+    STATE_ONLY: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, TT: tl.constexpr, STAGES: tl.constexpr,
+):
+    """Grid (b, cdiv(dim, BD), nseg); segment s covers tiles [s·tps, min((s+1)·tps, ntiles)).
+    H0 (b, nseg, dim, n) fp32: the state entering each segment (HAS_H0). Y in U's layout, FINAL (b, dim, n)
+    fp32 (written by the last segment), CKPT (b, ntiles, dim, n) fp32 = the state entering each tile.
+    STATE_ONLY: no outputs; from a zero state, write the segment's decay product SEG_P and end state SEG_H,
+    (b, nseg, dim, n), so that h_end = SEG_P · h_start + SEG_H. dpg = channels per group of B/C.
+    The entering state is folded into the tile's first input (b_0 += a_0 h), so the scan's running products
+    of a are dead code in the full pass."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    seg = tl.program_id(2)
+    nseg = tl.num_programs(2)
+    mask_d = offs_d < dim
+    offs_n = tl.arange(0, BN)
+    mask_n = offs_n < dstate
+    mn_d, A_blk, bias, dskip, grp = _prologue(A, BIAS, DPTR, offs_d, mask_d, offs_n, mask_n, dstate, dpg, HAS_BIAS,
+                                              HAS_D, SAME_GROUP, BD)
+    A2 = A_blk * LOG2E
+    grp_b = grp * s_b_g
+    grp_c = grp * s_c_g
+    st_off = offs_d[None, :] * dstate + offs_n[:, None]  # (BN, BD) offsets into a (dim, n) state
+    seg_off = (pid_b * nseg + seg) * dim * dstate + st_off
+    if HAS_H0:
+        h = tl.load(H0 + seg_off, mask=mn_d, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BN, BD], dtype=tl.float32)
+    prod = tl.full([BN, BD], 1.0, dtype=tl.float32)
+    t0 = tl.arange(0, TT)[:, None, None]
+    it_end = tl.minimum(ntiles, (seg + 1) * tps)
+    for it in tl.range(seg * tps, it_end, num_stages=STAGES):
+        t = it * TT + tl.arange(0, TT)
+        mask_t = t < seqlen
+        if STORE_CKPT:
+            tl.store(CKPT + (pid_b * ntiles + it) * dim * dstate + st_off, h, mask=mn_d)
+        u, dl, raw, a, bx, bt = _tile_inputs(
+            U, DELTA, BM, SEQ, pid_b, offs_d, mask_d, t, mask_t, bias, A2, grp_b, offs_n, mask_n,
+            s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_b_b, s_b_n, s_b_l, s_seq_b, s_seq_l,
+            SOFTPLUS, HAS_SEQ, SAME_GROUP)
+        if STATE_ONLY:
+            pa, pb = tl.associative_scan((a, bx), 0, _compose)
+            pa_last = tl.sum(tl.where(t0 == TT - 1, pa, 0.0), axis=0)
+            prod = prod * pa_last
+            h = h * pa_last + tl.sum(tl.where(t0 == TT - 1, pb, 0.0), axis=0)
+        else:
+            bx = tl.where(t0 == 0, a * h[None, :, :] + bx, bx)  # fold the entering state into token 0
+            _, hs = tl.associative_scan((a, bx), 0, _compose)  # (TT, BN, BD): every state of the tile
+            ct = _load_c(CM, pid_b, grp_c, offs_n, mask_n, offs_d, mask_d, t, mask_t, s_c_b, s_c_n, s_c_l, SAME_GROUP)
+            y = tl.sum(hs * ct, axis=1)  # (TT, BD)
+            h = tl.sum(tl.where(t0 == TT - 1, hs, 0.0), axis=0)  # padded tokens pass the state through (a=1, b=0)
+            y += dskip[None, :] * u
+            m2 = mask_t[:, None] & mask_d[None, :]
+            if HAS_Z:
+                zz = tl.load(Z + pid_b * s_z_b + t[:, None] * s_z_l + offs_d[None, :] * s_z_d, mask=m2, other=0.0).to(tl.float32)
+                y = y * zz * tl.sigmoid(zz)
+            tl.store(Y + pid_b * s_y_b + t[:, None] * s_y_l + offs_d[None, :] * s_y_d, y.to(Y.dtype.element_ty), mask=m2)
+    if STATE_ONLY:
+        tl.store(SEG_P + seg_off, prod, mask=mn_d)
+        tl.store(SEG_H + seg_off, h, mask=mn_d)
+    elif seg == nseg - 1:
+        tl.store(FINAL + pid_b * dim * dstate + st_off, h, mask=mn_d)
+
+
+@triton.jit
+def scan_bwd_kernel(
+    U, DELTA, A, BM, CM, DPTR, Z, BIAS, SEQ, CKPT, DOUT, G0,
+    DU, DDELTA, DZ, DBM, DCM, DA_PART, DD_PART, DBIAS_PART, DINIT, SEG_P, SEG_G,
+    seqlen, dim, dstate, ntiles, tps, dpg,
+    s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_b_b, s_b_g, s_b_n, s_b_l, s_c_b, s_c_g, s_c_n, s_c_l,
+    s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l, s_seq_b, s_seq_l,
+    s_du_b, s_du_d, s_du_l, s_ddl_b, s_ddl_d, s_ddl_l, s_dz_b, s_dz_d, s_dz_l,
+    s_db_b, s_db_g, s_db_n, s_dc_b, s_dc_g, s_dc_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_G0: tl.constexpr, SAME_GROUP: tl.constexpr, CARRY_ONLY: tl.constexpr,
+    BD: tl.constexpr, BN: tl.constexpr, TT: tl.constexpr, STAGES: tl.constexpr,
+):
+    """Grid (b, cdiv(dim, BD), nseg); each program walks its segment's tiles in reverse. G0 (b, nseg, dim, n):
+    dL/dh carried into each segment from the right (for the last segment: dL/dh_final). DBM/DCM
+    (b, g, n, l) fp32 zero-initialised (atomics, unit stride in l); DA_PART (b, nseg, dim, n),
+    DD_PART / DBIAS_PART (b, nseg, dim), DINIT (b, dim, n) (segment 0), all fp32.
+    CARRY_ONLY: only the reverse scan from a zero carry; writes SEG_P, SEG_G (b, nseg, dim, n) with
+    g_first = SEG_P · G_in + SEG_G. Tiles (TT, BN, BD) as in the forward; carries folded in likewise."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    seg = tl.program_id(2)
+    nseg = tl.num_programs(2)
+    mask_d = offs_d < dim
+    offs_n = tl.arange(0, BN)
+    mask_n = offs_n < dstate
+    mn_d, A_blk, bias, dskip, grp = _prologue(A, BIAS, DPTR, offs_d, mask_d, offs_n, mask_n, dstate, dpg, HAS_BIAS,
+                                              HAS_D, SAME_GROUP, BD)
+    A2 = A_blk * LOG2E
+    st_off = offs_d[None, :] * dstate + offs_n[:, None]  # (BN, BD)
+    seg_off = (pid_b * nseg + seg) * dim * dstate + st_off
+    if HAS_G0:
+        G = tl.load(G0 + seg_off, mask=mn_d, other=0.0).to(tl.float32)
+    else:
+        G = tl.zeros([BN, BD], dtype=tl.float32)
+    prod = tl.full([BN, BD], 1.0, dtype=tl.float32)
+    dA_acc = tl.zeros([BN, BD], dtype=tl.float32)
+    dD_acc = tl.zeros([BD], dtype=tl.float32)
+    dbias_acc = tl.zeros([BD], dtype=tl.float32)
+    t0 = tl.arange(0, TT)[:, None, None]
+    it_lo = seg * tps
+    it_hi = tl.minimum(ntiles, (seg + 1) * tps)
+    for k in tl.range(0, it_hi - it_lo, num_stages=STAGES):
+        it = it_hi - 1 - k
+        t = it * TT + tl.arange(0, TT)
+        mask_t = t < seqlen
+        m2 = mask_t[:, None] & mask_d[None, :]
+        ct = _load_c(CM, pid_b, grp * s_c_g, offs_n, mask_n, offs_d, mask_d, t, mask_t, s_c_b, s_c_n, s_c_l, SAME_GROUP)
+        dout = tl.load(DOUT + pid_b * s_o_b + t[:, None] * s_o_l + offs_d[None, :] * s_o_d, mask=m2, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(Z + pid_b * s_z_b + t[:, None] * s_z_l + offs_d[None, :] * s_z_d, mask=m2, other=0.0).to(tl.float32)
+            sg = tl.sigmoid(zz)
+            dy = dout * zz * sg
+        else:
+            zz = dout
+            sg = dout
+            dy = dout
+        # decay of the next token (a_{t+1}); 1 after the last token, so the carry G enters there unchanged
+        tn = t + 1
+        mask_tn = tn < seqlen
+        mn2 = mask_tn[:, None] & mask_d[None, :]
+        raw_n = tl.load(DELTA + pid_b * s_dl_b + tn[:, None] * s_dl_l + offs_d[None, :] * s_dl_d, mask=mn2, other=0.0).to(tl.float32)
+        dl_n = tl.where(mn2, _delta(raw_n, bias[None, :], SOFTPLUS), 0.0)
+        alpha = tl.exp2(dl_n[:, None, :] * A2[None, :, :])
+        if HAS_SEQ:
+            s_now = tl.load(SEQ + pid_b * s_seq_b + t * s_seq_l, mask=mask_t, other=0)
+            s_next = tl.load(SEQ + pid_b * s_seq_b + tn * s_seq_l, mask=mask_tn, other=0)
+            keep_n = ((s_now == s_next) | (tn >= seqlen)).to(tl.float32)
+            alpha = alpha * keep_n[:, None, None]
+        cdy = ct * dy[:, None, :]  # (TT, BN, BD)
+        if CARRY_ONLY:
+            qa, qb = tl.associative_scan((alpha, cdy), 0, _compose, reverse=True)
+            qa0 = tl.sum(tl.where(t0 == 0, qa, 0.0), axis=0)
+            prod = prod * qa0
+            G = qa0 * G + tl.sum(tl.where(t0 == 0, qb, 0.0), axis=0)
+        else:
+            cdy = tl.where(t0 == TT - 1, alpha * G[None, :, :] + cdy, cdy)  # fold the carry into the last token
+            _, g = tl.associative_scan((alpha, cdy), 0, _compose, reverse=True)  # (TT, BN, BD): dL/dh_t
+            G = tl.sum(tl.where(t0 == 0, g, 0.0), axis=0)
+            u, dl, raw, a, bx, bt = _tile_inputs(
+                U, DELTA, BM, SEQ, pid_b, offs_d, mask_d, t, mask_t, bias, A2, grp * s_b_g, offs_n, mask_n,
+                s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_b_b, s_b_n, s_b_l, s_seq_b, s_seq_l,
+                SOFTPLUS, HAS_SEQ, SAME_GROUP)
+            h0 = tl.load(CKPT + (pid_b * ntiles + it) * dim * dstate + st_off, mask=mn_d, other=0.0)
+            _, hs = tl.associative_scan((a, tl.where(t0 == 0, a * h0[None, :, :] + bx, bx)), 0, _compose)
+            if HAS_Z:
+                y = tl.sum(hs * ct, axis=1) + dskip[None, :] * u
+                dz = dout * y * sg * (1.0 + zz * (1.0 - sg))
+                tl.store(DZ + pid_b * s_dz_b + t[:, None] * s_dz_l + offs_d[None, :] * s_dz_d, dz.to(DZ.dtype.element_ty), mask=m2)
+            r = g * (hs - bx)  # gradient w.r.t. the log decay Δ_t A (hs - b = a h_prev)
+            gB = tl.sum(g * bt, axis=1)  # (TT, BD)
+            du = dl * gB + dskip[None, :] * dy
+            ddl = tl.sum(r * A_blk[None, :, :], axis=1) + u * gB
+            if SOFTPLUS:
+                ddl = ddl * tl.sigmoid(raw + bias[None, :])
+            ddl = tl.where(m2, ddl, 0.0)
+            tl.store(DU + pid_b * s_du_b + t[:, None] * s_du_l + offs_d[None, :] * s_du_d, du.to(DU.dtype.element_ty), mask=m2)
+            tl.store(DDELTA + pid_b * s_ddl_b + t[:, None] * s_ddl_l + offs_d[None, :] * s_ddl_d, ddl.to(DDELTA.dtype.element_ty), mask=m2)
+            dA_acc += tl.sum(r * dl[:, None, :], axis=0)
+            dD_acc += tl.sum(dy * u, axis=0)
+            dbias_acc += tl.sum(ddl, axis=0)
+            gdu = g * (dl * u)[:, None, :]  # (TT, BN, BD) -> dB
+            hdy = hs * dy[:, None, :]  # -> dC
+            if SAME_GROUP:
+                mtn = mask_t[:, None] & mask_n[None, :]
+                tl.atomic_add(DBM + pid_b * s_db_b + grp * s_db_g + t[:, None] + offs_n[None, :] * s_db_n, tl.sum(gdu, axis=2), mask=mtn, sem="relaxed")
+                tl.atomic_add(DCM + pid_b * s_dc_b + grp * s_dc_g + t[:, None] + offs_n[None, :] * s_dc_n, tl.sum(hdy, axis=2), mask=mtn, sem="relaxed")
+            else:
+                m3 = mask_t[:, None, None] & mask_n[None, :, None] & mask_d[None, None, :]
+                tl.atomic_add(DBM + pid_b * s_db_b + t[:, None, None] + offs_n[None, :, None] * s_db_n + grp[None, None, :] * s_db_g, gdu, mask=m3, sem="relaxed")
+                tl.atomic_add(DCM + pid_b * s_dc_b + t[:, None, None] + offs_n[None, :, None] * s_dc_n + grp[None, None, :] * s_dc_g, hdy, mask=m3, sem="relaxed")
+    if CARRY_ONLY:
+        tl.store(SEG_P + seg_off, prod, mask=mn_d)
+        tl.store(SEG_G + seg_off, G, mask=mn_d)
+    else:
+        if seg == 0:
+            # dinit = a_0 g_0 (token 0 never resets: the initial state belongs to its document)
+            raw0 = tl.load(DELTA + pid_b * s_dl_b + offs_d * s_dl_d, mask=mask_d, other=0.0).to(tl.float32)
+            a0 = tl.exp2(_delta(raw0, bias, SOFTPLUS)[None, :] * A2)
+            tl.store(DINIT + pid_b * dim * dstate + st_off, a0 * G, mask=mn_d)
+        tl.store(DA_PART + seg_off, dA_acc, mask=mn_d)
+        vec_off = (pid_b * nseg + seg) * dim + offs_d
+        tl.store(DD_PART + vec_off, dD_acc, mask=mask_d)
+        tl.store(DBIAS_PART + vec_off, dbias_acc, mask=mask_d)
