@@ -693,15 +693,20 @@ def run_train_profile(args) -> list[dict[str, Any]]:
         def dev_us(e) -> float:
             return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0)
 
-        evs = [e for e in prof.key_averages() if dev_us(e) > 0]
-        total = sum(dev_us(e) for e in evs)
-        evs.sort(key=lambda e: -dev_us(e))
-        print(f"== {label} T={T} batch={b}: step {wall_ms:.1f} ms wall, {total / 1e3:.1f} ms CUDA kernels")
-        for e in evs[:40]:
-            r = {"model": label, "T": T, "op": e.key[:120], "cuda_ms": dev_us(e) / 1e3,
-                 "share": dev_us(e) / total, "calls": e.count, "step_wall_ms": wall_ms}
-            rows.append(r)
-            print(f"  {r['cuda_ms']:8.2f} ms {100 * r['share']:5.1f}%  x{e.count:<4d} {r['op']}")
+        from torch.autograd import DeviceType
+
+        evs = [e for e in prof.key_averages() if dev_us(e) > 0 and "Command Buffer" not in e.key]
+        kernels = [e for e in evs if getattr(e, "device_type", None) == DeviceType.CUDA]
+        total = sum(dev_us(e) for e in kernels)  # GPU busy time (kernels only; ops would count them twice)
+        print(f"== {label} T={T} batch={b}: step {wall_ms:.1f} ms wall, {total / 1e3:.1f} ms of CUDA kernels")
+        for kind, group, top in (("kernel", kernels, 45), ("op", [e for e in evs if e not in kernels], 30)):
+            group.sort(key=lambda e: -dev_us(e))
+            print(f"  -- top {kind}s (self CUDA time of one step)")
+            for e in group[:top]:
+                r = {"model": label, "T": T, "kind": kind, "op": e.key[:120], "cuda_ms": dev_us(e) / 1e3,
+                     "share_of_kernels": dev_us(e) / total, "calls": e.count, "step_wall_ms": wall_ms}
+                rows.append(r)
+                print(f"  {r['cuda_ms']:8.2f} ms {100 * r['share_of_kernels']:5.1f}%  x{e.count:<4d} {r['op']}")
         attn = [e.key for e in evs if any(s in e.key.lower() for s in ("flash", "fmha", "attention", "cudnn",
                                                                           "efficient", "sdpa"))]
         print("  attention kernels:", attn[:10])

@@ -92,3 +92,29 @@ def test_flops_split():
     assert train_flops_per_token(tf, 8192)["total"] == pytest.approx(3 * f["total"])
     with pytest.raises(ValueError):
         forward_flops_per_token(tf, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("P", [0, 200, 333, 1000])
+def test_transmamba_layer_training_path_gpu(P):
+    """The CUDA training path (Triton conv / SSD / norm, cuDNN attention without padding, one full SSD)
+    against the fp64 CPU reference path (converter + suffix SSD), forward and every gradient."""
+    torch.manual_seed(P)
+    ref = TransMamba(256, d_state=128, headdim=64, ngroups=4, chunk_size=64, transpoint=P).double()
+    gpu = TransMamba(256, d_state=128, headdim=64, ngroups=4, chunk_size=64, transpoint=P).cuda()
+    gpu.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
+    x = torch.randn(2, 700, 256, dtype=torch.float64)
+    dy = torch.randn(2, 700, 256, dtype=torch.float64)
+    xr, xg = x.clone().requires_grad_(), x.float().cuda().requires_grad_()
+    yr = ref(xr)
+    gr = torch.autograd.grad(yr, [xr, *ref.parameters()], dy, allow_unused=True)
+    for dtype, tol in ((torch.float32, 2e-3), (torch.bfloat16, 3e-2)):
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            yg = gpu(xg)
+        gg = torch.autograd.grad(yg, [xg, *gpu.parameters()], dy.to(yg.dtype).cuda(), allow_unused=True)
+        assert (yg.double().cpu() - yr).norm() <= tol * yr.norm()
+        for name, a, b in zip(["x", *dict(gpu.named_parameters())], gg, gr):
+            if b is None:
+                continue
+            assert (a.double().cpu() - b).norm() <= tol * b.norm() + 1e-12, (name, dtype)

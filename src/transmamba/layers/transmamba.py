@@ -41,6 +41,28 @@ def position_in_document(seq_idx: torch.Tensor) -> torch.Tensor:
     return idx - start_pos
 
 
+_CUDNN_UNPADDED: dict[tuple, bool] = {}  # (device, dtype, d_qk, d_v, masked) -> cuDNN took it
+
+
+def _sdpa_cudnn_unpadded(q, k, v, mask, causal: bool, scale: float) -> torch.Tensor | None:
+    """SDPA with q/k of width n and v of another width through cuDNN's fused attention, which (unlike
+    flash) accepts different q/k and v head dims: no zero-padding copies and 20% fewer score FLOPs. None
+    when cuDNN refuses the call (remembered per shape class); the caller then pads for flash."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    key = (q.device, q.dtype, q.shape[-1], v.shape[-1], mask is not None)
+    if not _CUDNN_UNPADDED.get(key, True):
+        return None
+    try:
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
+    except RuntimeError:
+        _CUDNN_UNPADDED[key] = False
+        return None
+    _CUDNN_UNPADDED[key] = True
+    return out
+
+
 class TransMamba(Mamba2):
     """A Mamba-2 layer whose first `transpoint` positions use softmax attention (Q = C, K = B, V = x).
 
@@ -110,6 +132,10 @@ class TransMamba(Mamba2):
                 mask = torch.arange(tk, device=q.device)[None, :] <= qpos[:, None]  # (tq, tk)
         qg, kg, vg = q.transpose(1, 2), k.transpose(1, 2).to(q.dtype), vg.to(q.dtype)
         width = vg.shape[-1]
+        if width != n and qg.is_cuda and tq > 1:  # training / prefill (decode steps keep the padded path)
+            out = _sdpa_cudnn_unpadded(qg, kg, vg, mask, causal, 1.0 / math.sqrt(n))
+            if out is not None:
+                return out.transpose(1, 2).reshape(b, tq, h, p)
         if width != n:
             # Fused SDPA kernels (flash) need one head dim for q, k and v; zero-padding q and k leaves every
             # score q·k unchanged and padding v adds columns we drop, so pad all three to the larger one
