@@ -200,8 +200,10 @@ class TransMamba(Mamba2):
             return super().forward(hidden)
         z, x, B, C, dt, _ = self.project_and_conv(hidden, None, None)
         n_att = min(P, t)
-        # positions [0, n_att): attention among themselves only
-        parts = [self._attention_out(self._attend(C[:, :n_att], B[:, :n_att], x[:, :n_att]), x[:, :n_att])]
+        # positions [0, n_att): attention among themselves only (no slicing when that is every position: a
+        # slice's backward writes its gradient into a zero-filled copy of the whole tensor)
+        xa, Ba, Ca = (x, B, C) if n_att == t else (x[:, :n_att], B[:, :n_att], C[:, :n_att])
+        parts = [self._attention_out(self._attend(Ca, Ba, xa), xa)]
         if n_att < t:  # positions [P, t): SSD from the converted state
             if self._full_ssd(x):  # SSD over all t positions, outputs before P dropped (same values)
                 y = self._ssd(x, dt, B, C)[:, P:]
