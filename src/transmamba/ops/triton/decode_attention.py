@@ -23,8 +23,13 @@ import torch
 import triton
 import triton.language as tl
 
-# launch settings: keys per block, warps, pipeline stages, and how many programs pass 1 aims at
-CONFIG: dict[str, int] = dict(BN=64, warps=4, stages=2, programs=528)
+# launch settings (keys per block, warps, pipeline stages, programs pass 1 aims at), by how many (row, kv
+# head) pairs there are: few pairs are split into many short ranges, many pairs read long ranges. Best of a
+# sweep on an H100 at 16 heads x 96, L = 32K (docs/gpu-benchmarks.md, Decode): b = 16 at 94% of the copy
+# bandwidth, b = 1 at 73%.
+CONFIG: dict[str, int] = dict(BN=64, warps=4, stages=2, programs=528)  # b * hkv < BIG_PAIRS
+CONFIG_BIG: dict[str, int] = dict(BN=128, warps=8, stages=3, programs=528)  # b * hkv >= BIG_PAIRS
+BIG_PAIRS = 128
 
 
 @triton.jit
@@ -104,10 +109,15 @@ def _p2(v: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(int(v)))
 
 
+def launch_config(batch: int, kv_heads: int) -> dict[str, int]:
+    return CONFIG_BIG if batch * kv_heads >= BIG_PAIRS else CONFIG
+
+
 def num_splits(batch: int, kv_heads: int, max_len: int, block: int | None = None) -> int:
-    """Splits per row: enough programs to fill the GPU (CONFIG['programs']), at least one block per split."""
-    block = CONFIG["BN"] if block is None else block
-    want = max(1, -(-CONFIG["programs"] // max(1, batch * kv_heads)))
+    """Splits per row: enough programs to fill the GPU (the config's 'programs'), at least one block each."""
+    cfg = launch_config(batch, kv_heads)
+    block = cfg["BN"] if block is None else block
+    want = max(1, -(-cfg["programs"] // max(1, batch * kv_heads)))
     return max(1, min(want, -(-max_len // block)))
 
 
@@ -124,7 +134,8 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         q = q.contiguous()
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         raise ValueError("decode_attention_triton: k_cache and v_cache need a contiguous last dimension")
-    BN = CONFIG["BN"]
+    cfg = launch_config(b, hkv)
+    BN = cfg["BN"]
     ns = num_splits(b, hkv, L, BN) if nsplit is None else int(nsplit)
     per = -(-L // ns)
     chunk = -(-per // BN) * BN  # ceil(L / ns) rounded up to a multiple of BN
@@ -140,7 +151,7 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         hkv, ns, chunk, float(scale),
         G=G, BG=_p2(G), DK=dk, BDK=_p2(dk), DV=dv, BDV=_p2(dv), BN=BN, IEEE=ieee,
-        num_warps=CONFIG["warps"], num_stages=CONFIG["stages"],
+        num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     out = torch.empty(b, hq, dv, device=dev, dtype=q.dtype)
     _combine_kernel[(b * hq,)](mo, lo, ao, out, out.stride(0), out.stride(1), hq, ns, G=G, DV=dv,
