@@ -52,10 +52,13 @@ FAMILIES = ["transformer", "mamba2", "hybrid", "tm-V9", "tm-V7"]
 
 # ------------------------------------------------------------------------------------------------ plans
 
+# steps_auto: all runs of a process train the same number of steps, set after 200 steps from the measured
+# rate so that training ends `eval_reserve_s` before the budget (see `worker`); `steps` is then a cap
 COMMON = dict(d_model=64, n_layers=8, lr=1e-3, wd=0.1, clip=1.0, warmup=100, min_lr_ratio=0.1,
-              batch=128, log_every=100, graph=True, triton=True, steps=4000, eval_rows=256, eval_batch=128)
-MQAR = dict(task="mqar", vocab=512, pairs_lo=4, pairs_hi=32, filler_lo=0, filler_hi=32,
-            eval_grid=[[8, 0], [16, 0], [32, 0], [64, 0], [128, 0], [32, 128], [32, 512], [16, 256]])
+              batch=128, log_every=100, graph=True, triton=True, steps=10**6, steps_auto=True,
+              eval_rows=256, eval_batch=128)
+MQAR = dict(task="mqar", vocab=256, pairs_lo=4, pairs_hi=32, filler_lo=0, filler_hi=32,
+            eval_grid=[[8, 0], [16, 0], [32, 0], [48, 0], [64, 0], [96, 0], [32, 64], [32, 256], [32, 512]])
 PHONEBOOK = dict(task="phonebook", vocab=128, name_len=1, number_len=2, queries=8, pairs_lo=4, pairs_hi=24,
                  filler_lo=0, filler_hi=0, eval_grid=[[8, 0], [16, 0], [24, 0], [48, 0], [96, 0]])
 TEXT = dict(task="text", batch=64, train_len=256, lr=3e-3, data=".repro_data/shakespeare.npz",
@@ -81,7 +84,6 @@ def plan_jobs(plan: str, over: dict) -> list[dict]:
             ("text-tf8", dict(text, kind="transformer"), "g"),
             ("tf8-eager", dict(tf, graph=False), "h"),
             ("tmV9-8-eager", dict(kind="tm-V9", graph=False), "i"),
-            ("tf8-unpipelined", dict(tf, pipelined=False), "j"),
             ("m2-8", dict(kind="mamba2"), "k"),  # four families in one process, four streams
             ("hy-8", dict(kind="hybrid"), "k"),
             ("tmV9-8", dict(kind="tm-V9"), "k"),
@@ -135,13 +137,9 @@ def static_len(job: dict) -> int:
     """The padded training row length of a job."""
     if job["task"] == "text":
         return job["train_len"]
-    if job["task"] == "phonebook":
-        from transmamba.data.synthetic import phonebook_length
+    from repro_gpu_data import row_len
 
-        n = job["pairs_hi"]
-        return phonebook_length(n, name_len=job["name_len"], number_len=job["number_len"],
-                                n_queries=pb_queries(job, n))
-    return 1 + 4 * job["pairs_hi"] + job["filler_hi"]
+    return row_len(job)
 
 
 def mqar_batch(job: dict, rng, n_pairs: int, filler: int, batch: int, train: bool = True):
@@ -156,37 +154,33 @@ def mqar_batch(job: dict, rng, n_pairs: int, filler: int, batch: int, train: boo
     return mqar_filler(batch, n_pairs, filler=filler, vocab_size=job["vocab"], seed=rng)
 
 
-def make_stream(job: dict):
-    """next_batch() -> (ids (b, T) int64 numpy, labels (b, T) int64 numpy), fresh rows every call."""
-    T = static_len(job)
+def make_draw(job: dict, device, ids_buf, lab_buf):
+    """draw(): writes a fresh training batch into the static buffers with device ops only (capturable: each
+    graph replay draws new rows from the CUDA generator). See `repro_gpu_data` for the recall layouts."""
+    import torch
+
     if job["task"] == "text":
         z = np.load(ROOT / job["data"])
-        train = z["train"].astype(np.int64)
-        rng = np.random.default_rng(2000 + job["seed"])
-        offs = np.arange(T)
+        train = torch.from_numpy(z["train"].astype(np.int64)).to(device)
+        T = job["train_len"]
+        offs = torch.arange(T, device=device)
+        hi = len(train) - T
 
-        def next_text():
-            starts = rng.integers(0, len(train) - T, size=job["batch"])
+        def draw_text():
+            starts = torch.randint(0, hi, (ids_buf.shape[0],), device=device)
             ids = train[starts[:, None] + offs]
-            return ids, ids
+            ids_buf.copy_(ids)
+            lab_buf.copy_(ids)
 
-        return next_text
-    rng = np.random.default_rng(1000 + job["seed"])
-    ids = np.zeros((job["batch"], T), dtype=np.int64)
-    lab = np.full((job["batch"], T), -100, dtype=np.int64)
+        return draw_text
+    from repro_gpu_data import recall_batch
 
-    def next_mqar():
-        n = int(rng.integers(job["pairs_lo"], job["pairs_hi"] + 1))
-        f = int(rng.integers(job["filler_lo"], job["filler_hi"] + 1))
-        b = mqar_batch(job, rng, n, f, job["batch"])
-        t = b.seq_len
-        ids[:] = 0
-        lab[:] = -100
-        ids[:, :t] = b.input_ids.numpy()
-        lab[:, :t] = b.labels.numpy()
-        return ids, lab
+    def draw_recall():
+        ids, lab, _ = recall_batch(job, ids_buf.shape[0], device)
+        ids_buf.copy_(ids)
+        lab_buf.copy_(lab)
 
-    return next_mqar
+    return draw_recall
 
 
 # ------------------------------------------------------------------------------------------------ worker
@@ -223,16 +217,22 @@ def build_model(job: dict, device):
     vocab = job["vocab"] if job["task"] != "text" else None
     if vocab is None:
         vocab = int(np.load(ROOT / job["data"])["vocab_size"])
+    key = (job["kind"], vocab, static_len(job), job["d_model"], job["n_layers"])
+    if key not in _CONFIGS:  # the MLP-width search builds several models: once per kind and shape
+        _CONFIGS[key] = equal_param_config(job["kind"], vocab_size=vocab, train_len=key[2],
+                                           d_model=key[3], n_layers=key[4])
+    cfg = _CONFIGS[key]
     torch.manual_seed(job["seed"])
-    cfg = equal_param_config(job["kind"], vocab_size=vocab, train_len=static_len(job),
-                             d_model=job["d_model"], n_layers=job["n_layers"])
     model = CausalLM(cfg).to(device)
     return model, cfg, n_params(model), vocab
 
 
-def make_train_step(model, job: dict, ids_buf, lab_buf):
-    """(step_fn, opt, lr_t): step_fn() runs forward + backward + clip + AdamW on the static buffers and
-    returns (loss, n_correct, n_scored) as device tensors. No host synchronisation inside."""
+_CONFIGS: dict = {}
+
+
+def make_train_step(model, job: dict, ids_buf, lab_buf, draw):
+    """(step_fn, opt, lr_t): step_fn() draws a batch into the static buffers, runs forward + backward + clip
+    + AdamW and returns (loss, n_correct, n_scored) as device tensors. No host synchronisation inside."""
     import torch
     import torch.nn.functional as F
 
@@ -248,6 +248,7 @@ def make_train_step(model, job: dict, ids_buf, lab_buf):
     params = list(model.parameters())
 
     def step():
+        draw()
         logits = model(ids_buf).logits[:, :-1].float()  # (b, T-1, V)
         lab = lab_buf[:, 1:]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab.reshape(-1), ignore_index=-100)
@@ -277,20 +278,12 @@ class Run:
             transpoints=self.trained_tp, device=str(device),
             gpu=torch.cuda.get_device_name() if device.type == "cuda" else None)
         T, b = static_len(job), job["batch"]
-        self.next_batch = make_stream(job)
         self.ids_buf = torch.zeros(b, T, dtype=torch.long, device=device)
         self.lab_buf = torch.full((b, T), -100, dtype=torch.long, device=device)
-        self.step_fn, self.opt, self.lr_t = make_train_step(self.model, job, self.ids_buf, self.lab_buf)
+        draw = make_draw(job, device, self.ids_buf, self.lab_buf)
+        self.step_fn, self.opt, self.lr_t = make_train_step(self.model, job, self.ids_buf, self.lab_buf, draw)
         self.cuda = device.type == "cuda"
         self.stream = torch.cuda.Stream() if self.cuda else None
-        # pipelined: the next batch goes through pinned buffers with an asynchronous copy, so the CPU draws
-        # batch s+1 while the GPU runs step s; a blocking-sync event (no spinning) guards the pinned buffers
-        self.pipelined = self.cuda and job.get("pipelined", True)
-        if self.pipelined:
-            self.pin_ids = torch.zeros(b, T, dtype=torch.long).pin_memory()
-            self.pin_lab = torch.zeros(b, T, dtype=torch.long).pin_memory()
-            self.copied = torch.cuda.Event(blocking=True)
-            self.copied.record()
         self.sums = torch.zeros(3, device=device)  # loss, correct, scored since the last log point
         self.step, self.graph, self.g_out = 0, None, None
         self.deadline = job.get("deadline") or float("inf")
@@ -304,22 +297,9 @@ class Run:
 
         return torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext()
 
-    def _load(self):
-        import torch
-
-        ids, lab = self.next_batch()
-        if self.pipelined:
-            self.copied.synchronize()  # the previous copy out of the pinned buffers has finished
-            self.pin_ids.numpy()[:] = ids
-            self.pin_lab.numpy()[:] = lab
-            self.ids_buf.copy_(self.pin_ids, non_blocking=True)  # stream-ordered after the step reading it
-            self.lab_buf.copy_(self.pin_lab, non_blocking=True)
-            self.copied.record()
-        else:
-            self.ids_buf.copy_(torch.from_numpy(ids))  # pageable copies: wait for the previous step
-            self.lab_buf.copy_(torch.from_numpy(lab))
+    def _set_lr(self):
         lr = lr_at(self.job, self.step)
-        self.lr_t.fill_(lr)
+        self.lr_t.fill_(lr)  # a device write on this run's stream: the captured AdamW reads it
         if not self.cuda:
             for g in self.opt.param_groups:
                 g["lr"] = lr
@@ -337,7 +317,7 @@ class Run:
 
         with self._ctx():
             for _ in range(n_warm):
-                self._load()
+                self._set_lr()
                 self._eager()
                 self.step += 1
         if self.cuda and self.job["graph"]:
@@ -356,14 +336,14 @@ class Run:
         self.sums.zero_()  # training points cover steps after the warm-up
         self.t_ready = self.last_t = time.time()
         self.last_s = self.step
-        self.log(type="ready", graph=self.graph is not None, pipelined=self.pipelined,
+        self.log(type="ready", graph=self.graph is not None,
                  setup_s=round(self.t_ready - self.t0, 2), warm_steps=self.step)
 
     def advance(self) -> None:
         """One training step (asynchronous on the GPU) and, every log_every steps, a log line."""
         job = self.job
         with self._ctx():
-            self._load()
+            self._set_lr()
             if self.graph is not None:
                 self.graph.replay()
                 self.sums += self.g_out
@@ -379,8 +359,6 @@ class Run:
                      steps_per_s=round(n / max(1e-9, now - self.last_t), 2), elapsed=round(now - self.t0, 1))
             self.sums.zero_()
             self.last_t, self.last_s = now, self.step
-            if now > self.deadline:
-                self.done_training = True
         if self.step >= job["steps"]:
             self.done_training = True
 
@@ -421,12 +399,35 @@ def worker(job_paths: list[str], log_paths: list[str]) -> None:
     runs = [Run(j, Log(lp), device) for j, lp in zip(jobs, log_paths)]
     for r in runs:
         r.setup()
-    active = list(runs)
-    while active:
-        for r in list(active):
-            r.advance()
-            if r.done_training:
-                active.remove(r)
+    # Lockstep: every round advances each run by one step, so all runs of the process train the same number
+    # of steps. With steps_auto, the step count is set once for all of them, after `calib` steps, from the
+    # measured rate and the time left before the deadline; the deadline stays as a guard, checked only at
+    # steps where every run has just logged (so a cut-off still leaves equal step counts).
+    deadline = min(r.deadline for r in runs)
+    log_every = runs[0].job["log_every"]
+    auto = bool(runs[0].job.get("steps_auto"))
+    calib = max(runs[0].job.get("calib_steps", 200), runs[0].job["warmup"])
+    t_loop, s_loop = time.time(), runs[0].step
+    while any(not r.done_training for r in runs):
+        for r in runs:
+            if not r.done_training:
+                r.advance()
+        step = runs[0].step
+        if step % log_every:
+            continue
+        now = time.time()
+        if auto and step == calib:
+            rate = (step - s_loop) / max(1e-9, now - t_loop)
+            total = step + int(rate * max(0.0, deadline - now) * 0.97) // log_every * log_every
+            total = max(step, min(total, int(runs[0].job.get("max_steps", 10**9))))
+            for r in runs:
+                r.job["steps"] = total
+                r.log(type="steps_set", steps=total, rate=round(rate, 2), at_step=step,
+                      left_s=round(deadline - now, 1))
+                r.done_training = r.step >= total
+        if now > deadline:
+            for r in runs:
+                r.done_training = True
     for r in runs:
         r.finish()
 
@@ -490,7 +491,7 @@ def launch(plan: str, out: Path, parallel: int, budget_s: float, over: dict) -> 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     over = dict(over)
-    per_proc = int(over.pop("per_proc", 1))
+    per_proc = int(over.pop("per_proc", 10**6))  # default: every run in one process (one CUDA context)
     eval_reserve = over.pop("eval_reserve_s", 25.0)
     jobs = plan_jobs(plan, dict(over))
     groups: dict = {}
