@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from repro_gpu import SCHEDULES, read_logs
+from repro_gpu import SCHEDULES, read_logs, static_len
 
 ORDER = ["transformer", "tm-V9", "tm-V7", "tm-V8", "tm-V1", "tm-V2", "tm-V3", "tm-V4", "tm-V5", "tm-V6",
          "hybrid", "mamba2"]
@@ -84,9 +84,11 @@ def recall_tables(runs, md, out: Path):
                 grid.append((e["pairs"], e["filler"]))
     by_pairs = sorted({g for g in grid if g[1] == 0})
     by_filler = sorted({g for g in grid if g[0] == j0["pairs_hi"]}, key=lambda g: g[1])
-    md.append(f"### {task}: trained on {j0['pairs_lo']}–{j0['pairs_hi']} pairs, filler {j0['filler_lo']}–"
-              f"{j0['filler_hi']} (rows ≤ {1 + 4 * j0['pairs_hi'] + j0['filler_hi']} tokens)\n")
-    md.append("| kind | params | steps | seeds | train acc (last 100 steps) | first step ≥ 50 % train acc |")
+    what = "pairs" if task == "mqar" else f"entries (one-symbol names, {j0.get('number_len')}-digit numbers)"
+    md.append(f"### {task}: trained on {j0['pairs_lo']}–{j0['pairs_hi']} {what}, filler {j0['filler_lo']}–"
+              f"{j0['filler_hi']} (rows ≤ {static_len(j0)} tokens); {j0['batch']} rows per step, "
+              f"lr {j0['lr']}\n")
+    md.append("| kind | params | steps | seeds | train acc (last log window) | first step ≥ 50 % train acc |")
     md.append("|---|---|---|---|---|---|")
     for k in kinds:
         rs = [r for r in runs if r["job"]["kind"] == k]
