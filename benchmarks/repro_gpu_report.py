@@ -123,6 +123,13 @@ def recall_tables(runs, md, out: Path):
             if k.startswith("tm-"):
                 cells = [_fmt(*_ms(acc(k, p, f, "scaled")), pct=True) for p, f in pts]
                 md.append(f"| {k} scaled | " + " | ".join(cells) + " |")
+    if task == "phonebook" and by_pairs:
+        md.append("\n**Digit accuracy (%) by entries** (chance 10 %)\n")
+        md.append("| kind | " + " | ".join(f"{p}" for p, _ in by_pairs) + " |")
+        md.append("|---|" + "---|" * len(by_pairs))
+        for k in kinds:
+            cells = [_fmt(*_ms(acc(k, p, f, key="token_acc")), pct=True) for p, f in by_pairs]
+            md.append(f"| {k} | " + " | ".join(cells) + " |")
     try:
         _recall_plots(runs, kinds, by_pairs, by_filler, acc, out, task)
     except Exception as err:  # plots must not lose the tables
