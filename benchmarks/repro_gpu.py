@@ -333,7 +333,8 @@ class Run:
                 self.log(type="graph_error", error=repr(err)[:500])
                 self.graph = None
                 torch.cuda.synchronize()
-        self.sums.zero_()  # training points cover steps after the warm-up
+        with self._ctx():
+            self.sums.zero_()  # training points cover steps after the warm-up
         self.t_ready = self.last_t = time.time()
         self.last_s = self.step
         self.log(type="ready", graph=self.graph is not None,
@@ -351,13 +352,14 @@ class Run:
                 self._eager()
         self.step += 1
         if self.step % job["log_every"] == 0 or self.step >= job["steps"]:
-            s = self.sums.tolist()
+            with self._ctx():  # read and reset on the run's own stream (it waits for the run's queued steps)
+                s = self.sums.tolist()
+                self.sums.zero_()
             n = self.step - self.last_s
             now = time.time()
             self.log(type="train", step=self.step, loss=round(s[0] / max(1, n), 5),
                      acc=round(s[1] / max(1, s[2]), 5), lr=lr_at(job, self.step - 1),
                      steps_per_s=round(n / max(1e-9, now - self.last_t), 2), elapsed=round(now - self.t0, 1))
-            self.sums.zero_()
             self.last_t, self.last_s = now, self.step
         if self.step >= job["steps"]:
             self.done_training = True
