@@ -592,7 +592,8 @@ def _train_model(preset: str, over: dict, T: int, args):
 
 
 def _train_one(preset: str, over: dict, T: int, tokens_per_step: int, args) -> dict[str, Any]:
-    """One model's training step (bf16 autocast, fused AdamW): median ms, tokens/s, MFU, peak memory.
+    """One model's training step (bf16 autocast, fused AdamW): median ms of `--train-steps` steps after two
+    warm-up steps, tokens/s, MFU, peak memory.
 
     mfu_spec = model FLOPs (`models/flops.py`: projections + LM head + attention + SSD, training = 3 x
     forward) x tokens/s / the GPU's datasheet dense bf16 rate (989.4 TFLOP/s on an H100 SXM); mfu = the same
@@ -617,7 +618,15 @@ def _train_one(preset: str, over: dict, T: int, tokens_per_step: int, args) -> d
     for _ in range(2):
         step()
     torch.cuda.synchronize()
-    ms = bench_ms(step, warmup=1, rep=args.train_rep_ms)
+    times = []
+    for _ in range(args.train_steps):  # whole steps are long: CUDA events around each, the median
+        t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0.record()
+        step()
+        t1.record()
+        t1.synchronize()
+        times.append(t0.elapsed_time(t1))
+    ms = sorted(times)[len(times) // 2]
     fl = train_flops_per_token(model.config, T)
     peak = ceilings()["bf16_TFLOPs"] * 1e12
     tok_s = b * T / ms * 1e3
@@ -629,7 +638,8 @@ def _train_one(preset: str, over: dict, T: int, tokens_per_step: int, args) -> d
                dense_GFLOP=fl["dense"] / 1e9, attention_GFLOP=fl["attention"] / 1e9, ssd_GFLOP=fl["ssd"] / 1e9,
                params=model.num_parameters(), non_embedding_params=n_ne,
                peak_mem_GB=torch.cuda.max_memory_allocated() / 1e9,
-               fused_loss=model.fused_loss, checkpointing=model.gradient_checkpointing, tm_full_ssd=args.tm_full_ssd)
+               fused_loss=model.fused_loss, checkpointing=model.gradient_checkpointing, tm_full_ssd=args.tm_full_ssd,
+               step_ms_all=[round(t, 2) for t in times])
     return row
 
 
@@ -953,6 +963,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--train-rep-ms", type=int, default=2000, help="train-step: ms of timed repeats")
     ap.add_argument("--train-models", default="transmamba-400m,transformer-400m-eq,mamba2-400m,mamba2-hybrid-400m",
                     help="train-step / train-profile models (labels of TRAIN_MODELS)")
+    ap.add_argument("--train-steps", type=int, default=5,
+                    help="train-step: timed steps after 2 warm-up steps (median reported)")
     ap.add_argument("--no-fused-loss", action="store_true", help="train-*: materialise the logits (plain CE)")
     ap.add_argument("--checkpointing", action="store_true", help="train-*: activation checkpointing per block")
     ap.add_argument("--tm-full-ssd", default="auto", choices=["auto", "on", "off"],
