@@ -5,8 +5,9 @@
     y = silu(pre) (or pre)                                                   document read 0)
 Backward, with g = dy * silu'(pre) (silu'(v) = s (1 + v (1 - s))):
     dx[s] = sum_k w[k] g[s + (W-1) - k] (same document),  dw[k] = sum_{b,t} g[t] x[t - (W-1) + k],  dbias = sum g
-pre is recomputed in the backward (W*W shifted loads of x, all from L1/L2), so nothing but x is saved.
-Each backward program walks several time blocks and adds its dw / dbias partial sums atomically once.
+pre is recomputed in the backward, so nothing but x is saved. The backward is two launches: g (recomputing
+pre once per position) into an fp32 (b, t, dim) buffer together with dw / dbias (each program walks several
+time blocks and adds its partial sums atomically once), then dx from W shifted reads of g.
 Same layout and results as `transmamba.ops.conv.causal_conv1d` (x (batch, dim, seqlen), any strides,
 weight (dim, W)); `initial_state` / `return_final_state` are left to the torch version.
 """
@@ -58,14 +59,13 @@ def _fwd_kernel(X, W, BIAS, SEQ, Y, seqlen, dim, s_x_b, s_x_d, s_x_l, s_y_b, s_y
 
 
 @triton.jit
-def _bwd_kernel(X, W, BIAS, SEQ, DY, DX, DW, DB, seqlen, dim, s_x_b, s_x_d, s_x_l, s_y_b, s_y_d, s_y_l,
-                s_dx_b, s_dx_d, s_dx_l, s_seq_b, s_seq_l, blocks_per_prog,
-                WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr,
-                SILU: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr):
-    """DX strides s_dx_*, DY strides s_y_*; DW (dim, W) and DB (dim,) fp32, atomically added once per program.
-
-    Program (b, channel block, time split) walks `blocks_per_prog` consecutive time blocks of BL, keeping
-    its dW / dbias partial sums in registers (one atomic add per program, not one per tile and tap)."""
+def _bwd_g_kernel(X, W, BIAS, SEQ, DY, G, DW, DB, seqlen, dim, s_x_b, s_x_d, s_x_l, s_y_b, s_y_d, s_y_l,
+                  s_seq_b, s_seq_l, blocks_per_prog,
+                  WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr,
+                  SILU: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr):
+    """Backward, part 1: g = dy * silu'(pre) (pre recomputed once per position) into G (b, seqlen, dim) fp32,
+    and dW[k] = sum_t g[t] x[t - (W-1) + k], dbias = sum_t g[t], kept in registers over `blocks_per_prog`
+    time blocks and added atomically once per program."""
     b = tl.program_id(0).to(tl.int64)  # offsets of large tensors need 64 bits
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     md = offs_d < dim
@@ -74,44 +74,60 @@ def _bwd_kernel(X, W, BIAS, SEQ, DY, DX, DW, DB, seqlen, dim, s_x_b, s_x_d, s_x_
     db_acc = tl.zeros((BD,), dtype=tl.float32)
     blk0 = tl.program_id(2) * blocks_per_prog
     for blk in range(blk0, blk0 + blocks_per_prog):
-        s = blk * BL + tl.arange(0, BL)
-        ms = s < seqlen
+        t = blk * BL + tl.arange(0, BL)
+        mt = t < seqlen
+        dy = tl.load(DY + b * s_y_b + offs_d[:, None] * s_y_d + t[None, :] * s_y_l,
+                     mask=md[:, None] & mt[None, :], other=0.0).to(tl.float32)
+        if SILU:
+            pre = _pre(X, W, BIAS, SEQ, b, offs_d, md, t, mt, seqlen, s_x_b, s_x_d, s_x_l, s_seq_b, s_seq_l,
+                       WIDTH, HAS_BIAS, HAS_SEQ, BD, BL)
+            sg = tl.sigmoid(pre)
+            g = dy * sg * (1.0 + pre * (1.0 - sg))
+        else:
+            g = dy
+        g = tl.where(md[:, None] & mt[None, :], g, 0.0)
+        tl.store(G + b * seqlen * dim + t[None, :] * dim + offs_d[:, None], g, mask=md[:, None] & mt[None, :])
+        if HAS_BIAS:
+            db_acc += tl.sum(g, axis=1)
         if HAS_SEQ:
-            seq_s = tl.load(SEQ + b * s_seq_b + s * s_seq_l, mask=ms, other=-1)
-        xs = tl.load(X + b * s_x_b + offs_d[:, None] * s_x_d + s[None, :] * s_x_l,
-                     mask=md[:, None] & ms[None, :], other=0.0).to(tl.float32)
-        dx = tl.zeros((BD, BL), dtype=tl.float32)
-        for j in tl.static_range(WIDTH):
-            # g at t = s + j reaches x[s] through tap k = W-1-j
-            t = s + j
-            mt = t < seqlen
-            dy = tl.load(DY + b * s_y_b + offs_d[:, None] * s_y_d + t[None, :] * s_y_l,
-                         mask=md[:, None] & mt[None, :], other=0.0).to(tl.float32)
-            if SILU:
-                pre = _pre(X, W, BIAS, SEQ, b, offs_d, md, t, mt, seqlen, s_x_b, s_x_d, s_x_l, s_seq_b,
-                           s_seq_l, WIDTH, HAS_BIAS, HAS_SEQ, BD, BL)
-                sg = tl.sigmoid(pre)
-                g = dy * sg * (1.0 + pre * (1.0 - sg))
-            else:
-                g = dy
-            ok = mt & ms
+            seq_t = tl.load(SEQ + b * s_seq_b + t * s_seq_l, mask=mt, other=-1)
+        for k in tl.static_range(WIDTH):
+            ts = t - (WIDTH - 1) + k
+            ok = mt & (ts >= 0)
             if HAS_SEQ:
-                seq_t = tl.load(SEQ + b * s_seq_b + t * s_seq_l, mask=mt, other=-2)
-                ok &= seq_t == seq_s
-            g_ok = tl.where(md[:, None] & ok[None, :], g, 0.0)
-            wk = tl.load(W + offs_d * WIDTH + (WIDTH - 1 - j), mask=md, other=0.0).to(tl.float32)
-            dx += wk[:, None] * g_ok
-            # dw[k], k = W-1-j: sum over s of g[s + j] x[s] (same document)
-            part = tl.sum(g_ok * xs, axis=1)  # (BD,)
-            dw_acc += tl.where(taps[None, :] == WIDTH - 1 - j, part[:, None], 0.0)
-            if HAS_BIAS:
-                if j == 0:
-                    db_acc += tl.sum(tl.where(md[:, None] & ms[None, :], g, 0.0), axis=1)
-        tl.store(DX + b * s_dx_b + offs_d[:, None] * s_dx_d + s[None, :] * s_dx_l, dx,
-                 mask=md[:, None] & ms[None, :])
+                seq_s = tl.load(SEQ + b * s_seq_b + ts * s_seq_l, mask=ok, other=-2)
+                ok &= seq_s == seq_t
+            xk = tl.load(X + b * s_x_b + offs_d[:, None] * s_x_d + ts[None, :] * s_x_l,
+                         mask=md[:, None] & ok[None, :], other=0.0).to(tl.float32)
+            dw_acc += tl.where(taps[None, :] == k, tl.sum(g * xk, axis=1)[:, None], 0.0)
     tl.atomic_add(DW + offs_d[:, None] * WIDTH + taps[None, :], dw_acc, mask=md[:, None] & (taps[None, :] < WIDTH))
     if HAS_BIAS:
         tl.atomic_add(DB + offs_d, db_acc, mask=md)
+
+
+@triton.jit
+def _bwd_dx_kernel(G, W, SEQ, DX, seqlen, dim, s_dx_b, s_dx_d, s_dx_l, s_seq_b, s_seq_l,
+                   WIDTH: tl.constexpr, HAS_SEQ: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr):
+    """Backward, part 2: dx[s] = sum_j w[W-1-j] g[s + j] over s + j in x[s]'s document (G from part 1)."""
+    b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    s = tl.program_id(2) * BL + tl.arange(0, BL)
+    md = offs_d < dim
+    ms = s < seqlen
+    if HAS_SEQ:
+        seq_s = tl.load(SEQ + b * s_seq_b + s * s_seq_l, mask=ms, other=-1)
+    dx = tl.zeros((BD, BL), dtype=tl.float32)
+    for j in tl.static_range(WIDTH):
+        t = s + j
+        ok = ms & (t < seqlen)
+        if HAS_SEQ:
+            seq_t = tl.load(SEQ + b * s_seq_b + t * s_seq_l, mask=ok, other=-2)
+            ok &= seq_t == seq_s
+        gj = tl.load(G + b * seqlen * dim + t[None, :] * dim + offs_d[:, None], mask=md[:, None] & ok[None, :],
+                     other=0.0)
+        wk = tl.load(W + offs_d * WIDTH + (WIDTH - 1 - j), mask=md, other=0.0).to(tl.float32)
+        dx += wk[:, None] * gj
+    tl.store(DX + b * s_dx_b + offs_d[:, None] * s_dx_d + s[None, :] * s_dx_l, dx, mask=md[:, None] & ms[None, :])
 
 
 @triton.jit
@@ -181,14 +197,18 @@ class _CausalConv1d(torch.autograd.Function):
         db = torch.zeros(dim, device=x.device, dtype=torch.float32)
         seq = seq_idx if seq_idx is not None else x
         ss = (seq_idx.stride(0), seq_idx.stride(1)) if seq_idx is not None else (0, 0)
+        g = torch.empty(batch, seqlen, dim, device=x.device, dtype=torch.float32)  # dy * silu'(pre)
         n_blocks = triton.cdiv(seqlen, _BL)
         split = max(1, min(n_blocks, triton.cdiv(_PROGRAMS, batch * triton.cdiv(dim, _BD))))
         per = triton.cdiv(n_blocks, split)
         grid = (batch, triton.cdiv(dim, _BD), triton.cdiv(n_blocks, per))
-        _bwd_kernel[grid](x, weight, bias if bias is not None else weight, seq, dy, dx, dw, db, seqlen, dim,
-                          *x.stride(), *dy.stride(), *dx.stride(), *ss, per, WIDTH=width,
-                          WP=triton.next_power_of_2(width), HAS_BIAS=bias is not None,
-                          HAS_SEQ=seq_idx is not None, SILU=ctx.silu, BD=_BD, BL=_BL, num_warps=4)
+        _bwd_g_kernel[grid](x, weight, bias if bias is not None else weight, seq, dy, g, dw, db, seqlen, dim,
+                            *x.stride(), *dy.stride(), *ss, per, WIDTH=width, WP=triton.next_power_of_2(width),
+                            HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=ctx.silu, BD=_BD,
+                            BL=_BL, num_warps=4)
+        _bwd_dx_kernel[(batch, triton.cdiv(dim, _BD), n_blocks)](
+            g, weight, seq, dx, seqlen, dim, *dx.stride(), *ss, WIDTH=width, HAS_SEQ=seq_idx is not None,
+            BD=_BD, BL=_BL, num_warps=4)
         return dx, dw.to(weight.dtype), (db.to(bias.dtype) if bias is not None else None), None, None
 
 
