@@ -738,6 +738,28 @@ def run_train_profile(args) -> list[dict[str, Any]]:
     return rows
 
 
+@case("conv-op", "causal conv1d (Triton) fwd and fwd+bwd on the models' in_proj slice, 16K tokens, bf16")
+def run_conv_op(args) -> list[dict[str, Any]]:
+    from transmamba.ops.triton.conv import causal_conv1d_triton
+
+    rows = []
+    for b, t in ((2, 8192), (1, 32768)):
+        d, width = 7168, 4  # xBC channels of transmamba-400m, inside its 10288-wide in_proj output
+        buf = torch.randn(b, t, 10288, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        w = torch.randn(d, width, device="cuda", requires_grad=True)
+        bias = torch.randn(d, device="cuda", requires_grad=True)
+        x = buf[..., 3072:3072 + d].transpose(1, 2)
+        dy = torch.randn(b, t, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        fwd = bench_ms(lambda: _nograd(lambda: causal_conv1d_triton(x, w, bias, None, True)))
+        fb = bench_ms(lambda: torch.autograd.grad(causal_conv1d_triton(x, w, bias, None, True), (buf, w, bias), dy))
+        gb = b * t * d * 2 / 1e9  # one bf16 pass over the activations
+        row = {"batch": b, "T": t, "dim": d, "fwd_ms": fwd, "fwdbwd_ms": fb, "fwd_floor_ms": 2 * gb / 3.0,
+               "fwdbwd_floor_ms": 5 * gb / 3.0}  # fwd: read x, write y; bwd: read x, dy, write dx (at 3 TB/s)
+        print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}))
+        rows.append(row)
+    return rows
+
+
 @case("sdpa-backends", "causal SDPA fwd+bwd per backend at the transformer and TransMamba shapes, T = 8192")
 def run_sdpa_backends(args) -> list[dict[str, Any]]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
