@@ -710,7 +710,7 @@ def run_train_profile(args) -> list[dict[str, Any]]:
             step()
         torch.cuda.synchronize()
         wall_ms = (time.perf_counter() - t0) / 3 * 1e3
-        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU], record_shapes=True) as prof:
             step()
             torch.cuda.synchronize()
         def dev_us(e) -> float:
@@ -730,6 +730,12 @@ def run_train_profile(args) -> list[dict[str, Any]]:
                      "share_of_kernels": dev_us(e) / total, "calls": e.count, "step_wall_ms": wall_ms}
                 rows.append(r)
                 print(f"  {r['cuda_ms']:8.2f} ms {100 * r['share_of_kernels']:5.1f}%  x{e.count:<4d} {r['op']}")
+        glue = [e for e in prof.key_averages(group_by_input_shape=True)
+                if e.key in ("aten::copy_", "aten::cat", "aten::add_", "aten::add", "aten::fill_") and dev_us(e) > 0]
+        glue.sort(key=lambda e: -dev_us(e))
+        print("  -- copies / cats / adds by input shapes")
+        for e in glue[:25]:
+            print(f"  {dev_us(e) / 1e3:8.2f} ms x{e.count:<4d} {e.key} {str(e.input_shapes)[:150]}")
         attn = [e.key for e in evs if any(s in e.key.lower() for s in ("flash", "fmha", "attention", "cudnn",
                                                                           "efficient", "sdpa"))]
         print("  attention kernels:", attn[:10])
