@@ -24,19 +24,22 @@ import triton.language as tl
 
 
 @triton.jit
-def _conv_silu(XROW, CST, CW, CB, ch, m, s_c, s_k, W: tl.constexpr, HAS_CB: tl.constexpr):
+def _conv_silu(XROW, CST, CW, CB, ch, m, s_c, s_k, W: tl.constexpr, BW: tl.constexpr, HAS_CB: tl.constexpr):
     """Causal-conv update of channels ch (xBC indices) for one row: returns silu(conv) rounded to the input
-    dtype (as fp32) and shifts the state in place."""
-    acc = tl.zeros(ch.shape, dtype=tl.float32)
+    dtype (as fp32) and shifts the state in place. Threads may hold replicated copies of a channel, so every
+    tap is loaded before a barrier and only then is the shifted state stored (else a fast replica could
+    overwrite a tap a slow one has not read yet)."""
+    kk = tl.arange(0, BW)
+    mk = m[:, None] & (kk[None, :] < W - 1)
+    taps = tl.load(CST + ch[:, None] * s_c + kk[None, :] * s_k, mask=mk, other=0.0)  # (C, BW) old state
+    w = tl.load(CW + ch[:, None] * W + kk[None, :], mask=mk, other=0.0).to(tl.float32)
+    xv = tl.load(XROW + ch, mask=m, other=0.0)
+    acc = tl.sum(w * taps.to(tl.float32), axis=1)
     if HAS_CB:
         acc += tl.load(CB + ch, mask=m, other=0.0).to(tl.float32)
-    for k in tl.static_range(W - 1):
-        sv = tl.load(CST + ch * s_c + k * s_k, mask=m, other=0.0)
-        acc += tl.load(CW + ch * W + k, mask=m, other=0.0).to(tl.float32) * sv.to(tl.float32)
-        if k > 0:
-            tl.store(CST + ch * s_c + (k - 1) * s_k, sv, mask=m)
-    xv = tl.load(XROW + ch, mask=m, other=0.0)
     acc += tl.load(CW + ch * W + W - 1, mask=m, other=0.0).to(tl.float32) * xv.to(tl.float32)
+    tl.debug_barrier()
+    tl.store(CST + ch[:, None] * s_c + (kk[None, :] - 1) * s_k, taps, mask=mk & (kk[None, :] >= 1))
     tl.store(CST + ch * s_c + (W - 2) * s_k, xv, mask=m)
     acc = acc * tl.sigmoid(acc)
     return acc.to(xv.dtype).to(tl.float32)
@@ -45,8 +48,8 @@ def _conv_silu(XROW, CST, CW, CB, ch, m, s_c, s_k, W: tl.constexpr, HAS_CB: tl.c
 @triton.jit
 def _mamba2_decode_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT, SCR,
                           s_zx, s_cb, s_cc, s_ck, d_inner, conv_dim, nheads, ngroups, headdim, dstate, eps,
-                          R: tl.constexpr, W: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                          HAS_CB: tl.constexpr):
+                          R: tl.constexpr, W: tl.constexpr, BW: tl.constexpr, BP: tl.constexpr,
+                          BN: tl.constexpr, HAS_CB: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
     zrow = ZX + b * s_zx
@@ -56,13 +59,13 @@ def _mamba2_decode_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT, SCR,
     mn = offs_n < dstate
     offs_p = tl.arange(0, BP)
     mp = offs_p < headdim
-    Bv = _conv_silu(xrow, cst, CW, CB, d_inner + g * dstate + offs_n, mn, s_cc, s_ck, W, HAS_CB)
-    Cv = _conv_silu(xrow, cst, CW, CB, d_inner + (ngroups + g) * dstate + offs_n, mn, s_cc, s_ck, W, HAS_CB)
+    Bv = _conv_silu(xrow, cst, CW, CB, d_inner + g * dstate + offs_n, mn, s_cc, s_ck, W, BW, HAS_CB)
+    Cv = _conv_silu(xrow, cst, CW, CB, d_inner + (ngroups + g) * dstate + offs_n, mn, s_cc, s_ck, W, BW, HAS_CB)
     sumsq = tl.zeros((BP,), dtype=tl.float32)
     for r in tl.static_range(R):
         h = g * R + r
         cx = h * headdim + offs_p  # channels of head h (in x, z and the output)
-        xv = _conv_silu(xrow, cst, CW, CB, cx, mp, s_cc, s_ck, W, HAS_CB)
+        xv = _conv_silu(xrow, cst, CW, CB, cx, mp, s_cc, s_ck, W, BW, HAS_CB)
         dt = tl.load(zrow + d_inner + conv_dim + h).to(tl.float32) + tl.load(DTB + h).to(tl.float32)
         dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
         decay = tl.exp(dt * tl.load(A + h).to(tl.float32))
@@ -110,6 +113,6 @@ def mamba2_decode_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, conv_we
         zxbcdt, conv_state, conv_weight.contiguous(), conv_bias if conv_bias is not None else conv_weight,
         ssm_state, A, dt_bias, D, norm_weight, out, scratch,
         zxbcdt.stride(0), *conv_state.stride(), d_inner, conv_dim, nheads, ngroups, headdim, dstate, float(eps),
-        R=nheads // ngroups, W=width, BP=BP, BN=BN, HAS_CB=conv_bias is not None, num_warps=4,
+        R=nheads // ngroups, W=width, BW=max(2, triton.next_power_of_2(width - 1)), BP=BP, BN=BN, HAS_CB=conv_bias is not None, num_warps=4,
     )
     return out
