@@ -3,12 +3,13 @@
 
 Same arguments and results as `transmamba.ops.selective_scan.selective_scan_ref` (the sequential torch
 recurrence is the spec); the recurrence and the backward formulas are in `selective_scan_kernels.py`.
-Forward: one launch; each program owns (batch row, BD channels), walks time in tiles of TT tokens with the
-state (BD, n) in registers and a `tl.associative_scan` inside each tile, and saves the state entering every
-tile (fp32 (b, l/TT, d, n), i.e. n/TT = 0.25 values per token and channel at d_state 16, TT 64).
-Backward: one launch walking the tiles in reverse (states recomputed from those checkpoints, a reverse scan
-for dL/dh) plus torch sums of per-program partials for dA, dD and delta_bias. dB and dC are atomic fp32
-adds over the channels of a group (so their low bits vary from run to run).
+Forward: one launch (two more when time is split into segments); each program owns (batch row, BD
+channels, time segment), walks time in tiles of TT tokens with the state (BD, n) in registers and one
+`tl.associative_scan` per tile, and saves the state entering every tile (fp32 (b, l/TT, d, n): n/TT
+values per token and channel, 2 at d_state 16 and TT 8). Backward: one launch walking the tiles in reverse
+(states recomputed from those checkpoints, a reverse scan for dL/dh; two more launches with segments) plus
+torch sums of per-program partials for dA, dD and delta_bias. dB and dC are relaxed atomic fp32 adds over
+the channel blocks of a group (so their low bits vary from run to run).
 
 Any strides for u, delta, z and B, C (the Mamba1 layer passes channel-last views; nothing is copied), fp32
 compute throughout (no tensor-core dots), outputs in u's dtype, the final state fp32. fp64 inputs go to the
@@ -30,20 +31,21 @@ __all__ = ["selective_scan_triton", "selective_state_update_triton", "CONFIG"]
 # Launch settings. TT (tokens per tile) is shared by forward and backward: the forward checkpoints the
 # state at every tile start. TRANSMAMBA_SCAN_CONFIG='{"fwd": {"BD": 8}}' overrides them per process (JSON).
 CONFIG: dict[str, dict[str, int]] = {
-    # Tiles are (TT, BD, n) time-major; Triton's default layout spreads n over 16 lanes and BD over 2 lanes
-    # x the warps, so BD = 2 * warps keeps each thread's TT steps of the scan in registers (no shuffles).
-    # TT = 32 makes the backward spill registers (sm_90 compile), TT = 16 does not.
-    "tile": dict(TT=16),
-    "fwd": dict(BD=8, warps=4, stages=1),  # stages > 1: software-pipelined tile loads (tl.range)
-    "bwd": dict(BD=8, warps=4, stages=1),
+    # nmajor=1: the (TT, n, BD) kernels of selective_scan_kernels_nm.py: BD on the lanes of one warp and
+    # several n per thread. nmajor=0: the (TT, BD, n) kernels of selective_scan_kernels.py: n on 16 lanes,
+    # BD = 2 x warps. Measured on an H100 at b=4, L=4096, d=2048, n=16, bf16 (docs/gpu-benchmarks.md):
+    # n-major TT=8, BD=8, 1 warp: fwd 0.75 ms, fwd+bwd 3.4 ms; time-major TT=16, BD=8, 4 warps: 1.48 /
+    # 10.8 ms.
+    "kernels": dict(nmajor=1),
+    "tile": dict(TT=8),  # TT = 16: fwd+bwd 5.2 ms (n-major); TT >= 32 spills registers
+    "fwd": dict(BD=8, warps=1, stages=1),  # stages > 1: software-pipelined tile loads (tl.range)
+    "bwd": dict(BD=8, warps=1, stages=1),
     "step": dict(BD=32, warps=4),
-    # nmajor=1: the (TT, n, BD) kernels of selective_scan_kernels_nm.py (fewer instructions per element,
-    # more registers); their BD should be <= 32 with 1 warp (more warps split n across warps)
-    "kernels": dict(nmajor=0),
-    # time segments: when b * cdiv(d, BD) programs have fewer than `warps` warps in all, time is also split
-    # into segments of at least `min_tiles` tiles (an extra state-only pass + a carry pass, see the module
-    # doc); warps=0 turns the split off
-    "seg": dict(warps=4096, min_tiles=8),
+    # time segments: when the b * cdiv(d, BD) programs have fewer than `warps` warps in all, time is also
+    # split into segments of at least `min_tiles` tiles (an extra state-only pass + a carry pass, see the
+    # kernels' docstring); warps=0 turns the split off. At b=4, L=4096 (1024 warps) a 4-way split cost
+    # fwd 0.75 -> 0.90 ms, so it is kept for fewer warps than that.
+    "seg": dict(warps=1024, min_tiles=16),
 }
 if os.environ.get("TRANSMAMBA_SCAN_CONFIG"):
     import json as _json
