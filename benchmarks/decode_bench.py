@@ -37,11 +37,11 @@ def decode_models(hybrid_pattern: str) -> list[tuple[str, str, dict]]:
 
     tf = "transformer-400m-eq" if "transformer-400m-eq" in list_presets() else "transformer-400m"
     only = [m for m in os.environ.get("DECODE_BENCH_MODELS", "").split(",") if m]  # a subset, for quick runs
-    models = [
+    models = [  # the transformer first (the ratios need it), Mamba-2 last (the least needed if time runs out)
         (tf, tf, {}),
-        ("mamba2-400m", "mamba2-400m", {}),
-        ("mamba2-hybrid-400m", "mamba2-400m", {"pattern": hybrid_pattern}),
         ("transmamba-400m", "transmamba-400m", {}),
+        ("mamba2-hybrid-400m", "mamba2-400m", {"pattern": hybrid_pattern}),
+        ("mamba2-400m", "mamba2-400m", {}),
     ]
     return [m for m in models if not only or m[0] in only]
 
