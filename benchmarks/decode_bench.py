@@ -145,6 +145,43 @@ def decode_row(model, ctx: int, b: int, bw_GBps: float, target_ms: float) -> dic
     return row
 
 
+def _clone_cache(cache):
+    import copy
+
+    out = copy.copy(cache)
+    out.states = []
+    for st in cache.states:
+        if st is None:
+            out.states.append(None)
+            continue
+        c = copy.copy(st)
+        for name, val in vars(st).items():
+            if isinstance(val, torch.Tensor):
+                setattr(c, name, val.clone())
+        out.states.append(c)
+    return out
+
+
+def check_against_eager(model, ctx: int = 1024, b: int = 2, steps: int = 4) -> float:
+    """Max relative difference of the CUDA-graph step's logits from `CausalLM.step`'s over a few steps from
+    the same synthetic state (TransMamba: P = ctx converts at the first step, larger P attend)."""
+    from transmamba.inference.static_decode import StaticDecoder
+
+    cache = model.init_cache(b, ctx + 16)
+    fill_cache(model, cache, ctx)
+    ref_cache = _clone_cache(cache)
+    dec = StaticDecoder(model, cache, cuda_graph=model.device.type == "cuda")
+    worst = 0.0
+    gen = torch.Generator(device=model.device).manual_seed(0)
+    with torch.no_grad():
+        for _ in range(steps):
+            ids = torch.randint(0, model.config.vocab_size, (b,), device=model.device, generator=gen)
+            ref = model.step(ids, ref_cache).float()
+            out = dec.step(ids).float()
+            worst = max(worst, float((out - ref).norm() / ref.norm()))
+    return worst
+
+
 def run_decode_case(contexts: list[int], batches: list[int], hybrid_pattern: str, bw_GBps: float,
                     target_ms: float = 150.0, log=print) -> list[dict[str, Any]]:
     from transmamba.inference.cache import cache_bytes_per_sequence
@@ -158,6 +195,14 @@ def run_decode_case(contexts: list[int], batches: list[int], hybrid_pattern: str
             traceback.print_exc()
             continue
         wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        try:  # the timed path must compute what the old one does
+            check = {"model": label, "check": "graph vs CausalLM.step logits, ctx 1024, b 2, 4 steps",
+                     "max_rel_diff": check_against_eager(model)}
+        except Exception as err:  # noqa: BLE001
+            check = {"model": label, "check": "graph vs CausalLM.step", "error": repr(err)[:300]}
+            traceback.print_exc()
+        log(json.dumps(check))
+        rows.append(check)
         for ctx in contexts:
             for b in batches:
                 row: dict[str, Any] = {"model": label, "preset": preset, "context": ctx, "batch": b,
