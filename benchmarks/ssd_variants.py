@@ -73,7 +73,33 @@ def _variants(S) -> dict[str, dict[str, int]]:
         out[f"v2-no-{k}"] = dict(S.NEW_PATH, hsplit=1, **{k: 0})
     for n in (2, 4, 8):  # each group's heads split over n programs in the dCB / dB-dC kernels (no fbc then)
         out[f"v2-hsplit{n}"] = dict(S.NEW_PATH, hsplit=n)
+    for name in EXTRA:
+        out[name] = dict(S.NEW_PATH, hsplit=1)
     return out
+
+
+# variants that also change launch settings: name -> CONFIG updates (on top of v2's switches)
+EXTRA = {
+    "v2-minprogs": {"fstate": {"min_progs": 264}, "bstate": {"min_progs": 264}},
+    "v2-bp32": {"fstate": {"BP": 32}, "bstate": {"BP": 32}},
+}
+
+
+def _profile(fn, leaves, dy, reps: int = 3) -> list[dict]:
+    """Per-kernel CUDA time of one fwd+bwd (torch.profiler, mean over reps)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            torch.autograd.grad(fn(), leaves, dy)
+        torch.cuda.synchronize()
+    rows = []
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+        if t > 0:
+            rows.append({"kernel": ev.key[:60], "us": t / reps, "calls": ev.count / reps})
+    return sorted(rows, key=lambda r: -r["us"])
 
 
 def _write(rows, out: Path, name: str, meta) -> None:
@@ -88,14 +114,17 @@ def _write(rows, out: Path, name: str, meta) -> None:
         w.writerows(rows)
 
 
-def run_variants(shapes, names, out: Path, meta) -> list[dict]:
+def run_variants(shapes, names, out: Path, meta, prof: bool = False, ref64: bool = False) -> list[dict]:  # noqa: C901
+    """Time each variant (fwd, fwd+bwd) per shape; differences against the first variant, or with ref64
+    errors against the fp64 torch reference (`ssd_chunked`); with prof also a per-kernel profile."""
+    from transmamba.ops.ssd_chunked import ssd_chunked
     from transmamba.ops.triton import ssd as S
 
     base = copy.deepcopy(S.CONFIG)
     variants = _variants(S)
     names = names or list(variants) + ["mamba_ssm"]
     peer = load_mamba_ssm() if "mamba_ssm" in names else None
-    rows = []
+    rows, prows = [], []
     for b, l in shapes:
         x, dt, A, B, C, D, dt_bias = _ssd_inputs(b, l, 64, 64, 1, 128)
         leaves = [x, dt, A, B, C, D, dt_bias]
@@ -104,9 +133,17 @@ def run_variants(shapes, names, out: Path, meta) -> list[dict]:
         dy = torch.randn_like(x)
         kw = dict(chunk_size=256, D=D, dt_bias=dt_bias, dt_softplus=True)
         ref = None
+        if ref64:
+            r_leaves = [t.detach().double().requires_grad_() for t in leaves]
+            yr = ssd_chunked(*r_leaves[:5], chunk_size=256, D=r_leaves[5], dt_bias=r_leaves[6],
+                             dt_softplus=True)
+            ref = [yr.detach()] + list(torch.autograd.grad(yr, r_leaves, dy.double()))
+            del yr, r_leaves
         for name in names:
             S.CONFIG.clear()
             S.CONFIG.update(copy.deepcopy(base))
+            for k, v in EXTRA.get(name, {}).items():
+                S.CONFIG[k].update(v)
             if name == "mamba_ssm":
                 if peer is None:
                     continue
@@ -125,10 +162,16 @@ def run_variants(shapes, names, out: Path, meta) -> list[dict]:
                 if ref is None:
                     ref = outs
                 for nm, a, r in zip(["y", "dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias"], outs, ref):
-                    row[f"diff_{nm}"] = rel(a, r)
+                    row[f"{'err' if ref64 else 'diff'}_{nm}"] = rel(a, r)
                 del y, gs, outs
                 row["fwd_ms"] = bench_ms(lambda: _nograd(fn))
                 row["fwdbwd_ms"] = bench_ms(lambda: torch.autograd.grad(fn(), leaves, dy))
+                if prof:
+                    for pr in _profile(fn, leaves, dy):
+                        prows.append({"variant": name, "batch": b, "L": l, **pr})
+                        if pr["us"] >= 5:
+                            print(f"  {name} {b}x{l} {pr['us']:8.1f} us x{pr['calls']:.0f} {pr['kernel']}")
+                    _write(prows, out, "ssd-variants2-profile", meta)
             except Exception as err:  # noqa: BLE001 - record and keep going
                 row["error"] = repr(err)[:300]
             print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}),
@@ -213,6 +256,8 @@ def main() -> int:
     ap.add_argument("--shapes", default="4x8192,1x32768", help="comma-separated BATCHxL")
     ap.add_argument("--variants", default="", help="comma-separated (default: all + mamba_ssm)")
     ap.add_argument("--tune", action="store_true", help="also sweep the fused state walks' settings")
+    ap.add_argument("--profile", action="store_true", help="per-kernel profile of each variant")
+    ap.add_argument("--ref64", action="store_true", help="errors against the fp64 reference (small shapes)")
     ap.add_argument("--tune-budget-s", type=float, default=40.0)
     ap.add_argument("--tune-keys", default="fstate,bstate", help=f"kernels to sweep, of {','.join(TUNE)}")
     ap.add_argument("--out", default=".")
@@ -227,7 +272,7 @@ def main() -> int:
             "command": "python benchmarks/ssd_variants.py " + " ".join(sys.argv[1:]),
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
     out = Path(args.out)
-    run_variants(shapes, [v for v in args.variants.split(",") if v], out, meta)
+    run_variants(shapes, [v for v in args.variants.split(",") if v], out, meta, args.profile, args.ref64)
     if args.tune:
         run_tune(shapes, out, meta, args.tune_budget_s, args.tune_keys.split(","))
     return 0

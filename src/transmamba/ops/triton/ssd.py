@@ -51,16 +51,19 @@ CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweeps on an H100 
     # where the intra-chunk dA is summed: 0 = bwd_dcb kernel (per group, loops over its heads; measured
     # 5.5-5.6 ms fwd+bwd at the benchmark shape), 1 = bwd_dx kernel (per head; measured 5.9 ms), 2 = bwd_dx
     # kernel from its factorised block sums (no per-tile W off the diagonal; see bwd_dx_kernel DA2)
-    "misc": dict(dda_in_dx=0, hsplit=1,  # hsplit: split each group's heads over this many programs
+    "misc": dict(dda_in_dx=2, hsplit=1,  # hsplit: split each group's heads over this many programs
                                          # in the dCB and dB/dC-state kernels (atomics; 1 = none)
                  # second-generation switches (each 0 = the first path): fstate = fused state walks (fwd
                  # and bwd), factor = per-block factorised decay (scan, dx, dCB), cb16 = C·B stored in the
                  # inputs' dtype when it is 16-bit, fbc = dB/dC intra parts fused into the bcs kernel,
                  # fddt = the ddt/dA/d_bias tail in one kernel, onek = no inner loop over headdim in the
                  # per-group kernels when one block covers it (their head loop gets software-pipelined)
-                 fstate=0, factor=0, cb16=0, fbc=0, fddt=0, onek=0),
+                 # Default: the second path (measured faster on the H100, docs/gpu-benchmarks.md);
+                 # CONFIG["misc"].update(FIRST_PATH) or TRANSMAMBA_SSD_CONFIG='{"misc": {...}}' selects the first.
+                 fstate=1, factor=1, cb16=1, fbc=1, fddt=1, onek=1),
 }
-NEW_PATH = dict(fstate=1, factor=1, cb16=1, fbc=1, fddt=1, onek=1, dda_in_dx=2)  # CONFIG["misc"].update(NEW_PATH) selects it
+NEW_PATH = dict(fstate=1, factor=1, cb16=1, fbc=1, fddt=1, onek=1, dda_in_dx=2)
+FIRST_PATH = dict(fstate=0, factor=0, cb16=0, fbc=0, fddt=0, onek=0, dda_in_dx=0)
 if os.environ.get("TRANSMAMBA_SSD_CONFIG"):
     import json as _json
 
