@@ -143,18 +143,21 @@ def _recall_plots(runs, kinds, by_pairs, by_filler, acc, out: Path, task):
     import matplotlib.pyplot as plt
 
     j0 = runs[0]["job"]
+    pb = task == "phonebook"  # no filler: the middle panel shows digit accuracy by entries instead
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.4))
     for i, k in enumerate(kinds):
         c = f"C{i % 10}"
-        for ax, pts, xi in ((axes[0], by_pairs, 0), (axes[1], by_filler, 1)):
+        panels = ((axes[0], by_pairs, 0, "acc"), (axes[1], by_pairs if pb else by_filler, 0 if pb else 1,
+                                                   "token_acc" if pb else "acc"))
+        for ax, pts, xi, key in panels:
             if not pts:
                 continue
             xs = [p[xi] for p in pts]
-            ms = [_ms(acc(k, p, f)) for p, f in pts]
+            ms = [_ms(acc(k, p, f, key=key)) for p, f in pts]
             ax.errorbar(xs, [100 * (m[0] if m[0] is not None else np.nan) for m in ms],
                         yerr=[100 * (m[1] or 0) for m in ms], marker="o", capsize=3, c=c, label=k)
             if k.startswith("tm-"):
-                ms = [_ms(acc(k, p, f, "scaled")) for p, f in pts]
+                ms = [_ms(acc(k, p, f, "scaled", key=key)) for p, f in pts]
                 ax.plot(xs, [100 * (m[0] if m[0] is not None else np.nan) for m in ms], ls=":", c=c,
                         label=f"{k} rescaled")
         steps = sorted({p["step"] for r in runs if r["job"]["kind"] == k for p in r["train"]})
@@ -164,18 +167,32 @@ def _recall_plots(runs, kinds, by_pairs, by_filler, acc, out: Path, task):
             axes[2].plot(steps, 100 * np.nanmean(np.array(curves, float), axis=0), c=c, label=k)
     axes[0].axvline(j0["pairs_hi"], ls="--", c="gray", lw=1)
     axes[0].set_xscale("log", base=2)
-    axes[0].set_xlabel("key-value pairs (dashed: most pairs in training)")
+    axes[0].set_xlabel("key-value pairs (dashed: most pairs in training; dotted: chance)")
     axes[0].set_title(f"{task}: accuracy vs pairs (no filler)")
-    axes[1].axvline(j0["filler_hi"], ls="--", c="gray", lw=1)
-    axes[1].set_xscale("symlog", base=2, linthresh=16)
-    axes[1].set_xlabel(f"filler tokens between pairs and queries ({j0['pairs_hi']} pairs)")
-    axes[1].set_title(f"{task}: accuracy vs distance")
+    if pb:
+        axes[1].axvline(j0["pairs_hi"], ls="--", c="gray", lw=1)
+        axes[1].set_xscale("log", base=2)
+        axes[1].set_xlabel("book entries")
+        axes[1].set_title("phonebook: digit accuracy vs entries")
+        axes[0].set_xlabel("book entries (dashed: most in training; dotted: chance)")
+        axes[0].set_title("phonebook: whole-number accuracy vs entries")
+    else:
+        axes[1].axvline(j0["filler_hi"], ls="--", c="gray", lw=1)
+        axes[1].set_xscale("symlog", base=2, linthresh=16)
+        axes[1].set_xlim(left=-2)
+        axes[1].set_xlabel(f"filler tokens between pairs and queries ({j0['pairs_hi']} pairs)")
+        axes[1].set_title(f"{task}: accuracy vs distance")
     axes[2].set_xlabel("training step")
-    axes[2].set_title("training accuracy on answers (mean over seeds)")
-    for ax in axes:
-        ax.set_ylabel("answer accuracy (%)")
+    axes[2].set_title("training accuracy on answer tokens (mean over seeds)")
+    from transmamba.data.synthetic import mqar_split
+
+    chance = 100 / mqar_split(j0["vocab"])[1] if not pb else 100 * 0.1 ** j0.get("number_len", 2)
+    token_chance = chance if not pb else 10.0
+    for ax, ch in zip(axes, (chance, token_chance, token_chance)):
+        ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.set_ylim(-3, 103)
+        ax.axhline(ch, ls=":", c="k", lw=1)
+        ax.set_ylim(bottom=0)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / f"{task}_recall.png", dpi=110)
