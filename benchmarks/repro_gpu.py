@@ -62,7 +62,7 @@ MQAR = dict(task="mqar", vocab=256, pairs_lo=4, pairs_hi=32, filler_lo=0, filler
 PHONEBOOK = dict(task="phonebook", vocab=128, name_len=1, number_len=2, queries=8, pairs_lo=4, pairs_hi=24,
                  filler_lo=0, filler_hi=0, eval_grid=[[8, 0], [16, 0], [24, 0], [48, 0], [96, 0]])
 TEXT = dict(task="text", batch=64, train_len=256, lr=3e-3, data=".repro_data/shakespeare.npz",
-            val_windows=256, swap=True)
+            val_windows=256, swap=True, swap_windows=64)
 
 
 def plan_jobs(plan: str, over: dict) -> list[dict]:
@@ -117,8 +117,9 @@ def plan_jobs(plan: str, over: dict) -> list[dict]:
     if plan == "text":
         kinds = over.pop("kinds", ["transformer", "mamba2", "hybrid"] + [f"tm-{s}" for s in SCHEDULES])
         seeds = over.pop("seeds", 3)
+        one_seed = over.pop("kinds_one_seed", [])  # extra kinds trained with seed 0 only
         for seed in range(seeds):
-            for kind in kinds:
+            for kind in kinds + (one_seed if seed == 0 else []):
                 jobs.append({**COMMON, **TEXT, "kind": kind, "seed": seed, **over,
                              "name": f"text-{kind}-s{seed}"})
         return jobs
@@ -476,11 +477,23 @@ def evaluate_text(job, model, cfg, trained_tp, log):
     log(type="eval", schedule="train", length=L, val_loss=perplexity(model, val, **kw)["loss"])
     n_t = cfg.n_transmamba
     if n_t and job.get("swap", True):
+        # the swap matrix on the first `swap_windows` windows (the row's own schedule is among the columns,
+        # so every row compares like with like)
+        kw_s = dict(kw, max_windows=job.get("swap_windows", job["val_windows"]))
         for s in SCHEDULES + ["attention", "ssm"]:
             tp = [10**9] * n_t if s == "attention" else [0] * n_t if s == "ssm" else \
                 resolve_schedule(s, n_t, train_len=L)
             model.set_transpoints(tp)
-            log(type="eval", schedule=s, length=L, val_loss=perplexity(model, val, **kw)["loss"])
+            log(type="eval", schedule=s, length=L, windows=kw_s["max_windows"],
+                val_loss=perplexity(model, val, **kw_s)["loss"])
+        model.set_transpoints(list(trained_tp))
+    # 4x the training length: as trained, and (TransMamba) with the named schedule rescaled to 4L
+    kw_l = dict(seq_len=4 * L, batch_size=max(1, job["eval_batch"] // 4),
+                max_windows=job.get("long_windows", 16))
+    log(type="eval", schedule="train", length=4 * L, val_loss=perplexity(model, val, **kw_l)["loss"])
+    if n_t:
+        model.set_transpoints(resolve_schedule(job["kind"][3:], n_t, train_len=4 * L))
+        log(type="eval", schedule="scaled", length=4 * L, val_loss=perplexity(model, val, **kw_l)["loss"])
         model.set_transpoints(list(trained_tp))
 
 

@@ -202,11 +202,13 @@ def _recall_plots(runs, kinds, by_pairs, by_filler, acc, out: Path, task):
 def text_tables(runs, md, out: Path):
     kinds = _kinds(runs)
 
-    def vl(kind, sw="train"):
-        return [e["val_loss"] for r in runs if r["job"]["kind"] == kind for e in r["eval"]
-                if e["schedule"] == sw]
-
     j0 = runs[0]["job"]
+    L = j0["train_len"]
+
+    def vl(kind, sw="train", length=L):
+        return [e["val_loss"] for r in runs if r["job"]["kind"] == kind for e in r["eval"]
+                if e["schedule"] == sw and e.get("length", L) == length]
+
     md.append(f"### Shakespeare: validation loss (nats/token), windows of {j0['train_len']} tokens, "
               f"batch {j0['batch']}\n")
     md.append("| kind | params | steps | seeds | val loss | per seed |")
@@ -215,16 +217,24 @@ def text_tables(runs, md, out: Path):
     for k in rows:
         rs = [r for r in runs if r["job"]["kind"] == k]
         per = ", ".join(f"s{r['job']['seed']} {e['val_loss']:.3f}" for r in rs for e in r["eval"]
-                        if e["schedule"] == "train")
+                        if e["schedule"] == "train" and e.get("length", L) == L)
         steps = sorted({r.get("trained", {}).get("steps") for r in rs}, key=str)
         cells = [f"{rs[0]['start']['params']:,}", str(steps), str(len(rs)), _fmt(*_ms(vl(k))), per]
         md.append(f"| {k} | " + " | ".join(cells) + " |")
+    md.append(f"\nAt {4 * L} tokens (4x training; {j0.get('long_windows', 16)} windows): as trained / "
+              "TransMamba with the named schedule rescaled to 4x\n")
+    md.append(f"| kind | val loss @ {L} | @ {4 * L} as trained | @ {4 * L} rescaled |")
+    md.append("|---|---|---|---|")
+    for k in rows:
+        md.append(f"| {k} | {_fmt(*_ms(vl(k)))} | {_fmt(*_ms(vl(k, 'train', 4 * L)))} | "
+                  f"{_fmt(*_ms(vl(k, 'scaled', 4 * L)))} |")
     tms = [k for k in kinds if k.startswith("tm-")]
     evs = SCHEDULES + ["attention", "ssm"]
     mat = np.full((len(tms), len(evs)), np.nan)
     if tms:
+        sw_n = j0.get("swap_windows", j0["val_windows"])
         md.append("\nSchedule swap at inference: rows = trained with, columns = evaluated with "
-                  "(mean over seeds)\n")
+                  f"(mean over seeds; first {sw_n} validation windows)\n")
         md.append("| trained \\ eval | " + " | ".join(evs) + " |")
         md.append("|---|" + "---|" * len(evs))
         for i, k in enumerate(tms):
