@@ -262,8 +262,9 @@ def _text_plots(runs, kinds, vl, tms, evs, mat, out: Path):
            color=["C1" if k.startswith("tm-") else "C0" for k in kinds])
     for i, k in enumerate(kinds):  # every seed as a dot
         v = vl(k)
-        ax.scatter([i] * len(v), v, c="k", s=8, zorder=3)
-    lo, hi = min(m[0] for m in ms), max(m[0] for m in ms)
+        ax.scatter([i] * len(v), v, c="k", s=10, zorder=3)
+    every = [v for k in kinds for v in vl(k)]
+    lo, hi = min(every), max(every)
     ax.set_ylim(lo - 0.15 * (hi - lo + 0.02), hi + 0.25 * (hi - lo + 0.02))
     ax.set_xticks(xs, kinds, rotation=30)
     ax.set_ylabel("validation loss (nats/token)")
