@@ -82,6 +82,8 @@ def _variants(S) -> dict[str, dict[str, int]]:
 EXTRA = {
     "v2-minprogs": {"fstate": {"min_progs": 264}, "bstate": {"min_progs": 264}},
     "v2-bp32": {"fstate": {"BP": 32}, "bstate": {"BP": 32}},
+    "v2-bwalk-only": {"fstate": {"min_bh": 1 << 30}},  # fused walk in the backward only
+    "v2-fwalk-only": {"bstate": {"min_bh": 1 << 30}},  # fused walk in the forward only
 }
 
 

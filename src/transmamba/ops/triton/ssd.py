@@ -45,9 +45,10 @@ CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweeps on an H100 
     "dcb": dict(B=64, warps=4, stages=2),  # backward dCB (and the intra-chunk dA unless misc.dda_in_dx)
     "bcs": dict(BT=64, BN=64, warps=4, stages=2),  # backward state parts of dB, dC
     # fused chunk states + state passing (forward) / u_c + reverse state passing (backward); with fewer than
-    # `min_progs` programs (b * h * p/BP * n/BN) the state tile is halved (BN, then BP, down to 32 / 16)
-    "fstate": dict(BP=64, BN=64, BK=64, warps=4, stages=3, min_progs=0),
-    "bstate": dict(BP=64, BN=64, BK=64, warps=4, stages=3, min_progs=0),
+    # `min_progs` programs (b * h * p/BP * n/BN) the state tile is halved (BN, then BP, down to 32 / 16);
+    # with b * h < min_bh the two-pass chunk-parallel kernels run instead (the walk is sequential per head)
+    "fstate": dict(BP=64, BN=64, BK=64, warps=4, stages=3, min_progs=0, min_bh=0),
+    "bstate": dict(BP=64, BN=64, BK=64, warps=4, stages=3, min_progs=0, min_bh=0),
     # where the intra-chunk dA is summed: 0 = bwd_dcb kernel (per group, loops over its heads; measured
     # 5.5-5.6 ms fwd+bwd at the benchmark shape), 1 = bwd_dx kernel (per head; measured 5.9 ms), 2 = bwd_dx
     # kernel from its factorised block sums (no per-tile W off the diagonal; see bwd_dx_kernel DA2)
@@ -79,7 +80,12 @@ SAVE_STATES = os.environ.get("TRANSMAMBA_SSD_SAVE_STATES", "1") != "0"
 
 def _c(kernel: str, Q: int) -> dict[str, int]:
     """CONFIG[kernel] with block sizes capped at Q."""
-    return {k: (min(v, Q) if k not in ("warps", "stages", "min_progs") else v) for k, v in CONFIG[kernel].items()}
+    return {k: (min(v, Q) if k not in ("warps", "stages", "min_progs", "min_bh") else v)
+            for k, v in CONFIG[kernel].items()}
+
+
+def _fused_walk(cfg, kernel: str) -> bool:
+    return _misc("fstate") and cfg.b * cfg.h >= CONFIG[kernel].get("min_bh", 0)
 
 
 def _walk_tiles(cfg, c) -> tuple[int, int]:
@@ -181,7 +187,7 @@ def _pass_states(cfg, states, dA, init, seq_idx, store=True, dtype=torch.float32
 def _states(cfg, x, B, dt_eff, dA, init, seq_idx, store=True, dtype=torch.float32):
     """-> (S_c entering each chunk (b, c, h, p, n) in `dtype` or None, final (b, h, p, n) fp32): the fused
     walk (CONFIG misc.fstate) or chunk states + state passing."""
-    if not _misc("fstate"):
+    if not _fused_walk(cfg, "fstate"):
         states = _chunk_states(cfg, x, B, dt_eff, dA, seq_idx)
         return _pass_states(cfg, states, dA, init, seq_idx, store=store, dtype=dtype)
     c = _c("fstate", cfg.Q)
@@ -201,7 +207,7 @@ def _states(cfg, x, B, dt_eff, dA, init, seq_idx, store=True, dtype=torch.float3
 def _states_bwd(cfg, dy, C, dA, dfinal, prev, dda):
     """-> (ds_c = G_{c+1} (b, c, h, p, n) in dy's dtype, dL/dinit (b, h, p, n) fp32); adds the state terms
     exp(a_last) <G_{c+1}, S_c> to dda. Fused walk (misc.fstate) or u_c + reverse state passing."""
-    if not _misc("fstate"):
+    if not _fused_walk(cfg, "bstate"):
         u = _chunk_states(cfg, dy, C, dA, dA, None, reverse=True)
         g_buf = (dfinal.float().clone() if dfinal is not None
                  else torch.zeros(cfg.b, cfg.h, cfg.p, cfg.n, device=dy.device, dtype=torch.float32)).contiguous()
