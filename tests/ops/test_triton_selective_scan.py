@@ -253,10 +253,12 @@ _INTERP_SCRIPT = textwrap.dedent(
         out[name] = run_case(selective_scan_triton, selective_scan_ref, t, seq, softplus=sp)
     # time split into segments (state-only / carry-only passes + the carry across segments)
     S.CONFIG["seg"].update(warps=256, min_tiles=1)
+    S.CONFIG["fwd"]["prefetch"] = 1  # and the forward's next-tile prefetch
     t = make_inputs(2, 6, 29, 4, 0, device="cpu", dtype=torch.float32, gen=gen)
     out["segments"] = run_case(selective_scan_triton, selective_scan_ref, t, random_seq_idx(2, 29, 2, gen))
     # the other kernel layout (time-major tiles), on similar cases (segments still on)
     S.CONFIG["kernels"]["nmajor"] = 0
+    S.CONFIG["fwd"]["prefetch"] = 0
     t = make_inputs(2, 6, 29, 5, 0, device="cpu", dtype=torch.float32, gen=gen)
     out["time_major"] = run_case(selective_scan_triton, selective_scan_ref, t, random_seq_idx(2, 29, 2, gen))
     t = make_inputs(1, 6, 17, 4, 3, device="cpu", dtype=torch.float32, with_z=False, gen=gen)

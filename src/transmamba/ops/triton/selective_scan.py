@@ -38,7 +38,9 @@ CONFIG: dict[str, dict[str, int]] = {
     # 10.8 ms.
     "kernels": dict(nmajor=1),
     "tile": dict(TT=8),  # TT = 16: fwd+bwd 5.2 ms (n-major); TT >= 32 spills registers
-    "fwd": dict(BD=8, warps=1, stages=1),  # stages > 1: software-pipelined tile loads (tl.range)
+    # stages > 1: software-pipelined tile loads (tl.range); prefetch=1 (n-major, one group per channel
+    # block): the next tile's loads are issued before the current tile's arithmetic
+    "fwd": dict(BD=8, warps=1, stages=1, prefetch=0),
     "bwd": dict(BD=8, warps=1, stages=1),
     "step": dict(BD=32, warps=4),
     # time segments: when the b * cdiv(d, BD) programs have fewer than `warps` warps in all, time is also
@@ -132,12 +134,14 @@ def _fwd(u, delta, A, B4, C4, D, z, bias, softplus, seq_idx, init, store_ckpt):
     if cfg.nseg > 1:  # state-only pass per segment, then carry across segments
         P = torch.empty(cfg.b, cfg.nseg, cfg.d, cfg.n, device=dev, dtype=torch.float32)
         H = torch.empty_like(P)
+        pf = dict(PREFETCH=bool(c.get("prefetch", 0)) and cfg.same_group) if kern is KN else {}
         kern.scan_fwd_kernel[cfg.grid()](*args, final, y, final, final, P, H, *tail, HAS_H0=False,
-                                         STORE_CKPT=False, STATE_ONLY=True, **flags)
+                                         STORE_CKPT=False, STATE_ONLY=True, **flags, **pf)
         h0 = _seg_pass(cfg, P, H, init, reverse=False)
+    pf = dict(PREFETCH=bool(c.get("prefetch", 0)) and cfg.same_group) if kern is KN else {}
     kern.scan_fwd_kernel[cfg.grid()](*args, h0 if h0 is not None else final, y, final, ckpt, final, final,
                                      *tail, HAS_H0=h0 is not None, STORE_CKPT=store_ckpt, STATE_ONLY=False,
-                                     **flags)
+                                     **flags, **pf)
     return y, final, (ckpt if store_ckpt else None)
 
 

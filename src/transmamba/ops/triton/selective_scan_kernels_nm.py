@@ -49,6 +49,47 @@ def _tile_inputs(
 
 
 @triton.jit
+def _raw_tile(U, DELTA, BM, CM, Z, pid_b, offs_d, mask_d, t, mask_t, grp_b, grp_c, offs_n, mask_n,
+              s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_b_n, s_b_l, s_c_n, s_c_l, s_z_d, s_z_l, s_z_b,
+              s_b_b, s_c_b, LOAD_CZ: tl.constexpr, HAS_Z: tl.constexpr):
+    """The tile's loads in the inputs' dtypes (for PREFETCH: issued one tile ahead, converted when used):
+    u, delta (TT, BD), B, C (TT, BN) of a single group, z (TT, BD)."""
+    m2 = mask_t[:, None] & mask_d[None, :]
+    mtn = mask_t[:, None] & mask_n[None, :]
+    u = tl.load(U + pid_b * s_u_b + t[:, None] * s_u_l + offs_d[None, :] * s_u_d, mask=m2, other=0.0)
+    raw = tl.load(DELTA + pid_b * s_dl_b + t[:, None] * s_dl_l + offs_d[None, :] * s_dl_d, mask=m2, other=0.0)
+    bt = tl.load(BM + pid_b * s_b_b + grp_b + t[:, None] * s_b_l + offs_n[None, :] * s_b_n, mask=mtn, other=0.0)
+    if LOAD_CZ:
+        ct = tl.load(CM + pid_b * s_c_b + grp_c + t[:, None] * s_c_l + offs_n[None, :] * s_c_n, mask=mtn, other=0.0)
+    else:
+        ct = bt
+    if HAS_Z and LOAD_CZ:
+        zz = tl.load(Z + pid_b * s_z_b + t[:, None] * s_z_l + offs_d[None, :] * s_z_d, mask=m2, other=0.0)
+    else:
+        zz = u
+    return u, raw, bt, ct, zz
+
+
+@triton.jit
+def _form_tile(SEQ, u, raw, bt, pid_b, mask_d, t, mask_t, bias, A2, s_seq_b, s_seq_l,
+               SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """_tile_inputs from already-loaded tiles (single group): u, Δ, raw (TT, BD), a, bx (TT, BN, BD), B (TT, BN, 1)."""
+    m2 = mask_t[:, None] & mask_d[None, :]
+    u = u.to(tl.float32)
+    raw = raw.to(tl.float32)
+    dl = tl.where(m2, _delta(raw, bias[None, :], SOFTPLUS), 0.0)
+    bt = bt.to(tl.float32)[:, :, None]
+    bx = (dl * u)[:, None, :] * bt
+    a = tl.exp2(dl[:, None, :] * A2[None, :, :])
+    if HAS_SEQ:
+        s_now = tl.load(SEQ + pid_b * s_seq_b + t * s_seq_l, mask=mask_t, other=0)
+        s_prev = tl.load(SEQ + pid_b * s_seq_b + (t - 1) * s_seq_l, mask=mask_t & (t > 0), other=0)
+        keep = ((s_now == s_prev) | (t == 0)).to(tl.float32)
+        a = a * keep[:, None, None]
+    return u, dl, raw, a, bx, bt
+
+
+@triton.jit
 def _load_c(CM, pid_b, grp_off, offs_n, mask_n, offs_d, mask_d, t, mask_t, s_c_b, s_c_n, s_c_l, SAME_GROUP: tl.constexpr):
     """C of one tile as (TT, BN, 1) or (TT, BN, BD)."""
     if SAME_GROUP:
@@ -87,6 +128,7 @@ def scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, SAME_GROUP: tl.constexpr,
     STATE_ONLY: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, TT: tl.constexpr, STAGES: tl.constexpr,
+    PREFETCH: tl.constexpr = False,
 ):
     """Grid (b, cdiv(dim, BD), nseg); segment s covers tiles [s·tps, min((s+1)·tps, ntiles)).
     H0 (b, nseg, dim, n) fp32: the state entering each segment (HAS_H0). Y in U's layout, FINAL (b, dim, n)
@@ -94,7 +136,8 @@ def scan_fwd_kernel(
     STATE_ONLY: no outputs; from a zero state, write the segment's decay product SEG_P and end state SEG_H,
     (b, nseg, dim, n), so that h_end = SEG_P · h_start + SEG_H. dpg = channels per group of B/C.
     The entering state is folded into the tile's first input (b_0 += a_0 h), so the scan's running products
-    of a are dead code in the full pass."""
+    of a are dead code in the full pass. PREFETCH (needs SAME_GROUP): the next tile's loads are issued
+    before the current tile's arithmetic."""
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     seg = tl.program_id(2)
@@ -116,15 +159,31 @@ def scan_fwd_kernel(
     prod = tl.full([BN, BD], 1.0, dtype=tl.float32)
     t0 = tl.arange(0, TT)[:, None, None]
     it_end = tl.minimum(ntiles, (seg + 1) * tps)
+    if PREFETCH:
+        t = seg * tps * TT + tl.arange(0, TT)
+        pu, praw, pbt, pct, pzz = _raw_tile(
+            U, DELTA, BM, CM, Z, pid_b, offs_d, mask_d, t, t < seqlen, grp_b, grp_c, offs_n, mask_n,
+            s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_b_n, s_b_l, s_c_n, s_c_l, s_z_d, s_z_l, s_z_b,
+            s_b_b, s_c_b, not STATE_ONLY, HAS_Z)
     for it in tl.range(seg * tps, it_end, num_stages=STAGES):
         t = it * TT + tl.arange(0, TT)
         mask_t = t < seqlen
         if STORE_CKPT:
             tl.store(CKPT + (pid_b * ntiles + it) * dim * dstate + st_off, h, mask=mn_d)
-        u, dl, raw, a, bx, bt = _tile_inputs(
-            U, DELTA, BM, SEQ, pid_b, offs_d, mask_d, t, mask_t, bias, A2, grp_b, offs_n, mask_n,
-            s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_b_b, s_b_n, s_b_l, s_seq_b, s_seq_l,
-            SOFTPLUS, HAS_SEQ, SAME_GROUP)
+        if PREFETCH:
+            cu, craw, cbt, cct, czz = pu, praw, pbt, pct, pzz
+            tn = t + TT
+            pu, praw, pbt, pct, pzz = _raw_tile(
+                U, DELTA, BM, CM, Z, pid_b, offs_d, mask_d, tn, (tn < seqlen) & (tn < it_end * TT), grp_b, grp_c,
+                offs_n, mask_n, s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_b_n, s_b_l, s_c_n, s_c_l, s_z_d,
+                s_z_l, s_z_b, s_b_b, s_c_b, not STATE_ONLY, HAS_Z)
+            u, dl, raw, a, bx, bt = _form_tile(SEQ, cu, craw, cbt, pid_b, mask_d, t, mask_t, bias, A2, s_seq_b, s_seq_l,
+                                               SOFTPLUS, HAS_SEQ)
+        else:
+            u, dl, raw, a, bx, bt = _tile_inputs(
+                U, DELTA, BM, SEQ, pid_b, offs_d, mask_d, t, mask_t, bias, A2, grp_b, offs_n, mask_n,
+                s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_b_b, s_b_n, s_b_l, s_seq_b, s_seq_l,
+                SOFTPLUS, HAS_SEQ, SAME_GROUP)
         if STATE_ONLY:
             pa, pb = tl.associative_scan((a, bx), 0, _compose)
             pa_last = tl.sum(tl.where(t0 == TT - 1, pa, 0.0), axis=0)
@@ -133,13 +192,19 @@ def scan_fwd_kernel(
         else:
             bx = tl.where(t0 == 0, a * h[None, :, :] + bx, bx)  # fold the entering state into token 0
             _, hs = tl.associative_scan((a, bx), 0, _compose)  # (TT, BN, BD): every state of the tile
-            ct = _load_c(CM, pid_b, grp_c, offs_n, mask_n, offs_d, mask_d, t, mask_t, s_c_b, s_c_n, s_c_l, SAME_GROUP)
+            if PREFETCH:
+                ct = cct.to(tl.float32)[:, :, None]
+            else:
+                ct = _load_c(CM, pid_b, grp_c, offs_n, mask_n, offs_d, mask_d, t, mask_t, s_c_b, s_c_n, s_c_l, SAME_GROUP)
             y = tl.sum(hs * ct, axis=1)  # (TT, BD)
             h = tl.sum(tl.where(t0 == TT - 1, hs, 0.0), axis=0)  # padded tokens pass the state through (a=1, b=0)
             y += dskip[None, :] * u
             m2 = mask_t[:, None] & mask_d[None, :]
             if HAS_Z:
-                zz = tl.load(Z + pid_b * s_z_b + t[:, None] * s_z_l + offs_d[None, :] * s_z_d, mask=m2, other=0.0).to(tl.float32)
+                if PREFETCH:
+                    zz = czz.to(tl.float32)
+                else:
+                    zz = tl.load(Z + pid_b * s_z_b + t[:, None] * s_z_l + offs_d[None, :] * s_z_d, mask=m2, other=0.0).to(tl.float32)
                 y = y * zz * tl.sigmoid(zz)
             tl.store(Y + pid_b * s_y_b + t[:, None] * s_y_l + offs_d[None, :] * s_y_d, y.to(Y.dtype.element_ty), mask=m2)
     if STATE_ONLY:
