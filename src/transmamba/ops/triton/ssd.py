@@ -3,21 +3,26 @@
 (the Memory Converter: state only, no outputs) and `ssd_step_triton` (one decode token).
 
 Same arguments and results as `transmamba.ops.ssd.ssd` (the torch reference is the spec); the algorithm
-and the backward formulas are in `ssd_kernels.py`. Forward: 5 launches (chunk cumsum with dt bias/softplus
-fused, C·B per chunk and group, chunk states, state passing, chunk scan with D and the z gate fused).
-Backward recomputes C·B, takes the incoming chunk states saved by the forward (or recomputes them, see
-SAVE_STATES), then 6 launches and a few small torch ops on (b, h, L) tensors.
+and the backward formulas are in `ssd_kernels.py` (and `ssd_kernels_fused.py`). Two pipelines, chosen per
+call by CONFIG["misc"] (see there); the second is the default:
+- first (FIRST_PATH): forward 5 launches (chunk cumsum with dt bias/softplus fused, C·B per chunk and
+  group, chunk states, state passing, chunk scan with D and the z gate fused); backward recomputes C·B, then
+  6 launches and small torch ops on (b, h, L) tensors (the dB/dC intra parts as fp32 einsums).
+- second (NEW_PATH): forward 4 launches (chunk states and state passing fused into one sequential walk per
+  head and state tile; C·B stored in the inputs' dtype; the scan's decay factorised per block, so only the
+  diagonal block evaluates exp(a_i - a_j)); backward 6 launches + one fill and one small sum (the reverse
+  walk fused likewise; the intra-chunk dA from the dx kernel's block sums; dCB alone in its kernel; dB/dC's
+  intra parts fused into the dB/dC-state kernel; the ddt/dA/d_bias tail in one kernel).
+Backward takes the incoming chunk states saved by the forward (or recomputes them, see SAVE_STATES).
 Saved for backward: the inputs, the pre-gate output y when z is given (for dz) and two fp32 (b, h, L)
 tensors (dt_eff and the chunk-cumulative log decays).
 
 Compute: matmul operands in the inputs' dtype (bf16 / fp16; fp32 inputs use IEEE fp32 dots, so fp32 results
 agree with the fp64 reference to ~1e-6; `TRANSMAMBA_SSD_TF32=1` opts into tf32 dots for fp32 inputs, about
-1e-3 relative error), accumulation and all decays in fp32; the final state is fp32.
-
-Two generations of the pipeline, chosen per call by CONFIG["misc"] (see there): the first (five forward
-launches as above) and the fused one: chunk states and state passing in one sequential walk per head
-(forward and backward), the decay factorised per block in the chunk scan / dx / dCB kernels, C·B kept in the
-inputs' dtype, the intra-chunk parts of dB/dC and the (b, h, L) tail of the backward fused into kernels.
+1e-3 relative error), accumulation and all decays in fp32; the final state is fp32. The factorised decay
+of the second pipeline, exp(a_i - a_j) = exp(a_i - a_r) exp(a_r - a_j) with a_r between them, is exact
+whenever both factors are representable: always when dt·A <= 0 (a stable SSM, the usual softplus dt and
+negative A).
 """
 
 from __future__ import annotations
