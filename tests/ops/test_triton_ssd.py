@@ -105,6 +105,8 @@ def _select_path(monkeypatch, path):
     if path == "v2":
         misc.update(S.NEW_PATH, hsplit=1)
     monkeypatch.setitem(S.CONFIG, "misc", misc)
+    for walk in ("fstate", "bstate"):  # the fused state walks at any b * h (tests are small)
+        monkeypatch.setitem(S.CONFIG, walk, dict(S.CONFIG[walk], min_bh=0))
     monkeypatch.delenv("TRANSMAMBA_SSD_TF32", raising=False)
 
 
@@ -204,6 +206,7 @@ _INTERP_SCRIPT = textwrap.dedent(
         S.CONFIG.clear()
         S.CONFIG.update(copy.deepcopy(base))
         S.CONFIG["misc"].update({k: (v if path == "v2" else 0) for k, v in S.NEW_PATH.items()})
+        S.CONFIG["fstate"]["min_bh"] = S.CONFIG["bstate"]["min_bh"] = 0  # fused walks at any b * h
         # b, l, h, p, g, n, chunk, ndocs, D_per_p, z, init
         cases = {"groups_z_init": (2, 37, 4, 16, 2, 16, 16, 0, False, True, True),
                  "seq_idx_Dp": (2, 40, 2, 16, 1, 32, 16, 3, True, False, True)}

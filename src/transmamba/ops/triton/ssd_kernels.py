@@ -431,22 +431,22 @@ def bwd_dx_kernel(
             dys = tl.load(DY + xyb + tj[:, None] * s_x_l + offs_p[None, :] * s_x_p,
                           mask=mj[:, None] & mp[None, :], other=0.0).to(tl.float32) * tl.exp(a_j - a_r2)[:, None]
             acc3 = tl.zeros((BJ, BP), dtype=tl.float32)
-            for k in range(0, pj * BJ, BK):
-                offs_k = k + tl.arange(0, BK)
+            for k in range(0, pj * BJ, BJ):  # one step per block J: one block total per step
+                offs_k = k + tl.arange(0, BJ)
                 tk = t0 + offs_k
                 mk = tk < seqlen
                 xk = tl.load(X + xyb + tk[:, None] * s_x_l + offs_p[None, :] * s_x_p,
                              mask=mk[:, None] & mp[None, :], other=0.0)  # (BK, BP)
-                cbt = tl.load(cbb + offs_j[:, None] * Q + offs_k[None, :])  # (BJ, BK), rows i in K
+                cbt = tl.load(cbb + offs_j[:, None] * Q + offs_k[None, :])  # (BJ, BJ), rows i in K
                 if HAS_SEQ:
                     seq_k = tl.load(SEQ + b * s_seq_b + tk * s_seq_l, mask=mk, other=-2)
                     cbt = tl.where(seq_j[:, None] == seq_k[None, :], cbt, 0.0)
                 wk = tl.exp(a_r2 - tl.load(DA + da_base + offs_k)) * tl.load(DT + da_base + offs_k)
                 part = _dot(cbt.to(xk.dtype), (xk.to(tl.float32) * wk[:, None]).to(xk.dtype), IEEE)
                 acc3 += part
-                if k // BJ < pj - 1:  # block J = k // BJ not adjacent to K: its pairs straddle the blocks between
+                if k < pj * BJ - BJ:  # block J = k // BJ not adjacent to K: its pairs straddle the blocks between
                     tot = tl.sum(tl.sum(dys * part, axis=1), axis=0)
-                    tl.atomic_add(DIFF + da_base + (k // BJ + 1) * BJ, tot)
+                    tl.atomic_add(DIFF + da_base + k + BJ, tot)
                     tl.atomic_add(DIFF + da_base + pj * BJ, -tot)
             c1 += tl.cumsum(tl.sum(dys * acc3, axis=1), axis=0, reverse=True)
     else:
