@@ -75,6 +75,7 @@ def _variants(S) -> dict[str, dict[str, int]]:
         out[f"v2-hsplit{n}"] = dict(S.NEW_PATH, hsplit=n)
     for name in EXTRA:
         out[name] = dict(S.NEW_PATH, hsplit=1)
+    out["v2-cb16-on"] = dict(S.NEW_PATH, hsplit=1, cb16=1)  # C·B stored in bf16
     return out
 
 
