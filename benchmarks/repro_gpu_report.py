@@ -105,6 +105,25 @@ def recall_tables(runs, md, out: Path):
         m = _ms(acc(k, *ref))
         seeds = ", ".join(f"{100 * v:.1f}" for v in acc(k, *ref))
         md.append(f"- {k}: {_fmt(*m, pct=True)} — seeds: {seeds}")
+    if task == "mqar":
+        # which queries are answered: every pair is queried once, so a model can answer later queries by
+        # elimination (a value of a pair not yet asked) without looking the key up; the first query cannot
+        # use that, and guessing any value of the row scores 1/n there
+        md.append("\n**Accuracy by query index** (%, mean over seeds; no filler): first query, last query, "
+                  "all queries; `1/n` = picking one of the row's n values at random\n")
+        md.append("| kind | " + " | ".join(f"{p} pairs: first / last / all" for p, _ in by_pairs[:3]) + " |")
+        md.append("|---|" + "---|" * len(by_pairs[:3]))
+
+        def per(kind, pairs, idx):
+            return [e["per_answer"][idx] for r in runs if r["job"]["kind"] == kind for e in r["eval"]
+                    if e["pairs"] == pairs and e["filler"] == 0 and e["schedule"] == "train"
+                    and e.get("per_answer")]
+
+        for k in kinds:
+            cells = [f"{100 * (_ms(per(k, p, 0))[0] or 0):.1f} / {100 * (_ms(per(k, p, -1))[0] or 0):.1f} / "
+                     f"{100 * (_ms(acc(k, p, 0))[0] or 0):.1f}" for p, _ in by_pairs[:3]]
+            md.append(f"| {k} | " + " | ".join(cells) + " |")
+        md.append("| 1/n | " + " | ".join(f"{100 / p:.1f}" for p, _ in by_pairs[:3]) + " |")
     for title, pts in (("number of pairs (no filler)", by_pairs), ("filler tokens", by_filler)):
         if not pts:
             continue
