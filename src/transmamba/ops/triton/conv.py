@@ -64,14 +64,17 @@ def _bwd_g_kernel(X, W, BIAS, SEQ, DY, G, DW, DB, seqlen, dim, s_x_b, s_x_d, s_x
                   WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr,
                   SILU: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr):
     """Backward, part 1: g = dy * silu'(pre) (pre recomputed once per position) into G (b, seqlen, dim) fp32,
-    and dW[k] = sum_t g[t] x[t - (W-1) + k], dbias = sum_t g[t], kept in registers over `blocks_per_prog`
-    time blocks and added atomically once per program."""
+    and dW[k] = sum_t g[t] x[t - (W-1) + k], dbias = sum_t g[t]. The products are summed elementwise into
+    (BD, BL) register tiles over `blocks_per_prog` time blocks (WIDTH <= 4 taps: one tile each) and reduced
+    over time once at the end, then added atomically once per program."""
     b = tl.program_id(0).to(tl.int64)  # offsets of large tensors need 64 bits
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     md = offs_d < dim
-    taps = tl.arange(0, WP)
-    dw_acc = tl.zeros((BD, WP), dtype=tl.float32)
-    db_acc = tl.zeros((BD,), dtype=tl.float32)
+    a0 = tl.zeros((BD, BL), dtype=tl.float32)
+    a1 = tl.zeros((BD, BL), dtype=tl.float32)
+    a2 = tl.zeros((BD, BL), dtype=tl.float32)
+    a3 = tl.zeros((BD, BL), dtype=tl.float32)
+    ab = tl.zeros((BD, BL), dtype=tl.float32)
     blk0 = tl.program_id(2) * blocks_per_prog
     for blk in range(blk0, blk0 + blocks_per_prog):
         t = blk * BL + tl.arange(0, BL)
@@ -87,8 +90,7 @@ def _bwd_g_kernel(X, W, BIAS, SEQ, DY, G, DW, DB, seqlen, dim, s_x_b, s_x_d, s_x
             g = dy
         g = tl.where(md[:, None] & mt[None, :], g, 0.0)
         tl.store(G + b * seqlen * dim + t[None, :] * dim + offs_d[:, None], g, mask=md[:, None] & mt[None, :])
-        if HAS_BIAS:
-            db_acc += tl.sum(g, axis=1)
+        ab += g
         if HAS_SEQ:
             seq_t = tl.load(SEQ + b * s_seq_b + t * s_seq_l, mask=mt, other=-1)
         for k in tl.static_range(WIDTH):
@@ -99,10 +101,23 @@ def _bwd_g_kernel(X, W, BIAS, SEQ, DY, G, DW, DB, seqlen, dim, s_x_b, s_x_d, s_x
                 ok &= seq_s == seq_t
             xk = tl.load(X + b * s_x_b + offs_d[:, None] * s_x_d + ts[None, :] * s_x_l,
                          mask=md[:, None] & ok[None, :], other=0.0).to(tl.float32)
-            dw_acc += tl.where(taps[None, :] == k, tl.sum(g * xk, axis=1)[:, None], 0.0)
-    tl.atomic_add(DW + offs_d[:, None] * WIDTH + taps[None, :], dw_acc, mask=md[:, None] & (taps[None, :] < WIDTH))
+            if k == 0:
+                a0 += g * xk
+            elif k == 1:
+                a1 += g * xk
+            elif k == 2:
+                a2 += g * xk
+            else:
+                a3 += g * xk
+    tl.atomic_add(DW + offs_d * WIDTH + 0, tl.sum(a0, axis=1), mask=md)
+    if WIDTH > 1:
+        tl.atomic_add(DW + offs_d * WIDTH + 1, tl.sum(a1, axis=1), mask=md)
+    if WIDTH > 2:
+        tl.atomic_add(DW + offs_d * WIDTH + 2, tl.sum(a2, axis=1), mask=md)
+    if WIDTH > 3:
+        tl.atomic_add(DW + offs_d * WIDTH + 3, tl.sum(a3, axis=1), mask=md)
     if HAS_BIAS:
-        tl.atomic_add(DB + offs_d, db_acc, mask=md)
+        tl.atomic_add(DB + offs_d, tl.sum(ab, axis=1), mask=md)
 
 
 @triton.jit
@@ -214,7 +229,9 @@ class _CausalConv1d(torch.autograd.Function):
 
 def causal_conv1d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                          seq_idx: torch.Tensor | None = None, silu: bool = False) -> torch.Tensor:
-    """x (batch, dim, seqlen) -> y (same shape and dtype); differentiable in x, weight, bias."""
+    """x (batch, dim, seqlen) -> y (same shape and dtype); differentiable in x, weight, bias. Widths 2..4."""
+    if not 2 <= weight.shape[1] <= 4:
+        raise ValueError(f"causal_conv1d_triton: conv width must be 2..4, got {weight.shape[1]}")
     return _CausalConv1d.apply(x, weight, bias, seq_idx, bool(silu))
 
 
@@ -237,12 +254,13 @@ def causal_conv1d_update_triton(x: torch.Tensor, conv_state: torch.Tensor, weigh
 def causal_conv1d_cuda(x, weight, bias=None, *, activation=None, seq_idx=None, initial_state=None,
                        return_final_state=False):
     """`ops.conv.causal_conv1d`'s contract on the Triton kernel, or None where this path does not apply
-    (an initial state, width < 2, fp64, or an unknown activation): the caller then uses the torch version.
+    (an initial state, width outside 2..4, fp64, or an unknown activation): the caller then uses the torch
+    version.
     The final state (the last W-1 inputs, zero where they belong to an earlier document than the last
     token's) is sliced in torch."""
     width = weight.shape[1]
-    if initial_state is not None or width < 2 or x.dtype == torch.float64 or activation not in (None, "silu",
-                                                                                                "swish"):
+    if initial_state is not None or not 2 <= width <= 4 or x.dtype == torch.float64 or activation not in (
+            None, "silu", "swish"):
         return None
     y = causal_conv1d_triton(x, weight, bias, seq_idx, activation in ("silu", "swish"))
     if not return_final_state:
