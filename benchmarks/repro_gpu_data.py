@@ -6,7 +6,9 @@ are scored on); here every row of a batch draws its own size, and rows are right
 
 * MQAR:      BOS  k_1 v_1 ... k_n v_n  NOISE x f  q_1 a_1 ... q_n a_n  PAD...
              n uniform in [n_lo, n_hi], f uniform in [f_lo, f_hi]; keys distinct within a row (first half
-             of the symbols), values uniform (second half); every pair queried once, in random order.
+             of the symbols), values uniform (second half); every pair queried once, in random order —
+             or, with `query_replacement`, n queries drawn independently among the row's keys (then a
+             model cannot answer late queries by elimination, "a value not yet asked for").
 * PhoneBook (one-symbol names):
              BOS  [name SEP d_1..d_L NL] x n  [QUERY name SEP d_1..d_L NL] x q  PAD...
              names distinct within a row, digits uniform, q = max(1, min(queries, n // 2)) distinct entries.
@@ -87,8 +89,12 @@ def recall_batch(spec: dict, batch: int, device, generator=None):
     keys = SYMBOL0 + torch.argsort(torch.rand(b, n_keys, **g), dim=1)[:, :n_hi]  # (b, n_hi) distinct
     vals = val_base + torch.randint(0, val_count, (b, n_hi, L), **g)
     j = torch.arange(n_hi, device=device)
-    r = torch.rand(b, n_hi, **g).masked_fill(j[None, :] >= n[:, None], 2.0)
-    asked = torch.argsort(r, dim=1)[:, :q_hi]  # (b, q_hi): a random order of the row's valid entries first
+    if spec.get("query_replacement"):  # each query an independent draw among the row's entries: a key may be
+        # asked twice and another never, so the unanswered pairs tell nothing (no answer by elimination)
+        asked = (torch.rand(b, q_hi, **g) * n[:, None]).long().clamp(max=n_hi - 1)
+    else:
+        r = torch.rand(b, n_hi, **g).masked_fill(j[None, :] >= n[:, None], 2.0)
+        asked = torch.argsort(r, dim=1)[:, :q_hi]  # (b, q_hi): a random order of the row's valid entries
     book = _fill(ent, keys, vals)  # (b, n_hi, E)
     qk = keys.gather(1, asked)
     qv = vals.gather(1, asked[..., None].expand(-1, -1, L))

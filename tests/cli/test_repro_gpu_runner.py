@@ -33,7 +33,7 @@ TINY = dict(d_model=32, n_layers=2, lr=1e-3, wd=0.1, clip=1.0, warmup=2, min_lr_
             log_every=2, graph=True, triton=True, steps=4, eval_rows=8, eval_batch=8)
 
 
-def _check_mqar_rows(ids, lab, meta, vocab):
+def _check_mqar_rows(ids, lab, meta, vocab, replacement=False):
     n_keys, _ = syn.mqar_split(vocab)
     for r in range(ids.shape[0]):
         row, n, f = ids[r].tolist(), int(meta["n"][r]), int(meta["f"][r])
@@ -45,7 +45,10 @@ def _check_mqar_rows(ids, lab, meta, vocab):
         q0 = 1 + 2 * n + f
         pairs = dict(zip(keys, values))
         asked = [row[q0 + 2 * i] for i in range(n)]
-        assert sorted(asked) == sorted(keys)  # every pair queried once
+        if replacement:
+            assert set(asked) <= set(keys)
+        else:
+            assert sorted(asked) == sorted(keys)  # every pair queried once
         for i in range(n):
             assert pairs[row[q0 + 2 * i]] == row[q0 + 2 * i + 1] == int(lab[r, q0 + 2 * i + 1])
         assert row[q0 + 2 * n :] == [PAD] * (len(row) - q0 - 2 * n)
@@ -61,6 +64,14 @@ def test_device_batches_mqar_and_phonebook():
     assert ids.shape == lab.shape == (16, d.row_len(spec)) == (16, 1 + 4 * 6 + 5)
     _check_mqar_rows(ids, lab, meta, 40)
     assert len(set(meta["n"].tolist())) > 1 and len(set(meta["f"].tolist())) > 1  # sizes vary by row
+    ids, lab, meta = d.recall_batch(dict(spec, query_replacement=True), 64, "cpu", generator=gen)
+    _check_mqar_rows(ids, lab, meta, 40, replacement=True)
+    repeats = []
+    for r in range(64):
+        n, f = int(meta["n"][r]), int(meta["f"][r])
+        q0 = 1 + 2 * n + f
+        repeats.append(len(set(ids[r, q0 : q0 + 2 * n : 2].tolist())) < n)
+    assert any(repeats)  # some key asked twice
 
     spec = dict(task="phonebook", vocab=40, pairs_lo=4, pairs_hi=10, number_len=2, queries=3)
     ids, lab, meta = d.recall_batch(spec, 16, "cpu", generator=gen)
