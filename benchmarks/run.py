@@ -927,11 +927,12 @@ def plot(name: str, rows: list[dict[str, Any]], out: Path, meta: dict[str, Any])
     elif name == "train-step":
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for model in dict.fromkeys(r["model"] for r in rows):
-            pts = sorted((r["T"], r["tokens_per_s"], r["mfu"]) for r in rows if r["model"] == model and "mfu" in r)
+            pts = sorted((r["T"], r["tokens_per_s"], r.get("mfu_spec") or r["mfu"]) for r in rows
+                         if r["model"] == model and "mfu" in r)
             if pts:
                 axes[0].plot([p[0] for p in pts], [p[1] / 1e3 for p in pts], "o-", label=model)
                 axes[1].plot([p[0] for p in pts], [100 * p[2] for p in pts], "o-", label=model)
-        for ax, lab in zip(axes, ("training K tokens/s", "MFU % (model FLOPs, models/flops.py)")):
+        for ax, lab in zip(axes, ("training K tokens/s", "MFU % (model FLOPs / datasheet bf16 peak)")):
             ax.set_xscale("log", base=2)
             ax.set_xlabel(f"sequence length T ({rows[0].get('batch', 1) * rows[0]['T']} tokens per step)"
                           if rows and "batch" in rows[0] else "sequence length T")
