@@ -377,7 +377,8 @@ class Run:
             self.done_training = True
 
     def finish(self) -> None:
-        """Log the training summary, drop the graph, evaluate."""
+        """Log the training summary, drop the graph, run the main evaluation (MQAR / PhoneBook: all of
+        it; text: the validation loss at the training length)."""
         import torch
 
         if self.cuda:
@@ -388,16 +389,31 @@ class Run:
                  graph=self.graph is not None)
         self.graph = None
         self.model.eval()
-        try:
-            if self.job["task"] == "text":
-                evaluate_text(self.job, self.model, self.cfg, self.trained_tp, self.log)
+        self._guarded(self._main_eval)
+
+    def finish_extra(self) -> None:
+        """Text only: the schedule swap and the 4x-length evaluation (skipped past the hard deadline)."""
+        if self.job["task"] == "text":
+            if time.time() < (self.job.get("hard_deadline") or float("inf")) - 3:
+                self._guarded(lambda: evaluate_text_extra(self.job, self.model, self.cfg, self.trained_tp,
+                                                          self.log))
             else:
-                evaluate_mqar(self.job, self.model, self.trained_tp, self.cfg.n_transmamba, self.log)
+                self.log(type="eval_skipped", what="swap and 4x length")
+        self.log(type="done", wall_s=round(time.time() - self.t0, 2))
+
+    def _main_eval(self):
+        if self.job["task"] == "text":
+            evaluate_text(self.job, self.model, self.log)
+        else:
+            evaluate_mqar(self.job, self.model, self.trained_tp, self.cfg.n_transmamba, self.log)
+
+    def _guarded(self, fn):
+        try:
+            fn()
         except Exception as err:
             import traceback
 
             self.log(type="eval_error", error=repr(err), traceback=traceback.format_exc()[-2000:])
-        self.log(type="done", wall_s=round(time.time() - self.t0, 2))
 
 
 def worker(job_paths: list[str], log_paths: list[str]) -> None:
@@ -442,8 +458,10 @@ def worker(job_paths: list[str], log_paths: list[str]) -> None:
         if now > deadline:
             for r in runs:
                 r.done_training = True
-    for r in runs:
+    for r in runs:  # every run's main numbers first, then the extras, so a cut-off loses extras only
         r.finish()
+    for r in runs:
+        r.finish_extra()
 
 
 def evaluate_mqar(job, model, trained_tp, n_t, log):
@@ -476,21 +494,34 @@ def evaluate_mqar(job, model, trained_tp, n_t, log):
             model.set_transpoints(list(trained_tp))
 
 
-def evaluate_text(job, model, cfg, trained_tp, log):
+def _val_tokens(job):
     import torch
 
+    return torch.from_numpy(np.load(text_tokens(job))["val"].astype(np.int64))
+
+
+def evaluate_text(job, model, log):
+    """Validation loss over `val_windows` windows of the training length."""
+    from transmamba.eval.perplexity import perplexity
+
+    L = job["train_len"]
+    kw = dict(seq_len=L, batch_size=job["eval_batch"], max_windows=job["val_windows"])
+    log(type="eval", schedule="train", length=L, val_loss=perplexity(model, _val_tokens(job), **kw)["loss"])
+
+
+def evaluate_text_extra(job, model, cfg, trained_tp, log):
+    """TransMamba under every schedule (the inference-time swap) and every kind at 4x the training length."""
     from transmamba.eval.perplexity import perplexity
     from transmamba.models.schedules import resolve_schedule
 
-    val = torch.from_numpy(np.load(text_tokens(job))["val"].astype(np.int64))
+    val = _val_tokens(job)
     L = job["train_len"]
-    kw = dict(seq_len=L, batch_size=job["eval_batch"], max_windows=job["val_windows"])
-    log(type="eval", schedule="train", length=L, val_loss=perplexity(model, val, **kw)["loss"])
     n_t = cfg.n_transmamba
     if n_t and job.get("swap", True):
         # the swap matrix on the first `swap_windows` windows (the row's own schedule is among the columns,
         # so every row compares like with like)
-        kw_s = dict(kw, max_windows=job.get("swap_windows", job["val_windows"]))
+        kw_s = dict(seq_len=L, batch_size=job["eval_batch"],
+                    max_windows=job.get("swap_windows", job["val_windows"]))
         for s in SCHEDULES + ["attention", "ssm"]:
             tp = [10**9] * n_t if s == "attention" else [0] * n_t if s == "ssm" else \
                 resolve_schedule(s, n_t, train_len=L)
