@@ -62,6 +62,8 @@ class TrainConfig:
     dtype: str = _f("auto", "auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16")
     threads: int = _f(0, "torch CPU threads (0: leave torch's default)")
     compile: bool = _f(False, "torch.compile the model")
+    fused_loss: bool = _f(True, "LM-head cross-entropy in token chunks, without the (tokens, vocab) logits")
+    checkpointing: bool = _f(False, "recompute each block's activations in the backward (less memory)")
     progress: bool = _f(True, "show a progress bar")
     tensorboard: bool = _f(True, "also log to TensorBoard when torch.utils.tensorboard is importable")
     cache_dir: str | None = _f(None, "tokenizer cache (default: $TRANSMAMBA_CACHE or ~/.cache/transmamba)")

@@ -262,6 +262,9 @@ class Trainer:
         seed_everything(cfg.seed)
         factory = self.model_factory or (lambda v: build_lm(cfg, v))
         raw_model = factory(data.tokenizer.vocab_size).to(device)
+        if hasattr(raw_model, "fused_loss"):  # CausalLM's training-speed options (no effect on results)
+            raw_model.fused_loss = cfg.fused_loss
+            raw_model.gradient_checkpointing = cfg.checkpointing
         self._probe(raw_model)
         n_params = sum(p.numel() for p in raw_model.parameters())
         self.log(f"model: {cfg.preset}, {n_params:,} parameters, device {device}, world {info.world_size}")
