@@ -287,8 +287,58 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def compact_table(rows: list[dict[str, Any]]) -> str:
+    """Model x batch rows, context columns; cells: CUDA-graph tokens/s (fraction of the bound), '–' where
+    the combination did not fit."""
+    ctxs = sorted({r["context"] for r in rows if "context" in r})
+    keys: list[tuple[str, int]] = []
+    for r in rows:
+        if "context" in r and (r["model"], r["batch"]) not in keys:
+            keys.append((r["model"], r["batch"]))
+    order = list(dict.fromkeys(m for m, _ in keys))
+    keys.sort(key=lambda k: (order.index(k[0]), k[1]))
+    cell = {(r["model"], r["batch"], r["context"]): r for r in rows if "context" in r}
+    lines = ["| model | batch | " + " | ".join(f"{c // 1024}K" for c in ctxs) + " |",
+             "|---|---|" + "---|" * len(ctxs)]
+    for m, b in keys:
+        out = []
+        for c in ctxs:
+            r = cell.get((m, b, c))
+            if r is None or "graph_tokens_per_s" not in r:
+                out.append("–")
+            else:
+                v = r["graph_tokens_per_s"]
+                txt = f"{v / 1000:.1f}K" if v >= 1000 else f"{v:.0f}"
+                out.append(f"{txt} ({r['graph_frac_of_bound']:.0%})")
+        lines.append(f"| {m} | {b} | " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     import sys
 
-    data = json.loads(open(sys.argv[1]).read())
-    print(markdown_table(data["rows"]))
+    args = sys.argv[1:]
+    png = None
+    if "--png" in args:  # python benchmarks/decode_bench.py a.json b.json --png out.png
+        i = args.index("--png")
+        png, args = args[i + 1], args[:i] + args[i + 2:]
+    rows_all: list[dict[str, Any]] = []
+    for path in args:  # several result files (e.g. one per batch size) make one table
+        rows_all += json.loads(open(path).read())["rows"]
+    _add_ratios(rows_all)
+    print(compact_table(rows_all))
+    print()
+    print(markdown_table(rows_all))
+    if png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        plot_decode(rows_all, axes)
+        gpu = json.loads(open(args[0]).read())["meta"].get("gpu", "?")
+        fig.suptitle(f"decode step, CUDA graph, bf16, on {gpu} (dotted b=1, solid b=16, dashed b=64)",
+                     fontsize=9)
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
