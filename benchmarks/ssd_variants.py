@@ -85,6 +85,11 @@ EXTRA = {
     "v2-bp32": {"fstate": {"BP": 32}, "bstate": {"BP": 32}},
     "v2-bwalk-only": {"fstate": {"min_bh": 1 << 30}},  # fused walk in the backward only
     "v2-fwalk-only": {"bstate": {"min_bh": 1 << 30}},  # fused walk in the forward only
+    "v2-dx-bk64": {"dx": {"BK": 64}},
+    "v2-dx-w8": {"dx": {"warps": 8}},
+    "v2-scan-64": {"scan": {"BM": 64, "BK": 64, "warps": 4}},
+    "v2-bcs-bn128": {"bcs": {"BN": 128}},
+    "v2-dcb-w8": {"dcb": {"warps": 8}},
 }
 
 
