@@ -38,9 +38,10 @@ from transmamba.ops.selective_scan import selective_scan, selective_state_update
 class Mamba1(nn.Module):
     """Mamba-1 token mixer: `forward(hidden (b, t, d_model), *, seq_idx=None, state=None) -> (b, t, d_model)`.
 
-    `scan_impl` picks the scan ("auto" | "ref" | "chunked"); `chunk_size` is the chunked scan's chunk length
-    (None: ~sqrt(t)). With `state` (from `init_state`) the call is a prefill continuing from it (updated in
-    place); `step` decodes one token per row.
+    `scan_impl` picks the scan ("auto" | "ref" | "chunked" | "triton"; "auto" is the Triton kernel on CUDA,
+    else the chunked torch scan); `chunk_size` is the chunked scan's chunk length (None: ~sqrt(t)). With
+    `state` (from `init_state`) the call is a prefill continuing from it (updated in place); `step` decodes
+    one token per row.
     """
 
     def __init__(
