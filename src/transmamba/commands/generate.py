@@ -38,10 +38,10 @@ def register(subparsers) -> None:
                    help="TransMamba models: decode with another TransPoint schedule, a name V1..V9 (scaled "
                    "like the checkpoint's) or comma-separated ints, one per T layer (default: as trained)")
     p.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default: cpu)")
-    p.add_argument("--cuda-graph", choices=("auto", "on", "off"), default="auto",
+    p.add_argument("--cuda-graph", choices=("auto", "on", "off"), default="off",
                    help="decode through CUDA graphs of the static decode step: 'auto' uses them on a CUDA "
                    "device when the model allows it (no MoE layers), 'on' requires them, 'off' never "
-                   "(default: auto)")
+                   "(default: off, graphs are opt-in for now)")
     p.set_defaults(func=run)
 
 

@@ -93,7 +93,7 @@ def generate(
     seed: int | None = None,
     streamer: Streamer | None = None,
     pad_token_id: int | None = None,
-    cuda_graph: bool | None = None,
+    cuda_graph: bool | None = False,
 ) -> torch.Tensor | list[list[int]]:
     """Generate up to `max_new_tokens` tokens after each prompt.
 
@@ -104,7 +104,8 @@ def generate(
     seed: seeds a private torch.Generator (None: the global RNG).
     pad_token_id: fills finished rows in a tensor result (default: the first stop token, else 0).
     cuda_graph: decode through CUDA graphs of the static step (True: required, an error where impossible;
-        None: whenever `graph_supported(model)` and max_new_tokens >= GRAPH_MIN_TOKENS; False: `model.step`).
+        None: whenever `graph_supported(model)` and max_new_tokens >= GRAPH_MIN_TOKENS; False, the default
+        for now: `model.step`. Graphs are opt-in until every GPU test of them passes: docs/gpu-benchmarks.md).
 
     Returns, for tensor input, a (batch, len + n) tensor (prompt then new tokens, finished rows padded);
     for list input, a list of lists (each prompt followed by its new tokens, up to and including a stop).

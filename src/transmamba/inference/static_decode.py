@@ -18,11 +18,14 @@ warm-up that compiles kernels and initialises cuBLAS); if the next step has the 
 captured into a CUDA graph and every later step with that signature is one `graph.replay()`. Only the
 current signature's graph is kept (the old one can never be replayed again); all graphs share one memory
 pool. The returned logits of a replay live in the graph's output buffer: use them before the next step.
+If a capture fails, the decoder warns, records `capture_error` and goes on with the eager static step.
 The weights must not change while a decoder is in use (it reads A = -exp(A_log) and RoPE's frequencies once,
 and graphs hold the weights' addresses).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -65,6 +68,7 @@ class StaticDecoder:
         self.graph_modes: tuple | None = None
         self.eager_modes: tuple | None = None  # signature of the last eager step (captured if seen again)
         self.captures = 0
+        self.capture_error: str | None = None  # set (and graphs turned off) if a capture fails
         self._pool = None
         self._stream = None
         self._ids = None
@@ -146,8 +150,17 @@ class StaticDecoder:
             self._ids = torch.empty_like(ids)
         self._ids.copy_(ids)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, stream=stream):
-            logits = static_step(self.model, self._ids, self.cache, modes, self.consts)
+        try:
+            # relaxed: API calls that are not stream work (e.g. loading a kernel module) stay legal
+            with torch.cuda.graph(graph, pool=self._pool, stream=stream, capture_error_mode="relaxed"):
+                logits = static_step(self.model, self._ids, self.cache, modes, self.consts)
+        except RuntimeError as err:  # capture recorded nothing that ran: go on without graphs
+            self.capture_error = repr(err)
+            self.cuda_graph = False
+            warnings.warn(f"StaticDecoder: CUDA-graph capture failed, decoding without graphs: {err!r}",
+                          RuntimeWarning, stacklevel=3)
+            torch.cuda.synchronize()
+            return static_step(self.model, ids, self.cache, modes, self.consts)
         self.graph, self.graph_modes, self._logits = graph, modes, logits
         self.captures += 1
         graph.replay()  # capturing recorded the step without running it
