@@ -1,6 +1,8 @@
 """The static decode step (`inference/static_step.py`, `static_decode.py`) against `CausalLM.step`, and the
 CUDA-graph `generate()` against eager generation (GPU tests, skipped without one)."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -94,7 +96,11 @@ def test_cuda_graph_generate_equals_eager_gpu(case):
     model = _model(pattern, points, seed=case, device="cuda")
     prompts = [list(range(1, n + 1)) for n in lengths]
     kw = dict(max_new_tokens=16)
-    assert generate(model, prompts, greedy=True, cuda_graph=True, **kw) == generate(
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a failed capture (silent eager fallback) fails
+        graph_greedy = generate(model, prompts, greedy=True, cuda_graph=True, **kw)
+    torch.randn(2, device="cuda")  # the CUDA RNG must be usable after graph decoding
+    assert graph_greedy == generate(
         model, prompts, greedy=True, cuda_graph=False, **kw)
     assert generate(model, prompts, seed=5, top_k=20, top_p=0.9, cuda_graph=True, **kw) == generate(
         model, prompts, seed=5, top_k=20, top_p=0.9, cuda_graph=False, **kw)

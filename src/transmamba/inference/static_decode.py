@@ -150,6 +150,10 @@ class StaticDecoder:
             self._ids = torch.empty_like(ids)
         self._ids.copy_(ids)
         graph = torch.cuda.CUDAGraph()
+        # A fresh memory pool per capture: the previous signature's graph may already be freed, and
+        # capturing into the handle of a pool released with it trips an allocator assert (PyTorch 2.11)
+        # that also leaves the CUDA RNG in capture state for the rest of the process.
+        self._pool = torch.cuda.graph_pool_handle()
         try:
             # relaxed: API calls that are not stream work (e.g. loading a kernel module) stay legal
             with torch.cuda.graph(graph, pool=self._pool, stream=stream, capture_error_mode="relaxed"):
