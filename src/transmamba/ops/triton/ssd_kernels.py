@@ -29,6 +29,11 @@ Backward (dy given, G_c = dL/dS_c):
 The intra-chunk dA_k term is summed over the rectangle i >= k > j directly (as mamba_ssm's "stable" ddA
 does) rather than as a row-sum minus column-sum difference, which cancels badly in bf16. Then
 ddt_k = r_k + q_k + A dA_k and dA = sum_k dt_k dA_k, in torch on the small (b, h, L) tensors.
+
+The second pipeline (the default; see `ssd.py`) uses the same kernels with FACTOR (block-factorised decay in
+chunk_scan / bwd_dx / bwd_dcb), DA2 (the intra-chunk dA from bwd_dx's block sums, see its docstring), ONE_K
+and FUSE_CB (dB/dC intra parts in bwd_bc_state), plus the fused state walks and the ddt tail of
+`ssd_kernels_fused.py`.
 """
 
 from __future__ import annotations
