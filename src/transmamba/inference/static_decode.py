@@ -16,9 +16,10 @@ without a device sync, before every step:
 With `cuda_graph=True` a new signature's first step runs eagerly (on the capture stream: it doubles as the
 warm-up that compiles kernels and initialises cuBLAS); if the next step has the same signature it is
 captured into a CUDA graph and every later step with that signature is one `graph.replay()`. Only the
-current signature's graph is kept (the old one can never be replayed again); all graphs share one memory
-pool. The returned logits of a replay live in the graph's output buffer: use them before the next step.
-If a capture fails, the decoder warns, records `capture_error` and goes on with the eager static step.
+current signature's graph is kept (the old one can never be replayed again) and each graph has its own
+memory pool (freed with the graph). The returned logits of a replay live in the graph's output buffer:
+use them before the next step. If a capture fails, the decoder warns, records `capture_error`, puts the
+default CUDA generator back to its state before the capture and goes on with the eager static step.
 The weights must not change while a decoder is in use (it reads A = -exp(A_log) and RoPE's frequencies once,
 and graphs hold the weights' addresses).
 """
@@ -69,7 +70,6 @@ class StaticDecoder:
         self.eager_modes: tuple | None = None  # signature of the last eager step (captured if seen again)
         self.captures = 0
         self.capture_error: str | None = None  # set (and graphs turned off) if a capture fails
-        self._pool = None
         self._stream = None
         self._ids = None
         self._logits = None
@@ -133,7 +133,6 @@ class StaticDecoder:
     def _side_stream(self) -> torch.cuda.Stream:
         if self._stream is None:
             self._stream = torch.cuda.Stream(device=self.model.device)
-            self._pool = torch.cuda.graph_pool_handle()
         return self._stream
 
     def _eager_on_stream(self, ids: torch.Tensor, modes: tuple) -> torch.Tensor:
@@ -150,17 +149,25 @@ class StaticDecoder:
             self._ids = torch.empty_like(ids)
         self._ids.copy_(ids)
         graph = torch.cuda.CUDAGraph()
-        # A fresh memory pool per capture: the previous signature's graph may already be freed, and
-        # capturing into the handle of a pool released with it trips an allocator assert (PyTorch 2.11)
-        # that also leaves the CUDA RNG in capture state for the rest of the process.
-        self._pool = torch.cuda.graph_pool_handle()
+        # Each graph gets its own private memory pool: a pool shared through graph_pool_handle() is released
+        # when the previous graph (the only one holding it) is freed at a signature change, and capturing
+        # into it afterwards fails an allocator assert (seen on the H100 with TransMamba mode changes).
+        rng = _default_generator(self.model.device)
         try:
-            # relaxed: API calls that are not stream work (e.g. loading a kernel module) stay legal
-            with torch.cuda.graph(graph, pool=self._pool, stream=stream, capture_error_mode="relaxed"):
+            saved = rng.clone_state() if rng is not None else None
+        except RuntimeError:
+            saved = None
+        try:
+            with torch.cuda.graph(graph, stream=stream):
                 logits = static_step(self.model, self._ids, self.cache, modes, self.consts)
         except RuntimeError as err:  # capture recorded nothing that ran: go on without graphs
             self.capture_error = repr(err)
             self.cuda_graph = False
+            if saved is not None:  # a failed capture can leave the default generator in capture mode
+                try:
+                    rng.graphsafe_set_state(saved)
+                except RuntimeError:
+                    pass
             warnings.warn(f"StaticDecoder: CUDA-graph capture failed, decoding without graphs: {err!r}",
                           RuntimeWarning, stacklevel=3)
             torch.cuda.synchronize()
@@ -169,6 +176,15 @@ class StaticDecoder:
         self.captures += 1
         graph.replay()  # capturing recorded the step without running it
         return logits
+
+
+def _default_generator(device: torch.device):
+    """The default CUDA generator of `device` (graph capture registers it), or None."""
+    try:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.default_generators[index]
+    except (RuntimeError, IndexError, AttributeError):
+        return None
 
 
 __all__ = ["StaticDecoder", "graph_supported"]
