@@ -3,7 +3,10 @@
 switch turned off, and mamba_ssm, at the benchmark shape (64 heads x 64, d_state 128, 1 group, chunk 256,
 bf16); optionally a sweep of the fused state walks' launch settings.
 
-    python benchmarks/ssd_variants.py --shapes 4x8192,1x32768 --out DIR [--tune] [--variants v1,v2]
+    python benchmarks/ssd_variants.py --shapes 4x8192,2x8192x48x16 --out DIR [--tune] [--variants v1,v2]
+
+A shape is BATCHxL (64 heads, 1 group) or BATCHxLxHEADSxGROUPS (headdim 64, d_state 128 always; 2x8192x48x16
+is transmamba-400m's layer call).
 
 Writes DIR/ssd-variants2.json/.csv (fwd ms, fwd+bwd ms, largest relative difference of y and of every
 gradient against v1) and, with --tune, DIR/ssd-tune-fused.json/.csv. Timings: medians of CUDA events after
@@ -133,8 +136,8 @@ def run_variants(shapes, names, out: Path, meta, prof: bool = False, ref64: bool
     names = names or list(variants) + ["mamba_ssm"]
     peer = load_mamba_ssm() if "mamba_ssm" in names else None
     rows, prows = [], []
-    for b, l in shapes:
-        x, dt, A, B, C, D, dt_bias = _ssd_inputs(b, l, 64, 64, 1, 128)
+    for b, l, nh, ng in shapes:
+        x, dt, A, B, C, D, dt_bias = _ssd_inputs(b, l, nh, 64, ng, 128)
         leaves = [x, dt, A, B, C, D, dt_bias]
         for t in leaves:
             t.requires_grad_()
@@ -162,7 +165,7 @@ def run_variants(shapes, names, out: Path, meta, prof: bool = False, ref64: bool
 
             def fn():
                 return impl(x, dt, A, B, C, **kw)
-            row = {"variant": name, "batch": b, "L": l}
+            row = {"variant": name, "batch": b, "L": l, "heads": nh, "groups": ng}
             try:
                 y = fn()
                 gs = torch.autograd.grad(y, leaves, dy)
@@ -176,7 +179,7 @@ def run_variants(shapes, names, out: Path, meta, prof: bool = False, ref64: bool
                 row["fwdbwd_ms"] = bench_ms(lambda: torch.autograd.grad(fn(), leaves, dy))
                 if prof:
                     for pr in _profile(fn, leaves, dy):
-                        prows.append({"variant": name, "batch": b, "L": l, **pr})
+                        prows.append({"variant": name, "batch": b, "L": l, "heads": nh, "groups": ng, **pr})
                         if pr["us"] >= 5:
                             print(f"  {name} {b}x{l} {pr['us']:8.1f} us x{pr['calls']:.0f} {pr['kernel']}")
                     _write(prows, out, "ssd-variants2-profile", meta)
@@ -214,19 +217,21 @@ TUNE = {  # most promising first: the sweep stops at its time budget
 FWD_ONLY = ("fstate", "scan")
 
 
-def run_tune(shapes, out: Path, meta, budget_s: float, keys: list[str]) -> list[dict]:  # noqa: C901
-    """Greedy per kernel (in `keys` order), v2 path, first shape only: forward kernels (FWD_ONLY) by the
-    forward's time, the others by fwd+bwd; each key gets budget_s / len(keys) seconds."""
+def run_tune(shapes, out: Path, meta, budget_s: float, keys: list[str], misc: dict | None = None,  # noqa: C901
+             tag: str = "") -> list[dict]:
+    """Greedy per kernel (in `keys` order), v2 path (+ `misc` switches), first shape only: forward kernels
+    (FWD_ONLY) by the forward's time, the others by fwd+bwd; each key gets budget_s / len(keys) seconds."""
     from transmamba.ops.triton import ssd as S
 
-    b, l = shapes[0]
-    x, dt, A, B, C, D, dt_bias = _ssd_inputs(b, l, 64, 64, 1, 128)
+    b, l, nh, ng = shapes[0]
+    x, dt, A, B, C, D, dt_bias = _ssd_inputs(b, l, nh, 64, ng, 128)
     leaves = [x, dt, A, B, C, D, dt_bias]
     for t in leaves:
         t.requires_grad_()
     dy = torch.randn_like(x)
     kw = dict(chunk_size=256, D=D, dt_bias=dt_bias, dt_softplus=True)
     S.CONFIG["misc"].update(S.NEW_PATH, hsplit=1)
+    S.CONFIG["misc"].update(misc or {})
     rows = []
     for key in keys:
         space = TUNE[key]
@@ -244,9 +249,9 @@ def run_tune(shapes, out: Path, meta, budget_s: float, keys: list[str]) -> list[
                 else:
                     ms = bench_ms(lambda: torch.autograd.grad(S.ssd_triton(x, dt, A, B, C, **kw), leaves, dy),
                                   warmup=10, rep=40)
-                row = {"kernel": key, **cand, "ms": ms}
+                row = {"kernel": key, **cand, "ms": ms, "misc": json.dumps(misc or {})}
             except Exception as err:  # noqa: BLE001 - a config that does not compile is skipped
-                row = {"kernel": key, **cand, "error": repr(err)[:200]}
+                row = {"kernel": key, **cand, "error": repr(err)[:200], "misc": json.dumps(misc or {})}
             S.CONFIG[key] = old
             rows.append(row)
             if "ms" in row and (best is None or row["ms"] < best[1]):
@@ -254,7 +259,7 @@ def run_tune(shapes, out: Path, meta, budget_s: float, keys: list[str]) -> list[
         if best is not None:
             S.CONFIG[key].update(best[0])
         print(f"tune {key}: best {best}", flush=True)
-        _write(rows, out, "ssd-tune-fused", meta)
+        _write(rows, out, "ssd-tune-fused" + tag, meta)
     print("TUNED " + json.dumps({k: S.CONFIG[k] for k in keys}), flush=True)
     return rows
 
@@ -262,12 +267,14 @@ def run_tune(shapes, out: Path, meta, budget_s: float, keys: list[str]) -> list[
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="4x8192,1x32768", help="comma-separated BATCHxL")
-    ap.add_argument("--variants", default="", help="comma-separated (default: all + mamba_ssm)")
+    ap.add_argument("--variants", default="",
+                    help="comma-separated (default: all + mamba_ssm; none: the sweep only)")
     ap.add_argument("--tune", action="store_true", help="also sweep the fused state walks' settings")
     ap.add_argument("--profile", action="store_true", help="per-kernel profile of each variant")
     ap.add_argument("--ref64", action="store_true", help="errors against the fp64 reference (small shapes)")
     ap.add_argument("--tune-budget-s", type=float, default=40.0)
     ap.add_argument("--tune-keys", default="fstate,bstate", help=f"kernels to sweep, of {','.join(TUNE)}")
+    ap.add_argument("--tune-misc", default="", help='JSON misc switches for the sweep, e.g. {"dda_in_dx": 0}')
     ap.add_argument("--out", default=".")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -275,14 +282,20 @@ def main() -> int:
         return 2
     import triton
 
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    shapes = []
+    for s in args.shapes.split(","):
+        v = [int(t) for t in s.split("x")]
+        shapes.append(tuple(v) if len(v) == 4 else (v[0], v[1], 64, 1))
     meta = {"gpu": gpu_name(), "torch": torch.__version__, "triton": triton.__version__,
             "command": "python benchmarks/ssd_variants.py " + " ".join(sys.argv[1:]),
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
     out = Path(args.out)
-    run_variants(shapes, [v for v in args.variants.split(",") if v], out, meta, args.profile, args.ref64)
+    if args.variants != "none":  # "none": only the sweep
+        run_variants(shapes, [v for v in args.variants.split(",") if v], out, meta, args.profile, args.ref64)
     if args.tune:
-        run_tune(shapes, out, meta, args.tune_budget_s, args.tune_keys.split(","))
+        misc = json.loads(args.tune_misc) if args.tune_misc else None
+        tag = "-" + "-".join(f"{k}{v}" for k, v in misc.items()) if misc else ""
+        run_tune(shapes, out, meta, args.tune_budget_s, args.tune_keys.split(","), misc, tag)
     return 0
 
 
