@@ -1,0 +1,56 @@
+"""A linear layer for the few rows of a decode step: y = x Wᵀ (+ b), dispatched to a weight-streaming kernel.
+
+    y = skinny_linear(x, linear)     x (..., K), at most 64 rows in all; linear: nn.Linear(K, N) -> (..., N)
+
+A decode step multiplies a handful of rows (the batch) by every weight matrix, so it is bound by reading
+the weights; cuBLAS reaches only 40-66% of the copy bandwidth at these shapes on an H100
+(docs/gpu-benchmarks.md, Decode).
+
+Dispatch: CUDA bf16 / fp16 inputs with at most `MAX_ROWS` rows, a weight with a contiguous last dim,
+Triton importable, and neither TRANSMAMBA_DISABLE_TRITON nor TRANSMAMBA_SKINNY_GEMM=0 set: the Triton
+kernel (`ops/triton/skinny_gemm.py`, imported lazily). Everything else: `linear(x)` (torch / cuBLAS).
+TRANSMAMBA_SKINNY_GEMM=1 also sends fp32 CUDA inputs to the kernel (for tests). Inference only: the
+kernel has no backward, so inputs that need a gradient go to torch as well.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from torch import nn
+
+MAX_ROWS = 64  # the kernel's row tile is at most 64
+
+
+def skinny_enabled(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `skinny_linear` sends (x, weight) to the Triton kernel (see the module docstring)."""
+    flag = os.environ.get("TRANSMAMBA_SKINNY_GEMM", "")
+    if flag == "0" or os.environ.get("TRANSMAMBA_DISABLE_TRITON"):
+        return False
+    dtypes = (torch.bfloat16, torch.float16) + ((torch.float32,) if flag == "1" else ())
+    rows = x.numel() // max(1, x.shape[-1])
+    return (x.is_cuda and x.dtype in dtypes and weight.dtype == x.dtype and 1 <= rows <= MAX_ROWS
+            and weight.stride(-1) == 1 and not (torch.is_grad_enabled() and (x.requires_grad
+                                                                               or weight.requires_grad))
+            and importlib.util.find_spec("triton") is not None)
+
+
+def skinny_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """linear(x) for x (..., K) -> (..., N); through the skinny-GEMM kernel where `skinny_enabled`."""
+    if x.shape[-1] != linear.in_features:
+        raise ValueError(f"skinny_linear: x must have shape (..., {linear.in_features}), "
+                         f"got {tuple(x.shape)}")
+    if not skinny_enabled(x, linear.weight):
+        return linear(x)
+    from transmamba.ops.triton.skinny_gemm import skinny_linear_triton
+
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    return skinny_linear_triton(x2, linear.weight, linear.bias).reshape(*lead, linear.out_features)
+
+
+__all__ = ["MAX_ROWS", "skinny_enabled", "skinny_linear"]

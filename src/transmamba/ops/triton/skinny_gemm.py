@@ -1,0 +1,132 @@
+"""Triton: skinny GEMM y = x Wᵀ (+ bias) for the decode step's linear layers (few rows, weights streamed).
+
+    y[m, n] = Σ_k x[m, k] · W[n, k]  (+ bias[n])      x (M, K), W (N, K) as nn.Linear stores it, M <= 64
+
+A decode step multiplies M = batch rows by every weight matrix once, so its cost is reading W (N·K·2 bytes
+in bf16): the kernel is a weight-streaming GEMV. Program (j, s) owns output columns [j·BN, (j+1)·BN) and
+the K-slice [s·KS, (s+1)·KS) (split-K): it streams its (BN, KS) block of W through BK-wide tiles and
+multiplies them with the matching (BM, BK) tiles of x (tl.dot, fp32 accumulation; fp32 inputs use IEEE
+fp32 products, not tf32). With one K-slice the program adds the bias and stores y in x's dtype; with
+several, each stores its fp32 partial sum in a workspace (S, M, N) and a second kernel adds the S partials
+(in slice order, so the result is deterministic), the bias, and casts. Split-K fills the GPU when N / BN
+gives fewer programs than it has SMs (out_proj, MLP down: N = d_model).
+
+Inference only: there is no backward (the decode step runs under no_grad).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _skinny_kernel(X, W, BIAS, Y, WS, M, N, K, s_xm, s_wn, s_ym, k_slice,
+                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ONE_SLICE: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, IEEE: tl.constexpr):
+    j = tl.program_id(0)
+    s = tl.program_id(1)
+    offs_m = tl.arange(0, BM)
+    offs_n = j * BN + tl.arange(0, BN)
+    offs_k = tl.arange(0, BK)
+    mm = offs_m < M
+    mn = offs_n < N
+    k0 = s * k_slice
+    x_ptr = X + offs_m[:, None].to(tl.int64) * s_xm + offs_k[None, :]  # (BM, BK)
+    w_ptr = W + offs_n[None, :].to(tl.int64) * s_wn + offs_k[:, None]  # (BK, BN): Wᵀ tile, k contiguous
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for kk in range(0, k_slice, BK):
+        k = k0 + kk + offs_k
+        mk = k < K
+        x = tl.load(x_ptr + k0 + kk, mask=mm[:, None] & mk[None, :], other=0.0)
+        w = tl.load(w_ptr + k0 + kk, mask=mk[:, None] & mn[None, :], other=0.0)
+        if IEEE:
+            acc = tl.dot(x, w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, w, acc)
+    if ONE_SLICE:
+        if HAS_BIAS:
+            acc += tl.load(BIAS + offs_n, mask=mn, other=0.0).to(tl.float32)[None, :]
+        out = Y + offs_m[:, None].to(tl.int64) * s_ym + offs_n[None, :]
+        tl.store(out, acc.to(Y.dtype.element_ty), mask=mm[:, None] & mn[None, :])
+    else:
+        ws = WS + (s * M + offs_m[:, None]).to(tl.int64) * N + offs_n[None, :]
+        tl.store(ws, acc, mask=mm[:, None] & mn[None, :])
+
+
+@triton.jit
+def _reduce_kernel(WS, BIAS, Y, M, N, s_ym, S, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """y[m, n] = Σ_s WS[s, m, n] (+ bias[n]), in slice order."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # flat index m·N + n
+    msk = offs < M * N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(0, S):
+        acc += tl.load(WS + s * M * N + offs, mask=msk, other=0.0)
+    n = offs % N
+    m = offs // N
+    if HAS_BIAS:
+        acc += tl.load(BIAS + n, mask=msk, other=0.0).to(tl.float32)
+    tl.store(Y + m * s_ym + n, acc.to(Y.dtype.element_ty), mask=msk)
+
+
+def skinny_config(M: int, N: int, K: int, n_sm: int) -> dict[str, int]:
+    """The launch configuration for an (M, K) x (K, N) product on a GPU with n_sm SMs: BN = 64 columns per
+    program, BK = 128; the K range is split until there are about 2 programs per SM (each K-slice at least
+    512 wide). Checked by the decode-shape sweep (benchmarks/skinny_gemm_bench.py, docs/gpu-benchmarks.md)."""
+    BN, BK = 64, 128
+    blocks = triton.cdiv(N, BN)
+    split = max(1, min(triton.cdiv(2 * n_sm, blocks), K // 512))
+    return {"BN": BN, "BK": BK, "split": split, "num_warps": 4, "num_stages": 4}
+
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def skinny_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                         config: dict[str, int] | None = None) -> torch.Tensor:
+    """x (M, K) with M <= 64 and a contiguous last dim; weight (N, K) with a contiguous last dim; bias (N,)
+    or None -> y (M, N) in x's dtype. `config` (BN, BK, split, num_warps, num_stages) overrides
+    `skinny_config` (for the benchmark's sweep)."""
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"skinny_linear_triton: x (M, K) and weight (N, K) must share K, "
+                         f"got {tuple(x.shape)} and {tuple(weight.shape)}")
+    M, K = x.shape
+    N = weight.shape[0]
+    if not 1 <= M <= 64:
+        raise ValueError(f"skinny_linear_triton: at most 64 rows, got {M}")
+    if x.stride(1) != 1 or weight.stride(1) != 1:
+        raise ValueError("skinny_linear_triton: x and weight need a contiguous last dim")
+    if bias is not None and (bias.shape != (N,) or not bias.is_contiguous()):
+        raise ValueError(f"skinny_linear_triton: bias must be a contiguous ({N},) tensor")
+    cfg = dict(skinny_config(M, N, K, _sm_count(x.device)))
+    cfg.update(config or {})
+    BN, BK, split = cfg["BN"], cfg["BK"], max(1, int(cfg["split"]))
+    k_slice = triton.cdiv(triton.cdiv(K, split), BK) * BK  # a multiple of BK
+    split = triton.cdiv(K, k_slice)
+    BM = max(16, triton.next_power_of_2(M))
+    y = torch.empty(M, N, device=x.device, dtype=x.dtype)
+    ws = y if split == 1 else torch.empty(split, M, N, device=x.device, dtype=torch.float32)
+    b_arg = bias if bias is not None else y
+    _skinny_kernel[(triton.cdiv(N, BN), split)](
+        x, weight, b_arg, y, ws, M, N, K, x.stride(0), weight.stride(0), y.stride(0), k_slice,
+        BM=BM, BN=BN, BK=BK, ONE_SLICE=split == 1, HAS_BIAS=bias is not None,
+        IEEE=x.dtype == torch.float32, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    if split > 1:
+        block = 1024
+        _reduce_kernel[(triton.cdiv(M * N, block),)](ws, b_arg, y, M, N, y.stride(0), split, BLOCK=block,
+                                                      HAS_BIAS=bias is not None, num_warps=4)
+    return y
+
+
+__all__ = ["skinny_config", "skinny_linear_triton"]
