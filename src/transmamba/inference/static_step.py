@@ -11,6 +11,8 @@ What differs from `CausalLM.step` (the results are the same, up to rounding):
   TransPoint P), "ssm" (every row at or past P, already converted) or "mixed" (both paths for every row,
   each row keeping the one its position selects). The Memory Converter (KV cache -> SSM state) is not part
   of the step: the caller runs it beforehand for the rows that reached P (`StaticDecoder` does).
+- Linear layers (in_proj / out_proj, q/k/v/o, MLPs, LM head) go through `ops.skinny_linear`: on CUDA in
+  bf16 / fp16 a weight-streaming Triton GEMM for the few rows of a step, elsewhere `nn.Linear` itself.
 - Mamba-2 / TransMamba SSM states are updated in place; on CUDA the whole SSM step between in_proj and
   out_proj (conv update, SSD step, gated RMSNorm) is one kernel (`ops/triton/ssm_decode.py`). A = -exp(A_log)
   and RoPE's frequencies come precomputed (`step_constants`). Mamba-1 / MLP layers use their own `step`.
@@ -26,9 +28,11 @@ import math
 import os
 
 import torch
+import torch.nn.functional as F
 
 from transmamba.ops.conv import causal_conv1d_update
 from transmamba.ops.decode_attention import decode_attention
+from transmamba.ops.skinny_linear import skinny_linear
 from transmamba.ops.ssd import ssd_step
 
 TM_MODES = ("attn", "ssm", "mixed")
@@ -118,7 +122,9 @@ def attention_step(attn, hidden: torch.Tensor, state, inv_freq: torch.Tensor | N
     """Attention layer, one token per row: hidden (b, D) -> (b, D); writes k/v at seqlen_offset[row].
     inv_freq: RoPE frequencies from `step_constants` (computed here when None)."""
     b = hidden.shape[0]
-    q, k, v = attn._qkv(hidden)  # (b, h, dh), (b, hkv, dh) x 2
+    q = skinny_linear(hidden, attn.q_proj).view(b, attn.n_heads, attn.head_dim)  # as Attention._qkv
+    k = skinny_linear(hidden, attn.k_proj).view(b, attn.n_kv_heads, attn.head_dim)
+    v = skinny_linear(hidden, attn.v_proj).view(b, attn.n_kv_heads, attn.head_dim)
     pos = state.seqlen_offset  # (b,)
     if attn.rope:
         if inv_freq is None:
@@ -130,7 +136,7 @@ def attention_step(attn, hidden: torch.Tensor, state, inv_freq: torch.Tensor | N
     state.v[rows, pos] = v.to(state.v.dtype)
     out = decode_attention(q, state.k, state.v, pos + 1)  # (b, h, dh)
     state.seqlen_offset += 1
-    return attn.o_proj(out.reshape(b, attn.n_heads * attn.head_dim))
+    return skinny_linear(out.reshape(b, attn.n_heads * attn.head_dim), attn.o_proj)
 
 
 def mamba2_step(layer, hidden: torch.Tensor, state, A: torch.Tensor | None = None) -> torch.Tensor:
@@ -138,11 +144,11 @@ def mamba2_step(layer, hidden: torch.Tensor, state, A: torch.Tensor | None = Non
     out_proj is one kernel (`ops/triton/ssm_decode.py`)."""
     b = hidden.shape[0]
     A = layer.A if A is None else A
-    zxbcdt = layer.in_proj(hidden)
+    zxbcdt = skinny_linear(hidden, layer.in_proj)
     if _fused_ok(layer, state):
         y = _fused_ssm_tail(layer, zxbcdt, state, A)
         state.seqlen_offset += 1
-        return layer.out_proj(y)
+        return skinny_linear(y, layer.out_proj)
     z, xbc, dt = layer.split_proj(zxbcdt)
     xbc, conv_new = causal_conv1d_update(xbc, state.conv_state, layer.conv_weight(), layer.conv1d.bias,
                                          activation="silu")
@@ -150,7 +156,7 @@ def mamba2_step(layer, hidden: torch.Tensor, state, A: torch.Tensor | None = Non
     x, B, C = layer.split_xbc(xbc)
     y = _ssd_step_into(state.ssm_state, x, dt, A, B, C, layer.D, layer.dt_bias)
     state.seqlen_offset += 1
-    return layer.out_proj(layer.norm(y.reshape(b, layer.d_inner), z))
+    return skinny_linear(layer.norm(y.reshape(b, layer.d_inner), z), layer.out_proj)
 
 
 def transmamba_step(tm, hidden: torch.Tensor, state, mode: str,
@@ -165,11 +171,11 @@ def transmamba_step(tm, hidden: torch.Tensor, state, mode: str,
     if mode not in TM_MODES:
         raise ValueError(f"transmamba_step: mode must be one of {TM_MODES}, got {mode!r}")
     b = hidden.shape[0]
-    zxbcdt = tm.in_proj(hidden)
+    zxbcdt = skinny_linear(hidden, tm.in_proj)
     if mode == "ssm" and _fused_ok(tm, state):  # the whole SSM path in one kernel on CUDA
         y = _fused_ssm_tail(tm, zxbcdt, state, tm.A if A is None else A)
         state.seqlen_offset += 1
-        return tm.out_proj(y)
+        return skinny_linear(y, tm.out_proj)
     z, xbc, dt = tm.split_proj(zxbcdt)
     xbc, conv_new = causal_conv1d_update(xbc, state.conv_state, tm.conv_weight(), tm.conv1d.bias,
                                          activation="silu")
@@ -208,7 +214,23 @@ def transmamba_step(tm, hidden: torch.Tensor, state, mode: str,
     else:
         y = torch.where((pos < state.transpoint)[:, None], y_att, y_ssm.to(y_att.dtype))
     state.seqlen_offset += 1
-    return tm.out_proj(y)
+    return skinny_linear(y, tm.out_proj)
+
+
+def mlp_step(mlp, hidden: torch.Tensor) -> torch.Tensor:
+    """A feed-forward sub-layer on (b, D) with its linears through `skinny_linear`: SwiGLU `layers.MLP`
+    down(silu(gate(x)) * up(x)) and `PlainMLP` down(act(up(x))); any other module is called as it is."""
+    from transmamba.layers.mlp import MLP
+    from transmamba.models.lm import PlainMLP
+
+    if type(mlp) is MLP:
+        gated = F.silu(skinny_linear(hidden, mlp.gate_proj)) * skinny_linear(hidden, mlp.up_proj)
+        return skinny_linear(gated, mlp.down_proj)
+    if type(mlp) is PlainMLP:
+        h = skinny_linear(hidden, mlp.up_proj)
+        h = F.gelu(h) if mlp.activation == "gelu" else F.relu(h).square()
+        return skinny_linear(h, mlp.down_proj)
+    return mlp(hidden)
 
 
 def _add_norm(h: torch.Tensor, delta: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,10 +263,10 @@ def static_step(model, ids: torch.Tensor, cache, modes: tuple[str | None, ...],
         elif block.is_token_mixer:
             delta = block.mixer.step(n, state)
         else:
-            delta = block.mixer(n)
+            delta = mlp_step(block.mixer, n)
         h, n = _add_norm(h, delta, blocks[i + 1].norm if i + 1 < len(blocks) else model.norm)
-    return model.lm_head(n)
+    return skinny_linear(n, model.lm_head)
 
 
-__all__ = ["TM_MODES", "attention_step", "layer_modes", "mamba2_step", "static_step", "step_constants",
-           "transmamba_step"]
+__all__ = ["TM_MODES", "attention_step", "layer_modes", "mamba2_step", "mlp_step", "static_step",
+           "step_constants", "transmamba_step"]
