@@ -79,8 +79,15 @@ def test_static_decoder_errors_and_auto_off_on_cpu():
         StaticDecoder(model, cache, cuda_graph=True)
     with pytest.raises(ValueError, match="cuda_graph=True"):
         generate(model, [[1, 2]], 3, cuda_graph=True)
+    with pytest.raises(ValueError, match="cuda_graph=True"):
+        generate(model, [[1, 2]], 3, cuda_graph="on")
+    with pytest.raises(ValueError, match="'auto', 'on', 'off'"):
+        generate(model, [[1, 2]], 3, cuda_graph="yes")
     prompts = [[1, 2, 3], [4]]
-    auto = generate(model, prompts, 9, greedy=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto on the CPU: eager, without a warning
+        auto = generate(model, prompts, 9, greedy=True)
+    assert auto == generate(model, prompts, 9, greedy=True, cuda_graph="off")
     assert auto == generate(model, prompts, 9, greedy=True, cuda_graph=False)
 
 
@@ -121,6 +128,89 @@ def test_cuda_graph_replays_equal_static_eager_bf16_gpu():
         a, b = eager.step(ids), graph.step(ids)
         assert torch.equal(a, b)
     assert graph.captures >= 2  # one per mode signature seen twice in a row
+
+
+@pytest.mark.gpu
+def test_cuda_graph_auto_gpu(monkeypatch):
+    """cuda_graph="auto" (the default) captures on CUDA; a model with MoE layers decodes eagerly with one
+    warning line, and both equal eager generation."""
+    import transmamba.inference.generate as gen_mod
+
+    made = []
+    real = gen_mod.StaticDecoder
+    monkeypatch.setattr(gen_mod, "StaticDecoder", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    pattern, points, lengths = CASES[0]
+    model = _model(pattern, points, seed=0, device="cuda")
+    prompts = [list(range(1, n + 1)) for n in lengths]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        out = generate(model, prompts, 12, greedy=True)
+    assert len(made) == 1 and made[0].captures >= 1 and made[0].capture_error is None
+    assert out == generate(model, prompts, 12, greedy=True, cuda_graph="off")
+    moe = _model(*CASES[2][:2], seed=2, device="cuda")
+    with pytest.warns(RuntimeWarning, match="without CUDA graphs") as rec:
+        out = generate(moe, [[1, 2], [3]], 10, greedy=True)
+    assert len(made) == 1 and "\n" not in str(rec[0].message)
+    assert out == generate(moe, [[1, 2], [3]], 10, greedy=True, cuda_graph="off")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_cuda_graph_failed_capture_falls_back_gpu(monkeypatch, where):
+    """A capture that raises (before any kernel is recorded, or after the whole step is) falls back to the
+    eager static step with a warning: generate() still returns the eager result, and the CUDA RNG works
+    afterwards (a failed capture must not leave the default generator in capture mode)."""
+    import transmamba.inference.static_decode as sd
+
+    real = sd.static_step
+
+    def failing(*args, **kwargs):
+        capturing = torch.cuda.is_current_stream_capturing()
+        if capturing and where == "before":
+            raise RuntimeError("injected capture failure (before)")
+        out = real(*args, **kwargs)
+        if capturing:
+            raise RuntimeError("injected capture failure (after)")
+        return out
+
+    pattern, points, lengths = CASES[0]
+    model = _model(pattern, points, seed=0, device="cuda")
+    prompts = [list(range(1, n + 1)) for n in lengths]
+    ref_greedy = generate(model, prompts, 16, greedy=True, cuda_graph="off")
+    ref_sampled = generate(model, prompts, 16, seed=3, top_k=20, cuda_graph="off")
+    monkeypatch.setattr(sd, "static_step", failing)
+    with pytest.warns(RuntimeWarning, match="capture failed"):
+        out = generate(model, prompts, 16, greedy=True, cuda_graph="on")
+    assert out == ref_greedy
+    x = torch.randn(3, device="cuda")  # the default CUDA generator is usable
+    assert torch.isfinite(x).all()
+    with pytest.warns(RuntimeWarning, match="capture failed"):
+        assert generate(model, prompts, 16, seed=3, top_k=20) == ref_sampled
+    torch.manual_seed(0)
+    a = torch.randn(4, device="cuda")
+    torch.manual_seed(0)
+    assert torch.equal(a, torch.randn(4, device="cuda"))
+
+
+@pytest.mark.gpu
+def test_static_step_skinny_gemm_fp32_gpu(monkeypatch):
+    """The static step with every linear through the Triton skinny GEMM (fp32, forced) against
+    `CausalLM.step` on the GPU."""
+    monkeypatch.setenv("TRANSMAMBA_SKINNY_GEMM", "1")
+    pattern, points, lengths = CASES[0]
+    model = _model(pattern, points, seed=0, device="cuda")
+    prompts = [list(range(2, n + 2)) for n in lengths]
+    steps = 12
+    ref_cache, _, _ = prefill(model, prompts, max(lengths) + steps)
+    cache, _, _ = prefill(model, prompts, max(lengths) + steps)
+    dec = StaticDecoder(model, cache)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    with torch.no_grad():
+        for _ in range(steps):
+            ids = torch.randint(0, 53, (len(prompts),), device="cuda", generator=gen)
+            ref = model.step(ids, ref_cache)
+            out = dec.step(ids)
+            assert float((out - ref).norm() / ref.norm()) < 1e-5
 
 
 def test_static_step_without_precomputed_constants():

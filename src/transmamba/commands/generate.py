@@ -38,10 +38,10 @@ def register(subparsers) -> None:
                    help="TransMamba models: decode with another TransPoint schedule, a name V1..V9 (scaled "
                    "like the checkpoint's) or comma-separated ints, one per T layer (default: as trained)")
     p.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default: cpu)")
-    p.add_argument("--cuda-graph", choices=("auto", "on", "off"), default="off",
+    p.add_argument("--cuda-graph", choices=("auto", "on", "off"), default="auto",
                    help="decode through CUDA graphs of the static decode step: 'auto' uses them on a CUDA "
-                   "device when the model allows it (no MoE layers), 'on' requires them, 'off' never "
-                   "(default: off, graphs are opt-in for now)")
+                   "device when the model allows it (no MoE layers; otherwise eager with a warning), 'on' "
+                   "requires them, 'off' never (default: auto; CPU runs are always eager)")
     p.set_defaults(func=run)
 
 
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     model.generate(
         [ids], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         greedy=args.greedy, stop_tokens=stop, seed=args.seed, streamer=streamer,
-        cuda_graph={"auto": None, "on": True, "off": False}[args.cuda_graph],
+        cuda_graph=args.cuda_graph,
     )
     sys.stdout.write("\n")
     return 0

@@ -18,6 +18,7 @@ this step's tokens in the caller's row order, active (b,) bool says which rows p
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -27,7 +28,8 @@ from transmamba.inference.sampling import check_sampling_args, make_generator, s
 from transmamba.inference.static_decode import StaticDecoder, graph_supported
 
 Streamer = Callable[[torch.Tensor, torch.Tensor], None]
-GRAPH_MIN_TOKENS = 8  # cuda_graph=None: shorter runs do not repay a capture
+GRAPH_MIN_TOKENS = 8  # cuda_graph="auto": shorter runs do not repay a capture
+GRAPH_CHOICES = {"auto": None, "on": True, "off": False, None: None, True: True, False: False}
 
 
 def _as_prompts(input_ids) -> tuple[list[list[int]], bool]:
@@ -52,6 +54,22 @@ def _resolve_greedy(greedy: bool | None, do_sample: bool | None) -> bool:
     if do_sample is not None:
         return not do_sample
     return False
+
+
+def _resolve_graph(model, cuda_graph, max_new_tokens: int) -> bool:
+    """Whether to decode through CUDA graphs (see `generate`'s cuda_graph)."""
+    if not isinstance(cuda_graph, (bool, str, type(None))) or cuda_graph not in GRAPH_CHOICES:
+        raise ValueError(f"generate: cuda_graph must be 'auto', 'on', 'off', True, False or None, "
+                         f"got {cuda_graph!r}")
+    choice = GRAPH_CHOICES[cuda_graph]
+    ok, why = graph_supported(model)
+    if choice is None:  # auto
+        if not ok and model.device.type == "cuda":
+            warnings.warn(f"generate: decoding without CUDA graphs: {why}", RuntimeWarning, stacklevel=3)
+        return ok and max_new_tokens >= GRAPH_MIN_TOKENS
+    if choice and not ok:
+        raise ValueError(f"generate: cuda_graph=True is not possible: {why}")
+    return choice
 
 
 @torch.no_grad()
@@ -93,7 +111,7 @@ def generate(
     seed: int | None = None,
     streamer: Streamer | None = None,
     pad_token_id: int | None = None,
-    cuda_graph: bool | None = False,
+    cuda_graph: bool | str | None = "auto",
 ) -> torch.Tensor | list[list[int]]:
     """Generate up to `max_new_tokens` tokens after each prompt.
 
@@ -103,9 +121,11 @@ def generate(
     stop_tokens: ids that end a row (kept in its output).
     seed: seeds a private torch.Generator (None: the global RNG).
     pad_token_id: fills finished rows in a tensor result (default: the first stop token, else 0).
-    cuda_graph: decode through CUDA graphs of the static step (True: required, an error where impossible;
-        None: whenever `graph_supported(model)` and max_new_tokens >= GRAPH_MIN_TOKENS; False, the default
-        for now: `model.step`. Graphs are opt-in until every GPU test of them passes: docs/gpu-benchmarks.md).
+    cuda_graph: decode through CUDA graphs of the static step. "auto" (default; also None): on a CUDA
+        device when `graph_supported(model)` and max_new_tokens >= GRAPH_MIN_TOKENS; a CUDA model that
+        cannot be captured (MoE layers) decodes eagerly with a one-line RuntimeWarning; CPU models decode
+        eagerly without one. "on" / True: required, a ValueError where impossible. "off" / False:
+        `model.step`. A capture that fails at run time warns and goes on eagerly (`StaticDecoder`).
 
     Returns, for tensor input, a (batch, len + n) tensor (prompt then new tokens, finished rows padded);
     for list input, a list of lists (each prompt followed by its new tokens, up to and including a stop).
@@ -122,12 +142,7 @@ def generate(
     if pad_token_id is None:
         pad_token_id = int(stops[0]) if stops.numel() else 0
 
-    if cuda_graph is None:
-        use_graph = max_new_tokens >= GRAPH_MIN_TOKENS and graph_supported(model)[0]
-    else:
-        use_graph = bool(cuda_graph)
-        if use_graph and not graph_supported(model)[0]:
-            raise ValueError(f"generate: cuda_graph=True is not possible: {graph_supported(model)[1]}")
+    use_graph = _resolve_graph(model, cuda_graph, max_new_tokens)
 
     was_training = model.training
     model.eval()
