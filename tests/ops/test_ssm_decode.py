@@ -23,7 +23,7 @@ _CASE = textwrap.dedent(
     from transmamba.ops.triton.ssm_decode import mamba2_decode_triton
 
 
-    def run_case(b, d_model, headdim, ngroups, d_state, device, dtype, seed):
+    def run_case(b, d_model, headdim, ngroups, d_state, device, dtype, seed, group_tile=None):
         torch.manual_seed(seed)
         layer = Mamba2(d_model, d_state=d_state, headdim=headdim, ngroups=ngroups).to(device)
         with torch.no_grad():
@@ -49,7 +49,7 @@ _CASE = textwrap.dedent(
             conv_t = conv.transpose(1, 2).contiguous().transpose(1, 2)  # a strided conv state
             out = mamba2_decode_triton(zx, conv_t, layer.conv_weight(), layer.conv1d.bias, ssm, layer.A,
                                        layer.dt_bias, layer.D, layer.norm.weight, layer.norm.eps, ngroups,
-                                       headdim)
+                                       headdim, group_tile=group_tile)
         def rel(a, r):
             a, r = a.cpu().double(), r.double()
             return float((a - r).norm() / r.norm())
@@ -74,7 +74,9 @@ _INTERP = _CASE + textwrap.dedent(
     """
     import json
     res = [run_case(2, 32, 8, 2, 16, "cpu", torch.float32, 0),
-           run_case(3, 24, 16, 1, 8, "cpu", torch.float32, 1), add_norm_case(3, 40, "cpu", torch.float32, 2)]
+           run_case(3, 24, 16, 1, 8, "cpu", torch.float32, 1), add_norm_case(3, 40, "cpu", torch.float32, 2),
+           run_case(3, 24, 16, 1, 8, "cpu", torch.float32, 1, False),
+           run_case(2, 64, 16, 2, 16, "cpu", torch.float32, 3)]
     print("RESULT" + json.dumps(res))
     """
 )
@@ -96,9 +98,11 @@ def test_fused_mamba2_decode_interpreter():
 def test_fused_mamba2_decode_gpu(dtype):
     ns: dict = {}
     exec(_CASE, ns)  # noqa: S102 - the same case code as the interpreter test
-    for args in [(4, 96, 64, 3, 128), (16, 1536, 64, 16, 128), (1, 64, 16, 1, 32)]:
-        r = ns["run_case"](*args, "cuda", dtype, 3)
-        tol = 1e-5 if dtype == torch.float32 else 2e-2
-        assert max(r.values()) < tol, (args, r)
+    for args in [(4, 96, 64, 3, 128), (16, 1536, 64, 16, 128), (1, 64, 16, 1, 32), (3, 96, 32, 2, 64),
+                 (2, 80, 20, 2, 16)]:
+        for group_tile in (True, False):  # the group-tile kernel (headdim a power of 2) and the per-head one
+            r = ns["run_case"](*args, "cuda", dtype, 3, group_tile)
+            tol = 1e-5 if dtype == torch.float32 else 2e-2
+            assert max(r.values()) < tol, (args, group_tile, r)
     r = ns["add_norm_case"](16, 1536, "cuda", dtype, 4)
     assert r["h"] == 0.0 and r["n"] < (1e-5 if dtype == torch.float32 else 1e-2), r

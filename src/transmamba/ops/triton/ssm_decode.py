@@ -18,6 +18,8 @@ output and y), so the result matches it up to summation order. Needs: norm group
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -90,14 +92,62 @@ def _mamba2_decode_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT, SCR,
         tl.store(OUT + b * d_inner + cx, u * rstd * w, mask=mp)
 
 
+@triton.jit
+def _mamba2_decode_group_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT,
+                                s_zx, s_cb, s_cc, s_ck, d_inner, conv_dim, dstate, eps,
+                                R: tl.constexpr, P: tl.constexpr, W: tl.constexpr, BW: tl.constexpr,
+                                BR: tl.constexpr, BN: tl.constexpr, HAS_CB: tl.constexpr):
+    """The same step with a group's R heads as one (BR, P, BN) tile (headdim P a power of 2): every state
+    load of the program is issued at once (the state read is the step's traffic), and the group's RMSNorm
+    needs no second pass."""
+    b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1)
+    ngroups = tl.num_programs(1)
+    zrow = ZX + b * s_zx
+    xrow = zrow + d_inner  # xBC starts after z
+    cst = CST + b * s_cb
+    offs_n = tl.arange(0, BN)
+    mn = offs_n < dstate
+    offs_r = tl.arange(0, BR)
+    mr = offs_r < R
+    offs_p = tl.arange(0, P)
+    h = g * R + offs_r  # (BR,) heads of the group
+    ms = mr[:, None, None] & mn[None, None, :]  # (BR, 1, BN)
+    so = S + ((b * (ngroups * R) + h[:, None, None]) * P + offs_p[None, :, None]) * dstate + offs_n[None, None, :]
+    st = tl.load(so, mask=ms, other=0.0)  # (BR, P, BN): issued before the conv work below
+    Bv = _conv_silu(xrow, cst, CW, CB, d_inner + g * dstate + offs_n, mn, s_cc, s_ck, W, BW, HAS_CB)
+    Cv = _conv_silu(xrow, cst, CW, CB, d_inner + (ngroups + g) * dstate + offs_n, mn, s_cc, s_ck, W, BW, HAS_CB)
+    offs_f = tl.arange(0, BR * P)  # the group's x channels, flat (head r, channel p) = r·P + p
+    mf = offs_f < R * P
+    xv = tl.reshape(_conv_silu(xrow, cst, CW, CB, g * R * P + offs_f, mf, s_cc, s_ck, W, BW, HAS_CB), (BR, P))
+    dt = tl.load(zrow + d_inner + conv_dim + h, mask=mr, other=0.0).to(tl.float32) + tl.load(DTB + h, mask=mr, other=0.0).to(tl.float32)
+    dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
+    decay = tl.exp(dt * tl.load(A + h, mask=mr, other=0.0).to(tl.float32))  # (BR,)
+    s_new = st.to(tl.float32) * decay[:, None, None] + (dt[:, None] * xv)[:, :, None] * Bv[None, None, :]
+    tl.store(so, s_new.to(st.dtype), mask=ms)
+    y = tl.sum(s_new * Cv[None, None, :], axis=2) + xv * tl.load(DD + h, mask=mr, other=0.0).to(tl.float32)[:, None]
+    cx = g * R * P + offs_r[:, None] * P + offs_p[None, :]  # (BR, P) channels in x, z and the output
+    m2 = mr[:, None]
+    z = tl.load(zrow + cx, mask=m2, other=0.0)
+    y = y.to(z.dtype).to(tl.float32)  # the unfused step stores y in the inputs' dtype
+    zf = z.to(tl.float32)
+    u = tl.where(m2, y * (zf * tl.sigmoid(zf)), 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(u * u, axis=1), axis=0) / (R * P) + eps)
+    w = tl.load(NW + cx, mask=m2, other=0.0).to(tl.float32)
+    tl.store(OUT + b * d_inner + cx, (u * rstd * w).to(OUT.dtype.element_ty), mask=m2)
+
+
 def mamba2_decode_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, conv_weight: torch.Tensor,
                          conv_bias: torch.Tensor | None, ssm_state: torch.Tensor, A: torch.Tensor,
                          dt_bias: torch.Tensor, D: torch.Tensor, norm_weight: torch.Tensor, eps: float,
-                         ngroups: int, headdim: int) -> torch.Tensor:
+                         ngroups: int, headdim: int, *, group_tile: bool | None = None,
+                         num_warps: int | None = None) -> torch.Tensor:
     """zxbcdt (b, 2·d_inner + 2·G·N + H) with a contiguous last dim; conv_state (b, conv_dim, W-1) any
     strides; conv_weight (conv_dim, W); ssm_state (b, H, P, N) contiguous; A, dt_bias, D (H,); norm_weight
     (d_inner,). Updates conv_state and ssm_state in place; returns the normalised gated y (b, d_inner) in
-    zxbcdt's dtype, ready for out_proj."""
+    zxbcdt's dtype, ready for out_proj. group_tile (default: on unless TRANSMAMBA_SSM_DECODE_KERNEL=head)
+    picks the kernel with one (heads, headdim, d_state) tile per group where headdim is a power of 2 >= 16,
+    else the one walking a group's heads in turn; num_warps overrides the launch's (for the benchmark)."""
     b = zxbcdt.shape[0]
     nheads, dstate = ssm_state.shape[1], ssm_state.shape[3]
     d_inner = nheads * headdim
@@ -106,13 +156,26 @@ def mamba2_decode_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, conv_we
         raise ValueError("mamba2_decode_triton: needs a contiguous last dim of zxbcdt, a contiguous "
                          "ssm_state, d_conv >= 2 and D of shape (nheads,)")
     out = torch.empty(b, d_inner, device=zxbcdt.device, dtype=zxbcdt.dtype)
-    scratch = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)
     BN = max(16, triton.next_power_of_2(dstate))
+    BW = max(2, triton.next_power_of_2(width - 1))
+    R = nheads // ngroups
+    conv_b = conv_bias if conv_bias is not None else conv_weight
+    if group_tile is None:
+        group_tile = os.environ.get("TRANSMAMBA_SSM_DECODE_KERNEL", "group") != "head"
+    if group_tile and headdim == triton.next_power_of_2(headdim) and headdim >= 16:
+        BR = triton.next_power_of_2(R)
+        warps = num_warps or (16 if BR * headdim * BN >= 16384 else 4)
+        _mamba2_decode_group_kernel[(b, ngroups)](
+            zxbcdt, conv_state, conv_weight.contiguous(), conv_b, ssm_state, A, dt_bias, D, norm_weight, out,
+            zxbcdt.stride(0), *conv_state.stride(), d_inner, conv_dim, dstate, float(eps),
+            R=R, P=headdim, W=width, BW=BW, BR=BR, BN=BN, HAS_CB=conv_bias is not None, num_warps=warps,
+        )
+        return out
+    scratch = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)
     BP = max(16, triton.next_power_of_2(headdim))
     _mamba2_decode_kernel[(b, ngroups)](
-        zxbcdt, conv_state, conv_weight.contiguous(), conv_bias if conv_bias is not None else conv_weight,
-        ssm_state, A, dt_bias, D, norm_weight, out, scratch,
+        zxbcdt, conv_state, conv_weight.contiguous(), conv_b, ssm_state, A, dt_bias, D, norm_weight, out, scratch,
         zxbcdt.stride(0), *conv_state.stride(), d_inner, conv_dim, nheads, ngroups, headdim, dstate, float(eps),
-        R=nheads // ngroups, W=width, BW=max(2, triton.next_power_of_2(width - 1)), BP=BP, BN=BN, HAS_CB=conv_bias is not None, num_warps=4,
+        R=R, W=width, BW=BW, BP=BP, BN=BN, HAS_CB=conv_bias is not None, num_warps=num_warps or 4,
     )
     return out
