@@ -147,21 +147,36 @@ def ssd_floor(b, l, h, p, g, n, Q, ceil, elt=2) -> dict[str, float]:
             "fwd_mem_ms": fwd_bytes / bw * 1e3, "fwd_mm_ms": fwd_flops / mm * 1e3}
 
 
-@case("ssd-op", "SSD fwd / fwd+bwd: ours vs mamba_ssm vs torch chunked, L 1K..32K at 32K tokens")
+@case("ssd-op", "SSD fwd / fwd+bwd: ours vs mamba_ssm vs fla (fwd; bwd tried) vs torch, and SDPA, L 1K..32K")
 def run_ssd_op(args) -> list[dict[str, Any]]:
     from transmamba.ops.ssd_chunked import ssd_chunked
     from transmamba.ops.triton.ssd import ssd_triton
 
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from peer_ops import load_fla
+
     ceil = ceilings()
     peer = load_mamba_ssm()
+    fla = load_fla()
     rows = []
     for l in [int(v) for v in args.lengths.split(",")]:
-        rows.append(_ssd_op_row(l, args, peer, ceil, ssd_triton, ssd_chunked))
+        rows.append(_ssd_op_row(l, args, peer, fla, ceil, ssd_triton, ssd_chunked))
         torch.cuda.empty_cache()
     return rows
 
 
-def _ssd_op_row(l, args, peer, ceil, ssd_triton, ssd_chunked) -> dict[str, Any]:
+def _first_call_s(fn) -> float:
+    """Seconds of one synchronised call (the first call of a shape: Triton compile / autotune included)."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def _ssd_op_row(l, args, peer, fla, ceil, ssd_triton, ssd_chunked) -> dict[str, Any]:
+    """One L: ours, fla (fwd; its bwd is tried), SDPA, mamba_ssm, torch; every impl's first call is timed
+    separately (`<impl>_first_fwd_s`, `<impl>_first_fwdbwd_s`: compile + autotune on a fresh machine)."""
     h, p, g, n, Q = 64, 64, 1, 128, 256
     b = max(1, args.tokens // l)
     x, dt, A, B, C, D, dt_bias = _ssd_inputs(b, l, h, p, g, n)
@@ -181,29 +196,100 @@ def _ssd_op_row(l, args, peer, ceil, ssd_triton, ssd_chunked) -> dict[str, Any]:
     outs = {}
     for name, fn in impls.items():
         try:
+            row[f"{name}_first_fwd_s"] = _first_call_s(lambda fn=fn: _nograd(fn))
             with torch.no_grad():
                 outs[name] = fn().float()
             row[f"{name}_fwd_ms"] = bench_ms(lambda fn=fn: _nograd(fn))
+            row[f"{name}_first_fwdbwd_s"] = _first_call_s(
+                lambda fn=fn: torch.autograd.grad(fn(), leaves, dy, allow_unused=True))
             row[f"{name}_fwdbwd_ms"] = bench_ms(
                 lambda fn=fn: torch.autograd.grad(fn(), leaves, dy, allow_unused=True))
         except Exception as err:  # noqa: BLE001 - record and keep going
             row[f"{name}_error"] = repr(err)[:300]
             traceback.print_exc()
         torch.cuda.empty_cache()
+        print(f"  ssd-op L={l} {name}: " + json.dumps({k: round(v, 4) for k, v in row.items()
+                                                      if k.startswith(name) and isinstance(v, float)}))
+        if name == "ours":  # the peers without a long first compile come before mamba_ssm's
+            if fla is not None:
+                _ssd_op_fla(row, fla, x, dt, A, B, C, D, dt_bias, dy, outs.get("ours"))
+            _ssd_op_sdpa(row, args.tokens, l)
     if "ours" in outs and "mamba_ssm" in outs:
         row["rel_err_vs_mamba_ssm"] = rel(outs["ours"], outs["mamba_ssm"])
         g1 = torch.autograd.grad(impls["ours"](), leaves, dy)
         g2 = torch.autograd.grad(impls["mamba_ssm"](), leaves, dy)
         for nm, a, r in zip(["dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias"], g1, g2):
             row[f"grad_rel_err_{nm}"] = rel(a, r)
-    for name in impls:
+    for name in [*impls, "fla"]:
         if f"{name}_fwd_ms" in row:
             row[f"{name}_fwd_frac_of_floor"] = row["fwd_floor_ms"] / row[f"{name}_fwd_ms"]
-    if "ours_fwdbwd_ms" in row and "mamba_ssm_fwdbwd_ms" in row:
-        row["ours_over_mamba_fwdbwd"] = row["ours_fwdbwd_ms"] / row["mamba_ssm_fwdbwd_ms"]
-        row["ours_over_mamba_fwd"] = row["ours_fwd_ms"] / row["mamba_ssm_fwd_ms"]
+    for kind in ("fwd", "fwdbwd"):
+        for peer_name in ("mamba_ssm", "fla"):
+            if f"ours_{kind}_ms" in row and f"{peer_name}_{kind}_ms" in row:
+                tag = "mamba" if peer_name == "mamba_ssm" else peer_name
+                row[f"ours_over_{tag}_{kind}"] = row[f"ours_{kind}_ms"] / row[f"{peer_name}_{kind}_ms"]
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
     return row
+
+
+def _ssd_op_fla(row, fla, x, dt, A, B, C, D, dt_bias, dy, y_ours) -> None:
+    """fla's chunk_simple_gla on the SSD's inputs (benchmarks/peer_ops.py: q = C, k = dt*B, v = x, g = dt*A,
+    scale 1). Timed on the mapped inputs (the mapping is outside the timing). Agreement with ours: fla's
+    output + D*x against our forward (`rel_err_fla_vs_ours`). Its backward is tried; a refusal is recorded
+    (`fla_bwd_error`), a success is timed and its dv + D*dy compared with our dx."""
+    from peer_ops import ssd_as_simple_gla
+
+    with torch.no_grad():
+        q, k, v, gg = ssd_as_simple_gla(x, dt, A, B, C, dt_bias=dt_bias, dt_softplus=True)
+    fwd = lambda: fla(q, k, v, gg, scale=1.0)[0]  # noqa: E731
+    try:
+        row["fla_first_fwd_s"] = _first_call_s(lambda: _nograd(fwd))
+        with torch.no_grad():
+            y = fwd().float()
+        if y_ours is not None:
+            row["rel_err_fla_vs_ours"] = rel(y + x.float() * D.float()[:, None], y_ours)
+        row["fla_fwd_ms"] = bench_ms(lambda: _nograd(fwd))
+    except Exception as err:  # noqa: BLE001
+        row["fla_error"] = repr(err)[:300]
+        traceback.print_exc()
+        return
+    fl = [t.detach().requires_grad_() for t in (q, k, v, gg)]
+    bwd = lambda: torch.autograd.grad(fla(*fl, scale=1.0)[0], fl, dy)  # noqa: E731
+    try:
+        row["fla_first_fwdbwd_s"] = _first_call_s(bwd)
+        grads = bwd()
+        row["fla_fwdbwd_ms"] = bench_ms(bwd)
+        if y_ours is not None:
+            dx_ours = torch.autograd.grad(
+                _ssd_for_grad(x, dt, A, B, C, D, dt_bias), x, dy)[0]
+            row["rel_err_fla_dv_vs_ours_dx"] = rel(grads[2].float() + dy.float() * D.float()[:, None], dx_ours)
+    except Exception as err:  # noqa: BLE001 - the issue reports fla's backward refusing on Hopper
+        row["fla_bwd_error"] = repr(err)[:400]
+        print(f"  fla backward: {row['fla_bwd_error']}")
+
+
+def _ssd_for_grad(x, dt, A, B, C, D, dt_bias):
+    from transmamba.ops.triton.ssd import ssd_triton
+
+    return ssd_triton(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=dt_bias, dt_softplus=True)
+
+
+def _ssd_op_sdpa(row, tokens: int, l: int, heads: int = 16, dim: int = 128) -> None:
+    """Causal SDPA (default backend) at the same token count: batch = tokens / L, 16 heads x 128, bf16."""
+    from peer_ops import sdpa_causal_flops, sdpa_inputs
+
+    try:
+        q, k, v = sdpa_inputs(tokens, l, heads, dim)
+        fwd = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+        do = torch.randn_like(q)
+        row["sdpa_heads"], row["sdpa_headdim"] = heads, dim
+        row["sdpa_fwd_ms"] = bench_ms(lambda: _nograd(fwd))
+        row["sdpa_fwdbwd_ms"] = bench_ms(lambda: torch.autograd.grad(fwd(), (q, k, v), do))
+        row["sdpa_fwd_TFLOPs"] = sdpa_causal_flops(q.shape[0], l, heads, dim) / row["sdpa_fwd_ms"] / 1e9
+    except Exception as err:  # noqa: BLE001
+        row["sdpa_error"] = repr(err)[:300]
+        traceback.print_exc()
+    torch.cuda.empty_cache()
 
 
 def _nograd(fn):
@@ -898,10 +984,12 @@ def plot(name: str, rows: list[dict[str, Any]], out: Path, meta: dict[str, Any])
     if name == "ssd-op":
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for ax, kind in zip(axes, ("fwd", "fwdbwd")):
-            for impl, style in (("ours", "o-"), ("mamba_ssm", "s--"), ("torch_chunked", "^:")):
+            for impl, style in (("ours", "o-"), ("mamba_ssm", "s--"), ("fla", "d-."), ("sdpa", "v-"),
+                                ("torch_chunked", "^:")):
                 pts = [(r["L"], r[f"{impl}_{kind}_ms"]) for r in rows if f"{impl}_{kind}_ms" in r]
                 if pts:
-                    ax.plot(*zip(*pts), style, label=impl)
+                    ax.plot(*zip(*pts), style, label={"sdpa": "SDPA causal 16x128", "fla": "fla simple_gla"}.get(
+                        impl, impl))
             ax.plot([r["L"] for r in rows], [r[f"{kind}_floor_ms"] for r in rows], "k-", lw=0.8, label="floor")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
@@ -1005,21 +1093,50 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--decode-target-ms", type=float, default=150.0,
                     help="decode: wall-clock ms to spend on each timing (steps = target / first step)")
     ap.add_argument("--decode-new-tokens", type=int, default=64, help="decode: new tokens timed")
+    ap.add_argument("--suite", default=None, choices=["issue5"],
+                    help="run a whole suite in one process instead of --cases (benchmarks/suite.py): every case "
+                         "behind issue 5's numbers, per-case files plus OUT/issue5.json and OUT/issue5.md")
+    ap.add_argument("--resume", action="store_true",
+                    help="--suite: keep the units already done in OUT/issue5.json and run the rest")
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="--suite: seconds this process may take; units whose estimate would end later are "
+                         "deferred to a --resume run")
+    ap.add_argument("--suite-units", default=None, help="--suite: only these units (comma-separated)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="--suite: rebuild the per-case files and OUT/issue5.md from OUT/issue5.json (no GPU)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.list:
         for name, (_, h) in CASES.items():
             print(f"{name:18s} {h}")
         return 0
+    if args.suite:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import suite
+
+        if args.report_only:
+            return suite.report_only(Path(args.out), write_outputs)
+        suite.set_alloc_conf()  # before anything initialises CUDA
     if not torch.cuda.is_available():
-        print("benchmarks need a CUDA GPU", file=sys.stderr)
+        print("benchmarks need a CUDA GPU" + (" (the suite measures GPU kernels; --report-only rebuilds the "
+                                              "report from an existing issue5.json)" if args.suite else ""),
+              file=sys.stderr)
         return 2
     if str(ROOT / "src") not in sys.path:
         sys.path.insert(0, str(ROOT / "src"))
     import triton
+
+    if args.suite:
+        def env_meta() -> dict[str, Any]:
+            return {"gpu": gpu_name(), "torch": torch.__version__, "triton": triton.__version__,
+                    "python": platform.python_version(), "cuda": torch.version.cuda}
+
+        return suite.main_suite(args, argv, parser, CASES, env_meta, ceilings, write_outputs)
 
     out = Path(args.out)
     status = 0
@@ -1030,8 +1147,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         rows = CASES[name][0](args)
         meta = {"case": name, "gpu": gpu_name(), "torch": torch.__version__, "triton": triton.__version__,
-                "python": platform.python_version(), "command": " ".join(["python", "benchmarks/run.py"] +
-                                                                          (argv if argv is not None else sys.argv[1:])),
+                "python": platform.python_version(), "command": " ".join(["python", "benchmarks/run.py", *argv]),
                 "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "ceilings": dict(_CEIL),
                 "seconds": round(time.time() - t0, 1)}
         write_outputs(name, rows, out, meta)

@@ -3,6 +3,7 @@
     transmamba bench --list
     transmamba bench --cases ceilings,ssd-op --out docs/results
     transmamba bench --cases train-step --train-lengths 2048,8192
+    transmamba bench --suite issue5 --out DIR --time-budget 540 --resume    (every issue-5 number, one run)
 
 The runner lives in the source checkout (`benchmarks/run.py`, beside `src/`), not in the installed package;
 this command finds it from the current directory or from the package's source location, or takes
@@ -30,6 +31,14 @@ _PASS_THROUGH = [
     ("--decode-batches", str, "decode batch sizes, comma-separated"),
     ("--decode-target-ms", float, "decode: wall-clock ms spent on each timing"),
     ("--decode-new-tokens", int, "decode-generate: new tokens timed"),
+    ("--suite", str, "run a whole suite in one process (issue5: every issue-5 number, OUT/issue5.json/.md)"),
+    ("--time-budget", float, "--suite: seconds this process may take (later units wait for a --resume run)"),
+    ("--suite-units", str, "--suite: only these units, comma-separated"),
+]
+# on/off options handed to the runner when set
+_FLAGS = [
+    ("--resume", "--suite: keep the units already done in OUT/issue5.json and run the rest"),
+    ("--report-only", "--suite: rebuild OUT/issue5.md and the per-case files from OUT/issue5.json (no GPU)"),
 ]
 
 
@@ -64,6 +73,7 @@ def _run(args: argparse.Namespace) -> int:
         value = getattr(args, flag.lstrip("-").replace("-", "_"))
         if value is not None:
             argv += [flag, str(value)]
+    argv += [flag for flag, _ in _FLAGS if getattr(args, flag.lstrip("-").replace("-", "_"))]
     return int(module.main(argv) or 0)
 
 
@@ -79,4 +89,6 @@ def register(subparsers) -> None:
                    help="path of benchmarks/run.py (default: found from the checkout)")
     for flag, typ, help_ in _PASS_THROUGH:
         p.add_argument(flag, type=typ, default=None, help=help_ + " (default: the runner's)")
+    for flag, help_ in _FLAGS:
+        p.add_argument(flag, action="store_true", help=help_)
     p.set_defaults(func=_run)
