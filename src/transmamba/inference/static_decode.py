@@ -170,8 +170,9 @@ class StaticDecoder:
                     rng.graphsafe_set_state(saved)
                 except RuntimeError:
                     pass
-            warnings.warn(f"StaticDecoder: CUDA-graph capture failed, decoding without graphs: {err!r}",
-                          RuntimeWarning, stacklevel=3)
+            first = (str(err).strip().splitlines() or [""])[0][:200]  # one line; the full error: capture_error
+            warnings.warn(f"StaticDecoder: CUDA-graph capture failed, decoding without graphs: "
+                          f"{type(err).__name__}: {first}", RuntimeWarning, stacklevel=3)
             torch.cuda.synchronize()
             return static_step(self.model, ids, self.cache, modes, self.consts)
         self.graph, self.graph_modes, self._logits = graph, modes, logits
