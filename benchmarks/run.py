@@ -197,6 +197,7 @@ def _ssd_op_row(l, args, peer, fla, ceil, ssd_triton, ssd_chunked) -> dict[str, 
     for name, fn in impls.items():
         try:
             row[f"{name}_first_fwd_s"] = _first_call_s(lambda fn=fn: _nograd(fn))
+            print(f"  ssd-op L={l} {name}: first forward call {row[f'{name}_first_fwd_s']:.1f} s")
             with torch.no_grad():
                 outs[name] = fn().float()
             row[f"{name}_fwd_ms"] = bench_ms(lambda fn=fn: _nograd(fn))
