@@ -179,9 +179,10 @@ def test_cuda_graph_failed_capture_falls_back_gpu(monkeypatch, where):
     ref_greedy = generate(model, prompts, 16, greedy=True, cuda_graph="off")
     ref_sampled = generate(model, prompts, 16, seed=3, top_k=20, cuda_graph="off")
     monkeypatch.setattr(sd, "static_step", failing)
-    with pytest.warns(RuntimeWarning, match="capture failed"):
+    with pytest.warns(RuntimeWarning, match="capture failed") as rec:
         out = generate(model, prompts, 16, greedy=True, cuda_graph="on")
     assert out == ref_greedy
+    assert "injected capture failure" in str(rec[0].message) and "\n" not in str(rec[0].message)
     x = torch.randn(3, device="cuda")  # the default CUDA generator is usable
     assert torch.isfinite(x).all()
     with pytest.warns(RuntimeWarning, match="capture failed"):

@@ -170,7 +170,7 @@ class StaticDecoder:
                     rng.graphsafe_set_state(saved)
                 except RuntimeError:
                     pass
-            first = (str(err).strip().splitlines() or [""])[0][:200]  # one line; the full error: capture_error
+            first = (str(err).strip().splitlines() or [""])[0][:200]  # one line (full error: capture_error)
             warnings.warn(f"StaticDecoder: CUDA-graph capture failed, decoding without graphs: "
                           f"{type(err).__name__}: {first}", RuntimeWarning, stacklevel=3)
             torch.cuda.synchronize()
