@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
 import traceback
 from argparse import Namespace
@@ -121,11 +122,26 @@ def load_results(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
+_MACHINE_PATH = re.compile(r"(?<![\w.])/(?:root|work|farm|home|tmp|usr|opt|scratch)(?:/[^\s\"'\\:,()]+)+")
+
+
+def scrub(text: str) -> str:
+    """Machine paths out of text meant for the repository: the checkout's prefix dropped, any other absolute
+    path under /root, /work, /tmp, ... cut to `<path>/<its last component>` (results get committed)."""
+    root = str(Path(__file__).resolve().parents[1])
+    text = text.replace(root + "/", "").replace(root, ".")
+    return _MACHINE_PATH.sub(lambda m: "<path>/" + m.group(0).rsplit("/", 1)[-1], text)
+
+
+def scrubbed(data: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(scrub(json.dumps(data, default=str)))
+
+
 def save_results(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically (a kill mid-write leaves the previous file)."""
+    """Write atomically (a kill mid-write leaves the previous file), machine paths scrubbed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.write_text(scrub(json.dumps(data, indent=1, default=str)))
     os.replace(tmp, path)
 
 
@@ -241,6 +257,7 @@ def run_suite(args: Namespace, command: str, cases: dict[str, tuple[Callable, st
 def _refresh(data: dict[str, Any], out: Path, write_case_files, log) -> None:
     """Per-case files and the report; a report bug never stops the run."""
     try:
+        data = scrubbed(data)
         write_case_files(data, out)
         from suite_report import build_report
 
@@ -277,9 +294,28 @@ def main_suite(args: Namespace, argv: list[str], parser, cases, env_meta, ceilin
     from suite_report import write_case_files
 
     apply_suite_defaults(args, explicit_options(parser, argv))
-    command = " ".join(["python", "benchmarks/run.py", *argv])
+    command = " ".join(["python", "benchmarks/run.py", *_out_as_placeholder(argv)])
     return run_suite(args, command, cases, env_meta, ceilings,
                      lambda data, out: write_case_files(data, out, write_outputs))
+
+
+def _out_as_placeholder(argv: list[str]) -> list[str]:
+    """The command as recorded: `--out` outside the checkout becomes `--out OUT` (no machine paths)."""
+    root = Path(__file__).resolve().parents[1]
+    out = list(argv)
+    for i, a in enumerate(out):
+        val = out[i + 1] if a == "--out" and i + 1 < len(out) else a[6:] if a.startswith("--out=") else None
+        if val is None:
+            continue
+        try:
+            shown = str(Path(val).resolve().relative_to(root))
+        except ValueError:
+            shown = "OUT"
+        if a == "--out":
+            out[i + 1] = shown
+        else:
+            out[i] = "--out=" + shown
+    return out
 
 
 def report_only(out: Path, write_outputs) -> int:
@@ -290,6 +326,7 @@ def report_only(out: Path, write_outputs) -> int:
     if data is None:
         print(f"no {out / RESULTS_NAME}")
         return 2
+    data = scrubbed(data)
     write_case_files(data, out, write_outputs)
     (out / "issue5.md").write_text(build_report(data))
     print(f"wrote {out / 'issue5.md'}")

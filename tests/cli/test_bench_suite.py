@@ -189,3 +189,10 @@ def test_cli_suite_options_reach_the_runner(tmp_path):
     (tmp_path / "issue5.json").write_text(json.dumps(_synthetic()))
     assert main(["bench", "--suite", "issue5", "--out", str(tmp_path), "--report-only"]) == 0
     assert (tmp_path / "issue5.md").is_file()
+
+
+def test_no_machine_paths_in_results():
+    text = suite.scrub('File "/root/x/site-packages/fla/ops/chunk.py", line 3; /tmp/site/a.py')
+    assert "/root" not in text and "/tmp" not in text and "chunk.py" in text
+    assert suite._out_as_placeholder(["--suite", "issue5", "--out", "/root/out/s"]) == [
+        "--suite", "issue5", "--out", "OUT"]
