@@ -4,13 +4,17 @@
     python benchmarks/run.py --list
     python benchmarks/run.py --cases ceilings,ssd-op --out docs/results
     transmamba bench --cases ssd-op --out docs/results          (the same, through the CLI)
+    python benchmarks/run.py --suite issue5 --out DIR --resume --time-budget 540
+                      every issue-5 number in one process: DIR/issue5.json + DIR/issue5.md (benchmarks/suite.py)
 
 Cases (each writes <out>/<case>.json, .csv and, where a plot makes sense, .png):
     ceilings          measured device-to-device copy bandwidth and bf16 matmul rate (the two floors' rates)
     ssd-op            SSD forward and forward+backward: ours (Triton) vs mamba_ssm's mamba_chunk_scan_combined
-                      (from .peers/, see ../shared/tools/peer-kernels.sh) vs the torch chunked reference, at
-                      L = 1K..32K with b*L = 32K tokens, 64 heads x 64, d_state 128, 1 group, chunk 256, bf16;
-                      plus the floor (bytes / bandwidth, FLOPs / matmul rate) and agreement with mamba_ssm
+                      (from .peers/, see ../shared/tools/peer-kernels.sh) vs fla's chunk_simple_gla (forward;
+                      its backward is tried, benchmarks/peer_ops.py) vs the torch chunked reference, and causal
+                      SDPA (16 heads x 128) at the same token count, at L = 1K..32K with b*L = 32K tokens, 64
+                      heads x 64, d_state 128, 1 group, chunk 256, bf16; plus the floor (bytes / bandwidth,
+                      FLOPs / matmul rate), agreement with mamba_ssm and fla, and each first call's seconds
     ssd-decode        one SSD decode step (state update + output) per layer: ours vs mamba_ssm's
                       selective_state_update vs torch, batch 1 / 16; bandwidth floor = state read + write
     train-step        model training step (fwd + bwd + AdamW) tokens/s and MFU at T = 2K / 8K for
