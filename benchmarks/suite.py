@@ -193,12 +193,22 @@ def run_suite(args: Namespace, command: str, cases: dict[str, tuple[Callable, st
     for rec in data["units"].values():  # a unit left "running" belongs to a process that died inside it
         if rec.get("status") == "running":
             rec["status"] = "interrupted"
-    proc = {"id": len(data["processes"]) + 1, "pid": os.getpid(), "command": command, "start_utc": utc(),
-            "end_utc": None, "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""), "units": []}
-    data["processes"].append(proc)
-    data["meta"].update(env_meta())
-    data["meta"]["python"] = platform.python_version()
     wanted = set(args.suite_units.split(",")) if getattr(args, "suite_units", None) else None
+    if not any(why == "run" for _, why in plan(SUITES[args.suite], data, wanted)):
+        log(f"== suite {args.suite}: nothing left to run in {path}")
+        _refresh(data, out, write_case_files, log)
+        return 0 if all(r.get("status") == "done" for r in data["units"].values()) else 1
+    env = env_meta()
+    if data["meta"].get("gpu") and env.get("gpu") != data["meta"]["gpu"]:
+        log(f"{path} was measured on {data['meta']['gpu']!r}, this is {env.get('gpu')!r}: one run means one "
+            "GPU; use another --out")
+        return 2
+    proc = {"id": len(data["processes"]) + 1, "pid": os.getpid(), "command": command, "start_utc": utc(),
+            "end_utc": None, "gpu": env.get("gpu"), "units": [],
+            "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")}
+    data["processes"].append(proc)
+    data["meta"].update(env)
+    data["meta"]["python"] = platform.python_version()
     budget = getattr(args, "time_budget", None)
     status = 0
     for unit, why in plan(SUITES[args.suite], data, wanted):

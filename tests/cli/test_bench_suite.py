@@ -156,8 +156,14 @@ def test_resume_skips_done_units(tmp_path):
     assert data2["units"]["decode-b"]["rows"][0]["decode_batches"] == "64"
     assert data2["units"]["ceilings"]["process"] == 1 and data2["units"][deferred[0]]["process"] == 2
     calls.clear()
-    rc, _ = _run(_args(tmp_path, resume=True), calls, clock)
-    assert calls == [] and rc == 0  # everything done; scan-op failed twice and is not tried again
+    rc, data3 = _run(_args(tmp_path, resume=True), calls, clock)
+    assert calls == [] and rc == 1  # nothing to run: scan-op failed twice and is not tried again
+    assert len(data3["processes"]) == 2  # a process with nothing to do leaves no record
+    data3["units"]["decode-b"]["status"] = "deferred"
+    (tmp_path / "issue5.json").write_text(json.dumps(data3))
+    rc = suite.run_suite(_args(tmp_path, resume=True), "cmd", _fake_cases(calls), lambda: {"gpu": "other"},
+                         lambda: {}, lambda data, out: None, log=lambda *a: None, clock=clock)
+    assert rc == 2 and calls == []  # one run = one GPU: a different GPU may not add to the file
 
 
 def test_suite_needs_cuda(tmp_path, capsys, monkeypatch):
