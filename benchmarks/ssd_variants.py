@@ -79,6 +79,10 @@ def _variants(S) -> dict[str, dict[str, int]]:
     for name in EXTRA:
         out[name] = dict(S.NEW_PATH, hsplit=1)
     out["v2-cb16-on"] = dict(S.NEW_PATH, hsplit=1, cb16=1)  # C·B stored in bf16
+    # head-blocked kernels (ssd_kernels_wide.py): the chunk scan alone, and with the dx kernel (dA in dCB)
+    for nh in (2, 4):
+        out[f"v2-wide{nh}"] = dict(S.NEW_PATH, hsplit=1, wide=nh)
+        out[f"v2-dA0-wide{nh}"] = dict(S.NEW_PATH, hsplit=1, dda_in_dx=0, wide=nh, wide_dx=nh)
     return out
 
 
@@ -213,8 +217,12 @@ TUNE = {  # most promising first: the sweep stops at its time budget
     "dcb": [dict(B=bb, warps=w, stages=s) for bb, w in ((64, 4), (64, 8), (32, 4), (128, 8)) for s in (2, 3)],
     "bcs": [dict(BT=bt, BN=bn, warps=w, stages=s) for bt, bn, w in ((64, 64, 4), (64, 128, 4), (64, 128, 8),
             (128, 64, 8), (64, 32, 4)) for s in (2, 3)],
+    "wscan": [dict(BM=bm, BK=bk, warps=w, stages=s) for bm, bk, w, s in ((64, 64, 8, 2), (64, 32, 8, 2),
+              (128, 32, 8, 2), (64, 64, 4, 2), (64, 32, 8, 3), (128, 64, 8, 2))],
+    "wdx": [dict(BJ=bj, BK=bk, warps=w, stages=s) for bj, bk, w, s in ((64, 64, 8, 2), (64, 32, 8, 2),
+            (64, 64, 8, 3), (64, 32, 4, 2), (128, 32, 8, 2))],
 }
-FWD_ONLY = ("fstate", "scan")
+FWD_ONLY = ("fstate", "scan", "wscan")
 
 
 def run_tune(shapes, out: Path, meta, budget_s: float, keys: list[str], misc: dict | None = None,  # noqa: C901

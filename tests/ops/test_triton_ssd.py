@@ -1,6 +1,7 @@
 """Triton SSD kernels against the torch reference (`ssd_chunked` / `ssd_naive`), forward and backward.
 
-Two kinds of tests, each for both pipelines ("v1" = the first, "v2" = `ssd.NEW_PATH`, the fused one):
+Two kinds of tests, each for both pipelines ("v1" = the first, "v2" = `ssd.NEW_PATH`, the fused one; "v2w"
+/ "v2w4" = v2 with the head-blocked chunk scan and dx kernel, 2 / 4 heads per program, misc.wide):
 - `gpu`: random shapes on CUDA, fp32 (IEEE dots, the default for fp32) and bf16, against the fp64 torch
   reference.
 - interpreter: tiny fp32 cases under the Triton interpreter (TRITON_INTERPRET=1) on the CPU, run in one
@@ -101,9 +102,12 @@ GPU_CASES = [
 def _select_path(monkeypatch, path):
     from transmamba.ops.triton import ssd as S
 
-    misc = dict(S.CONFIG["misc"], **{k: 0 for k in S.NEW_PATH})
-    if path == "v2":
+    misc = dict(S.CONFIG["misc"], **{k: 0 for k in S.NEW_PATH}, wide=0, wide_dx=0)
+    if path.startswith("v2"):
         misc.update(S.NEW_PATH, hsplit=1)
+    if path.startswith("v2w"):  # head-blocked chunk scan and dx kernel (dA in the dCB kernel)
+        nh = int(path[3:] or 2)
+        misc.update(dda_in_dx=0, wide=nh, wide_dx=nh)
     monkeypatch.setitem(S.CONFIG, "misc", misc)
     for walk in ("fstate", "bstate"):  # the fused state walks at any b * h (tests are small)
         monkeypatch.setitem(S.CONFIG, walk, dict(S.CONFIG[walk], min_bh=0))
@@ -111,7 +115,7 @@ def _select_path(monkeypatch, path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("path", ["v1", "v2"])
+@pytest.mark.parametrize("path", ["v1", "v2", "v2w", "v2w4"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", GPU_CASES)
 def test_ssd_triton_gpu(case, dtype, path, monkeypatch):
@@ -243,6 +247,27 @@ _INTERP_SCRIPT = textwrap.dedent(
     y, s = ssd_step_triton(*a, **skw)
     yr, sr = ssd_step(*a, **skw)
     out["step"] = {"y": rel(y, yr), "state": rel(s, sr)}
+    # head-blocked kernels (misc.wide / wide_dx, dA in the dCB kernel): NH = 2 and 4, several row blocks
+    # per chunk (off-diagonal factorised blocks), headdim 12 (masked columns), documents, D per p
+    wide_seen = []
+    _wide = S._wide
+    S._wide = lambda cfg, key: wide_seen.append(_wide(cfg, key)) or wide_seen[-1]
+    for name, (b, l, h, p, g, n, chunk, nd, dpp, nh, tiles) in {
+            "groups_z_init": (2, 37, 4, 16, 2, 16, 16, 0, False, 2, {}),
+            "tiles_seq_Dp": (1, 100, 4, 16, 2, 16, 64, 2, True, 2, {"wscan": {"BM": 16, "BK": 8},
+                                                                  "wdx": {"BJ": 16, "BK": 16}}),
+            "nh4_p12": (1, 70, 8, 12, 2, 16, 32, 2, False, 4, {"wscan": {"BM": 16, "BK": 16},
+                                                            "wdx": {"BJ": 16, "BK": 8}})}.items():
+        S.CONFIG.clear()
+        S.CONFIG.update(copy.deepcopy(base))
+        S.CONFIG["misc"].update(S.NEW_PATH, dda_in_dx=0, wide=nh, wide_dx=nh)
+        for key, val in tiles.items():
+            S.CONFIG[key].update(val)
+        t = make_inputs(b, l, h, p, g, n, device="cpu", dtype=torch.float32, D_per_p=dpp, gen=gen)
+        seq = random_seq_idx(b, l, nd, gen) if nd else None
+        out["wide:" + name] = run_case(ssd_triton, ssd_naive, t, seq, chunk)
+    S._wide = _wide
+    out["wide:used"] = {"not_wide": float(min(wide_seen) < 2)}
     print("RESULT" + json.dumps(out))
     """
 )
@@ -263,7 +288,10 @@ def interpreter_results():
 _INTERP_CASES = [p + ":" + c for p in ("v1", "v2") for c in ("groups_z_init", "seq_idx_Dp", "small_tiles")]
 
 
-@pytest.mark.parametrize("case", _INTERP_CASES + ["final_state", "step"])
+_WIDE_CASES = ["wide:groups_z_init", "wide:tiles_seq_Dp", "wide:nh4_p12", "wide:used"]
+
+
+@pytest.mark.parametrize("case", _INTERP_CASES + ["final_state", "step"] + _WIDE_CASES)
 def test_ssd_triton_interpreter(interpreter_results, case):
     err = interpreter_results[case]
     bad = {k: v for k, v in err.items() if not v < 1e-5}

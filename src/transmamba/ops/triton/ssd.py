@@ -36,6 +36,7 @@ import triton
 
 from transmamba.ops.triton import ssd_kernels as K
 from transmamba.ops.triton import ssd_kernels_fused as KF
+from transmamba.ops.triton import ssd_kernels_wide as KW
 
 __all__ = ["ssd_triton", "ssd_final_state_triton", "ssd_step_triton", "CONFIG"]
 
@@ -56,6 +57,9 @@ CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweeps on an H100 
     # passes; at b * h = 128, L = 4K 0.07 / 0.10 ms against 0.11 / 0.11 ms)
     "fstate": dict(BP=64, BN=64, BK=64, warps=4, stages=3, min_progs=0, min_bh=128),
     "bstate": dict(BP=64, BN=64, BK=64, warps=4, stages=3, min_progs=0, min_bh=128),
+    # head-blocked kernels (misc.wide / misc.wide_dx = NH heads per program, ssd_kernels_wide.py)
+    "wscan": dict(BM=64, BK=64, warps=8, stages=2),
+    "wdx": dict(BJ=64, BK=64, warps=8, stages=2),
     # where the intra-chunk dA is summed: 0 = bwd_dcb kernel (per group, loops over its heads; measured
     # 5.5-5.6 ms fwd+bwd at the benchmark shape), 1 = bwd_dx kernel (per head; measured 5.9 ms), 2 = bwd_dx
     # kernel from its factorised block sums (no per-tile W off the diagonal; see bwd_dx_kernel DA2)
@@ -71,7 +75,11 @@ CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweeps on an H100 
                  # cb16 costs accuracy on dA (error against fp64 2.2e-4 -> 1.6e-3 at the benchmark shape) but
                  # without it the second path is slower than the first (4 x 8192: fwd+bwd 5.99 ms against
                  # 5.19 ms with it and 5.58 ms for the first path)
-                 fstate=1, factor=1, cb16=1, fbc=1, fddt=1, onek=1),
+                 fstate=1, factor=1, cb16=1, fbc=1, fddt=1, onek=1,
+                 # wide = NH > 1: the chunk scan takes NH heads of a group per program (C·B and C loaded
+                 # once for them); wide_dx = NH > 1: the same for the dx kernel when dda_in_dx = 0. Both
+                 # need factor = 1 and NH dividing the heads per group (else the per-head kernels run)
+                 wide=0, wide_dx=0),
 }
 NEW_PATH = dict(fstate=1, factor=1, cb16=1, fbc=1, fddt=1, onek=1, dda_in_dx=2)
 FIRST_PATH = dict(fstate=0, factor=0, cb16=0, fbc=0, fddt=0, onek=0, dda_in_dx=0)
@@ -110,6 +118,15 @@ def _walk_tiles(cfg, c) -> tuple[int, int]:
         else:
             break
     return BP, BN
+
+
+def _wide(cfg, key: str) -> int:
+    """Heads per program of the head-blocked kernels (CONFIG misc[key]): NH > 1 when it is set, the
+    factorised decay is on and NH divides the heads per group; else 1 (the per-head kernels)."""
+    nh = int(CONFIG["misc"].get(key, 0))
+    if nh > 1 and _misc("factor") and (cfg.h // cfg.g) % nh == 0 and nh & (nh - 1) == 0:
+        return nh
+    return 1
 
 
 def _p2(v: int, lo: int = 16) -> int:
@@ -271,8 +288,19 @@ def _forward(cfg, x, dt, A, B, C, D, z, dt_bias, dt_softplus, init, seq_idx):
     prev, final = _states(cfg, x, B, dt_eff, dA, init, seq_idx, dtype=x.dtype)
     cb = _cb(cfg, C, B)
     y = torch.empty_like(x)
-    c = _c("scan", cfg.Q)
     ypre = torch.empty_like(x) if z is not None else y
+    nh = _wide(cfg, "wide")
+    if nh > 1:
+        c = _c("wscan", cfg.Q)
+        KW.chunk_scan_wide_kernel[(cfg.b * cfg.nc * cfg.h // nh, cfg.Q // c["BM"], triton.cdiv(cfg.p, cfg.BP))](
+            x, C, cb, dt_eff, dA, prev, cfg.seq_ptr, D if D is not None else A, z if z is not None else x, y, ypre,
+            cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *C.stride(), *cfg.seq_strides,
+            HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
+            IEEE=cfg.ieee, Q=cfg.Q, BM=c["BM"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BM"]), NH=nh,
+            num_warps=c["warps"], num_stages=c["stages"],
+        )
+        return y, ypre, final, dt_eff, dA, prev
+    c = _c("scan", cfg.Q)
     K.chunk_scan_kernel[(cfg.b * cfg.nc * cfg.h, cfg.Q // c["BM"], triton.cdiv(cfg.p, cfg.BP))](
         x, C, cb, dt_eff, dA, prev, cfg.seq_ptr, D if D is not None else A, z if z is not None else x, y, ypre,
         cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *C.stride(), *cfg.seq_strides,
@@ -306,20 +334,30 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
     ds, g_buf = _states_bwd(cfg, dy, C, dA, dfinal, prev, dda)
     # dx, ddt, da, dD
     dx = torch.empty_like(x)
-    c = _c("dx", cfg.Q)
-    nj = cfg.Q // c["BJ"]
-    dD_part = torch.empty(cfg.b * cfg.nc * cfg.h, nj, cfg.p, device=x.device, dtype=torch.float32)
     mode = int(CONFIG["misc"]["dda_in_dx"])  # 0: dCB kernel, 1: dx kernel per tile, 2: dx kernel factorised
     in_dx = mode != 0
-    K.bwd_dx_kernel[(cfg.b * cfg.nc * cfg.h, nj, triton.cdiv(cfg.p, cfg.BP))](
-        x, dy, B, cb, dt_eff, dA, ds, cfg.seq_ptr, D if D is not None else A,
-        dx, ddt, dda, dD_part, dda_in, diff,
-        cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *B.stride(), *cfg.seq_strides,
-        HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, STABLE_DA=in_dx,
-        IEEE=cfg.ieee, Q=cfg.Q, BJ=c["BJ"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BJ"]),
-        FACTOR=(_misc("factor") and mode == 0) or mode == 2, WDIAG=in_dx, DA2=mode == 2,
-        num_warps=c["warps"], num_stages=c["stages"],
-    )
+    nh = _wide(cfg, "wide_dx") if mode == 0 else 1
+    c = _c("wdx" if nh > 1 else "dx", cfg.Q)
+    nj = cfg.Q // c["BJ"]
+    dD_part = torch.empty(cfg.b * cfg.nc * cfg.h, nj, cfg.p, device=x.device, dtype=torch.float32)
+    if nh > 1:
+        KW.bwd_dx_wide_kernel[(cfg.b * cfg.nc * cfg.h // nh, nj, triton.cdiv(cfg.p, cfg.BP))](
+            x, dy, B, cb, dt_eff, dA, ds, cfg.seq_ptr, D if D is not None else A, dx, ddt, dda, dD_part,
+            cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *B.stride(), *cfg.seq_strides,
+            HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+            IEEE=cfg.ieee, Q=cfg.Q, BJ=c["BJ"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BJ"]), NH=nh,
+            num_warps=c["warps"], num_stages=c["stages"],
+        )
+    else:
+        K.bwd_dx_kernel[(cfg.b * cfg.nc * cfg.h, nj, triton.cdiv(cfg.p, cfg.BP))](
+            x, dy, B, cb, dt_eff, dA, ds, cfg.seq_ptr, D if D is not None else A,
+            dx, ddt, dda, dD_part, dda_in, diff,
+            cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *B.stride(), *cfg.seq_strides,
+            HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, STABLE_DA=in_dx,
+            IEEE=cfg.ieee, Q=cfg.Q, BJ=c["BJ"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BJ"]),
+            FACTOR=(_misc("factor") and mode == 0) or mode == 2, WDIAG=in_dx, DA2=mode == 2,
+            num_warps=c["warps"], num_stages=c["stages"],
+        )
     # dC, dB
 
     nsplit = math.gcd(int(CONFIG["misc"]["hsplit"]), cfg.h // cfg.g)
