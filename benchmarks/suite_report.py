@@ -299,6 +299,21 @@ def _sweep_md(rows: list[Row]) -> str:
     return table(["run", "step ms", "tokens/s", "step / P=0", "MFU (datasheet)", "peak GB"], lines)
 
 
+def _ssd_shape(rows: list[Row]) -> str:
+    r = rows[0] if rows else {}
+    if "heads" not in r:
+        return "shape: see the rows"
+    return (f"b·L = {r['L'] * r['batch']} tokens, {r['heads']} heads × {r['headdim']}, d_state {r['d_state']}, "
+            f"{r['groups']} group(s), chunk {r['chunk']}, {r.get('dtype', '?')}")
+
+
+def _scan_shape(rows: list[Row]) -> str:
+    r = rows[0] if rows else {}
+    if "d_inner" not in r:
+        return "shape: see the rows"
+    return f"d_inner {r['d_inner']}, d_state {r['d_state']}, b·L = {r['L'] * r['batch']} tokens, {r.get('dtype', '?')}"
+
+
 def _section(fn: Callable[[list[Row]], str], rows: dict[str, list[Row]], case: str) -> str:
     """One section's table; a section that cannot be built says so instead of failing the report."""
     if case not in rows:
@@ -338,12 +353,15 @@ def build_report(data: dict[str, Any]) -> str:
         tmd = f"(targets not computed: {err!r})"
     parts += ["## Targets", "", tmd, ""]
     parts += ["## (a) Op level", "",
-              "### SSD (b·L = 32K tokens, 64 heads × 64, d_state 128, 1 group, chunk 256, bf16), ms", "",
+              f"### SSD ({_ssd_shape(rows.get('ssd-op', []))}), ms", "",
               "fla = `chunk_simple_gla(q=C, k=dt·B, v=x, g=dt·A, scale=1)` (`benchmarks/peer_ops.py`), timed on "
               "the mapped inputs, without the D skip; SDPA = causal attention, 16 heads × 128, bf16, same token "
               "count.", ""]
     parts += [_section(_ssd_md, rows, "ssd-op"), "", "![ssd-op](ssd-op.png)", ""]
-    parts += ["### Mamba-1 selective scan, ms", "", _section(_scan_md, rows, "scan-op"),
+    parts += ["### Mamba-1 selective scan, ms", "",
+              f"{_scan_shape(rows.get('scan-op', []))}. mamba_ssm's selective scan is a CUDA extension, "
+              "not among the Triton peers, so the scan op has no peer timing here; its decode step is compared "
+              "with mamba_ssm's Triton `selective_state_update` below.", "", _section(_scan_md, rows, "scan-op"),
               "", "![scan-op](scan-op.png)", ""]
     parts += ["### Decode step of one layer, µs", "", "SSD (64 heads × 64, d_state 128):", "",
               _section(_step_md, rows, "ssd-decode"), "",
