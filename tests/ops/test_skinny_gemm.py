@@ -23,14 +23,22 @@ _CASE = textwrap.dedent(
     from transmamba.ops.triton.skinny_gemm import skinny_linear_triton
 
 
-    def run_case(M, N, K, bias, config, device, dtype, seed):
+    def run_case(M, N, K, bias, config, device, dtype, seed, act=None, reduce=True):
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(M, K, generator=g).to(device, dtype)
         w = (torch.randn(N, K, generator=g) / K ** 0.5).to(device, dtype)
         b = torch.randn(N, generator=g).to(device, dtype) if bias else None
-        y = skinny_linear_triton(x, w, b, config=config)
+        y = skinny_linear_triton(x, w, b, config=config, act=act, reduce=reduce)
         ref = x.double().cpu() @ w.double().cpu().T + (b.double().cpu() if bias else 0)
-        assert y.shape == (M, N) and y.dtype == dtype
+        if act == "gelu":
+            ref = torch.nn.functional.gelu(ref)
+        elif act == "relu2":
+            ref = ref.relu().square()
+        if y.dim() == 3:  # reduce=False with a split K: fp32 partial sums
+            assert not reduce and y.dtype == torch.float32 and y.shape[1:] == (M, N)
+            y = y.sum(0)
+        else:
+            assert y.shape == (M, N) and y.dtype == dtype
         return float((y.double().cpu() - ref).abs().max() / ref.abs().max())
     """
 )
@@ -42,7 +50,10 @@ _INTERP = _CASE + textwrap.dedent(
     res = [run_case(1, 19, 40, False, dict(cfg, split=1), "cpu", torch.float32, 0),
            run_case(5, 33, 70, True, dict(cfg, split=3), "cpu", torch.float32, 1),
            run_case(17, 16, 16, True, dict(cfg, split=1), "cpu", torch.float32, 2),
-           run_case(3, 40, 50, False, None, "cpu", torch.float32, 3)]
+           run_case(3, 40, 50, False, None, "cpu", torch.float32, 3),
+           run_case(4, 30, 48, True, dict(cfg, split=1), "cpu", torch.float32, 4, "gelu"),
+           run_case(4, 30, 48, False, dict(cfg, split=3), "cpu", torch.float32, 5, "relu2"),
+           run_case(2, 20, 64, False, dict(cfg, split=4), "cpu", torch.float32, 6, None, False)]
     print("RESULT" + json.dumps(res))
     """
 )
@@ -98,6 +109,10 @@ def test_skinny_gemm_gpu(dtype):
     for i, (M, N, K, bias, cfg) in enumerate(cases):
         err = ns["run_case"](M, N, K, bias, cfg, "cuda", dtype, i)
         assert err < tol, (M, N, K, bias, cfg, err)
+    for i, (act, reduce) in enumerate([("gelu", True), ("relu2", True), (None, False)]):
+        for M, N, K, split in [(16, 4096, 1536, 3), (5, 999, 1000, 1), (64, 1536, 4096, 8)]:
+            err = ns["run_case"](M, N, K, False, {"split": split}, "cuda", dtype, 50 + i, act, reduce)
+            assert err < tol, (M, N, K, split, act, reduce, err)
 
 
 @pytest.mark.gpu

@@ -67,6 +67,21 @@ _CASE = textwrap.dedent(
         ref_n = rms_norm(ref_h.cpu().double(), w.cpu().double(), 1e-5)
         return {"h": float((h2 - ref_h).abs().max()),
                 "n": float((n2.cpu().double() - ref_n).norm() / ref_n.norm())}
+
+
+    def add_norm_parts_case(parts, rows, dim, device, dtype, seed):
+        # d given as fp32 split-K partials (S, rows, dim): summed, rounded to h's dtype, then as above
+        from transmamba.ops.norm import rms_norm
+        from transmamba.ops.triton.add_norm import add_rms_norm_triton
+        g = torch.Generator().manual_seed(seed)
+        h = torch.randn(rows, dim, generator=g).to(device, dtype)
+        d = torch.randn(parts, rows, dim, generator=g).to(device)
+        w = (1 + 0.3 * torch.randn(dim, generator=g)).to(device, dtype)
+        h2, n2 = add_rms_norm_triton(h, d, w, 1e-5)
+        ref_h = h + d.sum(0).to(dtype)
+        ref_n = rms_norm(ref_h.cpu().double(), w.cpu().double(), 1e-5)
+        return {"h": float((h2.double() - ref_h.double()).abs().max() / ref_h.double().abs().max()),
+                "n": float((n2.cpu().double() - ref_n).norm() / ref_n.norm())}
     """
 )
 
@@ -76,7 +91,8 @@ _INTERP = _CASE + textwrap.dedent(
     res = [run_case(2, 32, 8, 2, 16, "cpu", torch.float32, 0),
            run_case(3, 24, 16, 1, 8, "cpu", torch.float32, 1), add_norm_case(3, 40, "cpu", torch.float32, 2),
            run_case(3, 24, 16, 1, 8, "cpu", torch.float32, 1, False),
-           run_case(2, 64, 16, 2, 16, "cpu", torch.float32, 3)]
+           run_case(2, 64, 16, 2, 16, "cpu", torch.float32, 3),
+           add_norm_parts_case(3, 2, 40, "cpu", torch.float32, 4)]
     print("RESULT" + json.dumps(res))
     """
 )
@@ -106,3 +122,5 @@ def test_fused_mamba2_decode_gpu(dtype):
             assert max(r.values()) < tol, (args, group_tile, r)
     r = ns["add_norm_case"](16, 1536, "cuda", dtype, 4)
     assert r["h"] == 0.0 and r["n"] < (1e-5 if dtype == torch.float32 else 1e-2), r
+    r = ns["add_norm_parts_case"](6, 16, 1536, "cuda", dtype, 5)
+    assert max(r.values()) < (1e-5 if dtype == torch.float32 else 1e-2), r

@@ -13,6 +13,9 @@ What differs from `CausalLM.step` (the results are the same, up to rounding):
   of the step: the caller runs it beforehand for the rows that reached P (`StaticDecoder` does).
 - Linear layers (in_proj / out_proj, q/k/v/o, MLPs, LM head) go through `ops.skinny_linear`: on CUDA in
   bf16 / fp16 a weight-streaming Triton GEMM for the few rows of a step, elsewhere `nn.Linear` itself.
+  The MLP's activation is fused into its up projection, and a mixer's / MLP's output projection may hand
+  its split-K partial sums (S, b, D) fp32 straight to the residual add + RMSNorm kernel, which sums them.
+  So the per-layer step functions below return (b, D), or on CUDA possibly those partials.
 - Mamba-2 / TransMamba SSM states are updated in place; on CUDA the whole SSM step between in_proj and
   out_proj (conv update, SSD step, gated RMSNorm) is one kernel (`ops/triton/ssm_decode.py`). A = -exp(A_log)
   and RoPE's frequencies come precomputed (`step_constants`). Mamba-1 / MLP layers use their own `step`.
@@ -136,7 +139,8 @@ def attention_step(attn, hidden: torch.Tensor, state, inv_freq: torch.Tensor | N
     state.v[rows, pos] = v.to(state.v.dtype)
     out = decode_attention(q, state.k, state.v, pos + 1)  # (b, h, dh)
     state.seqlen_offset += 1
-    return skinny_linear(out.reshape(b, attn.n_heads * attn.head_dim), attn.o_proj)
+    return skinny_linear(out.reshape(b, attn.n_heads * attn.head_dim), attn.o_proj,
+                         reduce=_reduce(attn.o_proj))
 
 
 def mamba2_step(layer, hidden: torch.Tensor, state, A: torch.Tensor | None = None) -> torch.Tensor:
@@ -148,7 +152,7 @@ def mamba2_step(layer, hidden: torch.Tensor, state, A: torch.Tensor | None = Non
     if _fused_ok(layer, state):
         y = _fused_ssm_tail(layer, zxbcdt, state, A)
         state.seqlen_offset += 1
-        return skinny_linear(y, layer.out_proj)
+        return skinny_linear(y, layer.out_proj, reduce=_reduce(layer.out_proj))
     z, xbc, dt = layer.split_proj(zxbcdt)
     xbc, conv_new = causal_conv1d_update(xbc, state.conv_state, layer.conv_weight(), layer.conv1d.bias,
                                          activation="silu")
@@ -156,7 +160,8 @@ def mamba2_step(layer, hidden: torch.Tensor, state, A: torch.Tensor | None = Non
     x, B, C = layer.split_xbc(xbc)
     y = _ssd_step_into(state.ssm_state, x, dt, A, B, C, layer.D, layer.dt_bias)
     state.seqlen_offset += 1
-    return skinny_linear(layer.norm(y.reshape(b, layer.d_inner), z), layer.out_proj)
+    return skinny_linear(layer.norm(y.reshape(b, layer.d_inner), z), layer.out_proj,
+                         reduce=_reduce(layer.out_proj))
 
 
 def transmamba_step(tm, hidden: torch.Tensor, state, mode: str,
@@ -175,7 +180,7 @@ def transmamba_step(tm, hidden: torch.Tensor, state, mode: str,
     if mode == "ssm" and _fused_ok(tm, state):  # the whole SSM path in one kernel on CUDA
         y = _fused_ssm_tail(tm, zxbcdt, state, tm.A if A is None else A)
         state.seqlen_offset += 1
-        return skinny_linear(y, tm.out_proj)
+        return skinny_linear(y, tm.out_proj, reduce=_reduce(tm.out_proj))
     z, xbc, dt = tm.split_proj(zxbcdt)
     xbc, conv_new = causal_conv1d_update(xbc, state.conv_state, tm.conv_weight(), tm.conv1d.bias,
                                          activation="silu")
@@ -214,27 +219,39 @@ def transmamba_step(tm, hidden: torch.Tensor, state, mode: str,
     else:
         y = torch.where((pos < state.transpoint)[:, None], y_att, y_ssm.to(y_att.dtype))
     state.seqlen_offset += 1
-    return skinny_linear(y, tm.out_proj)
+    return skinny_linear(y, tm.out_proj, reduce=_reduce(tm.out_proj))
+
+
+def _reduce(linear) -> bool:
+    """`reduce=` for a linear whose output feeds `_add_norm`: False (split-K partials may come back, summed
+    by the add-norm kernel) unless the decode fusions are off (TRANSMAMBA_DECODE_UNFUSED=1) or it has a
+    bias."""
+    return os.environ.get("TRANSMAMBA_DECODE_UNFUSED") == "1" or linear.bias is not None
 
 
 def mlp_step(mlp, hidden: torch.Tensor) -> torch.Tensor:
     """A feed-forward sub-layer on (b, D) with its linears through `skinny_linear`: SwiGLU `layers.MLP`
-    down(silu(gate(x)) * up(x)) and `PlainMLP` down(act(up(x))); any other module is called as it is."""
+    down(silu(gate(x)) * up(x)) and `PlainMLP` down(act(up(x))); any other module is called as it is.
+    On CUDA the result may be the down projection's split-K partials (S, b, D) fp32, for `_add_norm`."""
     from transmamba.layers.mlp import MLP
     from transmamba.models.lm import PlainMLP
 
     if type(mlp) is MLP:
         gated = F.silu(skinny_linear(hidden, mlp.gate_proj)) * skinny_linear(hidden, mlp.up_proj)
-        return skinny_linear(gated, mlp.down_proj)
+        return skinny_linear(gated, mlp.down_proj, reduce=_reduce(mlp.down_proj))
     if type(mlp) is PlainMLP:
-        h = skinny_linear(hidden, mlp.up_proj)
-        h = F.gelu(h) if mlp.activation == "gelu" else F.relu(h).square()
-        return skinny_linear(h, mlp.down_proj)
+        h = skinny_linear(hidden, mlp.up_proj, act=mlp.activation)  # the activation fused on CUDA
+        return skinny_linear(h, mlp.down_proj, reduce=_reduce(mlp.down_proj))
     return mlp(hidden)
 
 
 def _add_norm(h: torch.Tensor, delta: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h + delta, norm(h + delta)): one launch on CUDA (`ops/triton/add_norm.py`), else the two ops."""
+    """(h + delta, norm(h + delta)): one launch on CUDA (`ops/triton/add_norm.py`), else the two ops.
+    delta (b, D), or the fp32 split-K partials (S, b, D) of the linear that made it (summed in the kernel)."""
+    if delta.dim() == 3:
+        from transmamba.ops.triton.add_norm import add_rms_norm_triton
+
+        return add_rms_norm_triton(h, delta, norm.weight, norm.eps)
     if _triton_inplace(h) and h.dtype == delta.dtype and os.environ.get("TRANSMAMBA_DECODE_UNFUSED") != "1":
         from transmamba.ops.triton.add_norm import add_rms_norm_triton
 

@@ -19,6 +19,7 @@ import importlib.util
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 MAX_ROWS = 64  # the kernel's row tile is at most 64
@@ -37,20 +38,33 @@ def skinny_enabled(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and importlib.util.find_spec("triton") is not None)
 
 
-def skinny_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """linear(x) for x (..., K) -> (..., N); through the skinny-GEMM kernel where `skinny_enabled`."""
+def skinny_linear(x: torch.Tensor, linear: nn.Linear, *, act: str | None = None,
+                  reduce: bool = True) -> torch.Tensor:
+    """act(linear(x)) for x (..., K) -> (..., N); act: None, "gelu" (F.gelu) or "relu2" (relu(·)²).
+    Through the skinny-GEMM kernel where `skinny_enabled` (the activation then costs no launch of its own).
+    reduce=False (2-D x, no bias, no act) lets the kernel return its fp32 split-K partial sums (S, M, N)
+    unreduced when it splits K, for a consumer that adds them (`ops/triton/add_norm.py`); otherwise, and
+    always on the torch path, the result is y (M, N)."""
     if x.shape[-1] != linear.in_features:
         raise ValueError(f"skinny_linear: x must have shape (..., {linear.in_features}), "
                          f"got {tuple(x.shape)}")
+    if act not in (None, "gelu", "relu2"):
+        raise ValueError(f"skinny_linear: act must be None, 'gelu' or 'relu2', got {act!r}")
+    if not reduce and (x.dim() != 2 or act is not None or linear.bias is not None):
+        raise ValueError("skinny_linear: reduce=False needs a 2-D x, no activation and a linear without bias")
     if not skinny_enabled(x, linear.weight):
-        return linear(x)
+        y = linear(x)
+        if act == "gelu":
+            return F.gelu(y)
+        return F.relu(y).square() if act == "relu2" else y
     from transmamba.ops.triton.skinny_gemm import skinny_linear_triton
 
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    return skinny_linear_triton(x2, linear.weight, linear.bias).reshape(*lead, linear.out_features)
+    y = skinny_linear_triton(x2, linear.weight, linear.bias, act=act, reduce=reduce)
+    return y if y.dim() == 3 else y.reshape(*lead, linear.out_features)
 
 
 __all__ = ["MAX_ROWS", "skinny_enabled", "skinny_linear"]

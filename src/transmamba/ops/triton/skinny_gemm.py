@@ -8,8 +8,10 @@ the K-slice [s·KS, (s+1)·KS) (split-K): it streams its (BN, KS) block of W thr
 multiplies them with the matching (BM, BK) tiles of x (tl.dot, fp32 accumulation; fp32 inputs use IEEE
 fp32 products, not tf32). With one K-slice the program adds the bias and stores y in x's dtype; with
 several, each stores its fp32 partial sum in a workspace (S, M, N) and a second kernel adds the S partials
-(in slice order, so the result is deterministic), the bias, and casts. Split-K fills the GPU when N / BN
-gives fewer programs than it has SMs (out_proj, MLP down: N = d_model).
+(in slice order, so the result is deterministic), the bias, and casts — or the caller takes the partials
+and adds them where it reads y (the static step's residual add + RMSNorm). An activation (GELU, squared
+ReLU) can be applied where y is stored (the MLP's up projection), saving its own launch. Split-K fills the
+GPU when N / BN gives fewer programs than it has SMs (out_proj, MLP down: N = d_model).
 
 Inference only: there is no backward (the decode step runs under no_grad).
 """
@@ -22,9 +24,23 @@ import triton.language as tl
 
 
 @triton.jit
+def _act(acc, dtype, ACT: tl.constexpr):
+    """acc rounded to dtype (as the linear's output is stored), then ACT (0: none, 1: gelu with erf,
+    2: relu²) in fp32, returned in dtype: what torch's linear followed by F.gelu / relu().square() gives."""
+    y = acc.to(dtype)
+    if ACT == 1:
+        v = y.to(tl.float32)
+        y = (0.5 * v * (1.0 + tl.math.erf(v * 0.7071067811865476))).to(dtype)
+    elif ACT == 2:
+        v = tl.maximum(y.to(tl.float32), 0.0)
+        y = (v * v).to(dtype)
+    return y
+
+
+@triton.jit
 def _skinny_kernel(X, W, BIAS, Y, WS, M, N, K, s_xm, s_wn, s_ym, k_slice,
                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ONE_SLICE: tl.constexpr,
-                   HAS_BIAS: tl.constexpr, IEEE: tl.constexpr):
+                   HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, ACT: tl.constexpr):
     j = tl.program_id(0)
     s = tl.program_id(1)
     offs_m = tl.arange(0, BM)
@@ -49,15 +65,16 @@ def _skinny_kernel(X, W, BIAS, Y, WS, M, N, K, s_xm, s_wn, s_ym, k_slice,
         if HAS_BIAS:
             acc += tl.load(BIAS + offs_n, mask=mn, other=0.0).to(tl.float32)[None, :]
         out = Y + offs_m[:, None].to(tl.int64) * s_ym + offs_n[None, :]
-        tl.store(out, acc.to(Y.dtype.element_ty), mask=mm[:, None] & mn[None, :])
+        tl.store(out, _act(acc, Y.dtype.element_ty, ACT), mask=mm[:, None] & mn[None, :])
     else:
         ws = WS + (s * M + offs_m[:, None]).to(tl.int64) * N + offs_n[None, :]
         tl.store(ws, acc, mask=mm[:, None] & mn[None, :])
 
 
 @triton.jit
-def _reduce_kernel(WS, BIAS, Y, M, N, s_ym, S, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """y[m, n] = Σ_s WS[s, m, n] (+ bias[n]), in slice order."""
+def _reduce_kernel(WS, BIAS, Y, M, N, s_ym, S, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   ACT: tl.constexpr):
+    """y[m, n] = act(Σ_s WS[s, m, n] (+ bias[n])), in slice order."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # flat index m·N + n
     msk = offs < M * N
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -67,7 +84,7 @@ def _reduce_kernel(WS, BIAS, Y, M, N, s_ym, S, BLOCK: tl.constexpr, HAS_BIAS: tl
     m = offs // N
     if HAS_BIAS:
         acc += tl.load(BIAS + n, mask=msk, other=0.0).to(tl.float32)
-    tl.store(Y + m * s_ym + n, acc.to(Y.dtype.element_ty), mask=msk)
+    tl.store(Y + m * s_ym + n, _act(acc, Y.dtype.element_ty, ACT), mask=msk)
 
 
 def skinny_config(M: int, N: int, K: int, n_sm: int) -> dict[str, int]:
@@ -92,11 +109,18 @@ def _sm_count(device: torch.device) -> int:
     return _SM_COUNT[idx]
 
 
+ACTS = {None: 0, "gelu": 1, "relu2": 2}
+
+
 def skinny_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                         config: dict[str, int] | None = None) -> torch.Tensor:
+                         config: dict[str, int] | None = None, *, act: str | None = None,
+                         reduce: bool = True) -> torch.Tensor:
     """x (M, K) with M <= 64 and a contiguous last dim; weight (N, K) with a contiguous last dim; bias (N,)
-    or None -> y (M, N) in x's dtype. `config` (BN, BK, split, num_warps, num_stages) overrides
-    `skinny_config` (for the benchmark's sweep)."""
+    or None -> y (M, N) = act(x Wᵀ + bias) in x's dtype; act: None, "gelu" (erf form, F.gelu's default) or
+    "relu2" (relu(·)², squared ReLU). reduce=False (no bias, no act): when the product is split over K,
+    return the fp32 partial sums (S, M, N) unreduced, for a consumer that adds them itself
+    (`ops/triton/add_norm.py`); with one K-slice it is y as usual. `config` (BN, BK, split, num_warps,
+    num_stages) overrides `skinny_config` (for the benchmark's sweep)."""
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"skinny_linear_triton: x (M, K) and weight (N, K) must share K, "
                          f"got {tuple(x.shape)} and {tuple(weight.shape)}")
@@ -108,6 +132,10 @@ def skinny_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
         raise ValueError("skinny_linear_triton: x and weight need a contiguous last dim")
     if bias is not None and (bias.shape != (N,) or not bias.is_contiguous()):
         raise ValueError(f"skinny_linear_triton: bias must be a contiguous ({N},) tensor")
+    if act not in ACTS:
+        raise ValueError(f"skinny_linear_triton: act must be one of {list(ACTS)}, got {act!r}")
+    if not reduce and (bias is not None or act is not None):
+        raise ValueError("skinny_linear_triton: reduce=False takes neither a bias nor an activation")
     cfg = dict(skinny_config(M, N, K, _sm_count(x.device)))
     cfg.update(config or {})
     BN, BK, split = cfg["BN"], cfg["BK"], max(1, int(cfg["split"]))
@@ -120,13 +148,16 @@ def skinny_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     _skinny_kernel[(triton.cdiv(N, BN), split)](
         x, weight, b_arg, y, ws, M, N, K, x.stride(0), weight.stride(0), y.stride(0), k_slice,
         BM=BM, BN=BN, BK=BK, ONE_SLICE=split == 1, HAS_BIAS=bias is not None,
-        IEEE=x.dtype == torch.float32, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        IEEE=x.dtype == torch.float32, ACT=ACTS[act], num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
+    if split > 1 and not reduce:
+        return ws
     if split > 1:
         block = 1024
         _reduce_kernel[(triton.cdiv(M * N, block),)](ws, b_arg, y, M, N, y.stride(0), split, BLOCK=block,
-                                                      HAS_BIAS=bias is not None, num_warps=4)
+                                                      HAS_BIAS=bias is not None, ACT=ACTS[act], num_warps=4)
     return y
 
 
-__all__ = ["skinny_config", "skinny_linear_triton"]
+__all__ = ["ACTS", "skinny_config", "skinny_linear_triton"]
