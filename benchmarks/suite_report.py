@@ -118,8 +118,12 @@ def targets(data: dict[str, Any]) -> list[Row]:
     for T, key in ((8192, "train_x_transformer_8192"), (32768, "train_x_transformer_32768")):
         a, b = _train_row(train, TRANSMAMBA, T), _train_row(train, tf, T)
         val = a["tokens_per_s"] / b["tokens_per_s"] if a and b else None
+        note = ""
+        if a and b and a.get("train_GFLOP_per_token") and b.get("train_GFLOP_per_token"):
+            note = (f"at equal MFU the FLOPs allow {b['train_GFLOP_per_token'] / a['train_GFLOP_per_token']:.2f}× "
+                    f"({b['train_GFLOP_per_token']:.2f} / {a['train_GFLOP_per_token']:.2f} GFLOP per token)")
         out.append(_judge("training tokens/s, transmamba-400m / transformer-400m-eq", f"T = {T}", val, key,
-                          f"missing row(s) at T = {T}"))
+                          f"missing row(s) at T = {T}", note))
     for T in (8192, 32768):
         a = _train_row(train, TRANSMAMBA, T)
         val, note = None, ""
@@ -137,8 +141,14 @@ def targets(data: dict[str, Any]) -> list[Row]:
                   and x.get("batch") == DECODE_BATCH), None)
         where = f"{model}, context {DECODE_CTX // 1024}K, batch {DECODE_BATCH}"
         why = "decode not run" if r is None else (r.get("skipped") or r.get("error") or "no graph timing")
+        tfr = next((x for x in dec if str(x.get("model", "")).startswith("transformer")
+                    and x.get("context") == DECODE_CTX and x.get("batch") == DECODE_BATCH), None)
+        note = ""
+        if r is not None and tfr is not None and r.get("bound_ms") and tfr.get("bound_ms"):
+            note = (f"the bandwidth bounds allow {tfr['bound_ms'] / r['bound_ms']:.1f}× "
+                    f"({tfr['bound_ms']:.2f} / {r['bound_ms']:.2f} ms per step)")
         out.append(_judge("decode tokens/s / transformer-400m-eq (CUDA graph)", where,
-                          None if r is None else r.get("graph_x_transformer"), "decode_x_transformer", why))
+                          None if r is None else r.get("graph_x_transformer"), "decode_x_transformer", why, note))
         out.append(_judge("decode time: bandwidth bound / measured (CUDA graph)", where,
                           None if r is None else r.get("graph_frac_of_bound"), "decode_frac_of_bound", why))
     return out
