@@ -1,6 +1,6 @@
 """Skinny GEMM sweep: y = x Wᵀ with M = 1 / 16 / 64 rows at the decode step's shapes, cuBLAS vs Triton.
 
-    python benchmarks/skinny_gemm_bench.py OUT.json [--rows 1,16,64] [--sweep] [--deadline-s 60]
+    python benchmarks/skinny_gemm_bench.py OUT.json [--rows 1,16,64] [--sweep [--sweep-only]] [--deadline-s S]
 
 For each weight shape (N, K) of the 400M models' decode step (bf16) and each M: torch's F.linear (cuBLAS)
 and `ops/triton/skinny_gemm.py` with its default configuration (and, with --sweep, a grid of block sizes
@@ -98,7 +98,8 @@ def main(argv: list[str]) -> int:
 
     n_sm = torch.cuda.get_device_properties(0).multi_processor_count
     torch.manual_seed(0)
-    for phase in ("base", "sweep") if sweep else ("base",):  # cuBLAS + default everywhere first
+    phases = ("sweep",) if "--sweep-only" in argv else ("base", "sweep") if sweep else ("base",)
+    for phase in phases:  # cuBLAS + default everywhere first
         for name, (N, K) in SHAPES.items():
             copies = max(2, -(-256 * 2**20 // (N * K * 2)))
             ws = [torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * 0.05 for _ in range(copies)]
