@@ -49,7 +49,7 @@ def case_meta(data: dict[str, Any], case: str) -> dict[str, Any]:
     meta = dict(data.get("meta", {}))
     meta.update(case=case, suite=data.get("suite"), units=sorted(units),
                 processes=ids, command=" ; ".join(procs[i]["command"] for i in ids if i in procs),
-                seconds=round(sum(r.get("seconds", 0) for r in units.values()), 1),
+                seconds=round(sum(r.get("seconds") or 0 for r in units.values()), 1),
                 ceilings=next((procs[i].get("ceilings") for i in ids if i in procs), None))
     return meta
 
@@ -247,7 +247,7 @@ def _step_md(rows: list[Row]) -> str:
     lines = [[r.get("batch"), fmt(r.get("floor_us"), ".1f"), fmt(r.get("ours_us"), ".1f"),
               fmt(r.get("mamba_ssm_us"), ".1f") if "mamba_ssm_us" in r else ("error" if "mamba_ssm_error" in r
                                                                              else "–"),
-              fmt(r.get("torch_us"), ".1f"), fmt(r.get("ours_frac_of_floor"), ".0%"),
+              fmt(r.get("torch_us"), ".1f"), fmt(r.get("ours_frac_of_floor"), ".1%"),
               fmt(r.get("rel_err_vs_mamba_ssm"), ".1e")] for r in rows]
     return table(["batch", "floor", "ours", "mamba_ssm", "torch", "ours / floor", "y vs mamba_ssm"], lines)
 
