@@ -196,8 +196,8 @@ def test_cuda_graph_failed_capture_falls_back_gpu(monkeypatch, where):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("split", [None, 2])
-def test_static_step_skinny_gemm_fp32_gpu(monkeypatch, split):
+@pytest.mark.parametrize("split,act", [(None, "swiglu"), (2, "gelu"), (2, "relu2")])
+def test_static_step_skinny_gemm_fp32_gpu(monkeypatch, split, act):
     """The static step with every linear through the Triton skinny GEMM (fp32, forced) against
     `CausalLM.step` on the GPU; split=2 forces split-K everywhere, so the output projections hand their
     partial sums to the add + RMSNorm kernel and the MLP's GELU runs in the reduction."""
@@ -208,7 +208,9 @@ def test_static_step_skinny_gemm_fp32_gpu(monkeypatch, split):
         cfg = {"BN": 16, "BK": 16, "split": split, "num_warps": 4, "num_stages": 2}
         monkeypatch.setattr(sg, "skinny_config", lambda M, N, K, n_sm: dict(cfg))
     pattern, points, lengths = CASES[0]
-    model = _model(pattern, points, seed=0, device="cuda")
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = CausalLM(ModelConfig(pattern=pattern, transpoints=points, **dict(SMALL, mlp_act=act))).eval()
     prompts = [list(range(2, n + 2)) for n in lengths]
     steps = 12
     ref_cache, _, _ = prefill(model, prompts, max(lengths) + steps)
