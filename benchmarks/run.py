@@ -1073,7 +1073,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="transmamba GPU benchmarks (one registry of cases)")
     ap.add_argument("--cases", default="ceilings,ssd-op", help="comma-separated case names (see --list)")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "results"), help="output folder for JSON/CSV/PNG")
+    ap.add_argument("--out", default=None,
+                    help="output folder for JSON/CSV/PNG (default: docs/results; with --suite: runs/issue5)")
     ap.add_argument("--lengths", default="1024,2048,4096,8192,16384,32768", help="ssd-op sequence lengths")
     ap.add_argument("--tokens", type=int, default=32768, help="ssd-op tokens per call (batch = tokens / L)")
     ap.add_argument("--torch-max-len", type=int, default=32768, help="ssd-op: torch reference up to this L")
@@ -1120,6 +1121,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, (_, h) in CASES.items():
             print(f"{name:18s} {h}")
         return 0
+    if args.out is None:
+        args.out = str(ROOT / ("runs/issue5" if args.suite else "docs/results"))
     if args.suite:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         import suite
