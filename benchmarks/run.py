@@ -252,7 +252,7 @@ def _ssd_op_fla(row, fla, x, dt, A, B, C, D, dt_bias, dy, y_ours) -> None:
         with torch.no_grad():
             y = fwd().float()
         if y_ours is not None:
-            row["rel_err_fla_vs_ours"] = rel(y + x.float() * D.float()[:, None], y_ours)
+            row["rel_err_fla_vs_ours"] = rel(y + x.detach().float() * D.detach().float()[:, None], y_ours)
         row["fla_fwd_ms"] = bench_ms(lambda: _nograd(fwd))
     except Exception as err:  # noqa: BLE001
         row["fla_error"] = repr(err)[:300]
@@ -267,7 +267,8 @@ def _ssd_op_fla(row, fla, x, dt, A, B, C, D, dt_bias, dy, y_ours) -> None:
         if y_ours is not None:
             dx_ours = torch.autograd.grad(
                 _ssd_for_grad(x, dt, A, B, C, D, dt_bias), x, dy)[0]
-            row["rel_err_fla_dv_vs_ours_dx"] = rel(grads[2].float() + dy.float() * D.float()[:, None], dx_ours)
+            row["rel_err_fla_dv_vs_ours_dx"] = rel(grads[2].float() + dy.float() * D.detach().float()[:, None],
+                                                    dx_ours)
     except Exception as err:  # noqa: BLE001 - the issue reports fla's backward refusing on Hopper
         row["fla_bwd_error"] = repr(err)[:400]
         print(f"  fla backward: {row['fla_bwd_error']}")
