@@ -1,6 +1,11 @@
 """The static decode step (`inference/static_step.py`, `static_decode.py`) against `CausalLM.step`, and the
 CUDA-graph `generate()` against eager generation (GPU tests, skipped without one)."""
 
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import pytest
@@ -242,3 +247,48 @@ def test_static_step_without_precomputed_constants():
             a = static_step(model, ids, c1, layer_modes(model, positions))
             b = static_step(model, ids, c2, layer_modes(model, positions), step_constants(model))
             assert torch.equal(a, b)
+
+
+_SKINNY_INTERP = textwrap.dedent(
+    """
+    import sys
+    import torch
+    sys.path.insert(0, "tests/inference")
+    import transmamba.ops.skinny_linear as sl
+    import transmamba.ops.triton.skinny_gemm as sg
+    sl.skinny_enabled = lambda x, w: True  # the Triton path on CPU tensors (interpreter)
+    sg.skinny_config = lambda M, N, K, n: {"BN": 16, "BK": 16, "split": 2, "num_warps": 4, "num_stages": 2}
+    from test_static_decode import CASES, SMALL
+    from transmamba.inference.generate import prefill
+    from transmamba.inference.static_decode import StaticDecoder
+    from transmamba.models.config import ModelConfig
+    from transmamba.models.lm import CausalLM
+    pattern, points, lengths = CASES[0]
+    torch.manual_seed(0)
+    model = CausalLM(ModelConfig(pattern=pattern, transpoints=points, **dict(SMALL, mlp_act="gelu"))).eval()
+    prompts = [list(range(2, n + 2)) for n in lengths]
+    c1, _, _ = prefill(model, prompts, 8)
+    c2, _, _ = prefill(model, prompts, 8)
+    dec = StaticDecoder(model, c2)
+    worst = 0.0
+    with torch.no_grad():
+        for _ in range(3):
+            ids = torch.randint(0, 53, (len(prompts),))
+            ref, out = model.step(ids, c1), dec.step(ids)
+            worst = max(worst, float((out - ref).norm() / ref.norm()))
+    print("RESULT", worst)
+    """
+)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_static_step_skinny_split_k_interpreter():
+    """The static step with every linear through the skinny GEMM split over K (GELU in the reduction, output
+    projections' partials summed by the add + RMSNorm kernel), fp32 under TRITON_INTERPRET=1."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", _SKINNY_INTERP], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    worst = float([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1].split()[1])
+    assert worst < 1e-5
