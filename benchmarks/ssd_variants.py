@@ -83,6 +83,12 @@ def _variants(S) -> dict[str, dict[str, int]]:
     for nh in (2, 4):
         out[f"v2-wide{nh}"] = dict(S.NEW_PATH, hsplit=1, wide=nh)
         out[f"v2-dA0-wide{nh}"] = dict(S.NEW_PATH, hsplit=1, dda_in_dx=0, wide=nh, wide_dx=nh)
+        out[f"v2-dA0-wide{nh}-ot"] = dict(out[f"v2-dA0-wide{nh}"], onek_da=1, tridot=1)
+    # the dA's diagonal-tile prefix sums as a dot (tridot), the dCB kernel's head loop pipelined (onek_da)
+    out["v2-tri"] = dict(S.NEW_PATH, hsplit=1, tridot=1)
+    out["v2-dA0-onek"] = dict(S.NEW_PATH, hsplit=1, dda_in_dx=0, onek_da=1)
+    out["v2-dA0-tri"] = dict(S.NEW_PATH, hsplit=1, dda_in_dx=0, tridot=1)
+    out["v2-dA0-ot"] = dict(S.NEW_PATH, hsplit=1, dda_in_dx=0, onek_da=1, tridot=1)
     return out
 
 

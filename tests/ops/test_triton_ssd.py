@@ -252,22 +252,27 @@ _INTERP_SCRIPT = textwrap.dedent(
     wide_seen = []
     _wide = S._wide
     S._wide = lambda cfg, key: wide_seen.append(_wide(cfg, key)) or wide_seen[-1]
+    # (tiles_seq_Dp also with onek_da + tridot; "tridot": the default dA-in-dx path + tridot, 4 tiles a chunk)
     for name, (b, l, h, p, g, n, chunk, nd, dpp, nh, tiles) in {
             "groups_z_init": (2, 37, 4, 16, 2, 16, 16, 0, False, 2, {}),
-            "tiles_seq_Dp": (1, 100, 4, 16, 2, 16, 64, 2, True, 2, {"wscan": {"BM": 16, "BK": 8},
-                                                                  "wdx": {"BJ": 16, "BK": 16}}),
+            "tiles_seq_Dp": (1, 100, 4, 16, 2, 16, 64, 2, True, 2, {
+                "wscan": {"BM": 16, "BK": 8}, "wdx": {"BJ": 16, "BK": 16}, "dcb": {"B": 16},
+                "misc": {"onek_da": 1, "tridot": 1}}),
             "nh4_p12": (1, 70, 8, 12, 2, 16, 32, 2, False, 4, {"wscan": {"BM": 16, "BK": 16},
-                                                            "wdx": {"BJ": 16, "BK": 8}})}.items():
+                                                            "wdx": {"BJ": 16, "BK": 8}}),
+            "tridot": (1, 100, 4, 16, 2, 16, 64, 2, True, 0, {"dx": {"BJ": 16, "BK": 8},
+                                                              "misc": {"tridot": 1}}),
+            }.items():
         S.CONFIG.clear()
         S.CONFIG.update(copy.deepcopy(base))
-        S.CONFIG["misc"].update(S.NEW_PATH, dda_in_dx=0, wide=nh, wide_dx=nh)
+        S.CONFIG["misc"].update(S.NEW_PATH, dda_in_dx=0 if nh else 2, wide=nh, wide_dx=nh)
         for key, val in tiles.items():
             S.CONFIG[key].update(val)
         t = make_inputs(b, l, h, p, g, n, device="cpu", dtype=torch.float32, D_per_p=dpp, gen=gen)
         seq = random_seq_idx(b, l, nd, gen) if nd else None
         out["wide:" + name] = run_case(ssd_triton, ssd_naive, t, seq, chunk)
     S._wide = _wide
-    out["wide:used"] = {"not_wide": float(min(wide_seen) < 2)}
+    out["wide:used"] = {"not_wide": float(wide_seen.count(1) != 1)}  # only "tridot" runs the per-head scan
     print("RESULT" + json.dumps(out))
     """
 )
@@ -288,7 +293,7 @@ def interpreter_results():
 _INTERP_CASES = [p + ":" + c for p in ("v1", "v2") for c in ("groups_z_init", "seq_idx_Dp", "small_tiles")]
 
 
-_WIDE_CASES = ["wide:groups_z_init", "wide:tiles_seq_Dp", "wide:nh4_p12", "wide:used"]
+_WIDE_CASES = ["wide:groups_z_init", "wide:tiles_seq_Dp", "wide:nh4_p12", "wide:tridot", "wide:used"]
 
 
 @pytest.mark.parametrize("case", _INTERP_CASES + ["final_state", "step"] + _WIDE_CASES)

@@ -79,7 +79,12 @@ CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweeps on an H100 
                  # wide = NH > 1: the chunk scan takes NH heads of a group per program (C·B and C loaded
                  # once for them); wide_dx = NH > 1: the same for the dx kernel when dda_in_dx = 0. Both
                  # need factor = 1 and NH dividing the heads per group (else the per-head kernels run)
-                 wide=0, wide_dx=0),
+                 wide=0, wide_dx=0,
+                 # onek_da: onek also for the dCB kernel when it sums the dA (dda_in_dx = 0; needs factor:
+                 # the tile kind is then a compile-time constant, no branch in the head loop); tridot: the
+                 # diagonal tiles' 2-D prefix sums of the dA as one dot with a triangular ones matrix (3-pass
+                 # tf32 for 16-bit inputs) instead of a scan
+                 onek_da=0, tridot=0),
 }
 NEW_PATH = dict(fstate=1, factor=1, cb16=1, fbc=1, fddt=1, onek=1, dda_in_dx=2)
 FIRST_PATH = dict(fstate=0, factor=0, cb16=0, fbc=0, fddt=0, onek=0, dda_in_dx=0)
@@ -355,7 +360,7 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
             cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *B.stride(), *cfg.seq_strides,
             HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, STABLE_DA=in_dx,
             IEEE=cfg.ieee, Q=cfg.Q, BJ=c["BJ"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BJ"]),
-            FACTOR=(_misc("factor") and mode == 0) or mode == 2, WDIAG=in_dx, DA2=mode == 2,
+            FACTOR=(_misc("factor") and mode == 0) or mode == 2, WDIAG=in_dx, DA2=mode == 2, TRIDOT=_misc("tridot"),
             num_warps=c["warps"], num_stages=c["stages"],
         )
     # dC, dB
@@ -368,7 +373,8 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
         x, dy, dt_eff, dA, cfg.seq_ptr, cb, dcb, dda_in, diff, cfg.l, cfg.h, cfg.g, cfg.p, *x.stride(),
         *cfg.seq_strides,
         HAS_SEQ=cfg.has_seq, STABLE_DA=not in_dx, IEEE=cfg.ieee, NSPLIT=nsplit, Q=cfg.Q, BI=c["B"], BJ=c["B"], BK=cfg.BP,
-        FACTOR=_misc("factor"), ONE_K=_misc("onek") and cfg.p <= cfg.BP and mode != 0,
+        FACTOR=_misc("factor"), TRIDOT=_misc("tridot"),
+        ONE_K=_misc("onek") and cfg.p <= cfg.BP and (mode != 0 or (_misc("onek_da") and _misc("factor"))),
         num_warps=c["warps"], num_stages=c["stages"],
     )
     dB, dC = _dbc(cfg, x, dy, B, C, dt_eff, dA, prev, ds, dcb, dda, nsplit)

@@ -358,6 +358,7 @@ def bwd_dx_kernel(
     HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, STABLE_DA: tl.constexpr,
     IEEE: tl.constexpr, Q: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
     BK: tl.constexpr, FACTOR: tl.constexpr = False, WDIAG: tl.constexpr = False, DA2: tl.constexpr = False,
+    TRIDOT: tl.constexpr = False,
 ):
     """For tokens j of a block: dx_j, and the (b, h, c, Q) partial sums of ddt_j and da_j (atomics over p
     blocks), dD partial (b, c, h, Q // BJ, p). X, DY, DX share strides. Grid (b * nchunks * h, Q // BJ, cdiv(p, BP)).
@@ -368,6 +369,7 @@ def bwd_dx_kernel(
     FACTOR (not with STABLE_DA): row blocks after the j block use exp(a_i - a_j) = exp(a_i - a_r) exp(a_r - a_j),
     a_r = a at the j block's last token (as in chunk_scan_kernel).
     WDIAG: the tiles visited by the main loop get W_ij (set with STABLE_DA and with DA2).
+    TRIDOT: the diagonal tiles' prefix sums over j as a dot (see _excl_prefix).
     DA2 (needs FACTOR and WDIAG; the dCB kernel then skips dA): the whole intra-chunk dA for k in this
     program's block K, without per-tile W off the diagonal:
         sum_{i >= k > j} W_ij = [i, j in K: 2-D form on the diagonal tile]
@@ -481,7 +483,7 @@ def bwd_dx_kernel(
                 tl.atomic_add(DIFF + da_base + pj * BJ + BJ, tot)
                 tl.atomic_add(DIFF + da_base + k, -tot)
             else:
-                rr = tl.cumsum(wm, axis=1) - wm  # rr[i, k'] = sum_{j<k'} W_ij
+                rr = _excl_prefix(wm, offs_j, IEEE, TRIDOT)  # rr[i, k'] = sum_{j<k'} W_ij
                 c1 += tl.sum(tl.where(offs_i[:, None] >= offs_j[None, :], rr, 0.0), axis=0)
     if WDIAG:
         tl.atomic_add(DDA_IN + da_base + offs_j, c1)
@@ -517,12 +519,49 @@ def bwd_dx_kernel(
 
 
 @triton.jit
+def _excl_prefix(w, offs, IEEE: tl.constexpr, TRIDOT: tl.constexpr):
+    """r[i, k] = sum_{j<k} w[i, j] for a (rows, len(offs)) fp32 tile: a scan along axis 1, or (TRIDOT) one dot
+    with the strictly upper-triangular ones matrix (IEEE fp32, or 3-pass tf32 for 16-bit inputs: ~fp32)."""
+    if TRIDOT:
+        s = (offs[:, None] < offs[None, :]).to(tl.float32)
+        if IEEE:
+            return tl.dot(w, s, input_precision="ieee")
+        else:
+            return tl.dot(w, s, input_precision="tf32x3")
+    else:
+        return tl.cumsum(w, axis=1) - w
+
+
+@triton.jit
+def _da_offdiag(w, DDA_IN, DIFF, da_base, offs_i, offs_j, pi, pj, BI: tl.constexpr, BJ: tl.constexpr):
+    """dA terms of an off-diagonal tile W (i block after j block): see bwd_dcb_kernel."""
+    col = tl.sum(w, axis=0)
+    row = tl.sum(w, axis=1)
+    tot = tl.sum(row, axis=0)
+    tl.atomic_add(DDA_IN + da_base + offs_j, tl.cumsum(col, axis=0) - col)
+    tl.atomic_add(DDA_IN + da_base + offs_i, tot - tl.cumsum(row, axis=0) + row)
+    tl.atomic_add(DIFF + da_base + pj * BJ + BJ, tot)
+    tl.atomic_add(DIFF + da_base + pi * BI, -tot)
+
+
+@triton.jit
+def _da_diag(w, DDA_IN, da_base, offs_i, offs_j, IEEE: tl.constexpr, TRIDOT: tl.constexpr):
+    """dA terms of a diagonal tile W: DDA_IN[k] += sum_{i >= k > j} W_ij (2-D form)."""
+    r = _excl_prefix(w, offs_j, IEEE, TRIDOT)  # r[i, k] = sum_{j<k} W_ij
+    contrib = tl.sum(tl.where(offs_i[:, None] >= offs_j[None, :], r, 0.0), axis=0)
+    tl.atomic_add(DDA_IN + da_base + offs_j, contrib)
+
+
+@triton.jit
 def _dcb_heads(X, DY, DT, DA, DDA_IN, DIFF, cb, keep, b, c, g, pi, pj, split, ti, tj, mi, mj, offs_i, offs_j,
                nheads, ngroups, nchunks, headdim, s_x_b, s_x_l, s_x_h, s_x_p,
                STABLE_DA: tl.constexpr, IEEE: tl.constexpr, NSPLIT: tl.constexpr, Q: tl.constexpr,
-               BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, FACT: tl.constexpr, ONE_K: tl.constexpr):
+               BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, FACT: tl.constexpr, ONE_K: tl.constexpr,
+               OFFD: tl.constexpr = 0, TRIDOT: tl.constexpr = False):
     """The head loop of bwd_dcb_kernel for one tile: returns sum_h W_ij / CB_ij (the dCB tile) and, with
-    STABLE_DA, adds the tile's dA terms. FACT: the factorised decay (off-diagonal tiles only)."""
+    STABLE_DA, adds the tile's dA terms. FACT: the factorised decay (off-diagonal tiles only). OFFD: the
+    tile is known at compile time to be off-diagonal (1) or diagonal (2), or checked at run time (0; a
+    branch inside the head loop keeps it from being software-pipelined). TRIDOT: see _excl_prefix."""
     acc = tl.zeros((BI, BJ), dtype=tl.float32)
     hpg = nheads // ngroups
     hps = hpg // NSPLIT
@@ -560,18 +599,14 @@ def _dcb_heads(X, DY, DT, DA, DDA_IN, DIFF, cb, keep, b, c, g, pi, pj, split, ti
             w = w * cb
         if not STABLE_DA:
             pass
+        elif OFFD == 1:
+            _da_offdiag(w, DDA_IN, DIFF, da_base, offs_i, offs_j, pi, pj, BI, BJ)
+        elif OFFD == 2:
+            _da_diag(w, DDA_IN, da_base, offs_i, offs_j, IEEE, TRIDOT)
         elif pj < pi:
-            col = tl.sum(w, axis=0)
-            row = tl.sum(w, axis=1)
-            tot = tl.sum(row, axis=0)
-            tl.atomic_add(DDA_IN + da_base + offs_j, tl.cumsum(col, axis=0) - col)
-            tl.atomic_add(DDA_IN + da_base + offs_i, tot - tl.cumsum(row, axis=0) + row)
-            tl.atomic_add(DIFF + da_base + pj * BJ + BJ, tot)
-            tl.atomic_add(DIFF + da_base + pi * BI, -tot)
+            _da_offdiag(w, DDA_IN, DIFF, da_base, offs_i, offs_j, pi, pj, BI, BJ)
         else:
-            r = tl.cumsum(w, axis=1) - w  # r[i, k] = sum_{j<k} W_ij
-            contrib = tl.sum(tl.where(offs_i[:, None] >= offs_j[None, :], r, 0.0), axis=0)
-            tl.atomic_add(DDA_IN + da_base + offs_j, contrib)
+            _da_diag(w, DDA_IN, da_base, offs_i, offs_j, IEEE, TRIDOT)
     return acc
 
 
@@ -583,7 +618,7 @@ def bwd_dcb_kernel(
     s_seq_b, s_seq_l,
     HAS_SEQ: tl.constexpr, STABLE_DA: tl.constexpr, IEEE: tl.constexpr, NSPLIT: tl.constexpr,
     Q: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, FACTOR: tl.constexpr = False,
-    ONE_K: tl.constexpr = False,
+    ONE_K: tl.constexpr = False, TRIDOT: tl.constexpr = False,
 ):
     """OUT[b, c, g, i, j] = sum_{h of g} exp(a_i - a_j) dt_j dy_i·x_j for i >= j (0 elsewhere); OUT holds
     C·B on entry (read before it is overwritten, tile by tile).
@@ -635,15 +670,15 @@ def bwd_dcb_kernel(
             if pj < pi:  # off-diagonal tile: the loop without a branch inside (it gets pipelined)
                 acc = _dcb_heads(X, DY, DT, DA, DDA_IN, DIFF, cbk, keep, b, c, g, pi, pj, split, ti, tj, mi, mj,
                                  offs_i, offs_j, nheads, ngroups, nchunks, headdim, s_x_b, s_x_l, s_x_h, s_x_p,
-                                 STABLE_DA, IEEE, NSPLIT, Q, BI, BJ, BK, True, ONE_K)
+                                 STABLE_DA, IEEE, NSPLIT, Q, BI, BJ, BK, True, ONE_K, 1, TRIDOT)
             else:
                 acc = _dcb_heads(X, DY, DT, DA, DDA_IN, DIFF, cbk, keep, b, c, g, pi, pj, split, ti, tj, mi, mj,
                                  offs_i, offs_j, nheads, ngroups, nchunks, headdim, s_x_b, s_x_l, s_x_h, s_x_p,
-                                 STABLE_DA, IEEE, NSPLIT, Q, BI, BJ, BK, False, ONE_K)
+                                 STABLE_DA, IEEE, NSPLIT, Q, BI, BJ, BK, False, ONE_K, 2, TRIDOT)
         else:
             acc = _dcb_heads(X, DY, DT, DA, DDA_IN, DIFF, cbk, keep, b, c, g, pi, pj, split, ti, tj, mi, mj,
                              offs_i, offs_j, nheads, ngroups, nchunks, headdim, s_x_b, s_x_l, s_x_h, s_x_p,
-                             STABLE_DA, IEEE, NSPLIT, Q, BI, BJ, BK, False, ONE_K)
+                             STABLE_DA, IEEE, NSPLIT, Q, BI, BJ, BK, False, ONE_K, 0, TRIDOT)
     if NSPLIT == 1:
         tl.store(OUT + pid * Q * Q + offs_i[:, None] * Q + offs_j[None, :], acc)
     elif pj * BJ <= pi * BI + BI - 1:
