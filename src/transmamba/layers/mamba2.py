@@ -20,7 +20,7 @@ from torch import nn
 
 from transmamba.layers.ssm_state import Mamba2State
 from transmamba.ops.checks import check_shape
-from transmamba.ops.conv import causal_conv1d, causal_conv1d_update
+from transmamba.ops.conv import causal_conv1d, causal_conv1d_split, causal_conv1d_update
 from transmamba.ops.norm import gated_rms_norm
 from transmamba.ops.ssd import ssd, ssd_step
 
@@ -168,8 +168,22 @@ class Mamba2(nn.Module):
     def project_and_conv(
         self, hidden: torch.Tensor, seq_idx: torch.Tensor | None, conv_state: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """hidden (b, t, D) -> z (b,t,d_inner), x (b,t,h,p), B, C (b,t,g,n), dt (b,t,h), conv final state."""
-        z, xbc, dt = self.split_proj(self.in_proj(hidden))
+        """hidden (b, t, D) -> z (b,t,d_inner), x (b,t,h,p), B, C (b,t,g,n), dt (b,t,h), conv final state.
+
+        Without `conv_state` (training, plain forward) the split and the conv run as one step
+        (`causal_conv1d_split`: on CUDA x, B, C come out contiguous and the backward writes one gradient
+        for in_proj's output); the conv final state is then None."""
+        zxbcdt = self.in_proj(hidden)
+        if conv_state is None:
+            g, n = self.ngroups, self.d_state
+            sizes = (self.d_inner, self.d_inner, g * n, g * n, self.nheads)
+            z, x, B, C, dt = causal_conv1d_split(
+                zxbcdt, self.conv_weight(), self.conv1d.bias, sizes, activation="silu", seq_idx=seq_idx
+            )
+            lead = zxbcdt.shape[:-1]
+            x = x.reshape(*lead, self.nheads, self.headdim)
+            return z, x, B.reshape(*lead, g, n), C.reshape(*lead, g, n), dt, None
+        z, xbc, dt = self.split_proj(zxbcdt)
         xbc, conv_final = causal_conv1d(
             xbc.transpose(1, 2),
             self.conv_weight(),

@@ -125,3 +125,60 @@ def causal_conv1d_update(
     if bias is not None:
         y = y + bias.to(x.dtype)
     return _activate(y, activation), window[:, :, 1:]
+
+
+def _split_on_triton(zxbcdt: torch.Tensor, width: int) -> bool:
+    """The Triton Function applies to CUDA tensors (not fp64, widths 2..4) unless TRANSMAMBA_CONV_SPLIT=0;
+    TRANSMAMBA_CONV_SPLIT=force also takes CPU tensors (tests, under TRITON_INTERPRET=1)."""
+    mode = os.environ.get("TRANSMAMBA_CONV_SPLIT", "1")
+    if mode == "0" or zxbcdt.dtype == torch.float64 or not 2 <= width <= 4:
+        return False
+    if mode == "force":
+        return True
+    return _use_triton(zxbcdt, "silu")
+
+
+def causal_conv1d_split(
+    zxbcdt: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    sizes: tuple[int, int, int, int, int],
+    *,
+    activation: str | None = "silu",
+    seq_idx: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mamba-2's in_proj output split and conv in one step (no initial state):
+
+        zxbcdt = [z | x | B | C | dt] (b, t, d_z + d_x + d_b + d_c + h),  sizes = (d_z, d_x, d_b, d_c, h)
+        [x | B | C] <- activation(causal_conv1d([x | B | C]))   weight (d_x + d_b + d_c, W), taps in seq_idx
+
+    Returns z (b, t, d_z), x (b, t, d_x), B (b, t, d_b), C (b, t, d_c), dt (b, t, h). On CUDA (Triton) x, B, C
+    are contiguous and the backward writes one gradient buffer for zxbcdt (`ops/triton/conv_split.py`);
+    elsewhere it is torch.split + `causal_conv1d` + torch.split, the reference."""
+    if zxbcdt.dim() != 3:
+        raise ValueError(f"causal_conv1d_split: zxbcdt must be (b, t, d), got shape {tuple(zxbcdt.shape)}")
+    if len(sizes) != 5 or any(int(s) <= 0 for s in sizes[1:4]) or any(int(s) < 0 for s in sizes):
+        raise ValueError(f"causal_conv1d_split: sizes must be 5 sizes (d_z, d_x, d_b, d_c, h), got {sizes!r}")
+    if sum(sizes) != zxbcdt.shape[-1]:
+        raise ValueError(f"causal_conv1d_split: sizes {tuple(sizes)} sum to {sum(sizes)}, but zxbcdt has "
+                         f"{zxbcdt.shape[-1]} channels")
+    d_z, d_x, d_b, d_c, h = (int(s) for s in sizes)
+    conv_dim = d_x + d_b + d_c
+    if weight.dim() != 2 or weight.shape[0] != conv_dim:
+        raise ValueError(f"causal_conv1d_split: weight must be (d_x + d_b + d_c = {conv_dim}, width), got "
+                         f"shape {tuple(weight.shape)}")
+    if bias is not None:
+        check_shape("causal_conv1d_split", "bias", bias, (conv_dim,))
+    if seq_idx is not None:
+        check_shape("causal_conv1d_split", "seq_idx", seq_idx, zxbcdt.shape[:2])
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+    if _split_on_triton(zxbcdt, weight.shape[1]):
+        from transmamba.ops.triton.conv_split import conv_split_triton
+
+        return conv_split_triton(zxbcdt, weight, bias, seq_idx, (d_z, d_x, d_b, d_c, h),
+                                 silu=activation in ("silu", "swish"))
+    z, xbc, dt = torch.split(zxbcdt, [d_z, conv_dim, h], dim=-1)
+    xbc = causal_conv1d(xbc.transpose(1, 2), weight, bias, activation=activation, seq_idx=seq_idx)
+    x, B, C = torch.split(xbc.transpose(1, 2), [d_x, d_b, d_c], dim=-1)
+    return z, x, B, C, dt

@@ -14,6 +14,8 @@ weight (dim, W)); `initial_state` / `return_final_state` are left to the torch v
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -185,19 +187,70 @@ def _empty_like_layout(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(x.shape, device=x.device, dtype=x.dtype)
 
 
+BWD_VARIANT = "two"  # backward design: "two" launches (g buffer, then dx) or conv_bwd's "tile" / "walk"
+
+
+def _bwd_variant() -> str:
+    """TRANSMAMBA_CONV_BWD (two / tile / walk) overrides BWD_VARIANT, for A/B runs."""
+    v = os.environ.get("TRANSMAMBA_CONV_BWD") or BWD_VARIANT
+    if v not in ("two", "tile", "walk"):
+        raise ValueError(f"conv1d backward variant must be two, tile or walk, got {v!r}")
+    return v
+
+
+def conv1d_fwd_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    seq_idx: torch.Tensor | None, silu: bool, y: torch.Tensor):
+    """y (batch, dim, seqlen), any strides, <- silu?(bias + causal depthwise conv of x (batch, dim, seqlen));
+    weight (dim, W) contiguous. Returns the launched kernel."""
+    batch, dim, seqlen = x.shape
+    seq = seq_idx if seq_idx is not None else x
+    ss = (seq_idx.stride(0), seq_idx.stride(1)) if seq_idx is not None else (0, 0)
+    grid = (batch, triton.cdiv(dim, _BD), triton.cdiv(seqlen, _BL))
+    return _fwd_kernel[grid](x, weight, bias if bias is not None else weight, seq, y, seqlen, dim, *x.stride(),
+                             *y.stride(), *ss, WIDTH=weight.shape[1], HAS_BIAS=bias is not None,
+                             HAS_SEQ=seq_idx is not None, SILU=silu, BD=_BD, BL=_BL, num_warps=4)
+
+
+def _bwd_two_launch(x, weight, bias, seq_idx, silu, dy, dx):
+    batch, dim, seqlen = x.shape
+    width = weight.shape[1]
+    dw = torch.zeros(dim, width, device=x.device, dtype=torch.float32)
+    db = torch.zeros(dim, device=x.device, dtype=torch.float32)
+    seq = seq_idx if seq_idx is not None else x
+    ss = (seq_idx.stride(0), seq_idx.stride(1)) if seq_idx is not None else (0, 0)
+    g = torch.empty(batch, seqlen, dim, device=x.device, dtype=torch.float32)  # dy * silu'(pre)
+    n_blocks = triton.cdiv(seqlen, _BL)
+    split = max(1, min(n_blocks, triton.cdiv(_PROGRAMS, batch * triton.cdiv(dim, _BD))))
+    per = triton.cdiv(n_blocks, split)
+    grid = (batch, triton.cdiv(dim, _BD), triton.cdiv(n_blocks, per))
+    _bwd_g_kernel[grid](x, weight, bias if bias is not None else weight, seq, dy, g, dw, db, seqlen, dim,
+                        *x.stride(), *dy.stride(), *ss, per, WIDTH=width, WP=triton.next_power_of_2(width),
+                        HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, BD=_BD,
+                        BL=_BL, num_warps=4)
+    _bwd_dx_kernel[(batch, triton.cdiv(dim, _BD), n_blocks)](
+        g, weight, seq, dx, seqlen, dim, *dx.stride(), *ss, WIDTH=width, HAS_SEQ=seq_idx is not None,
+        BD=_BD, BL=_BL, num_warps=4)
+    return dw, (db if bias is not None else None)
+
+
+def conv1d_bwd_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_idx: torch.Tensor | None,
+                    silu: bool, dy: torch.Tensor, dx: torch.Tensor, variant: str | None = None):
+    """dx (batch, dim, seqlen), any strides, <- the input gradient for dy (any strides); returns (dw (dim, W),
+    dbias (dim,) or None) in fp32. `variant` (default `_bwd_variant()`): two / tile / walk."""
+    variant = variant or _bwd_variant()
+    if variant == "two":
+        return _bwd_two_launch(x, weight, bias, seq_idx, silu, dy, dx)
+    from transmamba.ops.triton.conv_bwd import conv1d_bwd_fused
+
+    return conv1d_bwd_fused(x, weight, bias, seq_idx, silu, dy, dx, variant)
+
+
 class _CausalConv1d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, seq_idx, silu):
-        batch, dim, seqlen = x.shape
-        width = weight.shape[1]
         weight = weight.contiguous()
         y = _empty_like_layout(x)
-        seq = seq_idx if seq_idx is not None else x
-        ss = (seq_idx.stride(0), seq_idx.stride(1)) if seq_idx is not None else (0, 0)
-        grid = (batch, triton.cdiv(dim, _BD), triton.cdiv(seqlen, _BL))
-        _fwd_kernel[grid](x, weight, bias if bias is not None else weight, seq, y, seqlen, dim, *x.stride(),
-                          *y.stride(), *ss, WIDTH=width, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None,
-                          SILU=silu, BD=_BD, BL=_BL, num_warps=4)
+        conv1d_fwd_into(x, weight, bias, seq_idx, silu, y)
         ctx.save_for_backward(x, weight, bias, seq_idx)
         ctx.silu = silu
         return y
@@ -205,25 +258,8 @@ class _CausalConv1d(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, weight, bias, seq_idx = ctx.saved_tensors
-        batch, dim, seqlen = x.shape
-        width = weight.shape[1]
         dx = _empty_like_layout(x)
-        dw = torch.zeros(dim, width, device=x.device, dtype=torch.float32)
-        db = torch.zeros(dim, device=x.device, dtype=torch.float32)
-        seq = seq_idx if seq_idx is not None else x
-        ss = (seq_idx.stride(0), seq_idx.stride(1)) if seq_idx is not None else (0, 0)
-        g = torch.empty(batch, seqlen, dim, device=x.device, dtype=torch.float32)  # dy * silu'(pre)
-        n_blocks = triton.cdiv(seqlen, _BL)
-        split = max(1, min(n_blocks, triton.cdiv(_PROGRAMS, batch * triton.cdiv(dim, _BD))))
-        per = triton.cdiv(n_blocks, split)
-        grid = (batch, triton.cdiv(dim, _BD), triton.cdiv(n_blocks, per))
-        _bwd_g_kernel[grid](x, weight, bias if bias is not None else weight, seq, dy, g, dw, db, seqlen, dim,
-                            *x.stride(), *dy.stride(), *ss, per, WIDTH=width, WP=triton.next_power_of_2(width),
-                            HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=ctx.silu, BD=_BD,
-                            BL=_BL, num_warps=4)
-        _bwd_dx_kernel[(batch, triton.cdiv(dim, _BD), n_blocks)](
-            g, weight, seq, dx, seqlen, dim, *dx.stride(), *ss, WIDTH=width, HAS_SEQ=seq_idx is not None,
-            BD=_BD, BL=_BL, num_warps=4)
+        dw, db = conv1d_bwd_into(x, weight, bias, seq_idx, ctx.silu, dy, dx)
         return dx, dw.to(weight.dtype), (db.to(bias.dtype) if bias is not None else None), None, None
 
 
