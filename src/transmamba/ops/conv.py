@@ -127,10 +127,14 @@ def causal_conv1d_update(
     return _activate(y, activation), window[:, :, 1:]
 
 
+CONV_SPLIT = False  # `causal_conv1d_split`'s Triton Function on CUDA by default (off until measured on a GPU)
+
+
 def _split_on_triton(zxbcdt: torch.Tensor, width: int) -> bool:
-    """The Triton Function applies to CUDA tensors (not fp64, widths 2..4) unless TRANSMAMBA_CONV_SPLIT=0;
-    TRANSMAMBA_CONV_SPLIT=force also takes CPU tensors (tests, under TRITON_INTERPRET=1)."""
-    mode = os.environ.get("TRANSMAMBA_CONV_SPLIT", "1")
+    """The Triton Function applies to CUDA tensors (not fp64, widths 2..4) when CONV_SPLIT is set; the
+    environment overrides it: TRANSMAMBA_CONV_SPLIT=1 on, =0 off, =force also for CPU tensors (tests, under
+    TRITON_INTERPRET=1)."""
+    mode = os.environ.get("TRANSMAMBA_CONV_SPLIT") or ("1" if CONV_SPLIT else "0")
     if mode == "0" or zxbcdt.dtype == torch.float64 or not 2 <= width <= 4:
         return False
     if mode == "force":
