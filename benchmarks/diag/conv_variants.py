@@ -103,13 +103,15 @@ def main() -> None:
         ref = (dx.float(), dw.clone(), db.clone())
         # one-launch variants
         for variant, cfgs in (
-            ("tile", [dict(BD=64, BL=16, warps=4, per=8), dict(BD=64, BL=32, warps=8, per=8),
-                      dict(BD=128, BL=16, warps=4, per=8), dict(BD=64, BL=16, warps=4, per=32)]),
+            ("walk4", [dict(BD=256, CH=128, warps=4), dict(BD=128, CH=64, warps=4), dict(BD=256, CH=64, warps=2),
+                       dict(BD=512, CH=128, warps=4), dict(BD=128, CH=32, warps=1)]),
             ("walk", [dict(BD=256, CH=256, warps=4), dict(BD=128, CH=256, warps=4), dict(BD=512, CH=256, warps=4),
                       dict(BD=256, CH=64, warps=4), dict(BD=128, CH=128, warps=1)]),
+            ("tile", [dict(BD=64, BL=16, warps=4, per=8), dict(BD=64, BL=32, warps=8, per=8),
+                      dict(BD=128, BL=16, warps=4, per=8), dict(BD=64, BL=16, warps=4, per=32)]),
         ):
             for cfg in cfgs if lname == "gapped" else cfgs[:1]:
-                (CB.TILE if variant == "tile" else CB.WALK).update(cfg)
+                {"tile": CB.TILE, "walk": CB.WALK, "walk4": CB.WALK4}[variant].update(cfg)
                 dx2 = TC._empty_like_layout(x)
                 try:
                     dw2, db2 = CB.conv1d_bwd_fused(x, w, bias, None, True, dy, dx2, variant)

@@ -1,6 +1,7 @@
 """In_proj split + conv as one Function (`ops/triton/conv_split.py`) against the torch reference
 (torch.split + `causal_conv1d` + torch.split, fp64): outputs and the gradients of zxbcdt, weight and bias,
-with every conv backward variant (two / tile / walk), with and without documents (seq_idx), random inputs.
+with every conv backward variant (two / tile / walk / walk4), with and without documents (seq_idx), random
+inputs.
 Then whole layers and a small CausalLM (loss and every parameter gradient) with the Function forced on
 against the reference path. GPU cases on CUDA; tiny fp32 cases under TRITON_INTERPRET=1 (one subprocess)."""
 
@@ -108,7 +109,7 @@ def test_split_bad_input():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("variant", ["two", "tile", "walk"])
+@pytest.mark.parametrize("variant", ["two", "tile", "walk", "walk4"])
 def test_conv_split_gpu(variant):
     sizes = (3072 // 16, 3072 // 16, 64, 64, 3)  # the model's layout, narrower
     for seq_on in (False, True):
@@ -133,7 +134,9 @@ _SCRIPT = textwrap.dedent(
     TC._BD, TC._BL = 8, 8  # several channel tiles (a partial one in B / C) and time blocks
     CB.TILE.update(BD=8, BL=4, per=2)
     CB.WALK.update(BD=8, CH=8)
-    cases = [("two", True, 4), ("tile", True, 4), ("walk", True, 4), ("walk", False, 2), ("tile", False, 3)]
+    CB.WALK4.update(BD=8, CH=8)
+    cases = [("two", True, 4), ("tile", True, 4), ("walk", True, 4), ("walk", False, 2), ("tile", False, 3),
+             ("walk4", False, 4), ("walk4", False, 3)]
     errs = [compare_split("cpu", v, seq_on, width=w, l=13, seed=i) for i, (v, seq_on, w) in enumerate(cases)]
     print("OP", max(errs))
     TC._BD, TC._BL = 32, 16  # the layers: fewer, larger tiles (interpreter time)

@@ -193,8 +193,8 @@ BWD_VARIANT = "two"  # backward design: "two" launches (g buffer, then dx) or co
 def _bwd_variant() -> str:
     """TRANSMAMBA_CONV_BWD (two / tile / walk) overrides BWD_VARIANT, for A/B runs."""
     v = os.environ.get("TRANSMAMBA_CONV_BWD") or BWD_VARIANT
-    if v not in ("two", "tile", "walk"):
-        raise ValueError(f"conv1d backward variant must be two, tile or walk, got {v!r}")
+    if v not in ("two", "tile", "walk", "walk4"):
+        raise ValueError(f"conv1d backward variant must be two, tile, walk or walk4, got {v!r}")
     return v
 
 

@@ -247,9 +247,101 @@ def _bwd_walk_kernel(X, W, BIAS, SEQ, DY, DX, PART, seqlen, dim, s_x_b, s_x_d, s
     tl.store(part + WIDTH, db, mask=md)
 
 
+@triton.jit
+def _quad(X4):
+    """(BD, 4) -> its 4 columns as (BD,) vectors (time order)."""
+    a, b = tl.split(tl.reshape(X4, (X4.shape[0], 2, 2)))  # a: columns 0, 2; b: columns 1, 3
+    c0, c2 = tl.split(a)
+    c1, c3 = tl.split(b)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _bwd_walk4_kernel(X, W, BIAS, DY, DX, PART, seqlen, dim, s_x_b, s_x_d, s_x_l, s_y_b, s_y_d, s_y_l,
+                      s_dx_b, s_dx_d, s_dx_l,
+                      WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BD: tl.constexpr,
+                      CH: tl.constexpr):
+    """The walk four steps at a time (no documents): x, dy and dx move as (BD, 4) tiles (one load / store
+    each per 4 steps, the next quad's tiles loaded before this quad's math). Quads q = c1, c1 - 4, .., c0
+    (c1 = c0 + CH, CH a multiple of 4); the first one only warms up g at c1..c1+2."""
+    b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    md = offs_d < dim
+    c0 = tl.program_id(2) * CH
+    c1 = c0 + CH
+    v0 = _wpad(W, offs_d, md, 0, WIDTH)
+    v1 = _wpad(W, offs_d, md, 1, WIDTH)
+    v2 = _wpad(W, offs_d, md, 2, WIDTH)
+    v3 = _wpad(W, offs_d, md, 3, WIDTH)
+    bias = tl.zeros((BD,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(BIAS + offs_d, mask=md, other=0.0).to(tl.float32)
+    xb = X + b * s_x_b + offs_d[:, None] * s_x_d
+    yb = DY + b * s_y_b + offs_d[:, None] * s_y_d
+    j4 = tl.arange(0, 4)
+    q = c1
+    t = q + j4
+    xcur = tl.load(xb + t[None, :] * s_x_l, mask=md[:, None] & (t < seqlen)[None, :], other=0.0).to(tl.float32)
+    t = q - 4 + j4
+    xprev = tl.load(xb + t[None, :] * s_x_l, mask=md[:, None] & ((t >= 0) & (t < seqlen))[None, :], other=0.0).to(tl.float32)
+    t = q + j4
+    dyc = tl.load(yb + t[None, :] * s_y_l, mask=md[:, None] & (t < seqlen)[None, :], other=0.0).to(tl.float32)
+    g4 = tl.zeros((BD,), dtype=tl.float32)  # g at q + 4 .. q + 6 (zero past the warm-up quad)
+    g5 = tl.zeros((BD,), dtype=tl.float32)
+    g6 = tl.zeros((BD,), dtype=tl.float32)
+    d0 = tl.zeros((BD,), dtype=tl.float32)
+    d1 = tl.zeros((BD,), dtype=tl.float32)
+    d2 = tl.zeros((BD,), dtype=tl.float32)
+    d3 = tl.zeros((BD,), dtype=tl.float32)
+    db = tl.zeros((BD,), dtype=tl.float32)
+    for i in range(0, CH // 4 + 1):
+        q = c1 - 4 * i
+        # next quad's tiles first: x at q - 8 .. q - 5, dy at q - 4 .. q - 1
+        t = q - 8 + j4
+        xnext = tl.load(xb + t[None, :] * s_x_l, mask=md[:, None] & ((t >= 0) & (t < seqlen))[None, :], other=0.0).to(tl.float32)
+        t = q - 4 + j4
+        dyn = tl.load(yb + t[None, :] * s_y_l, mask=md[:, None] & ((t >= 0) & (t < seqlen))[None, :], other=0.0).to(tl.float32)
+        xm4, xm3, xm2, xm1 = _quad(xprev)
+        x0, x1, x2, x3 = _quad(xcur)
+        y0, y1, y2, y3 = _quad(dyc)
+        g0 = _silu_grad(y0, bias + v0 * xm3 + v1 * xm2 + v2 * xm1 + v3 * x0, SILU)
+        g1 = _silu_grad(y1, bias + v0 * xm2 + v1 * xm1 + v2 * x0 + v3 * x1, SILU)
+        g2 = _silu_grad(y2, bias + v0 * xm1 + v1 * x0 + v2 * x1 + v3 * x2, SILU)
+        g3 = _silu_grad(y3, bias + v0 * x0 + v1 * x1 + v2 * x2 + v3 * x3, SILU)
+        e0 = v3 * g0 + v2 * g1 + v1 * g2 + v0 * g3
+        e1 = v3 * g1 + v2 * g2 + v1 * g3 + v0 * g4
+        e2 = v3 * g2 + v2 * g3 + v1 * g4 + v0 * g5
+        e3 = v3 * g3 + v2 * g4 + v1 * g5 + v0 * g6
+        t = q + j4
+        own = (t < seqlen) & (t < c1)
+        dx4 = tl.reshape(tl.join(tl.join(e0, e2), tl.join(e1, e3)), (BD, 4))
+        tl.store(DX + b * s_dx_b + offs_d[:, None] * s_dx_d + t[None, :] * s_dx_l, dx4, mask=md[:, None] & own[None, :])
+        if q < c1:  # the warm-up quad adds nothing (g past seqlen is 0: dy reads 0 there)
+            d0 += g0 * xm3 + g1 * xm2 + g2 * xm1 + g3 * x0
+            d1 += g0 * xm2 + g1 * xm1 + g2 * x0 + g3 * x1
+            d2 += g0 * xm1 + g1 * x0 + g2 * x1 + g3 * x2
+            d3 += g0 * x0 + g1 * x1 + g2 * x2 + g3 * x3
+            db += g0 + g1 + g2 + g3
+        g4 = g0
+        g5 = g1
+        g6 = g2
+        xcur = xprev
+        xprev = xnext
+        dyc = dyn
+    part = PART + ((tl.program_id(2) * tl.num_programs(0) + b) * dim + offs_d) * (WIDTH + 1)
+    if WIDTH == 4:
+        tl.store(part + 0, d0, mask=md)
+    if WIDTH >= 3:
+        tl.store(part + WIDTH - 3, d1, mask=md)
+    tl.store(part + WIDTH - 2, d2, mask=md)
+    tl.store(part + WIDTH - 1, d3, mask=md)
+    tl.store(part + WIDTH, db, mask=md)
+
+
 # launch configurations (set by benchmarks / tests): tile (BD, BL, warps, time blocks per program), walk
 TILE = {"BD": 64, "BL": 16, "warps": 4, "per": 8}
 WALK = {"BD": 256, "CH": 256, "warps": 4}
+WALK4 = {"BD": 256, "CH": 128, "warps": 4}  # CH a multiple of 4
 LAST_LAUNCH: dict = {}  # variant -> the compiled kernel of its last launch (registers / spills for diagnostics)
 
 
@@ -282,7 +374,17 @@ def conv1d_bwd_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         LAST_LAUNCH["walk"] = _bwd_walk_kernel[(batch, triton.cdiv(dim, c["BD"]), nt)](
             x, weight, bias if bias is not None else weight, seq, dy, dx, part, seqlen, dim, *args_tail,
             **flags, BD=c["BD"], CH=c["CH"], num_warps=c["warps"])
+    elif variant == "walk4":
+        if seq_idx is not None:  # documents: the one-step walk
+            return conv1d_bwd_fused(x, weight, bias, seq_idx, silu, dy, dx, "walk")
+        c = WALK4
+        nt = triton.cdiv(seqlen, c["CH"])
+        part = torch.empty(nt, batch, dim, width + 1, device=x.device, dtype=torch.float32)
+        LAST_LAUNCH["walk4"] = _bwd_walk4_kernel[(batch, triton.cdiv(dim, c["BD"]), nt)](
+            x, weight, bias if bias is not None else weight, dy, dx, part, seqlen, dim, *x.stride(), *dy.stride(),
+            *dx.stride(), WIDTH=width, HAS_BIAS=bias is not None, SILU=bool(silu), BD=c["BD"], CH=c["CH"],
+            num_warps=c["warps"])
     else:
-        raise ValueError(f"conv1d_bwd_fused: variant must be 'tile' or 'walk', got {variant!r}")
+        raise ValueError(f"conv1d_bwd_fused: variant must be 'tile', 'walk' or 'walk4', got {variant!r}")
     tot = part.sum((0, 1))  # (dim, W + 1)
     return tot[:, :width], (tot[:, width] if bias is not None else None)
