@@ -13,6 +13,9 @@ call by CONFIG["misc"] (see there); the second is the default:
   diagonal block evaluates exp(a_i - a_j)); backward 6 launches + one fill and one small sum (the reverse
   walk fused likewise; the intra-chunk dA from the dx kernel's block sums; dCB alone in its kernel; dB/dC's
   intra parts fused into the dB/dC-state kernel; the ddt/dA/d_bias tail in one kernel).
+Opt-in on top of the second (CONFIG["misc"], see there): head-blocked chunk scan and dx kernel (`wide`,
+`wide_dx`, `ssd_kernels_wide.py`: NH heads of a group per program share the C·B tile), the dA's diagonal
+prefix sums as a dot (`tridot`) and a pipelined dCB head loop when it sums the dA (`onek_da`).
 Backward takes the incoming chunk states saved by the forward (or recomputes them, see SAVE_STATES).
 Saved for backward: the inputs, the pre-gate output y when z is given (for dz) and two fp32 (b, h, L)
 tensors (dt_eff and the chunk-cumulative log decays).
