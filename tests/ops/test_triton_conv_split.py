@@ -54,6 +54,17 @@ def compare_split(device: str, variant: str, seq_on: bool, width: int = 4, b: in
 def compare_models(device: str, on: str = "force") -> float:
     """Mamba2, TransMamba (P inside the row, P past it, packed documents) and a small CausalLM: forward and
     every gradient with TRANSMAMBA_CONV_SPLIT=`on` against =0 (the reference split + conv)."""
+    prev = os.environ.get("TRANSMAMBA_CONV_SPLIT")
+    try:
+        return _compare_models(device, on)
+    finally:
+        if prev is None:
+            os.environ.pop("TRANSMAMBA_CONV_SPLIT", None)
+        else:
+            os.environ["TRANSMAMBA_CONV_SPLIT"] = prev
+
+
+def _compare_models(device: str, on: str) -> float:
     from transmamba.layers import Mamba2, TransMamba
     from transmamba.models.config import ModelConfig
     from transmamba.models.lm import CausalLM
@@ -87,7 +98,6 @@ def compare_models(device: str, on: str = "force") -> float:
         os.environ["TRANSMAMBA_CONV_SPLIT"] = mode
         out = model(ids, labels=ids)
         res.append((out.loss, torch.autograd.grad(out.loss, list(model.parameters()), allow_unused=True)))
-    os.environ.pop("TRANSMAMBA_CONV_SPLIT")
     (l0, g0), (l1, g1) = res
     worst = max(worst, abs(float(l1 - l0)) / abs(float(l0)))
     assert [a is None for a in g1] == [r is None for r in g0]
@@ -121,8 +131,12 @@ def test_conv_split_gpu(variant):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_conv_split_models_gpu():
+    prev = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
-    assert compare_models("cuda", on="1") < 1e-4
+    try:
+        assert compare_models("cuda", on="1") < 1e-4
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
 
 
 _SCRIPT = textwrap.dedent(
