@@ -838,7 +838,7 @@ def run_train_profile(args) -> list[dict[str, Any]]:
 
 @case("conv-op", "causal conv1d (Triton) fwd and fwd+bwd on the models' in_proj slice, 16K tokens, bf16")
 def run_conv_op(args) -> list[dict[str, Any]]:
-    """Per backward variant (two / tile / walk / walk4): the conv alone on the strided xBC view, and the in_proj
+    """Per forward (tile / walk4) and backward variant (two / tile / walk / walk4): the conv alone on the strided xBC view, and the in_proj
     split + conv Function (x, B, C out contiguous, one in_proj gradient) that Mamba2 uses with
     TRANSMAMBA_CONV_SPLIT=1."""
     from transmamba.ops.triton import conv as TC
@@ -846,7 +846,7 @@ def run_conv_op(args) -> list[dict[str, Any]]:
     from transmamba.ops.triton.conv_split import conv_split_triton
 
     rows = []
-    prev = TC.BWD_VARIANT
+    prev = TC.FWD_VARIANT, TC.BWD_VARIANT
     for b, t in ((2, 8192), (1, 32768)):
         d, width = 7168, 4  # xBC channels of transmamba-400m, inside its 10288-wide in_proj output
         buf = torch.randn(b, t, 10288, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -857,20 +857,21 @@ def run_conv_op(args) -> list[dict[str, Any]]:
         sizes = (3072, 3072, 2048, 2048, 48)
         dparts = [torch.randn(b, t, n, device="cuda", dtype=torch.bfloat16) for n in sizes]
         gb = b * t * d * 2 / 1e9  # one bf16 pass over the activations
-        for variant in ("two", "tile", "walk", "walk4"):
-            TC.BWD_VARIANT = variant
+        for fvar, variant in (("tile", "two"), ("tile", "tile"), ("tile", "walk"), ("tile", "walk4"),
+                              ("walk4", "walk4")):
+            TC.FWD_VARIANT, TC.BWD_VARIANT = fvar, variant
             fwd = bench_ms(lambda: _nograd(lambda: causal_conv1d_triton(x, w, bias, None, True)))
             fb = bench_ms(lambda: torch.autograd.grad(causal_conv1d_triton(x, w, bias, None, True), (buf, w, bias),
                                                       dy))
             sf = bench_ms(lambda: _nograd(lambda: conv_split_triton(buf, w, bias, None, sizes)))
             sfb = bench_ms(lambda: torch.autograd.grad(conv_split_triton(buf, w, bias, None, sizes), (buf, w, bias),
                                                        dparts))
-            row = {"batch": b, "T": t, "dim": d, "bwd": variant, "fwd_ms": fwd, "fwdbwd_ms": fb,
+            row = {"batch": b, "T": t, "dim": d, "fwd": fvar, "bwd": variant, "fwd_ms": fwd, "fwdbwd_ms": fb,
                    "split_fwd_ms": sf, "split_fwdbwd_ms": sfb, "fwd_floor_ms": 2 * gb / 3.0,
                    "fwdbwd_floor_ms": 5 * gb / 3.0}  # fwd: read x, write y; bwd: read x, dy, write dx (3 TB/s)
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}))
             rows.append(row)
-    TC.BWD_VARIANT = prev
+    TC.FWD_VARIANT, TC.BWD_VARIANT = prev
     return rows
 
 

@@ -33,6 +33,7 @@ def main() -> None:
 
     from transmamba.ops.triton import conv as TC
     from transmamba.ops.triton import conv_bwd as CB
+    from transmamba.ops.triton import conv_fwd as CF
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
@@ -74,6 +75,17 @@ def main() -> None:
                                         HAS_BIAS=True, HAS_SEQ=False, SILU=True, BD=TC._BD, BL=TC._BL, num_warps=4)
         k = fwd()
         emit({"layout": lname, "kernel": "fwd", "ms": ms(fwd), "floor_ms": 2 * gb / 3.0, **_info(k)})
+        for cfg in [dict(BD=256, CH=128, warps=4), dict(BD=128, CH=64, warps=4), dict(BD=512, CH=128, warps=4),
+                    dict(BD=128, CH=32, warps=2)][: 4 if lname == "gapped" else 1]:
+            CF.WALK4.update(cfg)
+            y2 = TC._empty_like_layout(x)
+            try:
+                k = CF.conv1d_fwd_walk4(x, w, bias, True, y2)
+                t = ms(lambda: CF.conv1d_fwd_walk4(x, w, bias, True, y2))
+                err = float((y2.float() - y.float()).norm() / y.float().norm())
+                emit({"layout": lname, "kernel": "fwd_walk4", "cfg": cfg, "ms": t, "rel_err": err, **_info(k)})
+            except Exception as e:  # noqa: BLE001
+                emit({"layout": lname, "kernel": "fwd_walk4", "cfg": cfg, "error": repr(e)[:400]})
         # the two-launch backward in the tree (g, then dx)
         dx = TC._empty_like_layout(x)
         dw = torch.zeros(d, W, device=dev)

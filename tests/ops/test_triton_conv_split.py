@@ -1,9 +1,9 @@
 """In_proj split + conv as one Function (`ops/triton/conv_split.py`) against the torch reference
 (torch.split + `causal_conv1d` + torch.split, fp64): outputs and the gradients of zxbcdt, weight and bias,
-with every conv backward variant (two / tile / walk / walk4), with and without documents (seq_idx), random
-inputs.
-Then whole layers and a small CausalLM (loss and every parameter gradient) with the Function forced on
-against the reference path. GPU cases on CUDA; tiny fp32 cases under TRITON_INTERPRET=1 (one subprocess)."""
+with every conv forward (tile / walk4) and backward variant (two / tile / walk / walk4), with and without
+documents (seq_idx), random inputs. Then whole layers and a small CausalLM (loss and every parameter
+gradient) with the Function forced on against the reference path. GPU cases on CUDA; tiny fp32 cases
+under TRITON_INTERPRET=1 (one subprocess)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 
 
 def compare_split(device: str, variant: str, seq_on: bool, width: int = 4, b: int = 2, l: int = 19,
-                  sizes=(8, 16, 12, 12, 3), dtype=torch.float32, seed: int = 0) -> float:
+                  sizes=(8, 16, 12, 12, 3), dtype=torch.float32, seed: int = 0, fwd: str = "tile") -> float:
     """Max relative error (outputs and grads) of the Triton Function against the fp64 reference."""
     from transmamba.ops.conv import causal_conv1d_split
     from transmamba.ops.triton import conv as TC
@@ -30,8 +30,8 @@ def compare_split(device: str, variant: str, seq_on: bool, width: int = 4, b: in
     w = (torch.randn(cd, width, generator=gen) * 0.5).to(device).requires_grad_()
     bias = torch.randn(cd, generator=gen).to(device).requires_grad_()
     seq = torch.sort(torch.randint(0, 3, (b, l), generator=gen), dim=1).values.to(device) if seq_on else None
-    prev = TC.BWD_VARIANT
-    TC.BWD_VARIANT = variant
+    prev = TC.BWD_VARIANT, TC.FWD_VARIANT
+    TC.BWD_VARIANT, TC.FWD_VARIANT = variant, fwd
     try:
         outs = conv_split_triton(buf, w, bias, seq, sizes, silu=True)
         for t in outs[1:4]:
@@ -44,7 +44,7 @@ def compare_split(device: str, variant: str, seq_on: bool, width: int = 4, b: in
         cot = [torch.randn(r.shape, generator=gen).to(device=device, dtype=torch.float64) for r in refs]
         got = torch.autograd.grad(sum((o.double() * c).sum() for o, c in zip(outs, cot)), leaves)
     finally:
-        TC.BWD_VARIANT = prev
+        TC.BWD_VARIANT, TC.FWD_VARIANT = prev
     want = torch.autograd.grad(sum((r * c).sum() for r, c in zip(refs, cot)), ref_leaves)
     errs = [float((o.double() - r).norm() / r.norm()) for o, r in zip(outs, refs)]
     errs += [float((a.double() - r).norm() / r.norm()) for a, r in zip(got, want)]
@@ -126,6 +126,9 @@ def test_conv_split_gpu(variant):
         assert compare_split("cuda", variant, seq_on, b=2, l=1000, sizes=sizes) < 1e-5
     assert compare_split("cuda", variant, False, width=2, l=517, sizes=sizes, seed=1) < 1e-5
     assert compare_split("cuda", variant, True, b=2, l=700, sizes=sizes, dtype=torch.bfloat16, seed=2) < 2e-2
+    assert compare_split("cuda", variant, False, l=999, sizes=sizes, seed=3, fwd="walk4") < 1e-5
+    bf16 = dict(sizes=sizes, dtype=torch.bfloat16, seed=4, fwd="walk4")
+    assert compare_split("cuda", variant, False, l=701, **bf16) < 2e-2
 
 
 @pytest.mark.gpu
@@ -144,14 +147,16 @@ _SCRIPT = textwrap.dedent(
     import os, sys
     sys.path.insert(0, os.environ["TM_TEST_DIR"])
     from test_triton_conv_split import compare_split, compare_models
-    from transmamba.ops.triton import conv as TC, conv_bwd as CB
+    from transmamba.ops.triton import conv as TC, conv_bwd as CB, conv_fwd as CF
     TC._BD, TC._BL = 8, 8  # several channel tiles (a partial one in B / C) and time blocks
     CB.TILE.update(BD=8, BL=4, per=2)
     CB.WALK.update(BD=8, CH=8)
     CB.WALK4.update(BD=8, CH=8)
+    CF.WALK4.update(BD=8, CH=8)
     cases = [("two", True, 4), ("tile", True, 4), ("walk", True, 4), ("walk", False, 2), ("tile", False, 3),
              ("walk4", False, 4), ("walk4", False, 3)]
-    errs = [compare_split("cpu", v, seq_on, width=w, l=13, seed=i) for i, (v, seq_on, w) in enumerate(cases)]
+    errs = [compare_split("cpu", v, seq_on, width=w, l=13, seed=i, fwd="walk4" if i % 2 else "tile")
+            for i, (v, seq_on, w) in enumerate(cases)]
     print("OP", max(errs))
     TC._BD, TC._BL = 32, 16  # the layers: fewer, larger tiles (interpreter time)
     TC.BWD_VARIANT = "two"

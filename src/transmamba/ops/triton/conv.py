@@ -187,6 +187,7 @@ def _empty_like_layout(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(x.shape, device=x.device, dtype=x.dtype)
 
 
+FWD_VARIANT = "tile"  # forward design: "tile" (below) or conv_fwd's "walk4"
 BWD_VARIANT = "two"  # backward design: "two" launches (g buffer, then dx) or conv_bwd's "tile" / "walk"
 
 
@@ -201,7 +202,16 @@ def _bwd_variant() -> str:
 def conv1d_fwd_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     seq_idx: torch.Tensor | None, silu: bool, y: torch.Tensor):
     """y (batch, dim, seqlen), any strides, <- silu?(bias + causal depthwise conv of x (batch, dim, seqlen));
-    weight (dim, W) contiguous. Returns the launched kernel."""
+    weight (dim, W) contiguous. Forward design: FWD_VARIANT / TRANSMAMBA_CONV_FWD, "tile" (W shifted tile reads,
+    any case) or "walk4" (`conv_fwd.py`, no documents; with seq_idx the tile kernel runs). Returns the
+    launched kernel."""
+    fv = os.environ.get("TRANSMAMBA_CONV_FWD") or FWD_VARIANT
+    if fv not in ("tile", "walk4"):
+        raise ValueError(f"conv1d forward variant must be tile or walk4, got {fv!r}")
+    if fv == "walk4" and seq_idx is None:
+        from transmamba.ops.triton.conv_fwd import conv1d_fwd_walk4
+
+        return conv1d_fwd_walk4(x, weight, bias, silu, y)
     batch, dim, seqlen = x.shape
     seq = seq_idx if seq_idx is not None else x
     ss = (seq_idx.stride(0), seq_idx.stride(1)) if seq_idx is not None else (0, 0)
