@@ -89,6 +89,9 @@ def _variants(S) -> dict[str, dict[str, int]]:
     out["v2-dA0-onek"] = dict(S.NEW_PATH, hsplit=1, dda_in_dx=0, onek_da=1)
     out["v2-dA0-tri"] = dict(S.NEW_PATH, hsplit=1, dda_in_dx=0, tridot=1)
     out["v2-dA0-ot"] = dict(S.NEW_PATH, hsplit=1, dda_in_dx=0, onek_da=1, tridot=1)
+    # flat launch grids with a chunk's tiles consecutive (swz), alone and on top of the others
+    for name in ("v2", "v2-no-dda_in_dx", "v2-dA0-wide2", "v2-dA0-wide2-ot", "v2-dA0-ot", "v2-tri"):
+        out[name + "-swz"] = dict(out[name], swz=1)
     return out
 
 

@@ -252,16 +252,17 @@ _INTERP_SCRIPT = textwrap.dedent(
     wide_seen = []
     _wide = S._wide
     S._wide = lambda cfg, key: wide_seen.append(_wide(cfg, key)) or wide_seen[-1]
-    # (tiles_seq_Dp also with onek_da + tridot; "tridot": the default dA-in-dx path + tridot, 4 tiles a chunk)
+    # (tiles_seq_Dp also with onek_da + tridot + swz; "tridot": the default dA-in-dx path + tridot + swz)
     for name, (b, l, h, p, g, n, chunk, nd, dpp, nh, tiles) in {
             "groups_z_init": (2, 37, 4, 16, 2, 16, 16, 0, False, 2, {}),
             "tiles_seq_Dp": (1, 100, 4, 16, 2, 16, 64, 2, True, 2, {
                 "wscan": {"BM": 16, "BK": 8}, "wdx": {"BJ": 16, "BK": 16}, "dcb": {"B": 16},
-                "misc": {"onek_da": 1, "tridot": 1}}),
+                "bcs": {"BT": 16, "BN": 8}, "misc": {"onek_da": 1, "tridot": 1, "swz": 1}}),
             "nh4_p12": (1, 70, 8, 12, 2, 16, 32, 2, False, 4, {"wscan": {"BM": 16, "BK": 16},
                                                             "wdx": {"BJ": 16, "BK": 8}}),
-            "tridot": (1, 100, 4, 16, 2, 16, 64, 2, True, 0, {"dx": {"BJ": 16, "BK": 8},
-                                                              "misc": {"tridot": 1}}),
+            "tridot": (1, 100, 4, 16, 2, 16, 64, 2, True, 0, {
+                "dx": {"BJ": 16, "BK": 8}, "scan": {"BM": 16, "BK": 16}, "bcs": {"BT": 16, "BN": 8},
+                "misc": {"tridot": 1, "swz": 1}}),
             }.items():
         S.CONFIG.clear()
         S.CONFIG.update(copy.deepcopy(base))

@@ -87,7 +87,10 @@ CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweeps on an H100 
                  # the tile kind is then a compile-time constant, no branch in the head loop); tridot: the
                  # diagonal tiles' 2-D prefix sums of the dA as one dot with a triangular ones matrix (3-pass
                  # tf32 for 16-bit inputs) instead of a scan
-                 onek_da=0, tridot=0),
+                 onek_da=0, tridot=0,
+                 # swz: flat launch grids with a chunk's (or head's) tiles consecutive (scan, dx, dCB, dB/dC
+                 # state kernels), so the tiles that read the same x / dy / states run together (L2 hits)
+                 swz=0),
 }
 NEW_PATH = dict(fstate=1, factor=1, cb16=1, fbc=1, fddt=1, onek=1, dda_in_dx=2)
 FIRST_PATH = dict(fstate=0, factor=0, cb16=0, fbc=0, fddt=0, onek=0, dda_in_dx=0)
@@ -135,6 +138,12 @@ def _wide(cfg, key: str) -> int:
     if nh > 1 and _misc("factor") and (cfg.h // cfg.g) % nh == 0 and nh & (nh - 1) == 0:
         return nh
     return 1
+
+
+def _grid(n0: int, n1: int, n2: int) -> tuple[int, int, int]:
+    """Launch grid of a logical (n0, n1, n2) grid: flat with the inner two axes fastest under misc.swz (the
+    kernel's _pids undoes it), else as is."""
+    return (n0 * n1 * n2, 1, 1) if _misc("swz") else (n0, n1, n2)
 
 
 def _p2(v: int, lo: int = 16) -> int:
@@ -300,21 +309,21 @@ def _forward(cfg, x, dt, A, B, C, D, z, dt_bias, dt_softplus, init, seq_idx):
     nh = _wide(cfg, "wide")
     if nh > 1:
         c = _c("wscan", cfg.Q)
-        KW.chunk_scan_wide_kernel[(cfg.b * cfg.nc * cfg.h // nh, cfg.Q // c["BM"], triton.cdiv(cfg.p, cfg.BP))](
+        KW.chunk_scan_wide_kernel[_grid(cfg.b * cfg.nc * cfg.h // nh, cfg.Q // c["BM"], triton.cdiv(cfg.p, cfg.BP))](
             x, C, cb, dt_eff, dA, prev, cfg.seq_ptr, D if D is not None else A, z if z is not None else x, y, ypre,
             cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *C.stride(), *cfg.seq_strides,
             HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
             IEEE=cfg.ieee, Q=cfg.Q, BM=c["BM"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BM"]), NH=nh,
-            num_warps=c["warps"], num_stages=c["stages"],
+            SWZ=_misc("swz"), num_warps=c["warps"], num_stages=c["stages"],
         )
         return y, ypre, final, dt_eff, dA, prev
     c = _c("scan", cfg.Q)
-    K.chunk_scan_kernel[(cfg.b * cfg.nc * cfg.h, cfg.Q // c["BM"], triton.cdiv(cfg.p, cfg.BP))](
+    K.chunk_scan_kernel[_grid(cfg.b * cfg.nc * cfg.h, cfg.Q // c["BM"], triton.cdiv(cfg.p, cfg.BP))](
         x, C, cb, dt_eff, dA, prev, cfg.seq_ptr, D if D is not None else A, z if z is not None else x, y, ypre,
         cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *C.stride(), *cfg.seq_strides,
         HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
         IEEE=cfg.ieee, Q=cfg.Q, BM=c["BM"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BM"]), FACTOR=_misc("factor"),
-        num_warps=c["warps"], num_stages=c["stages"],
+        SWZ=_misc("swz"), num_warps=c["warps"], num_stages=c["stages"],
     )
     return y, ypre, final, dt_eff, dA, prev
 
@@ -349,22 +358,22 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
     nj = cfg.Q // c["BJ"]
     dD_part = torch.empty(cfg.b * cfg.nc * cfg.h, nj, cfg.p, device=x.device, dtype=torch.float32)
     if nh > 1:
-        KW.bwd_dx_wide_kernel[(cfg.b * cfg.nc * cfg.h // nh, nj, triton.cdiv(cfg.p, cfg.BP))](
+        KW.bwd_dx_wide_kernel[_grid(cfg.b * cfg.nc * cfg.h // nh, nj, triton.cdiv(cfg.p, cfg.BP))](
             x, dy, B, cb, dt_eff, dA, ds, cfg.seq_ptr, D if D is not None else A, dx, ddt, dda, dD_part,
             cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *B.stride(), *cfg.seq_strides,
             HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
             IEEE=cfg.ieee, Q=cfg.Q, BJ=c["BJ"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BJ"]), NH=nh,
-            num_warps=c["warps"], num_stages=c["stages"],
+            SWZ=_misc("swz"), num_warps=c["warps"], num_stages=c["stages"],
         )
     else:
-        K.bwd_dx_kernel[(cfg.b * cfg.nc * cfg.h, nj, triton.cdiv(cfg.p, cfg.BP))](
+        K.bwd_dx_kernel[_grid(cfg.b * cfg.nc * cfg.h, nj, triton.cdiv(cfg.p, cfg.BP))](
             x, dy, B, cb, dt_eff, dA, ds, cfg.seq_ptr, D if D is not None else A,
             dx, ddt, dda, dD_part, dda_in, diff,
             cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *B.stride(), *cfg.seq_strides,
             HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, STABLE_DA=in_dx,
             IEEE=cfg.ieee, Q=cfg.Q, BJ=c["BJ"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BJ"]),
             FACTOR=(_misc("factor") and mode == 0) or mode == 2, WDIAG=in_dx, DA2=mode == 2, TRIDOT=_misc("tridot"),
-            num_warps=c["warps"], num_stages=c["stages"],
+            SWZ=_misc("swz"), num_warps=c["warps"], num_stages=c["stages"],
         )
     # dC, dB
 
@@ -372,11 +381,11 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
     # dCB: in place over C·B (each tile read, then overwritten) unless heads are split over programs
     dcb = cb if nsplit == 1 else torch.zeros(cb.shape, device=cb.device, dtype=torch.float32)
     c = _c("dcb", cfg.Q)
-    K.bwd_dcb_kernel[(cfg.b * cfg.nc * cfg.g * nsplit, cfg.Q // c["B"], cfg.Q // c["B"])](
+    K.bwd_dcb_kernel[_grid(cfg.b * cfg.nc * cfg.g * nsplit, cfg.Q // c["B"], cfg.Q // c["B"])](
         x, dy, dt_eff, dA, cfg.seq_ptr, cb, dcb, dda_in, diff, cfg.l, cfg.h, cfg.g, cfg.p, *x.stride(),
         *cfg.seq_strides,
         HAS_SEQ=cfg.has_seq, STABLE_DA=not in_dx, IEEE=cfg.ieee, NSPLIT=nsplit, Q=cfg.Q, BI=c["B"], BJ=c["B"], BK=cfg.BP,
-        FACTOR=_misc("factor"), TRIDOT=_misc("tridot"),
+        FACTOR=_misc("factor"), TRIDOT=_misc("tridot"), SWZ=_misc("swz"),
         ONE_K=_misc("onek") and cfg.p <= cfg.BP and (mode != 0 or (_misc("onek_da") and _misc("factor"))),
         num_warps=c["warps"], num_stages=c["stages"],
     )
@@ -422,11 +431,11 @@ def _dbc(cfg, x, dy, B, C, dt_eff, dA, prev, ds, dcb, dda, nsplit):
         dB = alloc(cfg.b, L, cfg.g, cfg.n, device=x.device, dtype=torch.float32)
     c = _c("bcs", cfg.Q)
     BN2 = min(cfg.BN, c["BN"])
-    K.bwd_bc_state_kernel[(cfg.b * cfg.nc * cfg.g, cfg.Q // c["BT"], triton.cdiv(cfg.n, BN2) * nsplit)](
+    K.bwd_bc_state_kernel[_grid(cfg.b * cfg.nc * cfg.g, cfg.Q // c["BT"], triton.cdiv(cfg.n, BN2) * nsplit)](
         x, dy, C, dt_eff, dA, prev, ds, cfg.seq_ptr, dC, dB, dda, B, dcb, cfg.l, cfg.h, cfg.g, cfg.p, cfg.n,
         *x.stride(), *C.stride(), *cfg.seq_strides,
         HAS_SEQ=cfg.has_seq, IEEE=cfg.ieee, NSPLIT=nsplit, Q=cfg.Q, BT=c["BT"], BN=BN2, BP=cfg.BP, FUSE_CB=fuse,
-        ONE_K=_misc("onek") and cfg.p <= cfg.BP, num_warps=c["warps"], num_stages=c["stages"],
+        ONE_K=_misc("onek") and cfg.p <= cfg.BP, SWZ=_misc("swz"), num_warps=c["warps"], num_stages=c["stages"],
     )
     if fuse:
         return dB, dC

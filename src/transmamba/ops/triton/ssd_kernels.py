@@ -50,6 +50,19 @@ def _dot(a, b, IEEE: tl.constexpr):
         return tl.dot(a, b)
 
 
+@triton.jit
+def _pids(n1, n2, SWZ: tl.constexpr):
+    """(pid0, pid1, pid2) of a logical (n0, n1, n2) grid. SWZ: the launch grid is flat (n0 * n1 * n2,) with
+    pid1, pid2 varying fastest, so the programs sharing one pid0 (one chunk / head) run side by side and
+    their common loads hit L2 (CUDA starts blocks in x-fastest order)."""
+    if SWZ:
+        q = tl.program_id(0)
+        inner = q % (n1 * n2)
+        return q // (n1 * n2), inner // n2, inner % n2
+    else:
+        return tl.program_id(0), tl.program_id(1), tl.program_id(2)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------------
@@ -249,7 +262,7 @@ def chunk_scan_kernel(
     s_seq_b, s_seq_l,
     HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr,
     IEEE: tl.constexpr, Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-    BK: tl.constexpr, FACTOR: tl.constexpr = False,
+    BK: tl.constexpr, FACTOR: tl.constexpr = False, SWZ: tl.constexpr = False,
 ):
     """y_i = exp(a_i) C_i S_c + sum_{j<=i} CB_ij exp(a_i - a_j) dt_j x_j + D x_i  (then YPRE = y, Y = y silu(z)).
     Grid (b * nchunks * h, Q // BM, cdiv(p, BP)). X, Z, Y, YPRE share strides. BN >= dstate. CB fp32 or
@@ -259,9 +272,7 @@ def chunk_scan_kernel(
     with a_r = a at the row block's first token: the column factor scales x (BK x BP) and the row factor
     the block's sum, so no 2-D exp and no (BM, BK) fp32 weight tile. Both factors are entries of the decay
     matrix itself (<= 1 when dt A <= 0, the stable case); only the diagonal block uses the 2-D form."""
-    pid = tl.program_id(0)
-    pm = tl.program_id(1)
-    pp = tl.program_id(2)
+    pid, pm, pp = _pids(Q // BM, tl.cdiv(headdim, BP), SWZ)
     h = pid % nheads
     bc = pid // nheads
     nchunks = tl.cdiv(seqlen, Q)
@@ -358,7 +369,7 @@ def bwd_dx_kernel(
     HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, STABLE_DA: tl.constexpr,
     IEEE: tl.constexpr, Q: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
     BK: tl.constexpr, FACTOR: tl.constexpr = False, WDIAG: tl.constexpr = False, DA2: tl.constexpr = False,
-    TRIDOT: tl.constexpr = False,
+    TRIDOT: tl.constexpr = False, SWZ: tl.constexpr = False,
 ):
     """For tokens j of a block: dx_j, and the (b, h, c, Q) partial sums of ddt_j and da_j (atomics over p
     blocks), dD partial (b, c, h, Q // BJ, p). X, DY, DX share strides. Grid (b * nchunks * h, Q // BJ, cdiv(p, BP)).
@@ -378,9 +389,7 @@ def bwd_dx_kernel(
             + [i in K, j before K: reverse cumsum over i of row_i = exp(a_i - a_r') dy_i · acc3_i,
                acc3_i = sum_{j before K} CB_ij exp(a_r' - a_j) dt_j x_j, a_r' = a at K's first token]
             + [j before K, i after K: through DIFF, from the (K, J) block totals of the acc3 loop]."""
-    pid = tl.program_id(0)
-    pj = tl.program_id(1)
-    pp = tl.program_id(2)
+    pid, pj, pp = _pids(Q // BJ, tl.cdiv(headdim, BP), SWZ)
     h = pid % nheads
     bc = pid // nheads
     nchunks = tl.cdiv(seqlen, Q)
@@ -510,7 +519,7 @@ def bwd_dx_kernel(
         else:
             d = tl.load(DPTR + h).to(tl.float32)
         dx += dyj * d
-        tl.store(DD + ((bc * nheads + h) * tl.num_programs(1) + pj) * headdim + offs_p,
+        tl.store(DD + ((bc * nheads + h) * (Q // BJ) + pj) * headdim + offs_p,
                  tl.sum(dyj * xj, axis=0), mask=mp)
     tl.store(DX + off_j, dx, mask=mo)
     tl.atomic_add(DDT + da_base + offs_j, r + q, mask=mj)
@@ -618,7 +627,7 @@ def bwd_dcb_kernel(
     s_seq_b, s_seq_l,
     HAS_SEQ: tl.constexpr, STABLE_DA: tl.constexpr, IEEE: tl.constexpr, NSPLIT: tl.constexpr,
     Q: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, FACTOR: tl.constexpr = False,
-    ONE_K: tl.constexpr = False, TRIDOT: tl.constexpr = False,
+    ONE_K: tl.constexpr = False, TRIDOT: tl.constexpr = False, SWZ: tl.constexpr = False,
 ):
     """OUT[b, c, g, i, j] = sum_{h of g} exp(a_i - a_j) dt_j dy_i·x_j for i >= j (0 elsewhere); OUT holds
     C·B on entry (read before it is overwritten, tile by tile).
@@ -633,11 +642,10 @@ def bwd_dcb_kernel(
     each program takes 1/NSPLIT of the group's heads and adds its tile into a zeroed OUT (CBIN != OUT);
     with NSPLIT == 1 OUT may be CBIN (each tile is read before it is overwritten). FACTOR: off-diagonal
     tiles take exp(a_i - a_j) = exp(a_i - a_r) exp(a_r - a_j), a_r = a at the i block's first token."""
-    pid0 = tl.program_id(0).to(tl.int64)
+    pid0, pi, pj = _pids(Q // BI, Q // BJ, SWZ)
+    pid0 = pid0.to(tl.int64)
     pid = pid0 // NSPLIT
     split = pid0 % NSPLIT
-    pi = tl.program_id(1)
-    pj = tl.program_id(2)
     g = pid % ngroups
     bc = pid // ngroups
     nchunks = tl.cdiv(seqlen, Q)
@@ -694,7 +702,7 @@ def bwd_bc_state_kernel(
     s_seq_b, s_seq_l,
     HAS_SEQ: tl.constexpr, IEEE: tl.constexpr, NSPLIT: tl.constexpr,
     Q: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, FUSE_CB: tl.constexpr = False,
-    ONE_K: tl.constexpr = False,
+    ONE_K: tl.constexpr = False, SWZ: tl.constexpr = False,
 ):
     """State parts of dC and dB for a block of tokens, summed over the heads of the group:
     DC[t] = sum_h exp(a_t) dy_t S_c,  DB[t] = sum_h exp(a_last - a_t) dt_t x_t ds_c.
@@ -704,10 +712,9 @@ def bwd_bc_state_kernel(
     FUSE_CB (NSPLIT == 1 only): also the intra-chunk parts DC[t] += sum_{j<=t} dCB_tj B_j and
     DB[t] += sum_{i>=t} dCB_it C_i (DCB (b, c, g, Q, Q), B = BM, sharing C's strides); DC, DB are then the
     final (b, l, g, n) gradients in their own dtype."""
-    pid = tl.program_id(0)
-    pt = tl.program_id(1)
-    pn = tl.program_id(2) % tl.cdiv(dstate, BN)
-    split = tl.program_id(2) // tl.cdiv(dstate, BN)
+    pid, pt, pz = _pids(Q // BT, tl.cdiv(dstate, BN) * NSPLIT, SWZ)
+    pn = pz % tl.cdiv(dstate, BN)
+    split = pz // tl.cdiv(dstate, BN)
     g = pid % ngroups
     bc = pid // ngroups
     nchunks = tl.cdiv(seqlen, Q)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from transmamba.ops.triton.ssd_kernels import _dot
+from transmamba.ops.triton.ssd_kernels import _dot, _pids
 
 
 @triton.jit
@@ -34,13 +34,11 @@ def chunk_scan_wide_kernel(
     s_seq_b, s_seq_l,
     HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr,
     IEEE: tl.constexpr, Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-    BK: tl.constexpr, NH: tl.constexpr,
+    BK: tl.constexpr, NH: tl.constexpr, SWZ: tl.constexpr = False,
 ):
     """chunk_scan_kernel (FACTOR) for NH heads per program (NH divides the heads per group). YPRE = y,
     Y = y silu(z) when HAS_Z. Grid (b * nchunks * h / NH, Q // BM, cdiv(p, BP)); BN >= dstate."""
-    pid = tl.program_id(0)
-    pm = tl.program_id(1)
-    pp = tl.program_id(2)
+    pid, pm, pp = _pids(Q // BM, tl.cdiv(headdim, BP), SWZ)
     nhb = nheads // NH
     hb = pid % nhb
     bc = pid // nhb
@@ -141,16 +139,14 @@ def bwd_dx_wide_kernel(
     s_seq_b, s_seq_l,
     HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
     IEEE: tl.constexpr, Q: tl.constexpr, BJ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-    BK: tl.constexpr, NH: tl.constexpr,
+    BK: tl.constexpr, NH: tl.constexpr, SWZ: tl.constexpr = False,
 ):
     """bwd_dx_kernel (FACTOR, no STABLE_DA) for NH heads per program: for tokens j of a block, per head
         acc_j = sum_{i>=j} CB_ij exp(a_i - a_j) dy_i,  z_j = exp(a_last - a_j) ds_c B_j,
         DX_j = dt_j (acc_j + z_j) + D dy_j,  DDT_j += x_j·acc_j + x_j·z_j,  DDA_j -= dt_j x_j·z_j,
         DDA_last += sum_j dt_j x_j·z_j,  DD[b, c, h, pj, p] = sum_j dy_j x_j.
     DDT, DDA (b, h, c, Q) fp32 (atomics over p blocks). Grid (b * nchunks * h / NH, Q // BJ, cdiv(p, BP))."""
-    pid = tl.program_id(0)
-    pj = tl.program_id(1)
-    pp = tl.program_id(2)
+    pid, pj, pp = _pids(Q // BJ, tl.cdiv(headdim, BP), SWZ)
     nhb = nheads // NH
     hb = pid % nhb
     bc = pid // nhb
@@ -240,7 +236,7 @@ def bwd_dx_wide_kernel(
         else:
             d = tl.load(DPTR + h0 + offs_h).to(tl.float32)[None, :, None]
         dx += dyj * d
-        tl.store(DD + ((bc * nheads + h0 + offs_h[:, None]) * tl.num_programs(1) + pj) * headdim + offs_p[None, :],
+        tl.store(DD + ((bc * nheads + h0 + offs_h[:, None]) * (Q // BJ) + pj) * headdim + offs_p[None, :],
                  tl.sum(dyj * xj, axis=0), mask=mp[None, :])
     tl.store(DX + off_j, dx, mask=mo)
     mjh = mj[:, None] & (offs_h[None, :] < NH)
