@@ -92,6 +92,10 @@ def _variants(S) -> dict[str, dict[str, int]]:
     # flat launch grids with a chunk's tiles consecutive (swz), alone and on top of the others
     for name in ("v2", "v2-no-dda_in_dx", "v2-dA0-wide2", "v2-dA0-wide2-ot", "v2-dA0-ot", "v2-tri"):
         out[name + "-swz"] = dict(out[name], swz=1)
+    out["v2-dA0-swz"] = out["v2-no-dda_in_dx-swz"]
+    for n in (2, 4):  # the dCB kernel's heads split over n programs (dB/dC kernel still fused)
+        out[f"v2-dA0-split{n}"] = dict(out["v2-no-dda_in_dx"], dcb_split=n)
+        out[f"v2-dA0-split{n}-swz"] = dict(out["v2-no-dda_in_dx"], dcb_split=n, swz=1)
     return out
 
 

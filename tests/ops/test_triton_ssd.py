@@ -1,7 +1,8 @@
 """Triton SSD kernels against the torch reference (`ssd_chunked` / `ssd_naive`), forward and backward.
 
-Two kinds of tests, each for both pipelines ("v1" = the first, "v2" = `ssd.NEW_PATH`, the fused one; "v2w"
-/ "v2w4" = v2 with the head-blocked chunk scan and dx kernel, 2 / 4 heads per program, misc.wide):
+Two kinds of tests, each for both pipelines ("v1" = the first, "v2" = `ssd.NEW_PATH`, the fused one; "v2s" =
+v2 with the dA in the dCB kernel and flat launch grids; "v2w" / "v2w4" = v2 with the head-blocked chunk scan
+and dx kernel, 2 / 4 heads per program, misc.wide):
 - `gpu`: random shapes on CUDA, fp32 (IEEE dots, the default for fp32) and bf16, against the fp64 torch
   reference.
 - interpreter: tiny fp32 cases under the Triton interpreter (TRITON_INTERPRET=1) on the CPU, run in one
@@ -105,6 +106,8 @@ def _select_path(monkeypatch, path):
     misc = dict(S.CONFIG["misc"], **{k: 0 for k in S.NEW_PATH}, wide=0, wide_dx=0)
     if path.startswith("v2"):
         misc.update(S.NEW_PATH, hsplit=1)
+    if path == "v2s":  # the dA in the dCB kernel, flat launch grids
+        misc.update(dda_in_dx=0, swz=1)
     if path.startswith("v2w"):  # head-blocked chunk scan and dx kernel (dA in the dCB kernel)
         nh = int(path[3:] or 2)
         misc.update(dda_in_dx=0, wide=nh, wide_dx=nh)
@@ -115,7 +118,7 @@ def _select_path(monkeypatch, path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("path", ["v1", "v2", "v2w", "v2w4"])
+@pytest.mark.parametrize("path", ["v1", "v2", "v2s", "v2w", "v2w4"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", GPU_CASES)
 def test_ssd_triton_gpu(case, dtype, path, monkeypatch):
@@ -252,12 +255,12 @@ _INTERP_SCRIPT = textwrap.dedent(
     wide_seen = []
     _wide = S._wide
     S._wide = lambda cfg, key: wide_seen.append(_wide(cfg, key)) or wide_seen[-1]
-    # (tiles_seq_Dp also with onek_da + tridot + swz; "tridot": the default dA-in-dx path + tridot + swz)
+    # (tiles_seq_Dp also with onek_da + tridot + swz + dcb_split; "tridot": the dA-in-dx path + tridot + swz)
     for name, (b, l, h, p, g, n, chunk, nd, dpp, nh, tiles) in {
             "groups_z_init": (2, 37, 4, 16, 2, 16, 16, 0, False, 2, {}),
             "tiles_seq_Dp": (1, 100, 4, 16, 2, 16, 64, 2, True, 2, {
                 "wscan": {"BM": 16, "BK": 8}, "wdx": {"BJ": 16, "BK": 16}, "dcb": {"B": 16},
-                "bcs": {"BT": 16, "BN": 8}, "misc": {"onek_da": 1, "tridot": 1, "swz": 1}}),
+                "bcs": {"BT": 16, "BN": 8}, "misc": {"onek_da": 1, "tridot": 1, "swz": 1, "dcb_split": 2}}),
             "nh4_p12": (1, 70, 8, 12, 2, 16, 32, 2, False, 4, {"wscan": {"BM": 16, "BK": 16},
                                                             "wdx": {"BJ": 16, "BK": 8}}),
             "tridot": (1, 100, 4, 16, 2, 16, 64, 2, True, 0, {

@@ -90,7 +90,10 @@ CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweeps on an H100 
                  onek_da=0, tridot=0,
                  # swz: flat launch grids with a chunk's (or head's) tiles consecutive (scan, dx, dCB, dB/dC
                  # state kernels), so the tiles that read the same x / dy / states run together (L2 hits)
-                 swz=0),
+                 swz=0,
+                 # dcb_split: the dCB kernel's heads split over this many programs per group (its tile then
+                 # added atomically into a zeroed fp32 dCB; more programs in flight for its per-head dA work)
+                 dcb_split=1),
 }
 NEW_PATH = dict(fstate=1, factor=1, cb16=1, fbc=1, fddt=1, onek=1, dda_in_dx=2)
 FIRST_PATH = dict(fstate=0, factor=0, cb16=0, fbc=0, fddt=0, onek=0, dda_in_dx=0)
@@ -378,13 +381,15 @@ def _backward(cfg, dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, ini
     # dC, dB
 
     nsplit = math.gcd(int(CONFIG["misc"]["hsplit"]), cfg.h // cfg.g)
+    # the dCB kernel alone may split the heads too (misc.dcb_split; the dB/dC-state kernel stays fused)
+    dsplit = nsplit if nsplit > 1 else math.gcd(max(1, int(CONFIG["misc"].get("dcb_split", 1))), cfg.h // cfg.g)
     # dCB: in place over C·B (each tile read, then overwritten) unless heads are split over programs
-    dcb = cb if nsplit == 1 else torch.zeros(cb.shape, device=cb.device, dtype=torch.float32)
+    dcb = cb if dsplit == 1 else torch.zeros(cb.shape, device=cb.device, dtype=torch.float32)
     c = _c("dcb", cfg.Q)
-    K.bwd_dcb_kernel[_grid(cfg.b * cfg.nc * cfg.g * nsplit, cfg.Q // c["B"], cfg.Q // c["B"])](
+    K.bwd_dcb_kernel[_grid(cfg.b * cfg.nc * cfg.g * dsplit, cfg.Q // c["B"], cfg.Q // c["B"])](
         x, dy, dt_eff, dA, cfg.seq_ptr, cb, dcb, dda_in, diff, cfg.l, cfg.h, cfg.g, cfg.p, *x.stride(),
         *cfg.seq_strides,
-        HAS_SEQ=cfg.has_seq, STABLE_DA=not in_dx, IEEE=cfg.ieee, NSPLIT=nsplit, Q=cfg.Q, BI=c["B"], BJ=c["B"], BK=cfg.BP,
+        HAS_SEQ=cfg.has_seq, STABLE_DA=not in_dx, IEEE=cfg.ieee, NSPLIT=dsplit, Q=cfg.Q, BI=c["B"], BJ=c["B"], BK=cfg.BP,
         FACTOR=_misc("factor"), TRIDOT=_misc("tridot"), SWZ=_misc("swz"),
         ONE_K=_misc("onek") and cfg.p <= cfg.BP and (mode != 0 or (_misc("onek_da") and _misc("factor"))),
         num_warps=c["warps"], num_stages=c["stages"],
