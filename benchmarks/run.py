@@ -163,8 +163,11 @@ def run_ssd_op(args) -> list[dict[str, Any]]:
     peer = load_mamba_ssm()
     fla = load_fla()
     rows = []
+    sink = getattr(args, "row_sink", None)  # the suite keeps each row as it comes (a killed run keeps them)
     for l in [int(v) for v in args.lengths.split(",")]:
         rows.append(_ssd_op_row(l, args, peer, fla, ceil, ssd_triton, ssd_chunked))
+        if sink is not None:
+            sink(rows[-1])
         torch.cuda.empty_cache()
     return rows
 
@@ -249,6 +252,7 @@ def _ssd_op_fla(row, fla, x, dt, A, B, C, D, dt_bias, dy, y_ours) -> None:
     fwd = lambda: fla(q, k, v, gg, scale=1.0)[0]  # noqa: E731
     try:
         row["fla_first_fwd_s"] = _first_call_s(lambda: _nograd(fwd))
+        print(f"  ssd-op L={x.shape[1]} fla: first forward call {row['fla_first_fwd_s']:.1f} s")
         with torch.no_grad():
             y = fwd().float()
         if y_ours is not None:

@@ -38,6 +38,9 @@ def case_rows(data: dict[str, Any]) -> dict[str, list[Row]]:
     for rec in data.get("units", {}).values():
         if rec.get("status") == "done":
             out.setdefault(rec["case"], []).extend(rec.get("rows", []))
+    for rec in data.get("units", {}).values():  # rows a unfinished unit kept, where nothing finished
+        if rec.get("status") != "done" and rec.get("partial_rows") and rec["case"] not in out:
+            out[rec["case"]] = [{**r, "partial": f"unit {rec.get('status')}"} for r in rec["partial_rows"]]
     return out
 
 
@@ -351,8 +354,9 @@ def build_report(data: dict[str, Any]) -> str:
     units = data.get("units", {})
     parts += [table(["unit", "case", "status", "process", "attempts", "seconds", "rows", "error"],
                     [[n, u.get("case"), u.get("status"), u.get("process", "–"), u.get("attempts", 0),
-                      fmt(u.get("seconds"), ".1f"), len(u.get("rows", [])), (u.get("error") or "")[:120]]
-                     for n, u in units.items()]), ""]
+                      fmt(u.get("seconds"), ".1f"),
+                      len(u.get("rows", [])) if "rows" in u else f"{len(u.get('partial_rows', []))} (partial)",
+                      (u.get("error") or "")[:120]] for n, u in units.items()]), ""]
     ceil = [(p["id"], p.get("ceilings") or {}) for p in procs]
     parts += ["Measured ceilings per process (device copy bandwidth, read + write; bf16 8192³ matmul):", "",
               table(["process", "copy GB/s", "bf16 TFLOP/s"],

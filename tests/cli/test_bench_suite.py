@@ -202,3 +202,26 @@ def test_no_machine_paths_in_results():
     assert "/root" not in text and "/tmp" not in text and "chunk.py" in text
     assert suite._out_as_placeholder(["--suite", "issue5", "--out", "/root/out/s"]) == [
         "--suite", "issue5", "--out", "OUT"]
+
+
+def test_peer_warm_splits_every_autotuner():
+    """Worker w of n keeps configs w, w+n, ...; together the workers cover each kernel's configs once."""
+    triton = pytest.importorskip("triton")
+    import peer_warm
+
+    def make():
+        @triton.autotune(configs=[triton.Config({"B": b}, num_warps=w) for b in (16, 32, 64) for w in (2, 4)],
+                         key=["n"])
+        @triton.jit
+        def k(x, n, B: triton.language.constexpr):
+            pass
+        return k
+
+    seen = []
+    for w in range(4):
+        k = make()
+        peer_warm.keep_share([k], w, 4)
+        seen += [str(c) for c in k.configs]
+    assert sorted(seen) == sorted(str(c) for c in make().configs)
+    k = make()
+    assert peer_warm.keep_share([k], 9, 10) == 1  # more workers than configs: one each
