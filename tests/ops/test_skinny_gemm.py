@@ -116,6 +116,7 @@ def test_skinny_gemm_gpu(dtype):
 
 
 @pytest.mark.gpu
+@torch.no_grad()
 def test_skinny_linear_dispatch_gpu(monkeypatch):
     torch.manual_seed(0)
     lin = nn.Linear(300, 500, device="cuda", dtype=torch.bfloat16)
@@ -125,6 +126,8 @@ def test_skinny_linear_dispatch_gpu(monkeypatch):
     ref = x.float() @ lin.weight.float().T + lin.bias.float()
     assert y.shape == (4, 2, 500) and float((y.float() - ref).abs().max() / ref.abs().max()) < 1e-2
     assert not skinny_enabled(torch.randn(65, 300, device="cuda", dtype=torch.bfloat16), lin.weight)
+    with torch.enable_grad():  # a weight that needs a gradient goes to torch (no backward here)
+        assert not skinny_enabled(x, lin.weight)
     monkeypatch.setenv("TRANSMAMBA_SKINNY_GEMM", "0")
     assert not skinny_enabled(x, lin.weight)
     assert torch.equal(skinny_linear(x, lin), lin(x))
