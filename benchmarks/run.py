@@ -1130,6 +1130,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--suite: seconds this process may take; units whose estimate would end later are "
                          "deferred to a --resume run")
     ap.add_argument("--suite-units", default=None, help="--suite: only these units (comma-separated)")
+    ap.add_argument("--warm-workers", type=int, default=None,
+                    help="--suite peer-warm: worker processes compiling the peers' kernels (default: cores - 2, <= 14)")
+    ap.add_argument("--warm-timeout", type=float, default=200.0,
+                    help="--suite peer-warm: seconds before the workers are stopped (what they compiled stays cached)")
     ap.add_argument("--report-only", action="store_true",
                     help="--suite: rebuild the per-case files and OUT/issue5.md from OUT/issue5.json (no GPU)")
     return ap
