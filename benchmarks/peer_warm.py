@@ -12,6 +12,7 @@ finds every kernel on disk and only benchmarks the configurations (autotuning it
 is timed while the workers run; their own timings are thrown away.
 
     python benchmarks/peer_warm.py --worker W --workers N      (one worker; `warm` starts them)
+    python benchmarks/peer_warm.py --worker 0 --workers 0      (the probe: all configurations, first shape)
 """
 
 from __future__ import annotations
@@ -67,13 +68,15 @@ def keep_share(tuners: list[Any], worker: int, workers: int) -> int:
     return kept
 
 
-def run_worker(worker: int, workers: int) -> None:
+def run_worker(worker: int, workers: int, shapes=SHAPES) -> None:
+    """workers = 0: the probe (every configuration, first shape only)."""
     import torch
 
     sys.path[:0] = [str(ROOT / "src"), str(ROOT / ".peers"), str(ROOT / "benchmarks")]
-    tuners = autotuners()
-    kept = keep_share(tuners, worker, workers)
-    print(f"peer_warm worker {worker}/{workers}: {len(tuners)} autotuned kernels, {kept} configurations kept")
+    if workers > 0:
+        tuners = autotuners()
+        kept = keep_share(tuners, worker, workers)
+        print(f"peer_warm worker {worker}/{workers}: {len(tuners)} autotuned kernels, {kept} configurations")
     from peer_ops import load_fla, ssd_as_simple_gla
 
     try:
@@ -83,12 +86,12 @@ def run_worker(worker: int, workers: int) -> None:
         mamba = None
     fla = load_fla()
     impls = {"mamba_ssm": mamba}
-    if worker == 0:
+    if worker == 0 and workers > 0:  # ours compiles beside the peers (not in the probe)
         from transmamba.ops.triton.ssd import ssd_triton
 
         impls["ours"] = ssd_triton
     h, p, g, n = 64, 64, 1, 128
-    for b, l in SHAPES:
+    for b, l in shapes:
         dev = "cuda"
         x = torch.randn(b, l, h, p, device=dev, dtype=torch.bfloat16, requires_grad=True)
         dt = (torch.randn(b, l, h, device=dev) * 0.5 - 1.0).requires_grad_()
@@ -124,12 +127,30 @@ def run_worker(worker: int, workers: int) -> None:
         torch.cuda.empty_cache()
 
 
-def warm(workers: int, timeout_s: float, log=print) -> dict[str, Any]:
-    """Start the workers, wait at most timeout_s (then kill the rest); one row: seconds, return codes."""
+def warm(workers: int, timeout_s: float, log=print, probe_s: float = 30.0) -> dict[str, Any]:
+    """First a probe: one process runs the peers at the first shape with every configuration; if it ends
+    within probe_s the kernels (and, with TRITON_CACHE_AUTOTUNING=1, the autotune results) are already on
+    disk and nothing more is done. Otherwise start the workers and wait at most timeout_s (then kill the
+    rest). One row: seconds, return codes."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / ".peers"), env.get("PYTHONPATH", "")])
-    t0 = time.time()
     me = str(Path(__file__).resolve())
+    t0 = time.time()
+    probe = subprocess.Popen([sys.executable, me, "--worker", "0", "--workers", "0"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = probe.communicate(timeout=probe_s)
+        probe_ok = probe.returncode == 0
+    except subprocess.TimeoutExpired:
+        probe.kill()
+        out, _ = probe.communicate()
+        probe_ok = False
+    probe_secs = time.time() - t0
+    log(f"  peer_warm probe: rc={probe.returncode} in {probe_secs:.1f} s")
+    if probe_ok:
+        return {"workers": 0, "probe_s": probe_secs, "seconds": probe_secs, "probe_tail": (out or "")[-1500:],
+                "note": "probe finished in time: kernels already cached, no workers started"}
+    t0 = time.time()
     procs = [subprocess.Popen([sys.executable, me, "--worker", str(w), "--workers", str(workers)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for w in range(workers)]
@@ -148,7 +169,8 @@ def warm(workers: int, timeout_s: float, log=print) -> dict[str, Any]:
     for out in outs[:2]:
         for line in out.splitlines()[-8:]:
             log("  " + line)
-    return {"workers": workers, "seconds": secs, "timeout_s": timeout_s, "returncodes": rcs,
+    return {"workers": workers, "probe_s": probe_secs, "seconds": secs + probe_secs, "timeout_s": timeout_s,
+            "returncodes": rcs,
             "timed_out": sum(1 for r in rcs if r not in (0,)),
             "worker0_tail": "\n".join(outs[0].splitlines()[-12:]) if outs else ""}
 
@@ -158,4 +180,4 @@ if __name__ == "__main__":
     ap.add_argument("--worker", type=int, required=True)
     ap.add_argument("--workers", type=int, required=True)
     a = ap.parse_args()
-    run_worker(a.worker, a.workers)
+    run_worker(a.worker, a.workers, SHAPES if a.workers > 0 else SHAPES[:1])
