@@ -73,7 +73,7 @@ SUITE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 SUITES: dict[str, list[Unit]] = {
     "issue5": [
-        Unit("peer-warm", "peer-warm", 215),  # at most --warm-timeout + 15
+        Unit("peer-warm", "peer-warm", 245),  # at most the probe + --warm-timeout + start-up
         Unit("ceilings", "ceilings", 5),
         Unit("ssd-op", "ssd-op", 120),  # after peer-warm; batch 6 without it: mamba_ssm fwd alone > 140 s
         Unit("ssd-decode", "ssd-decode", 10),
@@ -237,8 +237,8 @@ def run_suite(args: Namespace, command: str, cases: dict[str, tuple[Callable, st
             continue
         elapsed = clock() - t_start
         est = unit.est_s
-        if unit.case == "peer-warm":  # bounded by its own timeout
-            est = min(est, (getattr(args, "warm_timeout", None) or est) + 15)
+        if unit.case == "peer-warm":  # bounded by the probe (30 s) and its own timeout
+            est = min(est, (getattr(args, "warm_timeout", None) or est) + 45)
         if budget is not None and elapsed + est > budget:
             log(f"== {unit.name}: deferred (estimate {est:.0f} s, {budget - elapsed:.0f} s of the "
                 f"{budget:.0f} s budget left); run again with --resume")
