@@ -213,7 +213,7 @@ def test_static_step_skinny_gemm_fp32_gpu(monkeypatch, split, act):
     monkeypatch.setenv("TRANSMAMBA_SKINNY_GEMM", "1")
     if split:
         cfg = {"BN": 16, "BK": 16, "split": split, "num_warps": 4, "num_stages": 2}
-        monkeypatch.setattr(sg, "skinny_config", lambda M, N, K, n_sm: dict(cfg))
+        monkeypatch.setattr(sg, "skinny_config", lambda *a: dict(cfg))
     pattern, points, lengths = CASES[0]
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -259,7 +259,7 @@ _SKINNY_INTERP = textwrap.dedent(
     import transmamba.ops.skinny_linear as sl
     import transmamba.ops.triton.skinny_gemm as sg
     sl.skinny_enabled = lambda x, w: True  # the Triton path on CPU tensors (interpreter)
-    sg.skinny_config = lambda M, N, K, n: {"BN": 16, "BK": 16, "split": 2, "num_warps": 4, "num_stages": 2}
+    sg.skinny_config = lambda *a: {"BN": 16, "BK": 16, "split": 2, "num_warps": 4, "num_stages": 2}
     from test_static_decode import CASES, SMALL
     from transmamba.inference.generate import prefill
     from transmamba.inference.static_decode import StaticDecoder

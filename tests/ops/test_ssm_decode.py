@@ -47,13 +47,16 @@ _CASE = textwrap.dedent(
             out_ref = norm(y.reshape(b, layer.d_inner), z.cpu().double())
             layer.norm.to(device=device, dtype=dtype)
             conv_t = conv.transpose(1, 2).contiguous().transpose(1, 2)  # a strided conv state
+            seq = torch.arange(b, device=device) * 7
             out = mamba2_decode_triton(zx, conv_t, layer.conv_weight(), layer.conv1d.bias, ssm, layer.A,
                                        layer.dt_bias, layer.D, layer.norm.weight, layer.norm.eps, ngroups,
-                                       headdim, group_tile=group_tile)
+                                       headdim, group_tile=group_tile, seqlen_offset=seq)
+            seq_ok = torch.equal(seq.cpu(), torch.arange(b) * 7 + 1)
         def rel(a, r):
             a, r = a.cpu().double(), r.double()
             return float((a - r).norm() / r.norm())
-        return {"out": rel(out, out_ref), "conv": rel(conv_t, conv_ref), "ssm": rel(ssm, ssm_ref)}
+        return {"out": rel(out, out_ref), "conv": rel(conv_t, conv_ref), "ssm": rel(ssm, ssm_ref),
+                "seqlen_offset": 0.0 if seq_ok else 1.0}
 
 
     def add_norm_case(rows, dim, device, dtype, seed):

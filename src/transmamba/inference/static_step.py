@@ -113,12 +113,18 @@ def _fused_ok(layer, state) -> bool:
 
 
 def _fused_ssm_tail(layer, zxbcdt: torch.Tensor, state, A: torch.Tensor) -> torch.Tensor:
-    """conv update + SSD step + gated RMSNorm of one token in one launch: -> (b, d_inner) for out_proj."""
+    """conv update + SSD step + gated RMSNorm of one token in one launch: -> (b, d_inner) for out_proj.
+    Also advances state.seqlen_offset by one (in the same launch)."""
     from transmamba.ops.triton.ssm_decode import mamba2_decode_triton
 
-    return mamba2_decode_triton(zxbcdt, state.conv_state, layer.conv_weight(), layer.conv1d.bias,
-                                state.ssm_state, A, layer.dt_bias, layer.D, layer.norm.weight, layer.norm.eps,
-                                layer.ngroups, layer.headdim)
+    seq = state.seqlen_offset
+    inc = seq.dim() == 1 and seq.is_contiguous()
+    y = mamba2_decode_triton(zxbcdt, state.conv_state, layer.conv_weight(), layer.conv1d.bias,
+                             state.ssm_state, A, layer.dt_bias, layer.D, layer.norm.weight, layer.norm.eps,
+                             layer.ngroups, layer.headdim, seqlen_offset=seq if inc else None)
+    if not inc:
+        state.seqlen_offset += 1
+    return y
 
 
 def attention_step(attn, hidden: torch.Tensor, state, inv_freq: torch.Tensor | None = None) -> torch.Tensor:
@@ -150,8 +156,7 @@ def mamba2_step(layer, hidden: torch.Tensor, state, A: torch.Tensor | None = Non
     A = layer.A if A is None else A
     zxbcdt = skinny_linear(hidden, layer.in_proj)
     if _fused_ok(layer, state):
-        y = _fused_ssm_tail(layer, zxbcdt, state, A)
-        state.seqlen_offset += 1
+        y = _fused_ssm_tail(layer, zxbcdt, state, A)  # advances seqlen_offset
         return skinny_linear(y, layer.out_proj, reduce=_reduce(layer.out_proj))
     z, xbc, dt = layer.split_proj(zxbcdt)
     xbc, conv_new = causal_conv1d_update(xbc, state.conv_state, layer.conv_weight(), layer.conv1d.bias,
@@ -178,8 +183,7 @@ def transmamba_step(tm, hidden: torch.Tensor, state, mode: str,
     b = hidden.shape[0]
     zxbcdt = skinny_linear(hidden, tm.in_proj)
     if mode == "ssm" and _fused_ok(tm, state):  # the whole SSM path in one kernel on CUDA
-        y = _fused_ssm_tail(tm, zxbcdt, state, tm.A if A is None else A)
-        state.seqlen_offset += 1
+        y = _fused_ssm_tail(tm, zxbcdt, state, tm.A if A is None else A)  # advances seqlen_offset
         return skinny_linear(y, tm.out_proj, reduce=_reduce(tm.out_proj))
     z, xbc, dt = tm.split_proj(zxbcdt)
     xbc, conv_new = causal_conv1d_update(xbc, state.conv_state, tm.conv_weight(), tm.conv1d.bias,

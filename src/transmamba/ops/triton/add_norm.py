@@ -17,7 +17,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _add_norm_kernel(H, D, W, HO, NO, dim, eps, S, BLOCK: tl.constexpr, PARTS: tl.constexpr):
+def _add_norm_kernel(H, D, W, HO, NO, dim, eps, S: tl.constexpr, BLOCK: tl.constexpr, PARTS: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     rows = tl.num_programs(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -25,7 +25,7 @@ def _add_norm_kernel(H, D, W, HO, NO, dim, eps, S, BLOCK: tl.constexpr, PARTS: t
     h = tl.load(H + row * dim + cols, mask=m, other=0.0)
     if PARTS:
         acc = tl.zeros((BLOCK,), dtype=tl.float32)
-        for s in range(0, S):
+        for s in tl.static_range(S):  # unrolled: every partial's load is issued at once
             acc += tl.load(D + (s * rows + row) * dim + cols, mask=m, other=0.0)
         d = acc.to(h.dtype)
     else:

@@ -87,14 +87,37 @@ def _reduce_kernel(WS, BIAS, Y, M, N, s_ym, S, BLOCK: tl.constexpr, HAS_BIAS: tl
     tl.store(Y + m * s_ym + n, _act(acc, Y.dtype.element_ty, ACT), mask=msk)
 
 
-def skinny_config(M: int, N: int, K: int, n_sm: int) -> dict[str, int]:
-    """The launch configuration for an (M, K) x (K, N) product on a GPU with n_sm SMs: BN = 64 columns per
-    program, BK = 128; the K range is split until there are about 2 programs per SM (each K-slice at least
-    512 wide). Checked by the decode-shape sweep (benchmarks/skinny_gemm_bench.py, docs/gpu-benchmarks.md)."""
-    BN, BK = 64, 128
-    blocks = triton.cdiv(N, BN)
-    split = max(1, min(triton.cdiv(2 * n_sm, blocks), K // 512))
-    return {"BN": BN, "BK": BK, "split": split, "num_warps": 4, "num_stages": 4}
+def skinny_config(M: int, N: int, K: int, n_sm: int, reduce: bool = True) -> dict[str, int]:
+    """The launch configuration for an (M, K) x (K, N) product on a GPU with n_sm SMs, a rule read off the
+    H100 sweep at the 400M models' decode shapes (docs/gpu-benchmarks.md, Decode; M = 1 / 16 / 64):
+    - enough column blocks to fill the GPU without splitting K when N allows (a split costs a second launch
+      for the reduction unless the caller takes the partials): BN = 64 (128 for M > 32 and N >= 8192) when
+      N / 64 gives >= 0.9 blocks per SM, else BN = 32 (BN = 16 when N / 32 falls short and the partials
+      would need their own reduction);
+    - with fewer than 0.5 blocks per SM, split K in up to 4 slices (each >= 512 wide) for about 2
+      programs per SM;
+    - BK = 256 for narrow blocks without a split, else 128; 4 warps; 4 stages (3 with BK = 256)."""
+    if cdiv(N, 64) >= 0.9 * n_sm:
+        BN = 128 if M > 32 and N >= 8192 else 64
+    elif cdiv(N, 32) >= 0.9 * n_sm or not reduce:
+        BN = 32
+    else:
+        BN = 16 if cdiv(N, 16) >= 0.7 * n_sm else 32
+    blocks = cdiv(N, BN)
+    split = 1 if blocks >= 0.5 * n_sm else max(1, min(4, K // 512, cdiv(2 * n_sm, blocks)))
+    BK = 256 if split == 1 and BN <= 32 and K >= 256 else 128
+    return {"BN": BN, "BK": BK, "split": split, "num_warps": 4, "num_stages": 3 if BK == 256 else 4}
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _fit_stages(BM: int, BN: int, BK: int, stages: int, elsize: int, limit: int = 200 * 1024) -> int:
+    """Fewer pipeline stages where the x and W tiles of `stages` stages would not fit in shared memory."""
+    while stages > 2 and stages * (BM + BN) * BK * elsize > limit:
+        stages -= 1
+    return stages
 
 
 _SM_COUNT: dict[int, int] = {}
@@ -136,20 +159,20 @@ def skinny_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
         raise ValueError(f"skinny_linear_triton: act must be one of {list(ACTS)}, got {act!r}")
     if not reduce and (bias is not None or act is not None):
         raise ValueError("skinny_linear_triton: reduce=False takes neither a bias nor an activation")
-    cfg = dict(skinny_config(M, N, K, _sm_count(x.device)))
+    cfg = dict(skinny_config(M, N, K, _sm_count(x.device), reduce and bias is None and act is None))
     cfg.update(config or {})
     BN, BK, split = cfg["BN"], cfg["BK"], max(1, int(cfg["split"]))
     k_slice = triton.cdiv(triton.cdiv(K, split), BK) * BK  # a multiple of BK
     split = triton.cdiv(K, k_slice)
     BM = max(16, triton.next_power_of_2(M))
+    stages = _fit_stages(BM, BN, BK, cfg["num_stages"], x.element_size())
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     ws = y if split == 1 else torch.empty(split, M, N, device=x.device, dtype=torch.float32)
     b_arg = bias if bias is not None else y
     _skinny_kernel[(triton.cdiv(N, BN), split)](
         x, weight, b_arg, y, ws, M, N, K, x.stride(0), weight.stride(0), y.stride(0), k_slice,
         BM=BM, BN=BN, BK=BK, ONE_SLICE=split == 1, HAS_BIAS=bias is not None,
-        IEEE=x.dtype == torch.float32, ACT=ACTS[act], num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        IEEE=x.dtype == torch.float32, ACT=ACTS[act], num_warps=cfg["num_warps"], num_stages=stages,
     )
     if split > 1 and not reduce:
         return ws

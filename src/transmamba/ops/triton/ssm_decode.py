@@ -48,10 +48,10 @@ def _conv_silu(XROW, CST, CW, CB, ch, m, s_c, s_k, W: tl.constexpr, BW: tl.const
 
 
 @triton.jit
-def _mamba2_decode_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT, SCR,
+def _mamba2_decode_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT, SCR, SEQ,
                           s_zx, s_cb, s_cc, s_ck, d_inner, conv_dim, nheads, ngroups, headdim, dstate, eps,
                           R: tl.constexpr, W: tl.constexpr, BW: tl.constexpr, BP: tl.constexpr,
-                          BN: tl.constexpr, HAS_CB: tl.constexpr):
+                          BN: tl.constexpr, HAS_CB: tl.constexpr, HAS_SEQ: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
     zrow = ZX + b * s_zx
@@ -90,13 +90,17 @@ def _mamba2_decode_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT, SCR,
         u = tl.load(SCR + b * d_inner + cx, mask=mp, other=0.0)
         w = tl.load(NW + cx, mask=mp, other=0.0).to(tl.float32)
         tl.store(OUT + b * d_inner + cx, u * rstd * w, mask=mp)
+    if HAS_SEQ:
+        if g == 0:  # the row's position moves on by one (one program per row writes it)
+            tl.store(SEQ + b, tl.load(SEQ + b) + 1)
 
 
 @triton.jit
-def _mamba2_decode_group_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT,
+def _mamba2_decode_group_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT, SEQ,
                                 s_zx, s_cb, s_cc, s_ck, d_inner, conv_dim, dstate, eps,
                                 R: tl.constexpr, P: tl.constexpr, W: tl.constexpr, BW: tl.constexpr,
-                                BR: tl.constexpr, BN: tl.constexpr, HAS_CB: tl.constexpr):
+                                BR: tl.constexpr, BN: tl.constexpr, HAS_CB: tl.constexpr,
+                                HAS_SEQ: tl.constexpr):
     """The same step with a group's R heads as one (BR, P, BN) tile (headdim P a power of 2): every state
     load of the program is issued at once (the state read is the step's traffic), and the group's RMSNorm
     needs no second pass."""
@@ -135,19 +139,23 @@ def _mamba2_decode_group_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT,
     rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(u * u, axis=1), axis=0) / (R * P) + eps)
     w = tl.load(NW + cx, mask=m2, other=0.0).to(tl.float32)
     tl.store(OUT + b * d_inner + cx, (u * rstd * w).to(OUT.dtype.element_ty), mask=m2)
+    if HAS_SEQ:
+        if g == 0:  # the row's position moves on by one (one program per row writes it)
+            tl.store(SEQ + b, tl.load(SEQ + b) + 1)
 
 
 def mamba2_decode_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, conv_weight: torch.Tensor,
                          conv_bias: torch.Tensor | None, ssm_state: torch.Tensor, A: torch.Tensor,
                          dt_bias: torch.Tensor, D: torch.Tensor, norm_weight: torch.Tensor, eps: float,
                          ngroups: int, headdim: int, *, group_tile: bool | None = None,
-                         num_warps: int | None = None) -> torch.Tensor:
+                         num_warps: int | None = None, seqlen_offset: torch.Tensor | None = None) -> torch.Tensor:
     """zxbcdt (b, 2·d_inner + 2·G·N + H) with a contiguous last dim; conv_state (b, conv_dim, W-1) any
     strides; conv_weight (conv_dim, W); ssm_state (b, H, P, N) contiguous; A, dt_bias, D (H,); norm_weight
     (d_inner,). Updates conv_state and ssm_state in place; returns the normalised gated y (b, d_inner) in
     zxbcdt's dtype, ready for out_proj. group_tile (default: on unless TRANSMAMBA_SSM_DECODE_KERNEL=head)
     picks the kernel with one (heads, headdim, d_state) tile per group where headdim is a power of 2 >= 16,
-    else the one walking a group's heads in turn; num_warps overrides the launch's (for the benchmark)."""
+    else the one walking a group's heads in turn; num_warps overrides the launch's (for the benchmark).
+    seqlen_offset (b,) int, if given, is incremented in place (the layer state's position; saves a launch)."""
     b = zxbcdt.shape[0]
     nheads, dstate = ssm_state.shape[1], ssm_state.shape[3]
     d_inner = nheads * headdim
@@ -160,22 +168,28 @@ def mamba2_decode_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, conv_we
     BW = max(2, triton.next_power_of_2(width - 1))
     R = nheads // ngroups
     conv_b = conv_bias if conv_bias is not None else conv_weight
+    has_seq = seqlen_offset is not None
+    if has_seq and (seqlen_offset.shape != (b,) or not seqlen_offset.is_contiguous()):
+        raise ValueError(f"mamba2_decode_triton: seqlen_offset must be a contiguous ({b},) tensor")
+    seq = seqlen_offset if has_seq else out
     if group_tile is None:
         group_tile = os.environ.get("TRANSMAMBA_SSM_DECODE_KERNEL", "group") != "head"
     if group_tile and headdim == triton.next_power_of_2(headdim) and headdim >= 16:
         BR = triton.next_power_of_2(R)
         warps = num_warps or (16 if BR * headdim * BN >= 16384 else 4)
         _mamba2_decode_group_kernel[(b, ngroups)](
-            zxbcdt, conv_state, conv_weight.contiguous(), conv_b, ssm_state, A, dt_bias, D, norm_weight, out,
+            zxbcdt, conv_state, conv_weight.contiguous(), conv_b, ssm_state, A, dt_bias, D, norm_weight, out, seq,
             zxbcdt.stride(0), *conv_state.stride(), d_inner, conv_dim, dstate, float(eps),
-            R=R, P=headdim, W=width, BW=BW, BR=BR, BN=BN, HAS_CB=conv_bias is not None, num_warps=warps,
+            R=R, P=headdim, W=width, BW=BW, BR=BR, BN=BN, HAS_CB=conv_bias is not None, HAS_SEQ=has_seq,
+            num_warps=warps,
         )
         return out
     scratch = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)
     BP = max(16, triton.next_power_of_2(headdim))
     _mamba2_decode_kernel[(b, ngroups)](
         zxbcdt, conv_state, conv_weight.contiguous(), conv_b, ssm_state, A, dt_bias, D, norm_weight, out, scratch,
-        zxbcdt.stride(0), *conv_state.stride(), d_inner, conv_dim, nheads, ngroups, headdim, dstate, float(eps),
-        R=R, W=width, BW=BW, BP=BP, BN=BN, HAS_CB=conv_bias is not None, num_warps=num_warps or 4,
+        seq, zxbcdt.stride(0), *conv_state.stride(), d_inner, conv_dim, nheads, ngroups, headdim, dstate,
+        float(eps), R=R, W=width, BW=BW, BP=BP, BN=BN, HAS_CB=conv_bias is not None, HAS_SEQ=has_seq,
+        num_warps=num_warps or 4,
     )
     return out
