@@ -227,8 +227,8 @@ def _ssd_md(rows: list[Row]) -> str:
     comp = [[k.replace("_first_", " first ").replace("_s", ""), fmt(v, ".1f")]
             for k, v in first.items() if "_first_" in k]
     if comp:
-        txt += (f"\n\nFirst call at L = {first.get('L')} (seconds; Triton compile + autotune on a fresh machine "
-                "included):\n\n" + table(["impl / pass", "s"], comp))
+        txt += (f"\n\nFirst call at L = {first.get('L')} (seconds; includes autotuning and whatever compilation "
+                "the peer-warm unit had not already put in Triton's cache):\n\n" + table(["impl / pass", "s"], comp))
     errs = sorted({f"{k}: {v}" for r in rows for k, v in r.items() if k.endswith("error")})
     if errs:
         txt += "\n\nErrors recorded:\n\n" + "\n".join(f"- `{e[:400]}`" for e in errs)
@@ -357,6 +357,14 @@ def build_report(data: dict[str, Any]) -> str:
                       fmt(u.get("seconds"), ".1f"),
                       len(u.get("rows", [])) if "rows" in u else f"{len(u.get('partial_rows', []))} (partial)",
                       (u.get("error") or "")[:120]] for n, u in units.items()]), ""]
+    warm = case_rows(data).get("peer-warm", [])
+    if warm:
+        w = warm[0]
+        parts += [f"Kernel compilation before timing (unit peer-warm, `benchmarks/peer_warm.py`): "
+                  f"{fmt(w.get('seconds'), '.0f')} s in all; probe {fmt(w.get('probe_s'), '.0f')} s; "
+                  f"{w.get('workers')} worker processes" + (f", exit codes {w.get('returncodes')}"
+                                                            if w.get("returncodes") else "")
+                  + (f" ({w['note']})" if w.get("note") else "") + ".", ""]
     ceil = [(p["id"], p.get("ceilings") or {}) for p in procs]
     parts += ["Measured ceilings per process (device copy bandwidth, read + write; bf16 8192³ matmul):", "",
               table(["process", "copy GB/s", "bf16 TFLOP/s"],
