@@ -34,6 +34,8 @@ _PASS_THROUGH = [
     ("--suite", str, "run a whole suite in one process (issue5: every issue-5 number, OUT/issue5.json/.md)"),
     ("--time-budget", float, "--suite: seconds this process may take (later units wait for a --resume run)"),
     ("--suite-units", str, "--suite: only these units, comma-separated"),
+    ("--warm-workers", int, "--suite: processes compiling the peers' kernels before timing"),
+    ("--warm-timeout", float, "--suite: seconds before those processes are stopped"),
 ]
 # on/off options handed to the runner when set
 _FLAGS = [
