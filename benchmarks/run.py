@@ -1011,12 +1011,12 @@ def plot(name: str, rows: list[dict[str, Any]], out: Path, meta: dict[str, Any])
     if name == "ssd-op":
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for ax, kind in zip(axes, ("fwd", "fwdbwd")):
-            for impl, style in (("ours", "o-"), ("mamba_ssm", "s--"), ("fla", "d-."), ("sdpa", "v-"),
-                                ("torch_chunked", "^:")):
+            for i, (impl, style) in enumerate((("ours", "o-"), ("mamba_ssm", "s--"), ("fla", "d-."), ("sdpa", "v-"),
+                                               ("torch_chunked", "^:"))):
                 pts = [(r["L"], r[f"{impl}_{kind}_ms"]) for r in rows if f"{impl}_{kind}_ms" in r]
                 if pts:
-                    ax.plot(*zip(*pts), style, label={"sdpa": "SDPA causal 16x128", "fla": "fla simple_gla"}.get(
-                        impl, impl))
+                    ax.plot(*zip(*pts), style, color=f"C{i}",
+                            label={"sdpa": "SDPA causal 16x128", "fla": "fla simple_gla"}.get(impl, impl))
             ax.plot([r["L"] for r in rows], [r[f"{kind}_floor_ms"] for r in rows], "k-", lw=0.8, label="floor")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
