@@ -1,8 +1,8 @@
 """Triton SSD kernels against the torch reference (`ssd_chunked` / `ssd_naive`), forward and backward.
 
 Two kinds of tests, each for both pipelines ("v1" = the first, "v2" = `ssd.NEW_PATH`, the fused one; "v2s" =
-v2 with the dA in the dCB kernel and flat launch grids; "v2w" / "v2w4" = v2 with the head-blocked chunk scan
-and dx kernel, 2 / 4 heads per program, misc.wide):
+v2 with the dA in the dCB kernel and flat launch grids; "v2w" = v2 with the head-blocked chunk scan and dx
+kernel, 2 heads per program, misc.wide; 4 heads per program under the interpreter only):
 - `gpu`: random shapes on CUDA, fp32 (IEEE dots, the default for fp32) and bf16, against the fp64 torch
   reference.
 - interpreter: tiny fp32 cases under the Triton interpreter (TRITON_INTERPRET=1) on the CPU, run in one
@@ -118,12 +118,15 @@ def _select_path(monkeypatch, path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("path", ["v1", "v2", "v2s", "v2w", "v2w4"])
+@pytest.mark.parametrize("path", ["v1", "v2", "v2s", "v2w"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", GPU_CASES)
 def test_ssd_triton_gpu(case, dtype, path, monkeypatch):
     from transmamba.ops.ssd_chunked import ssd_chunked
     from transmamba.ops.triton.ssd import ssd_triton
+
+    if path == "v2w" and dtype == torch.float32:  # opt-in and slower (batch 6): bf16 only, to keep the GPU
+        pytest.skip("head-blocked kernels: bf16 only on the GPU (fp32 under the interpreter)")  # suite short
 
     _select_path(monkeypatch, path)
     b, l, h, p, g, n, chunk, ndocs, dpp, with_z, with_init = case
