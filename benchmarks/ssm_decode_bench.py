@@ -1,10 +1,11 @@
 """Time the fused Mamba-2 decode step kernel (`ops/triton/ssm_decode.py`) at the 400M models' shape.
 
-    python benchmarks/ssm_decode_bench.py OUT.json [--batch 16]
+    python benchmarks/ssm_decode_bench.py OUT.json [--batch 16] [--state-dtype bf16|fp32]
 
-d_model 1536 (d_inner 3072, 48 heads of 64, 16 groups, d_state 128), bf16 inputs, fp32 SSM state. Both
-kernels (one (heads, headdim, d_state) tile per group, and the per-head walk) at a few num_warps. Timing:
-the kernel on 8 different state / conv-state buffers in turn (more than L2 holds) inside one CUDA graph,
+d_model 1536 (d_inner 3072, 48 heads of 64, 16 groups, d_state 128), bf16 inputs, SSM state in bf16 (as
+the bf16 decode benchmark's caches) or fp32. The kernels ("head", "group", "split", see
+`mamba2_decode_triton`) at a few num_warps. Timing:
+the kernel on 16 different state / conv-state buffers in turn (more than L2 holds) inside one CUDA graph,
 replayed; GB/s counts the SSM state read + written (the step's traffic; the rest is < 2%). The outputs of
 every variant are compared with the per-head kernel's (max abs difference).
 """
@@ -25,15 +26,17 @@ def main(argv: list[str]) -> int:
     from transmamba.ops.triton.ssm_decode import mamba2_decode_triton
 
     b = int(argv[argv.index("--batch") + 1]) if "--batch" in argv else 16
+    dtype = torch.float32 if "--state-dtype" in argv and argv[argv.index("--state-dtype") + 1] == "fp32" \
+        else torch.bfloat16
     torch.manual_seed(0)
     layer = Mamba2(1536, d_state=128, headdim=64, ngroups=16).cuda().to(torch.bfloat16)
-    copies = 8
+    copies = 16
     zx = torch.randn(b, layer.in_proj.out_features, device="cuda", dtype=torch.bfloat16)
     conv = [torch.randn(b, layer.conv_dim, layer.d_conv - 1, device="cuda", dtype=torch.bfloat16)
             for _ in range(copies)]
-    ssm = [torch.randn(b, layer.nheads, 64, 128, device="cuda") * 0.1 for _ in range(copies)]
+    ssm = [(torch.randn(b, layer.nheads, 64, 128, device="cuda") * 0.1).to(dtype) for _ in range(copies)]
     A = layer.A.detach().float()
-    nbytes = 2 * ssm[0].numel() * 4
+    nbytes = 2 * ssm[0].numel() * ssm[0].element_size()
     bw = copy_GBps()
 
     def call(i, **kw):
@@ -44,20 +47,21 @@ def main(argv: list[str]) -> int:
     s0 = [t.clone() for t in ssm]
     c0 = [t.clone() for t in conv]
     ref = None
-    for group_tile, warps in [(False, 4), (False, 8), (True, 4), (True, 8), (True, 16)]:
+    for kernel, warps in [("head", 4), ("head", 8), ("group", 8), ("group", 16), ("split", 4), ("split", 8)]:
         for i in range(copies):
             ssm[i].copy_(s0[i])
             conv[i].copy_(c0[i])
-        out = call(0, group_tile=group_tile, num_warps=warps).float()
+        out = call(0, kernel=kernel, num_warps=warps).float()
         if ref is None:
             ref = out
         try:
-            kw = {"group_tile": group_tile, "num_warps": warps}
+            kw = {"kernel": kernel, "num_warps": warps}
             us = graph_us([lambda i=i, kw=kw: call(i, **kw) for i in range(copies)])
         except Exception as err:  # noqa: BLE001
-            rows.append({"group_tile": group_tile, "num_warps": warps, "error": repr(err)[:300]})
+            rows.append({"kernel": kernel, "num_warps": warps, "error": repr(err)[:300]})
             continue
-        row = {"batch": b, "group_tile": group_tile, "num_warps": warps, "us": round(us, 2),
+        row = {"batch": b, "state_dtype": str(dtype), "kernel": kernel, "num_warps": warps,
+               "us": round(us, 2),
                "state_GBps": round(nbytes / us / 1e3, 1), "frac_of_copy_bw": round(nbytes / us / 1e3 / bw, 3),
                "max_abs_diff_vs_first": float((out - ref).abs().max())}
         rows.append(row)

@@ -23,7 +23,7 @@ _CASE = textwrap.dedent(
     from transmamba.ops.triton.ssm_decode import mamba2_decode_triton
 
 
-    def run_case(b, d_model, headdim, ngroups, d_state, device, dtype, seed, group_tile=None):
+    def run_case(b, d_model, headdim, ngroups, d_state, device, dtype, seed, kernel=None):
         torch.manual_seed(seed)
         layer = Mamba2(d_model, d_state=d_state, headdim=headdim, ngroups=ngroups).to(device)
         with torch.no_grad():
@@ -50,7 +50,7 @@ _CASE = textwrap.dedent(
             seq = torch.arange(b, device=device) * 7
             out = mamba2_decode_triton(zx, conv_t, layer.conv_weight(), layer.conv1d.bias, ssm, layer.A,
                                        layer.dt_bias, layer.D, layer.norm.weight, layer.norm.eps, ngroups,
-                                       headdim, group_tile=group_tile, seqlen_offset=seq)
+                                       headdim, kernel=kernel, seqlen_offset=seq)
             seq_ok = torch.equal(seq.cpu(), torch.arange(b) * 7 + 1)
         def rel(a, r):
             a, r = a.cpu().double(), r.double()
@@ -93,8 +93,10 @@ _INTERP = _CASE + textwrap.dedent(
     import json
     res = [run_case(2, 32, 8, 2, 16, "cpu", torch.float32, 0),
            run_case(3, 24, 16, 1, 8, "cpu", torch.float32, 1), add_norm_case(3, 40, "cpu", torch.float32, 2),
-           run_case(3, 24, 16, 1, 8, "cpu", torch.float32, 1, False),
-           run_case(2, 64, 16, 2, 16, "cpu", torch.float32, 3),
+           run_case(3, 24, 16, 1, 8, "cpu", torch.float32, 1, "group"),
+           run_case(2, 64, 16, 2, 16, "cpu", torch.float32, 3, "group"),
+           run_case(2, 64, 16, 2, 16, "cpu", torch.float32, 3, "split"),
+           run_case(2, 24, 12, 2, 8, "cpu", torch.float32, 5, "split"),
            add_norm_parts_case(3, 2, 40, "cpu", torch.float32, 4)]
     print("RESULT" + json.dumps(res))
     """
@@ -119,10 +121,10 @@ def test_fused_mamba2_decode_gpu(dtype):
     exec(_CASE, ns)  # noqa: S102 - the same case code as the interpreter test
     for args in [(4, 96, 64, 3, 128), (16, 1536, 64, 16, 128), (1, 64, 16, 1, 32), (3, 96, 32, 2, 64),
                  (2, 80, 20, 2, 16)]:
-        for group_tile in (True, False):  # the group-tile kernel (headdim a power of 2) and the per-head one
-            r = ns["run_case"](*args, "cuda", dtype, 3, group_tile)
+        for kernel in ("head", "group", "split"):
+            r = ns["run_case"](*args, "cuda", dtype, 3, kernel)
             tol = 1e-5 if dtype == torch.float32 else 2e-2
-            assert max(r.values()) < tol, (args, group_tile, r)
+            assert max(r.values()) < tol, (args, kernel, r)
     r = ns["add_norm_case"](16, 1536, "cuda", dtype, 4)
     assert r["h"] == 0.0 and r["n"] < (1e-5 if dtype == torch.float32 else 1e-2), r
     r = ns["add_norm_parts_case"](6, 16, 1536, "cuda", dtype, 5)

@@ -24,6 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
+KERNELS = ("head", "group", "split")
+DEFAULT_KERNEL = "head"  # H100, bf16 state, 400M shape: see docs/gpu-benchmarks.md (Decode)
+
 
 @triton.jit
 def _conv_silu(XROW, CST, CW, CB, ch, m, s_c, s_k, W: tl.constexpr, BW: tl.constexpr, HAS_CB: tl.constexpr):
@@ -147,14 +150,16 @@ def _mamba2_decode_group_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT, SEQ,
 def mamba2_decode_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, conv_weight: torch.Tensor,
                          conv_bias: torch.Tensor | None, ssm_state: torch.Tensor, A: torch.Tensor,
                          dt_bias: torch.Tensor, D: torch.Tensor, norm_weight: torch.Tensor, eps: float,
-                         ngroups: int, headdim: int, *, group_tile: bool | None = None,
+                         ngroups: int, headdim: int, *, kernel: str | None = None,
                          num_warps: int | None = None, seqlen_offset: torch.Tensor | None = None) -> torch.Tensor:
     """zxbcdt (b, 2·d_inner + 2·G·N + H) with a contiguous last dim; conv_state (b, conv_dim, W-1) any
     strides; conv_weight (conv_dim, W); ssm_state (b, H, P, N) contiguous; A, dt_bias, D (H,); norm_weight
     (d_inner,). Updates conv_state and ssm_state in place; returns the normalised gated y (b, d_inner) in
-    zxbcdt's dtype, ready for out_proj. group_tile (default: on unless TRANSMAMBA_SSM_DECODE_KERNEL=head)
-    picks the kernel with one (heads, headdim, d_state) tile per group where headdim is a power of 2 >= 16,
-    else the one walking a group's heads in turn; num_warps overrides the launch's (for the benchmark).
+    zxbcdt's dtype, ready for out_proj. kernel (default: TRANSMAMBA_SSM_DECODE_KERNEL, else "head"):
+    "head" = one program per (row, group) walking the group's heads in turn; "group" = one program per
+    (row, group) with one (heads, headdim, d_state) tile (headdim a power of 2 >= 16, else "head");
+    "split" = two launches, one program per (row, head) for the state update, then one per (row, group)
+    for the norm (`ops/triton/ssm_decode_split.py`). num_warps overrides the launch's (for the benchmark).
     seqlen_offset (b,) int, if given, is incremented in place (the layer state's position; saves a launch)."""
     b = zxbcdt.shape[0]
     nheads, dstate = ssm_state.shape[1], ssm_state.shape[3]
@@ -172,9 +177,15 @@ def mamba2_decode_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, conv_we
     if has_seq and (seqlen_offset.shape != (b,) or not seqlen_offset.is_contiguous()):
         raise ValueError(f"mamba2_decode_triton: seqlen_offset must be a contiguous ({b},) tensor")
     seq = seqlen_offset if has_seq else out
-    if group_tile is None:
-        group_tile = os.environ.get("TRANSMAMBA_SSM_DECODE_KERNEL", "group") != "head"
-    if group_tile and headdim == triton.next_power_of_2(headdim) and headdim >= 16:
+    kernel = kernel or os.environ.get("TRANSMAMBA_SSM_DECODE_KERNEL") or DEFAULT_KERNEL
+    if kernel not in KERNELS:
+        raise ValueError(f"mamba2_decode_triton: kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "split":
+        from transmamba.ops.triton.ssm_decode_split import mamba2_decode_split_triton
+
+        return mamba2_decode_split_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A, dt_bias, D,
+                                          norm_weight, eps, ngroups, headdim, seqlen_offset, num_warps or 4)
+    if kernel == "group" and headdim == triton.next_power_of_2(headdim) and headdim >= 16:
         BR = triton.next_power_of_2(R)
         warps = num_warps or (16 if BR * headdim * BN >= 16384 else 4)
         _mamba2_decode_group_kernel[(b, ngroups)](
