@@ -61,8 +61,8 @@ CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweeps on an H100 
     "fstate": dict(BP=64, BN=64, BK=64, warps=4, stages=3, min_progs=0, min_bh=128),
     "bstate": dict(BP=64, BN=64, BK=64, warps=4, stages=3, min_progs=0, min_bh=128),
     # head-blocked kernels (misc.wide / misc.wide_dx = NH heads per program, ssd_kernels_wide.py)
-    "wscan": dict(BM=64, BK=64, warps=8, stages=2),
-    "wdx": dict(BJ=64, BK=64, warps=8, stages=2),
+    "wscan": dict(BM=64, BK=64, warps=4, stages=2),  # best of batch 6's sweeps (6 / 5 points, 4 x 8192)
+    "wdx": dict(BJ=64, BK=32, warps=4, stages=2),
     # where the intra-chunk dA is summed: 0 = bwd_dcb kernel (per group, loops over its heads; measured
     # 5.5-5.6 ms fwd+bwd at the benchmark shape), 1 = bwd_dx kernel (per head; measured 5.9 ms), 2 = bwd_dx
     # kernel from its factorised block sums (no per-tile W off the diagonal; see bwd_dx_kernel DA2)
