@@ -77,7 +77,7 @@ def _variants(S) -> dict[str, dict[str, int]]:
     for n in (2, 4, 8):  # each group's heads split over n programs in the dCB / dB-dC kernels (no fbc then)
         out[f"v2-hsplit{n}"] = dict(S.NEW_PATH, hsplit=n)
     for name in EXTRA:
-        out[name] = dict(S.NEW_PATH, hsplit=1)
+        out[name] = dict(S.NEW_PATH, hsplit=1, **EXTRA_MISC.get(name, {}))
     out["v2-cb16-on"] = dict(S.NEW_PATH, hsplit=1, cb16=1)  # C·B stored in bf16
     # head-blocked kernels (ssd_kernels_wide.py): the chunk scan alone, and with the dx kernel (dA in dCB)
     for nh in (2, 4):
@@ -110,7 +110,9 @@ EXTRA = {
     "v2-scan-64": {"scan": {"BM": 64, "BK": 64, "warps": 4}},
     "v2-bcs-bn128": {"bcs": {"BN": 128}},
     "v2-dcb-w8": {"dcb": {"warps": 8}},
+    "v2-dA0-swz-cb128": {"cb": {"B": 128, "warps": 8}},  # C·B in 128-tiles (16 groups: 0.28 ms, batch 6)
 }
+EXTRA_MISC = {"v2-dA0-swz-cb128": dict(dda_in_dx=0, swz=1)}  # switches of EXTRA variants other than v2's
 
 
 def _profile(fn, leaves, dy, reps: int = 3) -> list[dict]:
