@@ -188,7 +188,7 @@ def _empty_like_layout(x: torch.Tensor) -> torch.Tensor:
 
 
 FWD_VARIANT = "tile"  # forward design: "tile" (below) or conv_fwd's "walk4"
-BWD_VARIANT = "two"  # backward design: "two" launches (g buffer, then dx) or conv_bwd's "tile" / "walk"
+BWD_VARIANT = "walk"  # backward design: "two" launches (g buffer, then dx) or conv_bwd's "tile" / "walk" / "walk4"
 
 
 def _bwd_variant() -> str:

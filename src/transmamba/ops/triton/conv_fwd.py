@@ -70,7 +70,7 @@ def conv1d_fwd_walk4(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     width = weight.shape[1]
     if not 2 <= width <= 4:
         raise ValueError(f"conv1d_fwd_walk4: conv width must be 2..4, got {width}")
-    c = WALK4
+    c = dict(WALK4, CH=min(WALK4["CH"], max(4, triton.next_power_of_2(seqlen))))  # short rows: no idle steps
     LAST_LAUNCH["walk4"] = _fwd_walk4_kernel[(batch, triton.cdiv(dim, c["BD"]), triton.cdiv(seqlen, c["CH"]))](
         x, weight, bias if bias is not None else weight, y, seqlen, dim, *x.stride(), *y.stride(), WIDTH=width,
         HAS_BIAS=bias is not None, SILU=bool(silu), BD=c["BD"], CH=c["CH"], num_warps=c["warps"])
