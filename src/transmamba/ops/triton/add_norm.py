@@ -15,9 +15,15 @@ import torch
 import triton
 import triton.language as tl
 
+from transmamba.ops.triton.pdl import gdc_launch_dependents, gdc_wait, launch, pdl_enabled
+
 
 @triton.jit
-def _add_norm_kernel(H, D, W, HO, NO, dim, eps, S: tl.constexpr, BLOCK: tl.constexpr, PARTS: tl.constexpr):
+def _add_norm_kernel(H, D, W, HO, NO, dim, eps, S: tl.constexpr, BLOCK: tl.constexpr, PARTS: tl.constexpr,
+                     PDL: tl.constexpr):
+    if PDL:  # programmatic dependent launch: the previous kernel is complete past this point
+        gdc_wait()
+        gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     rows = tl.num_programs(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -50,7 +56,7 @@ def add_rms_norm_triton(h: torch.Tensor, d: torch.Tensor, weight: torch.Tensor,
                          f"{dim}) partials, got {tuple(d.shape)} {d.dtype}")
     h_out = torch.empty_like(h)
     n_out = torch.empty_like(h)
-    _add_norm_kernel[(rows,)](h, d, weight, h_out, n_out, dim, float(eps), d.shape[0] if parts else 1,
-                              BLOCK=triton.next_power_of_2(dim), PARTS=parts,
-                              num_warps=8 if dim > 2048 else 4)
+    launch(_add_norm_kernel, (rows,), h, d, weight, h_out, n_out, dim, float(eps), pdl=pdl_enabled(h),
+           S=d.shape[0] if parts else 1, BLOCK=triton.next_power_of_2(dim), PARTS=parts,
+           num_warps=8 if dim > 2048 else 4)
     return h_out, n_out

@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from transmamba.ops.triton.pdl import gdc_launch_dependents, gdc_wait, launch, pdl_enabled
+
 KERNELS = ("head", "group", "split")
 DEFAULT_KERNEL = "head"  # H100, bf16 state, 400M shape: see docs/gpu-benchmarks.md (Decode)
 
@@ -54,7 +56,10 @@ def _conv_silu(XROW, CST, CW, CB, ch, m, s_c, s_k, W: tl.constexpr, BW: tl.const
 def _mamba2_decode_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT, SCR, SEQ,
                           s_zx, s_cb, s_cc, s_ck, d_inner, conv_dim, nheads, ngroups, headdim, dstate, eps,
                           R: tl.constexpr, W: tl.constexpr, BW: tl.constexpr, BP: tl.constexpr,
-                          BN: tl.constexpr, HAS_CB: tl.constexpr, HAS_SEQ: tl.constexpr):
+                          BN: tl.constexpr, HAS_CB: tl.constexpr, HAS_SEQ: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # programmatic dependent launch: the previous kernel is complete past this point
+        gdc_wait()
+        gdc_launch_dependents()
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
     zrow = ZX + b * s_zx
@@ -103,10 +108,13 @@ def _mamba2_decode_group_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT, SEQ,
                                 s_zx, s_cb, s_cc, s_ck, d_inner, conv_dim, dstate, eps,
                                 R: tl.constexpr, P: tl.constexpr, W: tl.constexpr, BW: tl.constexpr,
                                 BR: tl.constexpr, BN: tl.constexpr, HAS_CB: tl.constexpr,
-                                HAS_SEQ: tl.constexpr):
+                                HAS_SEQ: tl.constexpr, PDL: tl.constexpr):
     """The same step with a group's R heads as one (BR, P, BN) tile (headdim P a power of 2): every state
     load of the program is issued at once (the state read is the step's traffic), and the group's RMSNorm
     needs no second pass."""
+    if PDL:  # programmatic dependent launch: the previous kernel is complete past this point
+        gdc_wait()
+        gdc_launch_dependents()
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
     ngroups = tl.num_programs(1)
@@ -188,19 +196,19 @@ def mamba2_decode_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, conv_we
     if kernel == "group" and headdim == triton.next_power_of_2(headdim) and headdim >= 16:
         BR = triton.next_power_of_2(R)
         warps = num_warps or (16 if BR * headdim * BN >= 16384 else 4)
-        _mamba2_decode_group_kernel[(b, ngroups)](
-            zxbcdt, conv_state, conv_weight.contiguous(), conv_b, ssm_state, A, dt_bias, D, norm_weight, out, seq,
+        launch(
+            _mamba2_decode_group_kernel, (b, ngroups), zxbcdt, conv_state, conv_weight.contiguous(), conv_b, ssm_state, A, dt_bias, D, norm_weight, out, seq,
             zxbcdt.stride(0), *conv_state.stride(), d_inner, conv_dim, dstate, float(eps),
             R=R, P=headdim, W=width, BW=BW, BR=BR, BN=BN, HAS_CB=conv_bias is not None, HAS_SEQ=has_seq,
-            num_warps=warps,
+            num_warps=warps, pdl=pdl_enabled(zxbcdt),
         )
         return out
     scratch = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)
     BP = max(16, triton.next_power_of_2(headdim))
-    _mamba2_decode_kernel[(b, ngroups)](
-        zxbcdt, conv_state, conv_weight.contiguous(), conv_b, ssm_state, A, dt_bias, D, norm_weight, out, scratch,
+    launch(
+        _mamba2_decode_kernel, (b, ngroups), zxbcdt, conv_state, conv_weight.contiguous(), conv_b, ssm_state, A, dt_bias, D, norm_weight, out, scratch,
         seq, zxbcdt.stride(0), *conv_state.stride(), d_inner, conv_dim, nheads, ngroups, headdim, dstate,
         float(eps), R=R, W=width, BW=BW, BP=BP, BN=BN, HAS_CB=conv_bias is not None, HAS_SEQ=has_seq,
-        num_warps=num_warps or 4,
+        num_warps=num_warps or 4, pdl=pdl_enabled(zxbcdt),
     )
     return out

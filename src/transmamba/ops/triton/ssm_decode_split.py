@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from transmamba.ops.triton.pdl import gdc_launch_dependents, gdc_wait, launch, pdl_enabled
 from transmamba.ops.triton.ssm_decode import _conv_silu
 
 
@@ -56,7 +57,10 @@ def _conv_shift(XROW, CST, ch, m, s_c, s_k, W: tl.constexpr, BW: tl.constexpr):
 def _head_kernel(ZX, CST, CW, CB, S, A, DTB, DD, U, SQ,
                  s_zx, s_cb, s_cc, s_ck, d_inner, conv_dim, nheads, ngroups, headdim, dstate,
                  R: tl.constexpr, W: tl.constexpr, BW: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                 HAS_CB: tl.constexpr):
+                 HAS_CB: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # programmatic dependent launch: the previous kernel is complete past this point
+        gdc_wait()
+        gdc_launch_dependents()
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     g = h // R
@@ -91,7 +95,10 @@ def _head_kernel(ZX, CST, CW, CB, S, A, DTB, DD, U, SQ,
 @triton.jit
 def _norm_kernel(ZX, CST, U, SQ, NW, OUT, SEQ, s_zx, s_cb, s_cc, s_ck, d_inner, nheads, ngroups, dstate, eps,
                  R: tl.constexpr, BR: tl.constexpr, P: tl.constexpr, BRP: tl.constexpr, BN: tl.constexpr,
-                 W: tl.constexpr, BW: tl.constexpr, HAS_SEQ: tl.constexpr):
+                 W: tl.constexpr, BW: tl.constexpr, HAS_SEQ: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # programmatic dependent launch: the previous kernel is complete past this point
+        gdc_wait()
+        gdc_launch_dependents()
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
     xrow = ZX + b * s_zx + d_inner
@@ -133,17 +140,18 @@ def mamba2_decode_split_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, c
     BN = max(16, triton.next_power_of_2(dstate))
     BW = max(2, triton.next_power_of_2(width - 1))
     cw = conv_weight.contiguous()
-    _head_kernel[(b, nheads)](
-        zxbcdt, conv_state, cw, conv_bias if conv_bias is not None else cw, ssm_state, A, dt_bias, D, u, sq,
+    pdl = pdl_enabled(zxbcdt)
+    launch(
+        _head_kernel, (b, nheads), zxbcdt, conv_state, cw, conv_bias if conv_bias is not None else cw, ssm_state, A, dt_bias, D, u, sq,
         zxbcdt.stride(0), *conv_state.stride(), d_inner, conv_dim, nheads, ngroups, headdim, dstate,
         R=R, W=width, BW=BW, BP=max(16, triton.next_power_of_2(headdim)), BN=BN,
-        HAS_CB=conv_bias is not None, num_warps=num_warps,
+        HAS_CB=conv_bias is not None, num_warps=num_warps, pdl=pdl,
     )
-    _norm_kernel[(b, ngroups)](
-        zxbcdt, conv_state, u, sq, norm_weight, out, seqlen_offset if seqlen_offset is not None else sq,
+    launch(
+        _norm_kernel, (b, ngroups), zxbcdt, conv_state, u, sq, norm_weight, out, seqlen_offset if seqlen_offset is not None else sq,
         zxbcdt.stride(0), *conv_state.stride(), d_inner, nheads, ngroups, dstate, float(eps),
         R=R, BR=triton.next_power_of_2(R), P=headdim, BRP=max(16, triton.next_power_of_2(R * headdim)), BN=BN,
-        W=width, BW=BW, HAS_SEQ=seqlen_offset is not None, num_warps=4,
+        W=width, BW=BW, HAS_SEQ=seqlen_offset is not None, num_warps=4, pdl=pdl,
     )
     return out
 
