@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from transmamba.layers.mamba2 import Mamba2
+from transmamba.layers.shared_prefix import share_prefix
 from transmamba.layers.ssm_state import TransMambaState
 from transmamba.ops.checks import check_shape
 from transmamba.ops.conv import causal_conv1d_update
@@ -200,12 +201,16 @@ class TransMamba(Mamba2):
             return super().forward(hidden)
         z, x, B, C, dt, _ = self.project_and_conv(hidden, None, None)
         n_att = min(P, t)
+        full = n_att < t and self._full_ssd(x)
         # positions [0, n_att): attention among themselves only (no slicing when that is every position: a
         # slice's backward writes its gradient into a zero-filled copy of the whole tensor)
-        xa, Ba, Ca = (x, B, C) if n_att == t else (x[:, :n_att], B[:, :n_att], C[:, :n_att])
+        if full:  # x, B, C feed the SSD whole and attention their prefix: one gradient each, summed in place
+            (x, xa), (B, Ba), (C, Ca) = (share_prefix(v, n_att) for v in (x, B, C))
+        else:
+            xa, Ba, Ca = (x, B, C) if n_att == t else (x[:, :n_att], B[:, :n_att], C[:, :n_att])
         parts = [self._attention_out(self._attend(Ca, Ba, xa), xa)]
         if n_att < t:  # positions [P, t): SSD from the converted state
-            if self._full_ssd(x):  # SSD over all t positions, outputs before P dropped (same values)
+            if full:  # SSD over all t positions, outputs before P dropped (same values)
                 y = self._ssd(x, dt, B, C)[:, P:]
             else:  # converter + SSD on the suffix: prefix SSD outputs never computed
                 h0 = self._convert(x[:, :P], dt[:, :P], B[:, :P])
