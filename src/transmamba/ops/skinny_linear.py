@@ -23,12 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 MAX_ROWS = 64  # the kernel's row tile is at most 64
+DEFAULT_ON = True  # without TRANSMAMBA_SKINNY_GEMM; chosen from the H100 decode runs (docs: Decode)
 
 
 def skinny_enabled(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether `skinny_linear` sends (x, weight) to the Triton kernel (see the module docstring)."""
     flag = os.environ.get("TRANSMAMBA_SKINNY_GEMM", "")
-    if flag == "0" or os.environ.get("TRANSMAMBA_DISABLE_TRITON"):
+    if flag == "0" or (flag == "" and not DEFAULT_ON) or os.environ.get("TRANSMAMBA_DISABLE_TRITON"):
         return False
     dtypes = (torch.bfloat16, torch.float16) + ((torch.float32,) if flag == "1" else ())
     rows = x.numel() // max(1, x.shape[-1])

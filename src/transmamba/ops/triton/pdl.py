@@ -7,7 +7,8 @@ the first kernel's tail overlap. Every kernel here that takes a PDL flag calls, 
     gdc_wait()                  # before its first global load or store: the previous kernel is complete
     gdc_launch_dependents()     # and lets the next kernel be scheduled
 
-so the results are the same with and without PDL. Off unless TRANSMAMBA_DECODE_PDL=1, on CUDA devices of
+so the results are the same with and without PDL. TRANSMAMBA_DECODE_PDL=1 / 0 turns it on / off (default:
+`DEFAULT_ON`); it needs CUDA devices of
 compute capability >= 9, with a Triton that has the intrinsics; a launch that the installed Triton rejects
 turns it off for the process (with one warning).
 """
@@ -36,11 +37,13 @@ except ImportError:  # older Triton: no-op stand-ins (never called: pdl_enabled(
 
 
 _BROKEN: list[str] = []
+DEFAULT_ON = False  # without TRANSMAMBA_DECODE_PDL; chosen from the H100 decode runs (docs: Decode)
 
 
 def pdl_enabled(t: torch.Tensor) -> bool:
     """Whether to launch the decode kernels on t's device with PDL (see the module docstring)."""
-    if os.environ.get("TRANSMAMBA_DECODE_PDL") != "1" or not HAS_GDC or _BROKEN or not t.is_cuda:
+    flag = os.environ.get("TRANSMAMBA_DECODE_PDL", "")
+    if not (flag == "1" or (flag == "" and DEFAULT_ON)) or not HAS_GDC or _BROKEN or not t.is_cuda:
         return False
     return torch.cuda.get_device_capability(t.device)[0] >= 9
 
