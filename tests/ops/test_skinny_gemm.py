@@ -119,6 +119,7 @@ def test_skinny_gemm_gpu(dtype):
 @torch.no_grad()
 def test_skinny_linear_dispatch_gpu(monkeypatch):
     torch.manual_seed(0)
+    monkeypatch.setenv("TRANSMAMBA_SKINNY_GEMM", "1")  # whatever the default
     lin = nn.Linear(300, 500, device="cuda", dtype=torch.bfloat16)
     x = torch.randn(4, 2, 300, device="cuda", dtype=torch.bfloat16)
     assert skinny_enabled(x, lin.weight)
