@@ -72,6 +72,20 @@ _CASE = textwrap.dedent(
                 "n": float((n2.cpu().double() - ref_n).norm() / ref_n.norm())}
 
 
+    def embed_norm_case(rows, vocab, dim, device, dtype, seed):
+        # h = table[ids], n = rms_norm(h) * w in one launch
+        from transmamba.ops.norm import rms_norm
+        from transmamba.ops.triton.add_norm import embed_rms_norm_triton
+        g = torch.Generator().manual_seed(seed)
+        table = torch.randn(vocab, dim, generator=g).to(device, dtype)
+        ids = torch.randint(0, vocab, (rows,), generator=g).to(device)
+        w = (1 + 0.3 * torch.randn(dim, generator=g)).to(device, dtype)
+        h, n = embed_rms_norm_triton(ids, table, w, 1e-5)
+        ref_n = rms_norm(table[ids].cpu().double(), w.cpu().double(), 1e-5)
+        return {"h": float((h - table[ids]).abs().max()),
+                "n": float((n.cpu().double() - ref_n).norm() / ref_n.norm())}
+
+
     def add_norm_parts_case(parts, rows, dim, device, dtype, seed):
         # d given as fp32 split-K partials (S, rows, dim): summed, rounded to h's dtype, then as above
         from transmamba.ops.norm import rms_norm
@@ -97,7 +111,8 @@ _INTERP = _CASE + textwrap.dedent(
            run_case(2, 64, 16, 2, 16, "cpu", torch.float32, 3, "group"),
            run_case(2, 64, 16, 2, 16, "cpu", torch.float32, 3, "split"),
            run_case(2, 24, 12, 2, 8, "cpu", torch.float32, 5, "split"),
-           add_norm_parts_case(3, 2, 40, "cpu", torch.float32, 4)]
+           add_norm_parts_case(3, 2, 40, "cpu", torch.float32, 4),
+           embed_norm_case(3, 11, 40, "cpu", torch.float32, 6)]
     print("RESULT" + json.dumps(res))
     """
 )
@@ -129,3 +144,5 @@ def test_fused_mamba2_decode_gpu(dtype):
     assert r["h"] == 0.0 and r["n"] < (1e-5 if dtype == torch.float32 else 1e-2), r
     r = ns["add_norm_parts_case"](6, 16, 1536, "cuda", dtype, 5)
     assert max(r.values()) < (1e-5 if dtype == torch.float32 else 1e-2), r
+    r = ns["embed_norm_case"](16, 151936, 1536, "cuda", dtype, 6)
+    assert r["h"] == 0.0 and r["n"] < (1e-5 if dtype == torch.float32 else 1e-2), r

@@ -264,6 +264,20 @@ def _add_norm(h: torch.Tensor, delta: torch.Tensor, norm) -> tuple[torch.Tensor,
     return h, norm(h)
 
 
+def _embed_norm(embed, ids: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, norm(h)) with h = embed(ids): one launch on CUDA for a plain nn.Embedding and an RMSNorm
+    (`ops/triton/add_norm.py`), else the two modules."""
+    from transmamba.layers.norm import RMSNorm
+
+    if (_triton_inplace(embed.weight) and type(norm) is RMSNorm and embed.padding_idx is None
+            and embed.max_norm is None and os.environ.get("TRANSMAMBA_DECODE_UNFUSED") != "1"):
+        from transmamba.ops.triton.add_norm import embed_rms_norm_triton
+
+        return embed_rms_norm_triton(ids, embed.weight, norm.weight, norm.eps)
+    h = embed(ids)
+    return h, norm(h)
+
+
 def static_step(model, ids: torch.Tensor, cache, modes: tuple[str | None, ...],
                 consts: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """One decode token per row through the whole model: ids (b,) long -> logits (b, V); `modes` from
@@ -272,8 +286,7 @@ def static_step(model, ids: torch.Tensor, cache, modes: tuple[str | None, ...],
     each residual add is fused with the next norm (the final norm after the last block)."""
     consts = {} if consts is None else consts
     blocks = model.blocks
-    h = model.embed(ids)
-    n = blocks[0].norm(h)
+    h, n = _embed_norm(model.embed, ids, blocks[0].norm)
     for i, (block, kind, state, mode) in enumerate(zip(blocks, model.kinds, cache.states, modes)):
         if kind == "attention":
             delta = attention_step(block.mixer, n, state, consts.get(i))

@@ -7,6 +7,9 @@ One program per row; h' and n are returned. Same math as `h + d` followed by `op
 d may also come as the fp32 split-K partial sums (S, rows, dim) of the linear that made it
 (`ops/triton/skinny_gemm.py`, reduce=False): then d = Σ_s d[s] (in slice order), rounded to h's dtype as the
 linear would have stored it, so the reduction costs no launch of its own.
+
+`embed_rms_norm_triton` is the first seam: h = E[ids] (the embedding rows) and n = rms_norm(h) · w in one
+launch (instead of an index-select and a norm kernel).
 """
 
 from __future__ import annotations
@@ -59,4 +62,40 @@ def add_rms_norm_triton(h: torch.Tensor, d: torch.Tensor, weight: torch.Tensor,
     launch(_add_norm_kernel, (rows,), h, d, weight, h_out, n_out, dim, float(eps), pdl=pdl_enabled(h),
            S=d.shape[0] if parts else 1, BLOCK=triton.next_power_of_2(dim), PARTS=parts,
            num_warps=8 if dim > 2048 else 4)
+    return h_out, n_out
+
+
+@triton.jit
+def _embed_norm_kernel(IDS, E, W, HO, NO, vocab, dim, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # programmatic dependent launch: the previous kernel is complete past this point
+        gdc_wait()
+        gdc_launch_dependents()
+    row = tl.program_id(0).to(tl.int64)
+    idx = tl.load(IDS + row).to(tl.int64)
+    ok = (idx >= 0) & (idx < vocab)
+    cols = tl.arange(0, BLOCK)
+    m = cols < dim
+    safe = tl.minimum(tl.maximum(idx, 0), vocab - 1)
+    h = tl.load(E + safe * dim + cols, mask=m, other=0.0)
+    h = tl.where(ok, h, tl.zeros_like(h))
+    tl.store(HO + row * dim + cols, h, mask=m)
+    u = h.to(tl.float32)
+    r = 1.0 / tl.sqrt(tl.sum(u * u, axis=0) / dim + eps)
+    w = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
+    tl.store(NO + row * dim + cols, u * r * w, mask=m)
+
+
+def embed_rms_norm_triton(ids: torch.Tensor, table: torch.Tensor, weight: torch.Tensor,
+                          eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids (rows,) int, table (V, dim) contiguous -> (h = table[ids], rms_norm(h) * weight), both in table's
+    dtype. An id outside [0, V) gives a zero row (the device does no bounds error)."""
+    if ids.dim() != 1 or table.dim() != 2 or not table.is_contiguous() or weight.shape != table.shape[1:]:
+        raise ValueError(f"embed_rms_norm_triton: ids (rows,), a contiguous table (V, dim) and weight (dim,) "
+                         f"needed, got {tuple(ids.shape)}, {tuple(table.shape)}, {tuple(weight.shape)}")
+    ids = ids.contiguous()
+    rows, (vocab, dim) = ids.shape[0], table.shape
+    h_out = torch.empty(rows, dim, device=table.device, dtype=table.dtype)
+    n_out = torch.empty_like(h_out)
+    launch(_embed_norm_kernel, (rows,), ids, table, weight, h_out, n_out, vocab, dim, float(eps),
+           pdl=pdl_enabled(table), BLOCK=triton.next_power_of_2(dim), num_warps=8 if dim > 2048 else 4)
     return h_out, n_out
