@@ -38,6 +38,51 @@ def compare(fn, ref, shape, dtype, device, with_z, before, group_size, gen):
     return max(errs)
 
 
+def compare_strided(fn, ref, dtype, device, with_z, before, group_size, gen, d=24):
+    """Strided inputs read in place: x a time slice of a (b, t, d) tensor, z a time + column slice of a wider
+    buffer, the output's gradient a slice of a concatenation (non-contiguous); and a 2-D case with a row
+    stride (decode's z). Max relative error of the output and every gradient against the fp64 reference."""
+    errs = []
+    for two_d in (False, True):
+        b, t, P = 3, 9, 4
+        xb = torch.randn(b * t if two_d else b, *(() if two_d else (t,)), d, generator=gen)
+        zb = torch.randn(*xb.shape[:-1], d + 8, generator=gen)
+        leaves = [xb.to(device=device, dtype=dtype).requires_grad_(),
+                  zb.to(device=device, dtype=dtype).requires_grad_(),
+                  torch.randn(d, generator=gen).to(device).requires_grad_()]
+        g = torch.randn(*xb.shape, generator=gen).to(device=device, dtype=torch.float64)
+
+        def run(f, xl, zl, wl, two_d=two_d, P=P):
+            x = xl if two_d else xl[:, P:]
+            z = (zl[..., 3:3 + d] if two_d else zl[:, P:, 3:3 + d]) if with_z else None
+            y = f(x, z, wl, 1e-5, group_size, before)
+            out = y if two_d else torch.cat([torch.zeros_like(xl[:, :P]), y], dim=1)
+            return out
+
+        y = run(fn, *leaves)
+        ref_leaves = [v.detach().double().requires_grad_() for v in leaves]
+        yr = run(ref, *ref_leaves)
+        used = [0, 1, 2] if with_z else [0, 2]
+        got = torch.autograd.grad((y.double() * g).sum(), [leaves[i] for i in used])
+        want = torch.autograd.grad((yr * g).sum(), [ref_leaves[i] for i in used])
+        errs.append(float((y.double() - yr).norm() / yr.norm()))
+        errs += [float((a.double() - r).norm() / r.norm()) for a, r in zip(got, want)]
+    return max(errs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", _CASES)
+def test_gated_rms_norm_triton_strided_gpu(case, dtype):
+    from transmamba.ops.norm import gated_rms_norm as ref
+    from transmamba.ops.triton.norm import gated_rms_norm_triton
+
+    gen = torch.Generator().manual_seed(2)
+    d = 192 if case[2] is None else 96
+    err = compare_strided(gated_rms_norm_triton, ref, dtype, "cuda", *case, gen, d=d)
+    assert err < (1e-5 if dtype == torch.float32 else 2e-2)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", _CASES)
@@ -58,12 +103,14 @@ _SCRIPT = textwrap.dedent(
     os.environ["TRITON_INTERPRET"] = "1"
     import torch
     sys.path.insert(0, os.environ["TM_TEST_DIR"])
-    from test_triton_norm import _CASES, compare
+    from test_triton_norm import _CASES, compare, compare_strided
     from transmamba.ops.norm import gated_rms_norm
     from transmamba.ops.triton.norm import gated_rms_norm_triton
     gen = torch.Generator().manual_seed(0)
     out = [compare(gated_rms_norm_triton, gated_rms_norm, (3, 5, 24), torch.float32, "cpu", *c, gen)
            for c in _CASES]
+    out += [compare_strided(gated_rms_norm_triton, gated_rms_norm, torch.float32, "cpu", *c, gen)
+            for c in _CASES]
     print("RESULT" + json.dumps(out))
     """
 )

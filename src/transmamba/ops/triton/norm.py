@@ -23,7 +23,7 @@ ROWS = 16
 
 
 @triton.jit
-def _fwd_kernel(X, Z, W, Y, RSTD, nrows, dim, group, eps,
+def _fwd_kernel(X, Z, W, Y, RSTD, nrows, dim, group, eps, L, s_xb, s_xt, s_zb, s_zt,
                 HAS_Z: tl.constexpr, HAS_W: tl.constexpr, BEFORE: tl.constexpr, ROWS: tl.constexpr,
                 BLOCK: tl.constexpr):
     pr = tl.program_id(0)
@@ -36,10 +36,12 @@ def _fwd_kernel(X, Z, W, Y, RSTD, nrows, dim, group, eps,
     for rr in range(0, ROWS):
         row = pr.to(tl.int64) * ROWS + rr  # 64-bit offsets for large inputs
         if row < nrows:
-            x = tl.load(X + row * dim + cols, mask=mc, other=0.0).to(tl.float32)
+            rb = row // L  # inputs: row = rb * L + rt of a (B, L, dim) view with any B / L strides
+            rt = row % L
+            x = tl.load(X + rb * s_xb + rt * s_xt + cols, mask=mc, other=0.0).to(tl.float32)
             u = x
             if HAS_Z:
-                z = tl.load(Z + row * dim + cols, mask=mc, other=0.0).to(tl.float32)
+                z = tl.load(Z + rb * s_zb + rt * s_zt + cols, mask=mc, other=0.0).to(tl.float32)
                 gate = z * tl.sigmoid(z)
                 if not BEFORE:
                     u = x * gate
@@ -55,7 +57,7 @@ def _fwd_kernel(X, Z, W, Y, RSTD, nrows, dim, group, eps,
 
 
 @triton.jit
-def _bwd_kernel(X, Z, W, DY, RSTD, DX, DZ, DW, nrows, dim, group,
+def _bwd_kernel(X, Z, W, DY, RSTD, DX, DZ, DW, nrows, dim, group, L, s_xb, s_xt, s_zb, s_zt, s_yb, s_yt,
                 HAS_Z: tl.constexpr, HAS_W: tl.constexpr, BEFORE: tl.constexpr, ROWS: tl.constexpr,
                 BLOCK: tl.constexpr):
     pr = tl.program_id(0)
@@ -69,12 +71,14 @@ def _bwd_kernel(X, Z, W, DY, RSTD, DX, DZ, DW, nrows, dim, group,
     for rr in range(0, ROWS):
         row = pr.to(tl.int64) * ROWS + rr  # 64-bit offsets for large inputs
         if row < nrows:
-            x = tl.load(X + row * dim + cols, mask=mc, other=0.0).to(tl.float32)
-            dy = tl.load(DY + row * dim + cols, mask=mc, other=0.0).to(tl.float32)
+            rb = row // L
+            rt = row % L
+            x = tl.load(X + rb * s_xb + rt * s_xt + cols, mask=mc, other=0.0).to(tl.float32)
+            dy = tl.load(DY + rb * s_yb + rt * s_yt + cols, mask=mc, other=0.0).to(tl.float32)
             r = tl.load(RSTD + row * ngroups + pg)
             u = x
             if HAS_Z:
-                z = tl.load(Z + row * dim + cols, mask=mc, other=0.0).to(tl.float32)
+                z = tl.load(Z + rb * s_zb + rt * s_zt + cols, mask=mc, other=0.0).to(tl.float32)
                 s = tl.sigmoid(z)
                 gate = z * s
                 dgate = s * (1.0 + z * (1.0 - s))
@@ -106,41 +110,60 @@ def _bwd_kernel(X, Z, W, DY, RSTD, DX, DZ, DW, nrows, dim, group,
     tl.store(DW + pr.to(tl.int64) * dim + cols, dw, mask=mc)
 
 
+def _as_rows(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """(..., L, dim) -> a (B, L, dim) view with unit channel stride (any B / L strides: e.g. a slice of time
+    steps, or a column slice of a wider buffer), copied only when no such view exists."""
+    t3 = t.reshape(1, 1, dim) if t.dim() == 1 else t.reshape(-1, t.shape[-2], dim) if t.dim() > 2 else t[None]
+    if t3.stride(-1) != 1:
+        t3 = t3.contiguous()
+    return t3
+
+
 class _GatedRMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, z, weight, eps, group, before):
         shape = x.shape
         dim = shape[-1]
-        x2 = x.reshape(-1, dim).contiguous()
-        z2 = z.reshape(-1, dim).contiguous() if z is not None else None
-        rows = x2.shape[0]
-        y = torch.empty_like(x2)
+        x3 = _as_rows(x, dim)  # (B, L, dim): rows read in place, no copy of strided inputs
+        z3 = _as_rows(z, dim) if z is not None else None
+        if z3 is not None and z3.shape != x3.shape:
+            z3 = z3.reshape(x3.shape).contiguous()
+        L = x3.shape[1]
+        rows = x3.shape[0] * L
+        y = torch.empty(rows, dim, device=x.device, dtype=x.dtype)
         rstd = torch.empty(rows, dim // group, device=x.device, dtype=torch.float32)
         block = triton.next_power_of_2(group)
         grid = (triton.cdiv(rows, ROWS), dim // group)
-        _fwd_kernel[grid](x2, z2 if z2 is not None else x2, weight if weight is not None else x2, y, rstd,
-                          rows, dim, group, eps, HAS_Z=z is not None, HAS_W=weight is not None,
-                          BEFORE=bool(before), ROWS=ROWS, BLOCK=block, num_warps=4 if block <= 1024 else 8)
-        ctx.save_for_backward(x2, z2, weight, rstd)
+        zs = (z3.stride(0), z3.stride(1)) if z3 is not None else (0, 0)
+        _fwd_kernel[grid](x3, z3 if z3 is not None else x3, weight if weight is not None else x3, y, rstd,
+                          rows, dim, group, eps, L, x3.stride(0), x3.stride(1), *zs, HAS_Z=z is not None,
+                          HAS_W=weight is not None, BEFORE=bool(before), ROWS=ROWS, BLOCK=block,
+                          num_warps=4 if block <= 1024 else 8)
+        ctx.save_for_backward(x3, z3, weight, rstd)
         ctx.meta = (shape, group, before)
         return y.view(shape)
 
     @staticmethod
     def backward(ctx, dy):
-        x2, z2, weight, rstd = ctx.saved_tensors
+        x3, z3, weight, rstd = ctx.saved_tensors
         shape, group, before = ctx.meta
         dim = shape[-1]
-        rows = x2.shape[0]
-        dy2 = dy.reshape(-1, dim).contiguous()
-        dx = torch.empty_like(x2)
-        dz = torch.empty_like(z2) if z2 is not None else None
+        L = x3.shape[1]
+        rows = x3.shape[0] * L
+        dy3 = _as_rows(dy, dim)
+        if dy3.shape != x3.shape:
+            dy3 = dy3.reshape(x3.shape).contiguous()
+        dx = torch.empty(rows, dim, device=x3.device, dtype=x3.dtype)
+        dz = torch.empty(rows, dim, device=z3.device, dtype=z3.dtype) if z3 is not None else None
         nprog = triton.cdiv(rows, ROWS)
-        dw = torch.empty(nprog, dim, device=x2.device, dtype=torch.float32)
+        dw = torch.empty(nprog, dim, device=x3.device, dtype=torch.float32)
         block = triton.next_power_of_2(group)
+        zs = (z3.stride(0), z3.stride(1)) if z3 is not None else (0, 0)
         _bwd_kernel[(nprog, dim // group)](
-            x2, z2 if z2 is not None else x2, weight if weight is not None else x2, dy2, rstd, dx,
-            dz if dz is not None else dx, dw, rows, dim, group,
-            HAS_Z=z2 is not None, HAS_W=weight is not None, BEFORE=bool(before), ROWS=ROWS, BLOCK=block,
+            x3, z3 if z3 is not None else x3, weight if weight is not None else x3, dy3, rstd, dx,
+            dz if dz is not None else dx, dw, rows, dim, group, L, x3.stride(0), x3.stride(1), *zs,
+            dy3.stride(0), dy3.stride(1),
+            HAS_Z=z3 is not None, HAS_W=weight is not None, BEFORE=bool(before), ROWS=ROWS, BLOCK=block,
             num_warps=4 if block <= 1024 else 8)
         dwt = dw.sum(0).to(weight.dtype) if weight is not None else None
         return dx.view(shape), (dz.view(shape) if dz is not None else None), dwt, None, None, None
