@@ -156,7 +156,7 @@ def _bwd_walk_kernel(X, W, BIAS, SEQ, DY, DX, PART, seqlen, dim, s_x_b, s_x_d, s
     b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     md = offs_d < dim
-    c0 = tl.program_id(2) * CH
+    c0 = tl.program_id(2).to(tl.int64) * CH  # 64-bit time offsets (t * row stride can pass 2^31)
     c1 = c0 + CH
     v0 = _wpad(W, offs_d, md, 0, WIDTH)
     v1 = _wpad(W, offs_d, md, 1, WIDTH)
@@ -267,7 +267,7 @@ def _bwd_walk4_kernel(X, W, BIAS, DY, DX, PART, seqlen, dim, s_x_b, s_x_d, s_x_l
     b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     md = offs_d < dim
-    c0 = tl.program_id(2) * CH
+    c0 = tl.program_id(2).to(tl.int64) * CH  # 64-bit time offsets (t * row stride can pass 2^31)
     c1 = c0 + CH
     v0 = _wpad(W, offs_d, md, 0, WIDTH)
     v1 = _wpad(W, offs_d, md, 1, WIDTH)

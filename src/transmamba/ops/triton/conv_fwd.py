@@ -26,7 +26,7 @@ def _fwd_walk4_kernel(X, W, BIAS, Y, seqlen, dim, s_x_b, s_x_d, s_x_l, s_y_b, s_
     b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     md = offs_d < dim
-    c0 = tl.program_id(2) * CH
+    c0 = tl.program_id(2).to(tl.int64) * CH  # 64-bit time offsets (t * row stride can pass 2^31)
     v0 = _wpad(W, offs_d, md, 0, WIDTH)
     v1 = _wpad(W, offs_d, md, 1, WIDTH)
     v2 = _wpad(W, offs_d, md, 2, WIDTH)
