@@ -14,6 +14,7 @@ The converter is exact: outputs at t ≥ P equal a full Mamba-2 pass at t ≥ P.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -202,9 +203,10 @@ class TransMamba(Mamba2):
         z, x, B, C, dt, _ = self.project_and_conv(hidden, None, None)
         n_att = min(P, t)
         full = n_att < t and self._full_ssd(x)
+        share = full and os.environ.get("TRANSMAMBA_SHARE_PREFIX", "1") != "0"  # =0: plain slices (A/B)
         # positions [0, n_att): attention among themselves only (no slicing when that is every position: a
         # slice's backward writes its gradient into a zero-filled copy of the whole tensor)
-        if full:  # x, B, C feed the SSD whole and attention their prefix: one gradient each, summed in place
+        if share:  # x, B, C feed the SSD whole and attention their prefix: one gradient each, summed in place
             (x, xa), (B, Ba), (C, Ca) = (share_prefix(v, n_att) for v in (x, B, C))
         else:
             xa, Ba, Ca = (x, B, C) if n_att == t else (x[:, :n_att], B[:, :n_att], C[:, :n_att])
