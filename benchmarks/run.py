@@ -1023,7 +1023,7 @@ def plot(name: str, rows: list[dict[str, Any]], out: Path, meta: dict[str, Any])
             ax.set_xlabel("sequence length L (batch = 32K / L)")
             ax.set_ylabel("ms")
             ax.set_title(f"SSD {kind}")
-            ax.legend()
+            ax.legend(fontsize=7)
     elif name == "scan-op":
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for ax, kind in zip(axes, ("fwd", "fwdbwd")):

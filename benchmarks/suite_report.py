@@ -355,7 +355,8 @@ def build_report(data: dict[str, Any]) -> str:
     parts += [table(["unit", "case", "status", "process", "attempts", "seconds", "rows", "error"],
                     [[n, u.get("case"), u.get("status"), u.get("process", "–"), u.get("attempts", 0),
                       fmt(u.get("seconds"), ".1f"),
-                      len(u.get("rows", [])) if "rows" in u else f"{len(u.get('partial_rows', []))} (partial)",
+                      len(u["rows"]) if "rows" in u else (f"{len(u['partial_rows'])} (partial)"
+                                                           if u.get("partial_rows") else "–"),
                       (u.get("error") or "")[:120]] for n, u in units.items()]), ""]
     warm = case_rows(data).get("peer-warm", [])
     if warm:
