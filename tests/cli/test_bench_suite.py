@@ -225,3 +225,12 @@ def test_peer_warm_splits_every_autotuner():
     assert sorted(seen) == sorted(str(c) for c in make().configs)
     k = make()
     assert peer_warm.keep_share([k], 9, 10) == 1  # more workers than configs: one each
+
+
+def test_partial_rows_of_a_killed_unit_are_reported():
+    data = _synthetic()
+    data["units"]["ssd-op"] = {"case": "ssd-op", "status": "interrupted", "process": 1,
+                               "partial_rows": data["units"]["ssd-op"]["rows"][:1]}
+    rows = suite_report.case_rows(data)["ssd-op"]
+    assert len(rows) == 1 and rows[0]["partial"] == "unit interrupted"
+    assert "1 (partial)" in suite_report.build_report(data)
