@@ -4,7 +4,7 @@
     python benchmarks/run.py --list
     python benchmarks/run.py --cases ceilings,ssd-op --out docs/results
     transmamba bench --cases ssd-op --out docs/results          (the same, through the CLI)
-    python benchmarks/run.py --suite issue5 --out DIR --resume --time-budget 540
+    python benchmarks/run.py --suite issue5 --out DIR --resume --time-budget 520
                       every issue-5 number in one process: DIR/issue5.json + DIR/issue5.md (benchmarks/suite.py)
 
 Cases (each writes <out>/<case>.json, .csv and, where a plot makes sense, .png):

@@ -3,7 +3,7 @@
     transmamba bench --list
     transmamba bench --cases ceilings,ssd-op --out docs/results
     transmamba bench --cases train-step --train-lengths 2048,8192
-    transmamba bench --suite issue5 --out DIR --time-budget 540 --resume    (every issue-5 number, one run)
+    transmamba bench --suite issue5 --out DIR --time-budget 520 --resume    (every issue-5 number, one run)
 
 The runner lives in the source checkout (`benchmarks/run.py`, beside `src/`), not in the installed package;
 this command finds it from the current directory or from the package's source location, or takes
