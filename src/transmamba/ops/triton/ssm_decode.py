@@ -27,7 +27,9 @@ import triton.language as tl
 from transmamba.ops.triton.pdl import gdc_launch_dependents, gdc_wait, launch, pdl_enabled
 
 KERNELS = ("head", "group", "split")
-DEFAULT_KERNEL = "head"  # H100, bf16 state, 400M shape: see docs/gpu-benchmarks.md (Decode)
+DEFAULT_KERNEL = "group"  # fastest in situ on the H100 (batch 7, docs/gpu-benchmarks.md Decode); head ~ equal
+GROUP_TILE_MAX = 32768  # "group" only while a group's (heads, headdim, d_state) tile has at most this many
+#                         elements (the 400M shape's 4 x 64 x 128); larger tiles would spill: "head" instead
 
 
 @triton.jit
@@ -163,9 +165,10 @@ def mamba2_decode_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, conv_we
     """zxbcdt (b, 2·d_inner + 2·G·N + H) with a contiguous last dim; conv_state (b, conv_dim, W-1) any
     strides; conv_weight (conv_dim, W); ssm_state (b, H, P, N) contiguous; A, dt_bias, D (H,); norm_weight
     (d_inner,). Updates conv_state and ssm_state in place; returns the normalised gated y (b, d_inner) in
-    zxbcdt's dtype, ready for out_proj. kernel (default: TRANSMAMBA_SSM_DECODE_KERNEL, else "head"):
+    zxbcdt's dtype, ready for out_proj. kernel (default: TRANSMAMBA_SSM_DECODE_KERNEL, else DEFAULT_KERNEL):
     "head" = one program per (row, group) walking the group's heads in turn; "group" = one program per
-    (row, group) with one (heads, headdim, d_state) tile (headdim a power of 2 >= 16, else "head");
+    (row, group) with one (heads, headdim, d_state) tile (headdim a power of 2 >= 16 and the tile at most
+    GROUP_TILE_MAX elements, else "head");
     "split" = two launches, one program per (row, head) for the state update, then one per (row, group)
     for the norm (`ops/triton/ssm_decode_split.py`). num_warps overrides the launch's (for the benchmark).
     seqlen_offset (b,) int, if given, is incremented in place (the layer state's position; saves a launch)."""
@@ -193,8 +196,9 @@ def mamba2_decode_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, conv_we
 
         return mamba2_decode_split_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A, dt_bias, D,
                                           norm_weight, eps, ngroups, headdim, seqlen_offset, num_warps or 4)
-    if kernel == "group" and headdim == triton.next_power_of_2(headdim) and headdim >= 16:
-        BR = triton.next_power_of_2(R)
+    BR = triton.next_power_of_2(R)
+    if (kernel == "group" and headdim == triton.next_power_of_2(headdim) and headdim >= 16
+            and BR * headdim * BN <= GROUP_TILE_MAX):
         warps = num_warps or (16 if BR * headdim * BN >= 16384 else 4)
         launch(
             _mamba2_decode_group_kernel, (b, ngroups), zxbcdt, conv_state, conv_weight.contiguous(), conv_b, ssm_state, A, dt_bias, D, norm_weight, out, seq,
