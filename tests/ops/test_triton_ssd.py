@@ -1,8 +1,9 @@
 """Triton SSD kernels against the torch reference (`ssd_chunked` / `ssd_naive`), forward and backward.
 
-Two kinds of tests, each for both pipelines ("v1" = the first, "v2" = `ssd.NEW_PATH`, the fused one; "v2s" =
-v2 with the dA in the dCB kernel and flat launch grids; "v2w" = v2 with the head-blocked chunk scan and dx
-kernel, 2 heads per program, misc.wide; 4 heads per program under the interpreter only):
+Two kinds of tests, each for both pipelines ("v1" = the first, "v2" = `ssd.NEW_PATH`, the fused one, the
+default: dA in the dCB kernel, flat launch grids for the backward; "v2d" = session 2's default, the dA in the
+dx kernel; "v2w" = v2 with the head-blocked chunk scan and dx kernel, 2 heads per program, misc.wide; 4 heads
+per program under the interpreter only):
 - `gpu`: random shapes on CUDA, fp32 (IEEE dots, the default for fp32) and bf16, against the fp64 torch
   reference.
 - interpreter: tiny fp32 cases under the Triton interpreter (TRITON_INTERPRET=1) on the CPU, run in one
@@ -106,8 +107,8 @@ def _select_path(monkeypatch, path):
     misc = dict(S.CONFIG["misc"], **{k: 0 for k in S.NEW_PATH}, wide=0, wide_dx=0)
     if path.startswith("v2"):
         misc.update(S.NEW_PATH, hsplit=1)
-    if path == "v2s":  # the dA in the dCB kernel, flat launch grids
-        misc.update(dda_in_dx=0, swz=1)
+    if path == "v2d":  # session 2's default: the dA in the dx kernel, per-axis launch grids
+        misc.update(dda_in_dx=2, swz=0)
     if path.startswith("v2w"):  # head-blocked chunk scan and dx kernel (dA in the dCB kernel)
         nh = int(path[3:] or 2)
         misc.update(dda_in_dx=0, wide=nh, wide_dx=nh)
@@ -118,7 +119,7 @@ def _select_path(monkeypatch, path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("path", ["v1", "v2", "v2s", "v2w"])
+@pytest.mark.parametrize("path", ["v1", "v2", "v2d", "v2w"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", GPU_CASES)
 def test_ssd_triton_gpu(case, dtype, path, monkeypatch):

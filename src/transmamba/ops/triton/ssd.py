@@ -11,11 +11,15 @@ call by CONFIG["misc"] (see there); the second is the default:
 - second (NEW_PATH): forward 4 launches (chunk states and state passing fused into one sequential walk per
   head and state tile; C·B stored in the inputs' dtype; the scan's decay factorised per block, so only the
   diagonal block evaluates exp(a_i - a_j)); backward 6 launches + one fill and one small sum (the reverse
-  walk fused likewise; the intra-chunk dA from the dx kernel's block sums; dCB alone in its kernel; dB/dC's
-  intra parts fused into the dB/dC-state kernel; the ddt/dA/d_bias tail in one kernel).
+  walk fused likewise; the intra-chunk dA summed in the dCB kernel, misc.dda_in_dx = 0 since session 3
+  (session 2: from the dx kernel's block sums, = 2); dB/dC's intra parts fused into the dB/dC-state kernel;
+  the ddt/dA/d_bias tail in one kernel; the dx, dCB and dB/dC-state kernels on flat launch grids with each
+  chunk's tiles consecutive, misc.swz, so tiles reading the same x / dy / states share them through L2).
 Opt-in on top of the second (CONFIG["misc"], see there): head-blocked chunk scan and dx kernel (`wide`,
 `wide_dx`, `ssd_kernels_wide.py`: NH heads of a group per program share the C·B tile), the dA's diagonal
-prefix sums as a dot (`tridot`) and a pipelined dCB head loop when it sums the dA (`onek_da`).
+prefix sums as a dot (`tridot`), a pipelined dCB head loop when it sums the dA (`onek_da`), the dCB
+kernel's heads split over programs (`dcb_split`), a flat grid for the chunk scan too (`swz_scan`): all
+measured slower or no faster on the H100 (docs/gpu-benchmarks.md, SSD speed, session 3).
 Backward takes the incoming chunk states saved by the forward (or recomputes them, see SAVE_STATES).
 Saved for backward: the inputs, the pre-gate output y when z is given (for dz) and two fp32 (b, h, L)
 tensors (dt_eff and the chunk-cumulative log decays).
@@ -48,7 +52,8 @@ __all__ = ["ssd_triton", "ssd_final_state_triton", "ssd_step_triton", "CONFIG"]
 # overrides them per process (JSON, merged per kernel).
 CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweeps on an H100 (docs/gpu-benchmarks.md)
     "state": dict(BK=32, warps=4, stages=3),  # chunk states / u_c
-    "cb": dict(B=64, warps=4, stages=2),  # C·B per chunk and group
+    "cb": dict(B=128, warps=8, stages=2),  # C·B per chunk and group (batch 7: 128-tiles 0.07 ms faster at 16
+    # groups, the same at 1 group; was B=64, 4 warps)
     "scan": dict(BM=128, BK=32, warps=8, stages=3),  # chunk scan (outputs)
     "dx": dict(BJ=64, BK=32, warps=4, stages=3),  # backward dx / ddt / da
     "dcb": dict(B=64, warps=4, stages=2),  # backward dCB (and the intra-chunk dA unless misc.dda_in_dx)
@@ -63,17 +68,19 @@ CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweeps on an H100 
     # head-blocked kernels (misc.wide / misc.wide_dx = NH heads per program, ssd_kernels_wide.py)
     "wscan": dict(BM=64, BK=64, warps=4, stages=2),  # best of batch 6's sweeps (6 / 5 points, 4 x 8192)
     "wdx": dict(BJ=64, BK=32, warps=4, stages=2),
-    # where the intra-chunk dA is summed: 0 = bwd_dcb kernel (per group, loops over its heads; measured
-    # 5.5-5.6 ms fwd+bwd at the benchmark shape), 1 = bwd_dx kernel (per head; measured 5.9 ms), 2 = bwd_dx
-    # kernel from its factorised block sums (no per-tile W off the diagonal; see bwd_dx_kernel DA2)
-    "misc": dict(dda_in_dx=2, hsplit=1,  # hsplit: split each group's heads over this many programs
+    # where the intra-chunk dA is summed: 0 = bwd_dcb kernel (per group, loops over its heads), 1 = bwd_dx
+    # kernel (per head), 2 = bwd_dx kernel from its factorised block sums (no per-tile W off the diagonal;
+    # see bwd_dx_kernel DA2). H100, second path (batches 6-7): 0 is 0.14-0.29 ms faster than 2 at 4 x 8192,
+    # 1 x 32768, 32 x 1024 and the 400m layer call (2 x 8192, 48 heads, 16 groups), same accuracy
+    "misc": dict(dda_in_dx=0, hsplit=1,  # hsplit: split each group's heads over this many programs
                                          # in the dCB and dB/dC-state kernels (atomics; 1 = none)
                  # second-generation switches (each 0 = the first path): fstate = fused state walks (fwd
                  # and bwd), factor = per-block factorised decay (scan, dx, dCB), cb16 = C·B stored in the
                  # inputs' dtype when it is 16-bit, fbc = dB/dC intra parts fused into the bcs kernel,
                  # fddt = the ddt/dA/d_bias tail in one kernel, onek = no inner loop over headdim in the
                  # per-group kernels when one block covers it (their head loop gets software-pipelined)
-                 # Default: the second path (measured faster on the H100, docs/gpu-benchmarks.md);
+                 # Default: the second path with dda_in_dx = 0 and swz = 1 (measured fastest on the H100,
+                 # docs/gpu-benchmarks.md);
                  # CONFIG["misc"].update(FIRST_PATH) or TRANSMAMBA_SSD_CONFIG='{"misc": {...}}' selects the first.
                  # cb16 costs accuracy on dA (error against fp64 2.2e-4 -> 1.6e-3 at the benchmark shape) but
                  # without it the second path is slower than the first (4 x 8192: fwd+bwd 5.99 ms against
@@ -88,15 +95,18 @@ CONFIG: dict[str, dict[str, int]] = {  # best of the ssd-tune sweeps on an H100 
                  # diagonal tiles' 2-D prefix sums of the dA as one dot with a triangular ones matrix (3-pass
                  # tf32 for 16-bit inputs) instead of a scan
                  onek_da=0, tridot=0,
-                 # swz: flat launch grids with a chunk's (or head's) tiles consecutive (scan, dx, dCB, dB/dC
-                 # state kernels), so the tiles that read the same x / dy / states run together (L2 hits)
-                 swz=0,
+                 # swz: flat launch grids with a chunk's (or head's) tiles consecutive (dx, dCB, dB/dC-state
+                 # kernels; swz_scan: the chunk scan), so the tiles that read the same x / dy / states run
+                 # together (L2 hits). Batch 7 (H100, 4 x 8192): fwd+bwd 4.95 -> 4.73 ms with dda_in_dx = 0;
+                 # the scan alone 0.700 -> 0.715 ms, hence swz_scan = 0
+                 swz=1, swz_scan=0,
                  # dcb_split: the dCB kernel's heads split over this many programs per group (its tile then
                  # added atomically into a zeroed fp32 dCB; more programs in flight for its per-head dA work)
                  dcb_split=1),
 }
-NEW_PATH = dict(fstate=1, factor=1, cb16=1, fbc=1, fddt=1, onek=1, dda_in_dx=2)
-FIRST_PATH = dict(fstate=0, factor=0, cb16=0, fbc=0, fddt=0, onek=0, dda_in_dx=0)
+NEW_PATH = dict(fstate=1, factor=1, cb16=1, fbc=1, fddt=1, onek=1, dda_in_dx=0, swz=1, swz_scan=0, dcb_split=1)
+FIRST_PATH = dict(fstate=0, factor=0, cb16=0, fbc=0, fddt=0, onek=0, dda_in_dx=0, swz=0, swz_scan=0,
+                  dcb_split=1)
 if os.environ.get("TRANSMAMBA_SSD_CONFIG"):
     import json as _json
 
@@ -143,10 +153,10 @@ def _wide(cfg, key: str) -> int:
     return 1
 
 
-def _grid(n0: int, n1: int, n2: int) -> tuple[int, int, int]:
-    """Launch grid of a logical (n0, n1, n2) grid: flat with the inner two axes fastest under misc.swz (the
-    kernel's _pids undoes it), else as is."""
-    return (n0 * n1 * n2, 1, 1) if _misc("swz") else (n0, n1, n2)
+def _grid(n0: int, n1: int, n2: int, key: str = "swz") -> tuple[int, int, int]:
+    """Launch grid of a logical (n0, n1, n2) grid: flat with the inner two axes fastest under misc[key] (the
+    kernel's _pids undoes it; key swz: the backward kernels, swz_scan: the chunk scan), else as is."""
+    return (n0 * n1 * n2, 1, 1) if _misc(key) else (n0, n1, n2)
 
 
 def _p2(v: int, lo: int = 16) -> int:
@@ -312,21 +322,22 @@ def _forward(cfg, x, dt, A, B, C, D, z, dt_bias, dt_softplus, init, seq_idx):
     nh = _wide(cfg, "wide")
     if nh > 1:
         c = _c("wscan", cfg.Q)
-        KW.chunk_scan_wide_kernel[_grid(cfg.b * cfg.nc * cfg.h // nh, cfg.Q // c["BM"], triton.cdiv(cfg.p, cfg.BP))](
+        KW.chunk_scan_wide_kernel[_grid(cfg.b * cfg.nc * cfg.h // nh, cfg.Q // c["BM"], triton.cdiv(cfg.p, cfg.BP),
+                                        "swz_scan")](
             x, C, cb, dt_eff, dA, prev, cfg.seq_ptr, D if D is not None else A, z if z is not None else x, y, ypre,
             cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *C.stride(), *cfg.seq_strides,
             HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
             IEEE=cfg.ieee, Q=cfg.Q, BM=c["BM"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BM"]), NH=nh,
-            SWZ=_misc("swz"), num_warps=c["warps"], num_stages=c["stages"],
+            SWZ=_misc("swz_scan"), num_warps=c["warps"], num_stages=c["stages"],
         )
         return y, ypre, final, dt_eff, dA, prev
     c = _c("scan", cfg.Q)
-    K.chunk_scan_kernel[_grid(cfg.b * cfg.nc * cfg.h, cfg.Q // c["BM"], triton.cdiv(cfg.p, cfg.BP))](
+    K.chunk_scan_kernel[_grid(cfg.b * cfg.nc * cfg.h, cfg.Q // c["BM"], triton.cdiv(cfg.p, cfg.BP), "swz_scan")](
         x, C, cb, dt_eff, dA, prev, cfg.seq_ptr, D if D is not None else A, z if z is not None else x, y, ypre,
         cfg.l, cfg.h, cfg.g, cfg.p, cfg.n, *x.stride(), *C.stride(), *cfg.seq_strides,
         HAS_SEQ=cfg.has_seq, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
         IEEE=cfg.ieee, Q=cfg.Q, BM=c["BM"], BP=cfg.BP, BN=cfg.BN, BK=min(c["BK"], c["BM"]), FACTOR=_misc("factor"),
-        SWZ=_misc("swz"), num_warps=c["warps"], num_stages=c["stages"],
+        SWZ=_misc("swz_scan"), num_warps=c["warps"], num_stages=c["stages"],
     )
     return y, ypre, final, dt_eff, dA, prev
 
