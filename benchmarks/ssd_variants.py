@@ -93,6 +93,7 @@ def _variants(S) -> dict[str, dict[str, int]]:
     for name in ("v2", "v2-no-dda_in_dx", "v2-dA0-wide2", "v2-dA0-wide2-ot", "v2-dA0-ot", "v2-tri"):
         out[name + "-swz"] = dict(out[name], swz=1)
     out["v2-dA0-swz"] = out["v2-no-dda_in_dx-swz"]
+    out["v2-s2"] = dict(S.NEW_PATH, hsplit=1, dda_in_dx=2, swz=0)  # session 2's default (batches 2-5)
     for n in (2, 4):  # the dCB kernel's heads split over n programs (dB/dC kernel still fused)
         out[f"v2-dA0-split{n}"] = dict(out["v2-no-dda_in_dx"], dcb_split=n)
         out[f"v2-dA0-split{n}-swz"] = dict(out["v2-no-dda_in_dx"], dcb_split=n, swz=1)
