@@ -254,6 +254,11 @@ _INTERP_SCRIPT = textwrap.dedent(
     y, s = ssd_step_triton(*a, **skw)
     yr, sr = ssd_step(*a, **skw)
     out["step"] = {"y": rel(y, yr), "state": rel(s, sr)}
+    # the default CONFIG as is (launch settings of the GPU runs: chunk 256, C·B in 128-tiles, d_state 128)
+    S.CONFIG.clear()
+    S.CONFIG.update(copy.deepcopy(base))
+    t = make_inputs(1, 300, 2, 16, 1, 128, device="cpu", dtype=torch.float32, gen=gen)
+    out["default:q256"] = run_case(ssd_triton, ssd_naive, t, random_seq_idx(1, 300, 2, gen), 256)
     # head-blocked kernels (misc.wide / wide_dx, dA in the dCB kernel): NH = 2 and 4, several row blocks
     # per chunk (off-diagonal factorised blocks), headdim 12 (masked columns), documents, D per p
     wide_seen = []
@@ -301,7 +306,8 @@ def interpreter_results():
 _INTERP_CASES = [p + ":" + c for p in ("v1", "v2") for c in ("groups_z_init", "seq_idx_Dp", "small_tiles")]
 
 
-_WIDE_CASES = ["wide:groups_z_init", "wide:tiles_seq_Dp", "wide:nh4_p12", "wide:tridot", "wide:used"]
+_WIDE_CASES = ["default:q256", "wide:groups_z_init", "wide:tiles_seq_Dp", "wide:nh4_p12", "wide:tridot",
+               "wide:used"]
 
 
 @pytest.mark.parametrize("case", _INTERP_CASES + ["final_state", "step"] + _WIDE_CASES)
