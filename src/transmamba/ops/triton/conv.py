@@ -5,9 +5,11 @@
     y = silu(pre) (or pre)                                                   document read 0)
 Backward, with g = dy * silu'(pre) (silu'(v) = s (1 + v (1 - s))):
     dx[s] = sum_k w[k] g[s + (W-1) - k] (same document),  dw[k] = sum_{b,t} g[t] x[t - (W-1) + k],  dbias = sum g
-pre is recomputed in the backward, so nothing but x is saved. The backward is two launches: g (recomputing
-pre once per position) into an fp32 (b, t, dim) buffer together with dw / dbias (each program walks several
-time blocks and adds its partial sums atomically once), then dx from W shifted reads of g.
+pre is recomputed in the backward, so nothing but x is saved. Backward designs (`BWD_VARIANT`,
+TRANSMAMBA_CONV_BWD): "walk" (default, `conv_bwd.py`: one launch, a sequential time walk; rows with seq_idx
+use "two"), "two" (g, recomputing pre once per position, into an fp32 (b, t, dim) buffer together with
+dw / dbias, each program adding its partial sums atomically once; then dx from W shifted reads of g), "tile"
+and "walk4" (`conv_bwd.py`). Forward: this file's tile kernel, or `conv_fwd.py`'s walk4 (`FWD_VARIANT`).
 Same layout and results as `transmamba.ops.conv.causal_conv1d` (x (batch, dim, seqlen), any strides,
 weight (dim, W)); `initial_state` / `return_final_state` are left to the torch version.
 """
