@@ -51,6 +51,31 @@ def compare_split(device: str, variant: str, seq_on: bool, width: int = 4, b: in
     return max(errs)
 
 
+def compare_bwd_direct(device: str, variant: str, b: int = 2, l: int = 23, d: int = 12, W: int = 4,
+                       seed: int = 0) -> float:
+    """`conv_bwd.conv1d_bwd_fused` called directly with documents (seq_idx) on a gapped input: dx, dw, dbias
+    against the fp64 reference's gradients (`conv1d_bwd_into` routes documents to the two-launch backward,
+    so this is the only test of the walk's document path)."""
+    from transmamba.ops.conv import causal_conv1d
+    from transmamba.ops.triton.conv_bwd import conv1d_bwd_fused
+
+    gen = torch.Generator().manual_seed(seed)
+    buf = torch.randn(b, l, d + 9, generator=gen, dtype=torch.float64)
+    x = buf[..., 4:4 + d].transpose(1, 2)
+    w = torch.randn(d, W, generator=gen, dtype=torch.float64)
+    bias = torch.randn(d, generator=gen, dtype=torch.float64)
+    seq = torch.sort(torch.randint(0, 5, (b, l), generator=gen), dim=1).values
+    dy = torch.randn(b, l, d, generator=gen, dtype=torch.float64).transpose(1, 2)
+    leaves = [t.clone().requires_grad_() for t in (x, w, bias)]
+    y = causal_conv1d(leaves[0], leaves[1], leaves[2], activation="silu", seq_idx=seq)
+    want = torch.autograd.grad(y, leaves, dy)
+    dev = dict(device=device, dtype=torch.float32)
+    dx = torch.empty(b, l, d, **dev).transpose(1, 2)
+    dw, db = conv1d_bwd_fused(x.to(**dev), w.to(**dev).contiguous(), bias.to(**dev), seq.to(device), True,
+                              dy.to(**dev), dx, variant)
+    return max(float((a.double().cpu() - r).norm() / r.norm()) for a, r in zip((dx, dw, db), want))
+
+
 def compare_models(device: str, on: str = "force") -> float:
     """Mamba2, TransMamba (P inside the row, P past it, packed documents) and a small CausalLM: forward and
     every gradient with TRANSMAMBA_CONV_SPLIT=`on` against =0 (the reference split + conv)."""
@@ -133,6 +158,15 @@ def test_conv_split_gpu(variant):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_walk_backward_documents_gpu():
+    """The walk's document path (batch 7 failed it on the GPU: three names bound to one object before its
+    loop were not carried; fixed, not yet routed to by default)."""
+    assert compare_bwd_direct("cuda", "walk", l=1000, d=300) < 1e-5
+    assert compare_bwd_direct("cuda", "walk", b=1, l=517, d=70, W=3, seed=1) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_conv_split_models_gpu():
     prev = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -146,7 +180,7 @@ _SCRIPT = textwrap.dedent(
     """
     import os, sys
     sys.path.insert(0, os.environ["TM_TEST_DIR"])
-    from test_triton_conv_split import compare_split, compare_models
+    from test_triton_conv_split import compare_bwd_direct, compare_split, compare_models
     from transmamba.ops.triton import conv as TC, conv_bwd as CB, conv_fwd as CF
     TC._BD, TC._BL = 8, 8  # several channel tiles (a partial one in B / C) and time blocks
     CB.TILE.update(BD=8, BL=4, per=2)
@@ -157,7 +191,7 @@ _SCRIPT = textwrap.dedent(
              ("walk4", False, 4), ("walk4", False, 3)]
     errs = [compare_split("cpu", v, seq_on, width=w, l=13, seed=i, fwd="walk4" if i % 2 else "tile")
             for i, (v, seq_on, w) in enumerate(cases)]
-    print("OP", max(errs))
+    print("OP", max(errs + [compare_bwd_direct("cpu", "walk", seed=9)]))
     TC._BD, TC._BL = 32, 16  # the layers: fewer, larger tiles (interpreter time)
     TC.BWD_VARIANT = "two"
     print("MODEL", compare_models("cpu"))

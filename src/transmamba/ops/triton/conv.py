@@ -251,8 +251,8 @@ def conv1d_bwd_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     dbias (dim,) or None) in fp32. `variant` (default `_bwd_variant()`): two / tile / walk."""
     variant = variant or _bwd_variant()
     if seq_idx is not None and variant in ("walk", "walk4"):
-        # documents: the walk's seq_idx path is wrong on the H100 (batch 7: ~0.3 relative error at 1000 steps,
-        # correct under the interpreter; not understood), so packed rows take the two-launch backward
+        # documents: the walk's seq_idx path failed on the H100 in batch 7 (fixed since, see conv_bwd.py, but
+        # not yet confirmed on a GPU), so packed rows take the two-launch backward
         variant = "two"
     if variant == "two":
         return _bwd_two_launch(x, weight, bias, seq_idx, silu, dy, dx)

@@ -17,9 +17,12 @@ fp32 partial sums per program, (n_parts, dim, W + 1), summed in torch (determini
   W - 1 inputs, W - 1 gradients g (and document ids) in registers: one load of x and dy and one store of dx
   per element; the next step's loads are issued before the current step's store (prefetch distance 1).
   Widths below 4 are run as width 4 with leading zero taps.
-  Its document (seq_idx) path is wrong on the H100 (batch 7: ~0.3 relative error at 1000 steps, although
-  correct under TRITON_INTERPRET=1; cause not found), so `conv.conv1d_bwd_into` sends rows with seq_idx to the
-  two-launch backward and the walk runs only without documents.
+  Its document (seq_idx) path was wrong on the H100 in batch 7 (~0.3 relative error at 1000 steps, correct
+  under TRITON_INTERPRET=1): the three ids after the current step were bound to one object before the loop,
+  and Triton's frontend, which finds loop-carried variables by comparing objects, kept them loop-invariant
+  (visible in the TTGIR: they were missing from the loop's iter_args). They are now separate loads (the
+  TTGIR carries them); until a GPU test confirms it, `conv.conv1d_bwd_into` still sends rows with seq_idx
+  to the two-launch backward.
 """
 
 from __future__ import annotations
@@ -181,9 +184,12 @@ def _bwd_walk_kernel(X, W, BIAS, SEQ, DY, DX, PART, seqlen, dim, s_x_b, s_x_d, s
     q0 = _seq_at(SEQ, b, s, seqlen, s_seq_b, s_seq_l, HAS_SEQ)
     qm1 = _seq_at(SEQ, b, s - 1, seqlen, s_seq_b, s_seq_l, HAS_SEQ)
     qm2 = _seq_at(SEQ, b, s - 2, seqlen, s_seq_b, s_seq_l, HAS_SEQ)
-    qp1 = q0
-    qp2 = q0
-    qp3 = q0
+    # ids at s+1..s+3 (the g there are still zero); loaded, not `= q0`: the compiler's loop-carried-variable
+    # detection compares objects, so three names bound to one object before the loop were taken as
+    # loop-invariant (batch 7: wrong dx with documents on the GPU, right under the interpreter)
+    qp1 = _seq_at(SEQ, b, s + 1, seqlen, s_seq_b, s_seq_l, HAS_SEQ)
+    qp2 = _seq_at(SEQ, b, s + 2, seqlen, s_seq_b, s_seq_l, HAS_SEQ)
+    qp3 = _seq_at(SEQ, b, s + 3, seqlen, s_seq_b, s_seq_l, HAS_SEQ)
     # prefetched for the current step: x[s-3], dy[s], seq[s-3]
     xm3 = tl.load(xb + (s - 3) * s_x_l, mask=_in(md, offs_d, s - 3, seqlen), other=0.0).to(tl.float32)
     dy = tl.load(yb + s * s_y_l, mask=_in(md, offs_d, s, seqlen), other=0.0).to(tl.float32)
