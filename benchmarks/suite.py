@@ -198,13 +198,14 @@ def run_suite(args: Namespace, command: str, cases: dict[str, tuple[Callable, st
     cases = {**SUITE_CASES, **cases}
     out = Path(args.out)
     path = out / RESULTS_NAME
+    shown = f"{_out_as_placeholder(['--out', str(out)])[1]}/{RESULTS_NAME}"  # for logs: no machine paths
     data = load_results(path) if args.resume else None
     if data is not None and data.get("suite") != args.suite:
-        log(f"{path} holds suite {data.get('suite')!r}, not {args.suite!r}; use another --out")
+        log(f"{shown} holds suite {data.get('suite')!r}, not {args.suite!r}; use another --out")
         return 2
     if data is None:
         if path.is_file():
-            log(f"{path} exists: replacing it (pass --resume to keep its finished units)")
+            log(f"{shown} exists: replacing it (pass --resume to keep its finished units)")
         data = new_results(args.suite)
     for rec in data["units"].values():  # a unit left "running" belongs to a process that died inside it
         if rec.get("status") == "running":
@@ -213,12 +214,12 @@ def run_suite(args: Namespace, command: str, cases: dict[str, tuple[Callable, st
     if wanted is not None and "ssd-op" in wanted:  # its peers' first compile does not fit a command alone
         wanted.add("peer-warm")
     if not any(why == "run" for _, why in plan(SUITES[args.suite], data, wanted)):
-        log(f"== suite {args.suite}: nothing left to run in {path}")
+        log(f"== suite {args.suite}: nothing left to run in {shown}")
         _refresh(data, out, write_case_files, log)
         return 0 if all(r.get("status") == "done" for r in data["units"].values()) else 1
     env = env_meta()
     if data["meta"].get("gpu") and env.get("gpu") != data["meta"]["gpu"]:
-        log(f"{path} was measured on {data['meta']['gpu']!r}, this is {env.get('gpu')!r}: one run means one "
+        log(f"{shown} was measured on {data['meta']['gpu']!r}, this is {env.get('gpu')!r}: one run means one "
             "GPU; use another --out")
         return 2
     proc = {"id": len(data["processes"]) + 1, "pid": os.getpid(), "command": command, "start_utc": utc(),
@@ -288,7 +289,7 @@ def run_suite(args: Namespace, command: str, cases: dict[str, tuple[Callable, st
     _refresh(data, out, write_case_files, log)
     left = [n for n, r in data["units"].items() if r.get("status") != "done"]
     log(f"== suite {args.suite}: process {proc['id']} ran {len(proc['units'])} units in {proc['seconds']} s; "
-        f"not done: {', '.join(left) or 'none'} -> {path}")
+        f"not done: {', '.join(left) or 'none'} -> {shown}")
     return status
 
 
