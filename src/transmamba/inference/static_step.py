@@ -65,7 +65,7 @@ def step_constants(model) -> dict[int, torch.Tensor]:
         if kind in ("mamba2", "transmamba"):
             out[i] = layer.A.detach()
         elif kind == "attention" and layer.rope:
-            dh = layer.head_dim
+            dh = layer.rope_dim  # = head_dim unless the layer rotates only part of each head
             idx = torch.arange(dh // 2, device=layer.q_proj.weight.device, dtype=torch.float32)
             out[i] = layer.rope_base ** (-idx * 2.0 / dh)  # as ops.attention.apply_rope computes it
     return out
@@ -92,13 +92,15 @@ def _triton_inplace(t: torch.Tensor) -> bool:
     return not os.environ.get("TRANSMAMBA_DISABLE_TRITON") and importlib.util.find_spec("triton") is not None
 
 
-def _ssd_step_into(state: torch.Tensor, x, dt, A, B, C, D, dt_bias) -> torch.Tensor:
-    """ssd_step with softplus, writing the new state into `state` (one kernel on CUDA); returns y."""
+def _ssd_step_into(state: torch.Tensor, x, dt, A, B, C, D, dt_bias, dt_softplus: bool = True) -> torch.Tensor:
+    """ssd_step (with softplus unless dt_softplus=False), writing the new state into `state` (one kernel on
+    CUDA); returns y."""
     if _triton_inplace(state):
         from transmamba.ops.triton.ssd import ssd_step_triton
 
-        return ssd_step_triton(state, x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=True, inplace=True)[0]
-    y, new = ssd_step(state, x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=True)
+        return ssd_step_triton(state, x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                               inplace=True)[0]
+    y, new = ssd_step(state, x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus)
     state.copy_(new)
     return y
 
@@ -109,7 +111,8 @@ def _fused_ok(layer, state) -> bool:
     if os.environ.get("TRANSMAMBA_DECODE_UNFUSED") == "1":
         return False
     return (_triton_inplace(state.ssm_state) and layer.D.dim() == 1 and layer.d_conv >= 2
-            and layer.norm.group_size == layer.d_inner // layer.ngroups)
+            and layer.norm.group_size == layer.d_inner // layer.ngroups
+            and getattr(layer, "dt_limit", None) is None and layer.conv1d.bias is not None)
 
 
 def _fused_ssm_tail(layer, zxbcdt: torch.Tensor, state, A: torch.Tensor) -> torch.Tensor:
@@ -136,10 +139,15 @@ def attention_step(attn, hidden: torch.Tensor, state, inv_freq: torch.Tensor | N
     v = skinny_linear(hidden, attn.v_proj).view(b, attn.n_kv_heads, attn.head_dim)
     pos = state.seqlen_offset  # (b,)
     if attn.rope:
+        rd = attn.rope_dim
         if inv_freq is None:
-            idx = torch.arange(attn.head_dim // 2, device=hidden.device, dtype=torch.float32)
-            inv_freq = attn.rope_base ** (-idx * 2.0 / attn.head_dim)
-        q, k = _rope(q, pos, inv_freq), _rope(k, pos, inv_freq)
+            idx = torch.arange(rd // 2, device=hidden.device, dtype=torch.float32)
+            inv_freq = attn.rope_base ** (-idx * 2.0 / rd)
+        if rd == attn.head_dim:
+            q, k = _rope(q, pos, inv_freq), _rope(k, pos, inv_freq)
+        else:  # partial rotary: the first rd channels of each head
+            q = torch.cat([_rope(q[..., :rd].contiguous(), pos, inv_freq), q[..., rd:]], dim=-1)
+            k = torch.cat([_rope(k[..., :rd].contiguous(), pos, inv_freq), k[..., rd:]], dim=-1)
     rows = torch.arange(b, device=hidden.device)
     state.k[rows, pos] = k.to(state.k.dtype)
     state.v[rows, pos] = v.to(state.v.dtype)
@@ -163,7 +171,8 @@ def mamba2_step(layer, hidden: torch.Tensor, state, A: torch.Tensor | None = Non
                                          activation="silu")
     state.conv_state.copy_(conv_new)
     x, B, C = layer.split_xbc(xbc)
-    y = _ssd_step_into(state.ssm_state, x, dt, A, B, C, layer.D, layer.dt_bias)
+    dt, dt_bias, dt_softplus = layer.dt_args(dt)  # dt_limit, when the layer has one, applied here
+    y = _ssd_step_into(state.ssm_state, x, dt, A, B, C, layer.D, dt_bias, dt_softplus)
     state.seqlen_offset += 1
     return skinny_linear(layer.norm(y.reshape(b, layer.d_inner), z), layer.out_proj,
                          reduce=_reduce(layer.out_proj))

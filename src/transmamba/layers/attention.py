@@ -6,8 +6,12 @@
                                                          and, with seq_idx, within documents
 
 Parameters (Llama naming): q_proj (d_model -> n_heads·head_dim), k_proj, v_proj (d_model ->
-n_kv_heads·head_dim), o_proj (n_heads·head_dim -> d_model); bias=False by default; torch's default Linear
-init.
+n_kv_heads·head_dim), o_proj (n_heads·head_dim -> d_model); bias=False by default (`bias` sets q/k/v and,
+unless `out_bias` says otherwise, o_proj); torch's default Linear init.
+
+Partial rotary (`rope_dim` < head_dim, HF's partial_rotary_factor): only the first rope_dim channels of each
+head are rotated, as a rope_dim-channel RoPE (pairs (i, i + rope_dim/2), frequencies base^(-2i/rope_dim));
+the other channels pass through unrotated.
 
 Decoding keeps a `KVState`: preallocated k/v buffers (b, max_len, n_kv_heads, head_dim), keys stored after
 RoPE, each row at its own `seqlen_offset`. A prefill with `state` writes the new keys at each row's offset and
@@ -40,6 +44,8 @@ class Attention(nn.Module):
         rope: bool = True,
         rope_base: float = 10000.0,
         bias: bool = False,
+        out_bias: bool | None = None,
+        rope_dim: int | None = None,
         device=None,
         dtype=None,
     ):
@@ -55,11 +61,23 @@ class Attention(nn.Module):
             raise ValueError(f"Attention: head_dim={head_dim} must be even for rotary embeddings")
         self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = d_model, n_heads, n_kv_heads, head_dim
         self.rope, self.rope_base = rope, rope_base
+        rope_dim = head_dim if rope_dim is None else int(rope_dim)
+        if rope and not (0 < rope_dim <= head_dim and rope_dim % 2 == 0):
+            raise ValueError(f"Attention: rope_dim={rope_dim} must be even and in (0, head_dim={head_dim}]")
+        self.rope_dim = rope_dim
+        out_bias = bias if out_bias is None else out_bias
         fk = {"device": device, "dtype": dtype}
         self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias, **fk)
         self.k_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias, **fk)
         self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias, **fk)
-        self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias, **fk)
+        self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=out_bias, **fk)
+
+    def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """RoPE on x (b, t, heads, head_dim) at positions (t,) or (b, t): the first rope_dim channels."""
+        if self.rope_dim == self.head_dim:
+            return apply_rope(x, positions, self.rope_base)
+        rot = apply_rope(x[..., : self.rope_dim].contiguous(), positions, self.rope_base)
+        return torch.cat([rot, x[..., self.rope_dim :]], dim=-1)
 
     def _qkv(self, hidden: torch.Tensor):
         lead = hidden.shape[:-1]
@@ -86,7 +104,11 @@ class Attention(nn.Module):
         if seq_idx is not None:
             check_shape("Attention", "seq_idx", seq_idx, (b, t))
         q, k, v = self._qkv(hidden)
-        if state is None:
+        if state is None and self.rope and self.rope_dim != self.head_dim:
+            pos = rope_positions(seq_idx) if seq_idx is not None else torch.arange(t, device=hidden.device)
+            q, k = self.rotate(q, pos), self.rotate(k, pos)
+            out = causal_attention(q, k, v, seq_idx=seq_idx)
+        elif state is None:
             out = causal_attention(q, k, v, seq_idx=seq_idx, rope=self.rope, rope_base=self.rope_base)
         else:
             self._check_state(state, b)
@@ -96,7 +118,7 @@ class Attention(nn.Module):
                 if seq_idx is not None:  # later documents restart at 0; the first continues the cache
                     first_doc = seq_idx == seq_idx[:, :1]
                     pos = torch.where(first_doc, pos, rope_positions(seq_idx))
-                q, k = apply_rope(q, pos, self.rope_base), apply_rope(k, pos, self.rope_base)
+                q, k = self.rotate(q, pos), self.rotate(k, pos)
             state.write(k, v)
             end = int((offset + t).max())
             out = cached_attention(q, state.k[:, :end], state.v[:, :end], offset, seq_idx=seq_idx)
@@ -111,7 +133,7 @@ class Attention(nn.Module):
         q, k, v = self._qkv(hidden.unsqueeze(1))  # (b, 1, h, dh)
         if self.rope:
             pos = state.seqlen_offset[:, None]  # (b, 1)
-            q, k = apply_rope(q, pos, self.rope_base), apply_rope(k, pos, self.rope_base)
+            q, k = self.rotate(q, pos), self.rotate(k, pos)
         state.write(k, v)
         lengths = state.seqlen_offset + 1
         end = int(lengths.max())
@@ -131,4 +153,5 @@ class Attention(nn.Module):
         return (
             f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
             f"head_dim={self.head_dim}, rope={self.rope}"
+            + (f", rope_dim={self.rope_dim}" if self.rope and self.rope_dim != self.head_dim else "")
         )

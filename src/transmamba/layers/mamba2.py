@@ -9,6 +9,9 @@
 H = d_inner / headdim heads of size P = headdim; G = ngroups groups of B/C (state size N), head i reads
 group i // (H / G). The state dict has mamba_ssm's mixer keys: in_proj.weight, conv1d.weight (conv_dim, 1,
 d_conv), conv1d.bias, dt_bias, A_log, D, norm.weight, out_proj.weight (+ biases with bias=True).
+
+`dt_limit=(low, high)` clamps the step size after the softplus, dt_t = clamp(softplus(dt_t + dt_bias),
+low, high) (HF transformers' `time_step_limit`; mamba_ssm's `dt_limit`), in the forward and in `step` alike.
 """
 
 from __future__ import annotations
@@ -72,11 +75,18 @@ class Mamba2(nn.Module):
         norm_eps: float = 1e-5,
         bias: bool = False,
         conv_bias: bool = True,
+        dt_limit: tuple[float, float] | None = None,
         device=None,
         dtype=None,
     ):
         super().__init__()
         op = type(self).__name__
+        if dt_limit is not None:
+            lo_dt, hi_dt = (float(v) for v in dt_limit)
+            if not 0 <= lo_dt <= hi_dt:
+                raise ValueError(f"{op}: dt_limit must be (low, high) with 0 <= low <= high, got {dt_limit!r}")
+            dt_limit = None if (lo_dt, hi_dt) == (0.0, math.inf) else (lo_dt, hi_dt)
+        self.dt_limit = dt_limit
         self.d_model = _positive_int(op, "d_model", d_model)
         self.d_state = _positive_int(op, "d_state", d_state)
         self.d_conv = _positive_int(op, "d_conv", d_conv)
@@ -149,6 +159,14 @@ class Mamba2(nn.Module):
     def conv_weight(self) -> torch.Tensor:
         """The depthwise conv weight as ops.conv wants it: (conv_dim, d_conv)."""
         return self.conv1d.weight.squeeze(1)
+
+    def dt_args(self, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """(dt, dt_bias, dt_softplus) for the SSD ops: the raw dt with the bias and softplus left to the op,
+        or with `dt_limit` the clamped step size clamp(softplus(dt + dt_bias), low, high) already applied."""
+        if self.dt_limit is None:
+            return dt, self.dt_bias, True
+        eff = torch.nn.functional.softplus(dt.float() + self.dt_bias.float())
+        return eff.clamp(*self.dt_limit).to(dt.dtype), None, False
 
     def split_proj(self, zxbcdt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(..., d_in_proj) -> z (..., d_inner), xBC (..., conv_dim), dt (..., h)."""
@@ -223,12 +241,13 @@ class Mamba2(nn.Module):
         z, x, B, C, dt, conv_final = self.project_and_conv(
             hidden, seq_idx, None if state is None else state.conv_state
         )
+        dt, dt_bias, dt_softplus = self.dt_args(dt)
         out = ssd(
             x, dt, self.A, B, C,
             chunk_size=self.chunk_size,
             D=self.D,
-            dt_bias=self.dt_bias,
-            dt_softplus=True,
+            dt_bias=dt_bias,
+            dt_softplus=dt_softplus,
             initial_state=None if state is None else state.ssm_state,
             return_final_state=state is not None,
             seq_idx=seq_idx,
@@ -253,8 +272,9 @@ class Mamba2(nn.Module):
             xbc, state.conv_state, self.conv_weight(), self.conv1d.bias, activation="silu"
         )
         x, B, C = self.split_xbc(xbc)
+        dt, dt_bias, dt_softplus = self.dt_args(dt)
         y, ssm_new = ssd_step(
-            state.ssm_state, x, dt, self.A, B, C, D=self.D, dt_bias=self.dt_bias, dt_softplus=True
+            state.ssm_state, x, dt, self.A, B, C, D=self.D, dt_bias=dt_bias, dt_softplus=dt_softplus
         )
         state.conv_state.copy_(conv_new)
         state.ssm_state.copy_(ssm_new)

@@ -3,7 +3,8 @@
 For every token x (flattened over the leading dims):
 
     p = softmax(router(x))                     (n_experts,)  router: Linear(d_model, n_experts, bias=False)
-    top-k experts E_1..E_k by p; weights w_j = p_{E_j} / Σ_j p_{E_j}   (renormalised over the chosen k)
+    top-k experts E_1..E_k by p; weights w_j = p_{E_j} / Σ_j p_{E_j}   (renormalised over the chosen k;
+                                               with renormalize=False w_j = p_{E_j}, Jamba's router)
     MoE(x) = Σ_j w_j · expert_{E_j}(x)          experts: SwiGLU `MLP`s
 
 Compute is sparse: a loop over experts gathers the tokens routed to each (index_select), runs that expert on
@@ -37,6 +38,7 @@ class MoE(nn.Module):
         top_k: int = 2,
         router_z_loss_coef: float = 0.0,
         bias: bool = False,
+        renormalize: bool = True,
         device=None,
         dtype=None,
     ):
@@ -47,6 +49,7 @@ class MoE(nn.Module):
         self.d_model, self.d_ff = d_model, d_ff
         self.n_experts, self.top_k = n_experts, top_k
         self.router_z_loss_coef = router_z_loss_coef
+        self.renormalize = bool(renormalize)
         self.router = nn.Linear(d_model, n_experts, bias=False, **fk)
         self.experts = nn.ModuleList(MLP(d_model, d_ff, bias=bias, **fk) for _ in range(n_experts))
         self.aux_loss: torch.Tensor | None = None
@@ -58,7 +61,8 @@ class MoE(nn.Module):
         logits = self.router(x).float()
         probs = logits.softmax(-1)
         top_w, top_i = probs.topk(self.top_k, dim=-1)
-        top_w = top_w / top_w.sum(-1, keepdim=True)
+        if self.renormalize:
+            top_w = top_w / top_w.sum(-1, keepdim=True)
         return logits, probs, top_w, top_i
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -86,4 +90,5 @@ class MoE(nn.Module):
         return out.reshape(hidden.shape)
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, d_ff={self.d_ff}, n_experts={self.n_experts}, top_k={self.top_k}"
+        return (f"d_model={self.d_model}, d_ff={self.d_ff}, n_experts={self.n_experts}, top_k={self.top_k}, "
+                f"renormalize={self.renormalize}")

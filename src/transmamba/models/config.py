@@ -39,9 +39,13 @@ class ModelConfig:
     head_dim: int | None = None  # None: = d_model // n_heads
     rope: bool = True  # rotary position embedding on `*` layers (False: no position signal at all)
     rope_theta: float = 10000.0
+    partial_rotary_factor: float = 1.0  # rotate the first fraction of each head's channels (Bamba: 0.5)
+    attn_qkv_bias: bool = False  # biases on q/k/v_proj (Qwen2, mamba_ssm's qkv_proj_bias)
+    attn_out_bias: bool = False  # bias on o_proj
     # MLP (`-`) and MoE (`E`) layers
     d_ff: int | None = None  # None: 4 * d_model (gelu/relu2) or the 8/3 * d_model rounded to 64 (swiglu)
     mlp_act: str = "swiglu"
+    mlp_bias: bool = False  # biases on the MLP / expert projections
     # Mamba-2 (`M`) and TransMamba (`T`) layers
     d_state: int = 16
     headdim: int = 16
@@ -49,16 +53,23 @@ class ModelConfig:
     ngroups: int = 1
     d_conv: int = 4
     chunk_size: int = 64
+    # Mamba-2 / Mamba-1 mixers (`M`, `T`, `S`): in_proj/out_proj biases, the conv bias, and the clamp
+    # [low, high] on Mamba-2's dt = softplus(dt + dt_bias) (None: no clamp; HF's time_step_limit)
+    ssm_bias: bool = False
+    ssm_conv_bias: bool = True
+    time_step_limit: list[float] | None = None
     # Mamba-1 (`S`) layers
     m1_d_state: int = 16
     m1_expand: int = 2
     m1_d_conv: int = 4
     m1_dt_rank: int | None = None  # None: ceil(d_model / 16)
+    m1_inner_layernorms: bool = False  # Jamba's RMSNorms on dt / B / C inside the Mamba-1 mixer
     # mixture of experts (`E`)
     n_experts: int = 8
     top_k: int = 2
     d_ff_expert: int | None = None  # None: = d_ff
     aux_loss_coef: float = 0.01
+    moe_renormalize: bool = True  # rescale the top-k router probabilities to sum to 1 (Jamba: False)
     # model-wide
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
@@ -72,6 +83,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if isinstance(self.transpoints, tuple):
             self.transpoints = list(self.transpoints)
+        if isinstance(self.time_step_limit, tuple):
+            self.time_step_limit = list(self.time_step_limit)
         self.validate()
 
     # ---- derived sizes -------------------------------------------------------------------------
@@ -120,6 +133,11 @@ class ModelConfig:
         return self.m1_dt_rank if self.m1_dt_rank is not None else math.ceil(self.d_model / 16)
 
     @property
+    def rope_dim(self) -> int:
+        """Channels of each attention head that RoPE rotates (an even number)."""
+        return int(self.attn_head_dim * self.partial_rotary_factor) // 2 * 2
+
+    @property
     def n_transmamba(self) -> int:
         return sum(k == "transmamba" for k in self.layer_kinds)
 
@@ -149,6 +167,9 @@ class ModelConfig:
                      f"d_model={self.d_model} must be divisible by n_heads={self.n_heads} (or set head_dim)")
             need(self.attn_head_dim > 0 and self.attn_head_dim % 2 == 0 or not self.rope,
                  f"head_dim={self.attn_head_dim} must be even for rotary embeddings (rope=True)")
+            need(0 < self.partial_rotary_factor <= 1 and (self.rope_dim > 0 or not self.rope),
+                 f"partial_rotary_factor={self.partial_rotary_factor} must be in (0, 1] and leave at "
+                 f"least 2 rotated channels of head_dim={self.attn_head_dim}")
             need(self.kv_heads > 0 and self.n_heads % self.kv_heads == 0,
                  f"n_kv_heads={self.kv_heads} must divide n_heads={self.n_heads} (grouped-query attention)")
         if "mamba2" in kinds or "transmamba" in kinds:
@@ -157,6 +178,13 @@ class ModelConfig:
             need(self.ssm_heads % self.ngroups == 0,
                  f"ngroups={self.ngroups} must divide the number of SSM heads "
                  f"d_inner/headdim = {self.ssm_heads}")
+        if self.time_step_limit is not None:
+            lim = self.time_step_limit
+            need(len(lim) == 2 and 0 <= float(lim[0]) <= float(lim[1]),
+                 f"time_step_limit must be [low, high] with 0 <= low <= high (or None), got {lim!r}")
+            need("transmamba" not in kinds,
+                 "time_step_limit applies to Mamba-2 (`M`) layers only; TransMamba (`T`) layers do not "
+                 "support it (set time_step_limit=None)")
         if "moe" in kinds:
             need(self.top_k <= self.n_experts, f"top_k={self.top_k} must be <= n_experts={self.n_experts}")
             need(self.aux_loss_coef >= 0, f"aux_loss_coef must be >= 0, got {self.aux_loss_coef}")

@@ -62,13 +62,13 @@ class PlainMLP(nn.Module):
                                                     Megatron's choice for the Mamba-2-Hybrid MLPs)
     """
 
-    def __init__(self, d_model: int, d_ff: int, activation: str):
+    def __init__(self, d_model: int, d_ff: int, activation: str, bias: bool = False):
         super().__init__()
         if activation not in ("gelu", "relu2"):
             raise ValueError(f"PlainMLP: activation must be 'gelu' or 'relu2', got {activation!r}")
         self.activation = activation
-        self.up_proj = nn.Linear(d_model, d_ff, bias=False)
-        self.down_proj = nn.Linear(d_ff, d_model, bias=False)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         h = self.up_proj(hidden)
@@ -82,22 +82,27 @@ def build_sublayer(kind: str, cfg: ModelConfig, transpoint: int | None = None) -
 
     if kind == "mamba2" or kind == "transmamba":
         kw = dict(d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, headdim=cfg.headdim,
-                  ngroups=cfg.ngroups, chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps)
+                  ngroups=cfg.ngroups, chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps, bias=cfg.ssm_bias,
+                  conv_bias=cfg.ssm_conv_bias)
         if kind == "mamba2":
-            return L.Mamba2(cfg.d_model, **kw)
+            limit = None if cfg.time_step_limit is None else tuple(cfg.time_step_limit)
+            return L.Mamba2(cfg.d_model, dt_limit=limit, **kw)
         return L.TransMamba(cfg.d_model, transpoint=int(transpoint or 0), **kw)
     if kind == "attention":
         return L.Attention(cfg.d_model, cfg.n_heads, n_kv_heads=cfg.kv_heads, head_dim=cfg.attn_head_dim,
-                           rope=cfg.rope, rope_base=cfg.rope_theta)
+                           rope=cfg.rope, rope_base=cfg.rope_theta, bias=cfg.attn_qkv_bias,
+                           out_bias=cfg.attn_out_bias, rope_dim=cfg.rope_dim)
     if kind == "mamba1":
         return L.Mamba1(cfg.d_model, d_state=cfg.m1_d_state, d_conv=cfg.m1_d_conv, expand=cfg.m1_expand,
-                        dt_rank=cfg.m1_rank)
+                        dt_rank=cfg.m1_rank, bias=cfg.ssm_bias, conv_bias=cfg.ssm_conv_bias,
+                        inner_layernorms=cfg.m1_inner_layernorms, norm_eps=cfg.norm_eps)
     if kind == "mlp":
         if cfg.mlp_act == "swiglu":
-            return L.MLP(cfg.d_model, cfg.ffn_dim)
-        return PlainMLP(cfg.d_model, cfg.ffn_dim, cfg.mlp_act)
+            return L.MLP(cfg.d_model, cfg.ffn_dim, bias=cfg.mlp_bias)
+        return PlainMLP(cfg.d_model, cfg.ffn_dim, cfg.mlp_act, bias=cfg.mlp_bias)
     if kind == "moe":  # experts are SwiGLU MLPs whatever mlp_act says (Jamba's choice)
-        return L.MoE(cfg.d_model, cfg.expert_dim, n_experts=cfg.n_experts, top_k=cfg.top_k)
+        return L.MoE(cfg.d_model, cfg.expert_dim, n_experts=cfg.n_experts, top_k=cfg.top_k,
+                     bias=cfg.mlp_bias, renormalize=cfg.moe_renormalize)
     raise ValueError(f"unknown layer kind {kind!r}")
 
 

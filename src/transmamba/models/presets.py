@@ -105,14 +105,17 @@ _H8 = dict(vocab_size=256000, d_model=4096, n_heads=32, n_kv_heads=8, d_ff=16384
            max_seq_len=4096, rope=False)
 
 # Jamba (arXiv 2403.19887): 8-layer blocks, Mamba-1 : attention = 7 : 1 (attention at layer 4 of 8), MoE
-# (16 experts, top-2) in place of the MLP on every other layer, no position embedding.
+# (16 experts, top-2) in place of the MLP on every other layer, no position embedding. As in the released
+# model (and HF transformers' Jamba): RMSNorms on dt / B / C inside each Mamba-1 mixer, and the router's
+# top-2 softmax probabilities used as they are (not renormalised to sum to 1).
+_JAMBA_ARCH = dict(m1_inner_layernorms=True, moe_renormalize=False)
 JAMBA_BLOCK = "S-SES-SE*-SES-SE"
 _JAMBA_52B = dict(vocab_size=65536, d_model=4096, n_heads=32, n_kv_heads=8, d_ff=14336, mlp_act="swiglu",
                   m1_d_state=16, m1_expand=2, m1_d_conv=4, m1_dt_rank=256, n_experts=16, top_k=2,
-                  aux_loss_coef=0.001, tie_embeddings=False, max_seq_len=4096, rope=False)
+                  aux_loss_coef=0.001, tie_embeddings=False, max_seq_len=4096, rope=False, **_JAMBA_ARCH)
 _JAMBA_SMALL = dict(vocab_size=32000, d_model=512, n_heads=8, n_kv_heads=2, d_ff=1024, mlp_act="swiglu",
                     m1_d_state=16, m1_expand=2, n_experts=16, top_k=2, aux_loss_coef=0.01,
-                    tie_embeddings=True, max_seq_len=2048, rope=False)
+                    tie_embeddings=True, max_seq_len=2048, rope=False, **_JAMBA_ARCH)
 
 
 def _cfg(**kw: Any) -> Callable[[], ModelConfig]:
@@ -176,15 +179,18 @@ def _register_all() -> None:
     register_preset(
         "jamba-small", _cfg(pattern=JAMBA_BLOCK * 2, **_JAMBA_SMALL),
         "trainable Jamba: 2 blocks of 8 layers at d_model 512, MoE 16 experts top-2")
-    register_preset("jamba-tiny", _cfg(pattern=JAMBA_BLOCK, **{**_TINY, "rope": False}),
+    tiny_jamba = {**_TINY, "rope": False, **_JAMBA_ARCH}
+    register_preset("jamba-tiny", _cfg(pattern=JAMBA_BLOCK, **tiny_jamba),
                     "debug Jamba: one 8-layer block at d_model 64, 4 experts top-2")
-    register_preset("jamba-52b-tiny", _cfg(pattern=JAMBA_BLOCK, **{**_TINY, "rope": False}),
+    register_preset("jamba-52b-tiny", _cfg(pattern=JAMBA_BLOCK, **tiny_jamba),
                     "debug flavour of jamba-52b")
-    register_preset("jamba-small-tiny", _cfg(pattern=JAMBA_BLOCK, **{**_TINY, "rope": False}),
+    register_preset("jamba-small-tiny", _cfg(pattern=JAMBA_BLOCK, **tiny_jamba),
                     "debug flavour of jamba-small")
-    register_preset("transformer-jamba-small", _cfg(pattern="*-" * 16, **{**_JAMBA_SMALL, "rope": True}),
+    # the baselines keep their own mixers: no Jamba-specific options
+    small_plain = {k: v for k, v in _JAMBA_SMALL.items() if k not in _JAMBA_ARCH}
+    register_preset("transformer-jamba-small", _cfg(pattern="*-" * 16, **{**small_plain, "rope": True}),
                     "dense Transformer baseline the width of jamba-small: '*-' x 16")
-    register_preset("mamba2-jamba-small", _cfg(pattern="M-" * 16, **_JAMBA_SMALL, headdim=64, d_state=64),
+    register_preset("mamba2-jamba-small", _cfg(pattern="M-" * 16, **small_plain, headdim=64, d_state=64),
                     "Mamba-2 baseline the width of jamba-small: 'M-' x 16")
 
 
