@@ -330,10 +330,23 @@ class CausalLM(nn.Module):
             state.pop("lm_head.weight", None)  # the same tensor as embed.weight
         return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write config.json and model.safetensors into `directory` (created if needed), atomically."""
+    def save_pretrained(
+        self, directory: str | os.PathLike, *, format: str = "native", model_type: str | None = None
+    ) -> Path:
+        """Write config.json and model.safetensors into `directory` (created if needed), atomically.
+
+        format="native" (default): this library's config. format="hf": a directory HF transformers loads
+        (`interop/hf.py`); `model_type` picks the architecture (default: the first that fits the pattern and
+        options). TransMamba (`T`) layers have no HF counterpart and keep the native format.
+        """
         from safetensors.torch import save_file
 
+        if format == "hf":
+            from transmamba.interop.hf import save_hf
+
+            return save_hf(self, directory, model_type)
+        if format != "native":
+            raise ValueError(f"save_pretrained: format must be 'native' or 'hf', got {format!r}")
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         tensors = self._tensors_to_save()
@@ -346,11 +359,19 @@ class CausalLM(nn.Module):
     def from_pretrained(
         cls, directory: str | os.PathLike, *, device: str | torch.device | None = None, dtype=None
     ) -> CausalLM:
-        """Load a model written by `save_pretrained`. Missing, unexpected or wrongly shaped tensors raise
+        """Load a model written by `save_pretrained`, or an HF transformers / mamba_ssm directory (detected
+        from config.json; see `transmamba.interop`). Missing, unexpected or wrongly shaped tensors raise
         ValueError naming each tensor (and both shapes)."""
         from safetensors.torch import load_file
 
+        from transmamba.interop import detect_format, load_pretrained
+
         src = Path(directory)
+        if (src / CONFIG_NAME).is_file() and detect_format(src) != "native":
+            model = load_pretrained(src)
+            if device is not None or dtype is not None:
+                model.to(device=device, dtype=dtype)
+            return model
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (src / name).is_file():
                 raise FileNotFoundError(f"from_pretrained: {src / name} not found")
