@@ -106,6 +106,18 @@ def build_sublayer(kind: str, cfg: ModelConfig, transpoint: int | None = None) -
     raise ValueError(f"unknown layer kind {kind!r}")
 
 
+def _merge_stop_ids(*ids: int | list[int] | None) -> list[int] | None:
+    """eos_token_id and stop_tokens (each an id, a list of ids or None) -> one list, or None if empty."""
+    out: list[int] = []
+    for item in ids:
+        if item is None:
+            continue
+        for i in [item] if isinstance(item, int) else item:
+            if int(i) not in out:
+                out.append(int(i))
+    return out or None
+
+
 def _atomic_write(path: Path, write) -> None:
     """write(tmp_path) then os.replace(tmp_path, path): readers never see a partial file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -316,12 +328,55 @@ class CausalLM(nn.Module):
             h = block.step(h, state)
         return self.lm_head(self.norm(h))
 
-    def generate(self, input_ids, max_new_tokens: int = 32, **kwargs: Any):
-        """See `transmamba.inference.generate.generate` (temperature, top_k, top_p, greedy, stop_tokens,
-        seed, streamer, ...)."""
+    def generate(
+        self,
+        input_ids: torch.Tensor | list[list[int]],
+        max_new_tokens: int = 32,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        do_sample: bool | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        greedy: bool | None = None,
+        stop_tokens: int | list[int] | None = None,
+        seed: int | None = None,
+        streamer=None,
+        cuda_graph: bool | str | None = "auto",
+    ) -> torch.Tensor | list[list[int]]:
+        """Generate up to `max_new_tokens` tokens after each prompt (Hugging Face's argument names).
+
+        input_ids: (batch, len) long tensor, or a list of prompts of any lengths.
+        attention_mask: (batch, len) 0/1 for a padded tensor batch (left or right padding): each row's
+            prompt is its tokens where the mask is 1; the result is input_ids as given followed by the new
+            tokens (HF's layout), and padding never enters the model.
+        do_sample=False (or greedy=True): argmax decoding. Otherwise sampling with temperature, top_k,
+            top_p (the default when neither is given).
+        eos_token_id / stop_tokens: id(s) that end a row (kept in its output); rows that ended early are
+            filled with pad_token_id (default: the first stop id, else 0).
+        seed: a private RNG for sampling; streamer(tokens (b,), active (b,)) after each step; cuda_graph:
+            see `transmamba.inference.generate.generate`.
+        """
         from transmamba.inference.generate import generate
 
-        return generate(self, input_ids, max_new_tokens, **kwargs)
+        stops = _merge_stop_ids(eos_token_id, stop_tokens)
+        kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, do_sample=do_sample,
+                  stop_tokens=stops, seed=seed, streamer=streamer, pad_token_id=pad_token_id,
+                  cuda_graph=cuda_graph)
+        if attention_mask is None:
+            return generate(self, input_ids, max_new_tokens, **kw)
+        from transmamba.inference.padding import append_new_tokens, unpad
+
+        if not isinstance(input_ids, torch.Tensor):
+            raise ValueError("generate: attention_mask needs input_ids as a (batch, len) tensor")
+        prompts = unpad(input_ids, attention_mask)
+        full = generate(self, prompts, max_new_tokens, **kw)
+        new = [row[len(p):] for row, p in zip(full, prompts)]
+        if pad_token_id is None:
+            pad_token_id = stops[0] if stops else 0
+        return append_new_tokens(input_ids, new, pad_token_id)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def _tensors_to_save(self) -> dict[str, torch.Tensor]:
