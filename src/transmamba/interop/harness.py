@@ -12,8 +12,9 @@ model_args:
     batch_size      rows per forward pass for loglikelihood requests (default 1)
     max_length      context window in tokens (default: the config's max_seq_len); longer inputs keep their end
     max_gen_toks    default number of tokens generate_until may add (default 256)
-    device, dtype   e.g. device=cuda, dtype=bfloat16 (default cpu, float32)
-    transpoints     a TransMamba schedule name ("V9") or comma-free list via the Python API
+    device, dtype   e.g. device=cuda, dtype=bfloat16 (default cpu, float32; lm_eval's default --device
+                    cuda falls back to the CPU, with a message, where CUDA is unavailable)
+    transpoints     a named TransMamba schedule ("V9") set before evaluating
     add_bos_token   prepend the tokenizer's BOS id to every input (default False)
 
 Requests: loglikelihood(context, continuation) -> (sum of log p(continuation tokens), whether every one of them
@@ -62,6 +63,10 @@ class TransMambaLM(TemplateLM):
         torch_dtype = getattr(torch, str(dtype)) if isinstance(dtype, str) else dtype
         if not isinstance(torch_dtype, torch.dtype):
             raise ValueError(f"transmamba lm_eval adapter: unknown dtype {dtype!r}")
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            print(f"transmamba lm_eval adapter: device {device!r} requested but CUDA is not available; "
+                  "using the CPU", file=sys.stderr)
+            device = "cpu"
         self.model = CausalLM.from_pretrained(src, device=device, dtype=torch_dtype).eval()
         if transpoints is not None:
             self.model.set_transpoints(transpoints)

@@ -1,0 +1,65 @@
+"""`transmamba convert SRC OUT --to FORMAT`: rewrite a checkpoint directory in another format.
+
+SRC may be a native, HF transformers or mamba_ssm directory (detected from its config.json); OUT gets
+config.json + model.safetensors in the target format, plus SRC's tokenizer files. The format choices are
+a registry (`TARGETS`), so other conversions can be added as further `--to` values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TARGETS = {
+    "native": "this library's format (config.json with a layer pattern); every model, TransMamba included",
+    "hf": "Hugging Face transformers (mamba2, mamba, llama, qwen2, bamba, jamba or nemotron_h; "
+          "--model-type picks one, default the first that fits)",
+}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert",
+        help="convert a checkpoint directory (native / HF transformers / mamba_ssm) to another format",
+        description="Load SRC (a transmamba, HF transformers or mamba_ssm checkpoint directory; the kind is "
+        "read from its config.json) and write it to OUT in the format --to names. Formats: "
+        + "; ".join(f"{k}: {v}" for k, v in TARGETS.items()) + ". Runs on the CPU.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("src", metavar="SRC", help="checkpoint directory to read")
+    p.add_argument("out", metavar="OUT", help="directory to write (created if needed)")
+    p.add_argument("--to", choices=sorted(TARGETS), default="hf", help="target format")
+    p.add_argument("--model-type", "--model_type", dest="model_type", metavar="TYPE", default=None,
+                   help="with --to hf: the HF model_type to write (default: the first that fits the pattern)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from transmamba.models.lm import CausalLM
+
+    src, out = Path(args.src), Path(args.out)
+    if not (src / "config.json").is_file():
+        print(f"convert: {src / 'config.json'} not found; SRC must be a checkpoint directory", file=sys.stderr)
+        return 2
+    if args.model_type is not None and args.to != "hf":
+        print("convert: --model-type applies to --to hf only", file=sys.stderr)
+        return 2
+    if out.resolve() == src.resolve():
+        print("convert: OUT must differ from SRC", file=sys.stderr)
+        return 2
+    try:
+        model = CausalLM.from_pretrained(src)
+        model.save_pretrained(out, format=args.to, model_type=args.model_type)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"convert: {err}", file=sys.stderr)
+        return 2
+    copied = [name for name in TOKENIZER_FILES if (src / name).is_file()]
+    for name in copied:
+        shutil.copyfile(src / name, out / name)
+    extra = f" (+ {', '.join(copied)})" if copied else ""
+    print(f"wrote {args.to} checkpoint {out}: pattern {model.config.pattern}, "
+          f"{model.num_parameters():,} parameters{extra}")
+    return 0
