@@ -45,5 +45,9 @@ def test_errors_exit_2(tmp_path, capsys):
     assert err.count("\n") == 1 and "TransMamba" in err and "native format" in err
     assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     assert "config.json not found" in capsys.readouterr().err
-    assert main(["convert", str(tmp_path / "tm"), str(tmp_path / "o2"), "--to", "native", "--model-type",
-                 "llama"]) == 2
+    assert (
+        main(
+            ["convert", str(tmp_path / "tm"), str(tmp_path / "o2"), "--to", "native", "--model-type", "llama"]
+        )
+        == 2
+    )

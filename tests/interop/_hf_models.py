@@ -19,26 +19,69 @@ def hf_configs() -> dict:
 
     common = dict(vocab_size=VOCAB, hidden_size=32, pad_token_id=0, eos_token_id=1, bos_token_id=2)
     return {
-        "mamba2": T.Mamba2Config(num_hidden_layers=2, num_heads=4, head_dim=16, state_size=8, n_groups=2,
-                                 chunk_size=CHUNK, use_bias=True, use_conv_bias=False, **common),
-        "mamba": T.MambaConfig(num_hidden_layers=2, state_size=8, expand=2, time_step_rank=4, use_bias=True,
-                               **common),
+        "mamba2": T.Mamba2Config(
+            num_hidden_layers=2,
+            num_heads=4,
+            head_dim=16,
+            state_size=8,
+            n_groups=2,
+            chunk_size=CHUNK,
+            use_bias=True,
+            use_conv_bias=False,
+            **common,
+        ),
+        "mamba": T.MambaConfig(
+            num_hidden_layers=2, state_size=8, expand=2, time_step_rank=4, use_bias=True, **common
+        ),
         "nemotron_h": T.NemotronHConfig(
             layers_block_type=["linear_attention", "mlp", "full_attention", "mlp", "linear_attention"],
-            num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=48, mamba_num_heads=4,
-            mamba_head_dim=16, ssm_state_size=8, n_groups=2, chunk_size=CHUNK, mlp_hidden_act="relu2", **common),
-        "jamba": T.JambaConfig(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                               intermediate_size=48, num_experts=4, num_experts_per_tok=2, attn_layer_period=4,
-                               attn_layer_offset=2, expert_layer_period=2, expert_layer_offset=1,
-                               mamba_d_state=8, mamba_dt_rank=4, **common),
-        "bamba": T.BambaConfig(num_hidden_layers=3, attn_layer_indices=[1], num_attention_heads=4,
-                               num_key_value_heads=2, intermediate_size=48, mamba_n_heads=4, mamba_d_state=8,
-                               mamba_n_groups=2, mamba_chunk_size=CHUNK, attention_bias=True, mlp_bias=True,
-                               **common),
-        "llama": T.LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                               intermediate_size=48, **common),
-        "qwen2": T.Qwen2Config(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                               intermediate_size=48, **common),
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            intermediate_size=48,
+            mamba_num_heads=4,
+            mamba_head_dim=16,
+            ssm_state_size=8,
+            n_groups=2,
+            chunk_size=CHUNK,
+            mlp_hidden_act="relu2",
+            **common,
+        ),
+        "jamba": T.JambaConfig(
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=48,
+            num_experts=4,
+            num_experts_per_tok=2,
+            attn_layer_period=4,
+            attn_layer_offset=2,
+            expert_layer_period=2,
+            expert_layer_offset=1,
+            mamba_d_state=8,
+            mamba_dt_rank=4,
+            **common,
+        ),
+        "bamba": T.BambaConfig(
+            num_hidden_layers=3,
+            attn_layer_indices=[1],
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=48,
+            mamba_n_heads=4,
+            mamba_d_state=8,
+            mamba_n_groups=2,
+            mamba_chunk_size=CHUNK,
+            attention_bias=True,
+            mlp_bias=True,
+            **common,
+        ),
+        "llama": T.LlamaConfig(
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48, **common
+        ),
+        "qwen2": T.Qwen2Config(
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48, **common
+        ),
     }
 
 

@@ -1,4 +1,4 @@
-"""The lm-evaluation-harness adapter, offline: a tiny model + tokenizer, local YAML tasks over a jsonl file."""
+"""The lm-evaluation-harness adapter, offline: tiny model + tokenizer, local YAML tasks over a jsonl file."""
 
 import json
 from pathlib import Path
@@ -75,8 +75,8 @@ def test_rolling_loglikelihood_covers_every_token_across_windows(adapter):
     # recompute: window k predicts tokens [k*L, (k+1)*L) from the tokens before them in the window
     L, expect, prev = adapter.max_length, 0.0, [adapter.eot_token_id]
     for start in range(0, len(ids), L):
-        chunk = ids[start:start + L]
-        ctx = (prev + ids[:start])[-(L + 1 - len(chunk)):] if start else prev
+        chunk = ids[start : start + L]
+        ctx = (prev + ids[:start])[-(L + 1 - len(chunk)) :] if start else prev
         expect += _direct_loglik(adapter.model, ctx + chunk, len(chunk))
     assert total == pytest.approx(expect, abs=1e-3)
 
@@ -84,8 +84,10 @@ def test_rolling_loglikelihood_covers_every_token_across_windows(adapter):
 def test_generate_until_is_greedy_and_cut_at_stop(adapter):
     (out,) = adapter.generate_until([_instance(("Two plus two is", {"until": ["o"], "max_gen_toks": 5}))])
     ids = adapter.tok_encode("Two plus two is")
-    full = adapter.model.generate([ids], max_new_tokens=5, do_sample=False, eos_token_id=adapter.eot_token_id)[0]
-    new = full[len(ids):]
+    full = adapter.model.generate(
+        [ids], max_new_tokens=5, do_sample=False, eos_token_id=adapter.eot_token_id
+    )[0]
+    new = full[len(ids) :]
     expect = adapter.tok_decode(new[:-1] if new and new[-1] == adapter.eot_token_id else new).split("o", 1)[0]
     assert out == expect and "o" not in out
 
@@ -98,9 +100,13 @@ def test_lm_eval_runs_local_yaml_tasks(checkpoint, task_dir, monkeypatch):
 
     import transmamba.interop.harness  # noqa: F401  registers "transmamba"
 
-    results = lm_eval.simple_evaluate(model="transmamba", model_args=f"pretrained={checkpoint},batch_size=2",
-                                      tasks=TASKS, task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
-                                      log_samples=False)
+    results = lm_eval.simple_evaluate(
+        model="transmamba",
+        model_args=f"pretrained={checkpoint},batch_size=2",
+        tasks=TASKS,
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+        log_samples=False,
+    )
     res = results["results"]
     assert 0.0 <= res["transmamba_tiny_mc"]["acc,none"] <= 1.0
     assert res["transmamba_tiny_rolling"]["word_perplexity,none"] > 1.0

@@ -14,8 +14,15 @@ from transmamba import CausalLM
 transformers = pytest.importorskip("transformers")
 
 MODEL_TYPES = ["mamba2", "mamba", "nemotron_h", "jamba", "bamba", "llama", "qwen2"]
-EXPECTED_PATTERNS = {"mamba2": "MM", "mamba": "SS", "nemotron_h": "M-*-M", "jamba": "S-SE*-SE",
-                     "bamba": "M-*-M-", "llama": "*-*-", "qwen2": "*-*-"}
+EXPECTED_PATTERNS = {
+    "mamba2": "MM",
+    "mamba": "SS",
+    "nemotron_h": "M-*-M",
+    "jamba": "S-SE*-SE",
+    "bamba": "M-*-M-",
+    "llama": "*-*-",
+    "qwen2": "*-*-",
+}
 LENGTH = 2 * CHUNK + 5  # not a multiple of the chunk length
 TOL = 1e-4
 
@@ -71,7 +78,7 @@ def test_greedy_generate_left_padded_batch_matches(pair):
     # each row is what the unpadded prompt alone produces
     alone = ours.generate(short[None], max_new_tokens=32, do_sample=False, eos_token_id=1)
     n = alone.shape[1] - 6
-    assert torch.equal(got[1, 13:13 + n], alone[0, 6:])
+    assert torch.equal(got[1, 13 : 13 + n], alone[0, 6:])
 
 
 def test_round_trip_back_to_hf(pair, tmp_path):

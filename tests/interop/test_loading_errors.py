@@ -25,8 +25,10 @@ def _copy(src, dst, *, config=None, tensors=None):
     dst.mkdir(parents=True, exist_ok=True)
     cfg = json.loads((src / "config.json").read_text()) if config is None else config
     (dst / "config.json").write_text(json.dumps(cfg))
-    save_file(load_file(str(src / "model.safetensors")) if tensors is None else tensors,
-              str(dst / "model.safetensors"))
+    save_file(
+        load_file(str(src / "model.safetensors")) if tensors is None else tensors,
+        str(dst / "model.safetensors"),
+    )
     return dst
 
 
@@ -39,16 +41,31 @@ def test_unsupported_model_type_names_supported_ones(model_type):
 
 
 def test_nemotron_moe_layers_are_refused_by_name():
-    hf = {"model_type": "nemotron_h", "vocab_size": 10, "hidden_size": 32, "layers_block_type": ["mamba", "moe"],
-          "num_attention_heads": 4, "mamba_num_heads": 4, "mamba_head_dim": 16, "ssm_state_size": 8,
-          "intermediate_size": 16}
+    hf = {
+        "model_type": "nemotron_h",
+        "vocab_size": 10,
+        "hidden_size": 32,
+        "layers_block_type": ["mamba", "moe"],
+        "num_attention_heads": 4,
+        "mamba_num_heads": 4,
+        "mamba_head_dim": 16,
+        "ssm_state_size": 8,
+        "intermediate_size": 16,
+    }
     with pytest.raises(ValueError, match="layers_block_type.*MoE"):
         config_from_hf(hf)
 
 
 def test_unsupported_field_value_is_named():
-    hf = {"model_type": "llama", "vocab_size": 10, "hidden_size": 32, "num_hidden_layers": 1,
-          "num_attention_heads": 4, "intermediate_size": 16, "rope_parameters": {"rope_type": "llama3"}}
+    hf = {
+        "model_type": "llama",
+        "vocab_size": 10,
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "intermediate_size": 16,
+        "rope_parameters": {"rope_type": "llama3"},
+    }
     with pytest.raises(ValueError, match="rope_parameters.rope_type.*'llama3'.*only 'default'"):
         config_from_hf(hf)
     with pytest.raises(ValueError, match="'hidden_act' = 'gelu'"):

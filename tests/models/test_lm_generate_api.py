@@ -19,8 +19,19 @@ def model():
 
 def test_signature_is_explicit():
     params = inspect.signature(CausalLM.generate).parameters
-    for name in ("input_ids", "max_new_tokens", "attention_mask", "do_sample", "temperature", "top_k", "top_p",
-                 "eos_token_id", "pad_token_id", "seed", "streamer"):
+    for name in (
+        "input_ids",
+        "max_new_tokens",
+        "attention_mask",
+        "do_sample",
+        "temperature",
+        "top_k",
+        "top_p",
+        "eos_token_id",
+        "pad_token_id",
+        "seed",
+        "streamer",
+    ):
         assert name in params, name
     assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 

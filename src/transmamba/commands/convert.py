@@ -16,7 +16,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 TARGETS = {
     "native": "this library's format (config.json with a layer pattern); every model, TransMamba included",
     "hf": "Hugging Face transformers (mamba2, mamba, llama, qwen2, bamba, jamba or nemotron_h; "
-          "--model-type picks one, default the first that fits)",
+    "--model-type picks one, default the first that fits)",
 }
 
 
@@ -26,14 +26,21 @@ def register(subparsers) -> None:
         help="convert a checkpoint directory (native / HF transformers / mamba_ssm) to another format",
         description="Load SRC (a transmamba, HF transformers or mamba_ssm checkpoint directory; the kind is "
         "read from its config.json) and write it to OUT in the format --to names. Formats: "
-        + "; ".join(f"{k}: {v}" for k, v in TARGETS.items()) + ". Runs on the CPU.",
+        + "; ".join(f"{k}: {v}" for k, v in TARGETS.items())
+        + ". Runs on the CPU.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("src", metavar="SRC", help="checkpoint directory to read")
     p.add_argument("out", metavar="OUT", help="directory to write (created if needed)")
     p.add_argument("--to", choices=sorted(TARGETS), default="hf", help="target format")
-    p.add_argument("--model-type", "--model_type", dest="model_type", metavar="TYPE", default=None,
-                   help="with --to hf: the HF model_type to write (default: the first that fits the pattern)")
+    p.add_argument(
+        "--model-type",
+        "--model_type",
+        dest="model_type",
+        metavar="TYPE",
+        default=None,
+        help="with --to hf: the HF model_type to write (default: the first that fits the pattern)",
+    )
     p.set_defaults(func=run)
 
 
@@ -42,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
 
     src, out = Path(args.src), Path(args.out)
     if not (src / "config.json").is_file():
-        print(f"convert: {src / 'config.json'} not found; SRC must be a checkpoint directory", file=sys.stderr)
+        print(
+            f"convert: {src / 'config.json'} not found; SRC must be a checkpoint directory", file=sys.stderr
+        )
         return 2
     if args.model_type is not None and args.to != "hf":
         print("convert: --model-type applies to --to hf only", file=sys.stderr)
@@ -60,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     for name in copied:
         shutil.copyfile(src / name, out / name)
     extra = f" (+ {', '.join(copied)})" if copied else ""
-    print(f"wrote {args.to} checkpoint {out}: pattern {model.config.pattern}, "
-          f"{model.num_parameters():,} parameters{extra}")
+    print(
+        f"wrote {args.to} checkpoint {out}: pattern {model.config.pattern}, "
+        f"{model.num_parameters():,} parameters{extra}"
+    )
     return 0

@@ -17,11 +17,15 @@ import torch
 def unpad(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
     """input_ids (b, T) long, attention_mask (b, T) of 0/1 -> the tokens of each row where the mask is 1."""
     if input_ids.ndim != 2:
-        raise ValueError(f"generate: input_ids must be (batch, len) with attention_mask, got shape "
-                         f"{tuple(input_ids.shape)}")
+        raise ValueError(
+            f"generate: input_ids must be (batch, len) with attention_mask, got shape "
+            f"{tuple(input_ids.shape)}"
+        )
     if tuple(attention_mask.shape) != tuple(input_ids.shape):
-        raise ValueError(f"generate: attention_mask shape {tuple(attention_mask.shape)} must equal input_ids "
-                         f"shape {tuple(input_ids.shape)}")
+        raise ValueError(
+            f"generate: attention_mask shape {tuple(attention_mask.shape)} must equal input_ids "
+            f"shape {tuple(input_ids.shape)}"
+        )
     mask = attention_mask.to(torch.bool).cpu()
     ids = input_ids.cpu()
     prompts = [ids[r][mask[r]].tolist() for r in range(ids.shape[0])]

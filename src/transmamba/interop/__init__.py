@@ -32,8 +32,10 @@ def detect_format(directory: str | Path) -> str:
         return "hf"
     if "d_model" in data and "n_layer" in data:
         return "mamba_ssm"
-    raise ValueError(f"{cfg_path}: not a transmamba, HF transformers or mamba_ssm config (expected a 'pattern', "
-                     "'model_type' or 'd_model' + 'n_layer' field)")
+    raise ValueError(
+        f"{cfg_path}: not a transmamba, HF transformers or mamba_ssm config (expected a 'pattern', "
+        "'model_type' or 'd_model' + 'n_layer' field)"
+    )
 
 
 def load_pretrained(directory: str | Path):

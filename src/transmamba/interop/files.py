@@ -71,8 +71,10 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # the unpickler refuses code objects: say so rather than a bare traceback
-        raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True) ({err}); only plain "
-                         "tensor files are accepted (convert it to safetensors)") from None
+        raise ValueError(
+            f"{path}: cannot be read with torch.load(weights_only=True) ({err}); only plain "
+            "tensor files are accepted (convert it to safetensors)"
+        ) from None
     if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):

@@ -17,11 +17,11 @@ model_args:
     transpoints     a named TransMamba schedule ("V9") set before evaluating
     add_bos_token   prepend the tokenizer's BOS id to every input (default False)
 
-Requests: loglikelihood(context, continuation) -> (sum of log p(continuation tokens), whether every one of them
-was the argmax); loglikelihood_rolling(text) -> the text's total log-likelihood over disjoint windows of
-max_length tokens (lm_eval's rolling windows, each conditioned on the previous tokens of its window);
-generate_until(context, {until, max_gen_toks, do_sample, temperature, top_k, top_p}) -> the continuation cut at
-the first stop string.
+Requests: loglikelihood(context, continuation) -> (sum of log p(continuation tokens), whether every one
+of them was the argmax); loglikelihood_rolling(text) -> the text's total log-likelihood over disjoint
+windows of max_length tokens (lm_eval's rolling windows, each conditioned on the previous tokens of its
+window); generate_until(context, {until, max_gen_toks, do_sample, temperature, top_k, top_p}) -> the
+continuation cut at the first stop string.
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ def _load_tokenizer(pretrained: Path, tokenizer: str | None):
 
     path = Path(tokenizer) if tokenizer else pretrained / "tokenizer.json"
     if not path.is_file():
-        raise FileNotFoundError(f"transmamba lm_eval adapter: no tokenizer at {path}; pass "
-                                "--model_args pretrained=DIR,tokenizer=PATH/tokenizer.json")
+        raise FileNotFoundError(
+            f"transmamba lm_eval adapter: no tokenizer at {path}; pass "
+            "--model_args pretrained=DIR,tokenizer=PATH/tokenizer.json"
+        )
     return Tokenizer.from_file(str(path))
 
 
@@ -54,18 +56,31 @@ def _load_tokenizer(pretrained: Path, tokenizer: str | None):
 class TransMambaLM(TemplateLM):
     """lm_eval's `TemplateLM` over a `CausalLM` and an HF `tokenizers` tokenizer."""
 
-    def __init__(self, pretrained: str, tokenizer: str | None = None, batch_size: int | str = 1,
-                 max_length: int | None = None, max_gen_toks: int = 256, device: str = "cpu",
-                 dtype: str = "float32", transpoints: str | None = None, add_bos_token: bool = False,
-                 eot_token_id: int | None = None, **_ignored) -> None:
+    def __init__(
+        self,
+        pretrained: str,
+        tokenizer: str | None = None,
+        batch_size: int | str = 1,
+        max_length: int | None = None,
+        max_gen_toks: int = 256,
+        device: str = "cpu",
+        dtype: str = "float32",
+        transpoints: str | None = None,
+        add_bos_token: bool = False,
+        eot_token_id: int | None = None,
+        **_ignored,
+    ) -> None:
         super().__init__()
         src = Path(pretrained)
         torch_dtype = getattr(torch, str(dtype)) if isinstance(dtype, str) else dtype
         if not isinstance(torch_dtype, torch.dtype):
             raise ValueError(f"transmamba lm_eval adapter: unknown dtype {dtype!r}")
         if str(device).startswith("cuda") and not torch.cuda.is_available():
-            print(f"transmamba lm_eval adapter: device {device!r} requested but CUDA is not available; "
-                  "using the CPU", file=sys.stderr)
+            print(
+                f"transmamba lm_eval adapter: device {device!r} requested but CUDA is not available; "
+                "using the CPU",
+                file=sys.stderr,
+            )
             device = "cpu"
         self.model = CausalLM.from_pretrained(src, device=device, dtype=torch_dtype).eval()
         if transpoints is not None:
@@ -82,8 +97,10 @@ class TransMambaLM(TemplateLM):
             tid = self.tokenizer.token_to_id(name)
             if tid is not None:
                 return int(tid)
-        raise ValueError("transmamba lm_eval adapter: the tokenizer has none of the end-of-text tokens "
-                         f"{EOS_NAMES}; pass eot_token_id=ID in --model_args")
+        raise ValueError(
+            "transmamba lm_eval adapter: the tokenizer has none of the end-of-text tokens "
+            f"{EOS_NAMES}; pass eot_token_id=ID in --model_args"
+        )
 
     # ---- tokens ------------------------------------------------------------------------------------
     @property
@@ -112,7 +129,7 @@ class TransMambaLM(TemplateLM):
         (causal models: padding after a row's tokens changes none of its logits)."""
         inputs, n_cont = [], []
         for ctx, cont in rows:
-            full = (ctx + cont)[-(self.max_length + 1):]
+            full = (ctx + cont)[-(self.max_length + 1) :]
             inputs.append(full[:-1])
             n_cont.append(len(cont))
         width = max(len(x) for x in inputs)
@@ -121,19 +138,21 @@ class TransMambaLM(TemplateLM):
             batch[r, : len(x)] = torch.tensor(x, dtype=torch.long)
         logp = F.log_softmax(self.model(batch.to(self.device)).logits.float(), dim=-1)  # (b, t, V)
         out = []
-        for r, ((ctx, cont), x) in enumerate(zip(rows, inputs)):
+        for r, ((_, cont), x) in enumerate(zip(rows, inputs)):
             end = len(x)
-            lp = logp[r, end - n_cont[r]: end]  # (n, V): the positions predicting the continuation
+            lp = logp[r, end - n_cont[r] : end]  # (n, V): the positions predicting the continuation
             target = torch.tensor(cont, dtype=torch.long, device=lp.device)
             ll = float(lp.gather(-1, target[:, None]).sum())
             out.append((ll, bool((lp.argmax(-1) == target).all())))
         return out
 
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(
+        self, requests, disable_tqdm: bool = False, **kwargs
+    ) -> list[tuple[float, bool]]:
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         for start in range(0, len(order), self.batch_size):
-            idx = order[start: start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             scored = self._score([(list(requests[i][1]), list(requests[i][2])) for i in idx])
             for i, res in zip(idx, scored):
                 results[i] = res
@@ -145,9 +164,15 @@ class TransMambaLM(TemplateLM):
         out = []
         for req in requests:
             (text,) = req.args
-            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                token_list=self.tok_encode(text, add_special_tokens=False), prefix_token=self.prefix_token_id,
-                max_seq_len=self.max_length, context_len=1)]
+            windows = [
+                make_disjoint_window(w)
+                for w in get_rolling_token_windows(
+                    token_list=self.tok_encode(text, add_special_tokens=False),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length,
+                    context_len=1,
+                )
+            ]
             scored = self._loglikelihood_tokens([(None, ctx, cont) for ctx, cont in windows])
             total = sum(ll for ll, _ in scored)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
@@ -167,13 +192,19 @@ class TransMambaLM(TemplateLM):
             temperature = float(kw.pop("temperature", 1.0))
             if temperature == 0.0:
                 do_sample = False
-            ids = self.tok_encode(context)[-max(self.max_length - n_new, 1):]
+            ids = self.tok_encode(context)[-max(self.max_length - n_new, 1) :]
             row = self.model.generate(
-                [ids], max_new_tokens=n_new, do_sample=do_sample, temperature=temperature if do_sample else 1.0,
-                top_k=kw.pop("top_k", None), top_p=kw.pop("top_p", None), eos_token_id=self.eot_token_id,
-                seed=kw.pop("seed", None), cuda_graph="off" if self.model.device.type != "cuda" else "auto",
+                [ids],
+                max_new_tokens=n_new,
+                do_sample=do_sample,
+                temperature=temperature if do_sample else 1.0,
+                top_k=kw.pop("top_k", None),
+                top_p=kw.pop("top_p", None),
+                eos_token_id=self.eot_token_id,
+                seed=kw.pop("seed", None),
+                cuda_graph="off" if self.model.device.type != "cuda" else "auto",
             )[0]
-            new = row[len(ids):]
+            new = row[len(ids) :]
             if new and new[-1] == self.eot_token_id:
                 new = new[:-1]
             text = self.tok_decode(new)

@@ -41,20 +41,34 @@ from transmamba.models.config import ModelConfig
 SUPPORTED = ("mamba2", "mamba", "nemotron_h", "jamba", "bamba", "llama", "qwen2")
 UNSUPPORTED = {
     "zamba2": "its shared attention blocks (one set of weights reused at several depths, with per-depth LoRA "
-              "adapters and the embedding concatenated to the input) have no counterpart here",
+    "adapters and the embedding concatenated to the input) have no counterpart here",
     "falcon_h1": "each layer runs attention and Mamba-2 in parallel on the same input and sums them, with "
-                 "muP multipliers; the layer kinds here are sequential residual sub-layers",
+    "muP multipliers; the layer kinds here are sequential residual sub-layers",
     "granitemoehybrid": "embedding/residual/attention/logit multipliers and shared experts have no "
-                        "counterpart here",
+    "counterpart here",
     "falcon_mamba": "its RMSNorms on B, C and dt without weights have no counterpart here",
 }
 ARCHITECTURES = {
-    "mamba2": "Mamba2ForCausalLM", "mamba": "MambaForCausalLM", "nemotron_h": "NemotronHForCausalLM",
-    "jamba": "JambaForCausalLM", "bamba": "BambaForCausalLM", "llama": "LlamaForCausalLM",
+    "mamba2": "Mamba2ForCausalLM",
+    "mamba": "MambaForCausalLM",
+    "nemotron_h": "NemotronHForCausalLM",
+    "jamba": "JambaForCausalLM",
+    "bamba": "BambaForCausalLM",
+    "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
 }
-NEMOTRON_KINDS = {"mamba": "M", "linear_attention": "M", "M": "M", "attention": "*", "full_attention": "*",
-                  "*": "*", "mlp": "-", "-": "-", "moe": "E", "E": "E"}
+NEMOTRON_KINDS = {
+    "mamba": "M",
+    "linear_attention": "M",
+    "M": "M",
+    "attention": "*",
+    "full_attention": "*",
+    "*": "*",
+    "mlp": "-",
+    "-": "-",
+    "moe": "E",
+    "E": "E",
+}
 
 
 class HFConfigError(ValueError):
@@ -71,8 +85,9 @@ def _field(hf: dict, model_type: str, key: str, default: Any = None, *, required
 
 def _need(cond: bool, model_type: str, key: str, value: Any, supported: str) -> None:
     if not cond:
-        raise HFConfigError(f"config.json field {key!r} = {value!r} (model_type {model_type!r}) is not "
-                            f"supported: {supported}")
+        raise HFConfigError(
+            f"config.json field {key!r} = {value!r} (model_type {model_type!r}) is not supported: {supported}"
+        )
 
 
 def _check_act(hf: dict, model_type: str, key: str = "hidden_act", allowed=("silu",)) -> str:
@@ -97,18 +112,25 @@ def _rope(hf: dict, model_type: str) -> tuple[float, float]:
     if isinstance(scaling, dict):
         params = {**scaling, **params}
     rope_type = params.get("rope_type", params.get("type", "default"))
-    _need(rope_type == "default", model_type, "rope_parameters.rope_type", rope_type,
-          "only 'default' RoPE (no scaling)")
+    _need(
+        rope_type == "default",
+        model_type,
+        "rope_parameters.rope_type",
+        rope_type,
+        "only 'default' RoPE (no scaling)",
+    )
     theta = float(params.get("rope_theta", _field(hf, model_type, "rope_theta", 10000.0)))
     factor = float(params.get("partial_rotary_factor", _field(hf, model_type, "partial_rotary_factor", 1.0)))
     return theta, factor
 
 
 def _common(hf: dict, model_type: str) -> dict[str, Any]:
-    out = dict(vocab_size=int(_field(hf, model_type, "vocab_size", required=True)),
-               d_model=int(_field(hf, model_type, "hidden_size", required=True)),
-               tie_embeddings=bool(_field(hf, model_type, "tie_word_embeddings", False)),
-               max_seq_len=int(_field(hf, model_type, "max_position_embeddings", 4096)))
+    out = dict(
+        vocab_size=int(_field(hf, model_type, "vocab_size", required=True)),
+        d_model=int(_field(hf, model_type, "hidden_size", required=True)),
+        tie_embeddings=bool(_field(hf, model_type, "tie_word_embeddings", False)),
+        max_seq_len=int(_field(hf, model_type, "max_position_embeddings", 4096)),
+    )
     eps = _field(hf, model_type, "rms_norm_eps", _field(hf, model_type, "layer_norm_epsilon", 1e-5))
     out["norm_eps"] = float(eps)
     return out
@@ -133,19 +155,32 @@ def _mamba2_fields(hf: dict, model_type: str, keys: dict[str, str]) -> dict[str,
         headdim = int(expand) * d // heads
     headdim = int(headdim)
     d_inner = heads * headdim
-    _need(d_inner % d == 0, model_type, keys["heads"], heads,
-          f"heads x head_dim = {d_inner} must be a multiple of hidden_size {d} (expand is an integer here)")
+    _need(
+        d_inner % d == 0,
+        model_type,
+        keys["heads"],
+        heads,
+        f"heads x head_dim = {d_inner} must be a multiple of hidden_size {d} (expand is an integer here)",
+    )
     if expand is not None:
-        _need(int(expand) * d == d_inner, model_type, keys["expand"], expand,
-              f"expand x hidden_size must equal heads x head_dim = {d_inner}")
-    out = dict(expand=d_inner // d, headdim=headdim,
-               d_state=int(_field(hf, model_type, keys["d_state"], required=True)),
-               ngroups=int(_field(hf, model_type, keys["ngroups"], 1)),
-               d_conv=int(_field(hf, model_type, keys["d_conv"], 4)),
-               chunk_size=int(_field(hf, model_type, keys["chunk"], 256)),
-               ssm_bias=bool(_field(hf, model_type, keys["bias"], False)),
-               ssm_conv_bias=bool(_field(hf, model_type, keys["conv_bias"], True)),
-               time_step_limit=_time_step_limit(hf, model_type))
+        _need(
+            int(expand) * d == d_inner,
+            model_type,
+            keys["expand"],
+            expand,
+            f"expand x hidden_size must equal heads x head_dim = {d_inner}",
+        )
+    out = dict(
+        expand=d_inner // d,
+        headdim=headdim,
+        d_state=int(_field(hf, model_type, keys["d_state"], required=True)),
+        ngroups=int(_field(hf, model_type, keys["ngroups"], 1)),
+        d_conv=int(_field(hf, model_type, keys["d_conv"], 4)),
+        chunk_size=int(_field(hf, model_type, keys["chunk"], 256)),
+        ssm_bias=bool(_field(hf, model_type, keys["bias"], False)),
+        ssm_conv_bias=bool(_field(hf, model_type, keys["conv_bias"], True)),
+        time_step_limit=_time_step_limit(hf, model_type),
+    )
     return out
 
 
@@ -154,8 +189,17 @@ def _from_mamba2(hf: dict) -> dict[str, Any]:
     mt = "mamba2"
     _check_act(hf, mt)
     n = int(_field(hf, mt, "num_hidden_layers", required=True))
-    keys = dict(heads="num_heads", headdim="head_dim", expand="expand", d_state="state_size", ngroups="n_groups",
-                d_conv="conv_kernel", chunk="chunk_size", bias="use_bias", conv_bias="use_conv_bias")
+    keys = dict(
+        heads="num_heads",
+        headdim="head_dim",
+        expand="expand",
+        d_state="state_size",
+        ngroups="n_groups",
+        d_conv="conv_kernel",
+        chunk="chunk_size",
+        bias="use_bias",
+        conv_bias="use_conv_bias",
+    )
     return dict(pattern="M" * n, **_mamba2_fields(hf, mt, keys))
 
 
@@ -167,11 +211,15 @@ def _from_mamba(hf: dict) -> dict[str, Any]:
     inner = int(_field(hf, mt, "intermediate_size", int(_field(hf, mt, "expand", 2)) * d))
     _need(inner % d == 0, mt, "intermediate_size", inner, f"a multiple of hidden_size {d}")
     rank = _field(hf, mt, "time_step_rank", "auto")
-    return dict(pattern="S" * n, m1_d_state=int(_field(hf, mt, "state_size", 16)), m1_expand=inner // d,
-                m1_d_conv=int(_field(hf, mt, "conv_kernel", 4)),
-                m1_dt_rank=math.ceil(d / 16) if rank == "auto" else int(rank),
-                ssm_bias=bool(_field(hf, mt, "use_bias", False)),
-                ssm_conv_bias=bool(_field(hf, mt, "use_conv_bias", True)))
+    return dict(
+        pattern="S" * n,
+        m1_d_state=int(_field(hf, mt, "state_size", 16)),
+        m1_expand=inner // d,
+        m1_d_conv=int(_field(hf, mt, "conv_kernel", 4)),
+        m1_dt_rank=math.ceil(d / 16) if rank == "auto" else int(rank),
+        ssm_bias=bool(_field(hf, mt, "use_bias", False)),
+        ssm_conv_bias=bool(_field(hf, mt, "use_conv_bias", True)),
+    )
 
 
 def _nemotron_pattern(hf: dict) -> str:
@@ -181,13 +229,17 @@ def _nemotron_pattern(hf: dict) -> str:
         kinds = list(_field(hf, mt, "hybrid_override_pattern", required=True))
     out = []
     for i, k in enumerate(kinds):
-        _need(k in NEMOTRON_KINDS, mt, f"layers_block_type[{i}]", k,
-              f"one of {sorted(set(NEMOTRON_KINDS))}")
+        _need(k in NEMOTRON_KINDS, mt, f"layers_block_type[{i}]", k, f"one of {sorted(set(NEMOTRON_KINDS))}")
         out.append(NEMOTRON_KINDS[k])
     pattern = "".join(out)
-    _need("E" not in pattern, mt, "layers_block_type", "moe",
-          "NemotronH's MoE layers (sigmoid router with score-correction bias, grouped top-k, shared experts, "
-          "relu² experts) have no counterpart here; supported layer kinds: mamba, attention, mlp")
+    _need(
+        "E" not in pattern,
+        mt,
+        "layers_block_type",
+        "moe",
+        "NemotronH's MoE layers (sigmoid router with score-correction bias, grouped top-k, shared experts, "
+        "relu² experts) have no counterpart here; supported layer kinds: mamba, attention, mlp",
+    )
     return pattern
 
 
@@ -195,13 +247,27 @@ def _from_nemotron_h(hf: dict) -> dict[str, Any]:
     mt = "nemotron_h"
     _check_act(hf, mt, "mamba_hidden_act")
     act = _check_act(hf, mt, "mlp_hidden_act", ("relu2", "gelu"))
-    keys = dict(heads="mamba_num_heads", headdim="mamba_head_dim", expand="expand", d_state="ssm_state_size",
-                ngroups="n_groups", d_conv="conv_kernel", chunk="chunk_size", bias="use_bias",
-                conv_bias="use_conv_bias")
+    keys = dict(
+        heads="mamba_num_heads",
+        headdim="mamba_head_dim",
+        expand="expand",
+        d_state="ssm_state_size",
+        ngroups="n_groups",
+        d_conv="conv_kernel",
+        chunk="chunk_size",
+        bias="use_bias",
+        conv_bias="use_conv_bias",
+    )
     m2 = _mamba2_fields(hf, mt, {**keys, "expand": "_no_expand_field"})
-    return dict(pattern=_nemotron_pattern(hf), rope=False, mlp_act=act,
-                d_ff=int(_field(hf, mt, "intermediate_size", required=True)),
-                mlp_bias=bool(_field(hf, mt, "mlp_bias", False)), **_attention_fields(hf, mt), **m2)
+    return dict(
+        pattern=_nemotron_pattern(hf),
+        rope=False,
+        mlp_act=act,
+        d_ff=int(_field(hf, mt, "intermediate_size", required=True)),
+        mlp_bias=bool(_field(hf, mt, "mlp_bias", False)),
+        **_attention_fields(hf, mt),
+        **m2,
+    )
 
 
 def _periodic(n: int, period: int, offset: int) -> list[bool]:
@@ -213,22 +279,35 @@ def _from_jamba(hf: dict) -> dict[str, Any]:
     _check_act(hf, mt)
     n = int(_field(hf, mt, "num_hidden_layers", required=True))
     d = int(_field(hf, mt, "hidden_size", required=True))
-    attn = _periodic(n, int(_field(hf, mt, "attn_layer_period", 8)), int(_field(hf, mt, "attn_layer_offset", 4)))
+    attn = _periodic(
+        n, int(_field(hf, mt, "attn_layer_period", 8)), int(_field(hf, mt, "attn_layer_offset", 4))
+    )
     n_exp = int(_field(hf, mt, "num_experts", 16))
-    moe = _periodic(n, int(_field(hf, mt, "expert_layer_period", 2)),
-                    int(_field(hf, mt, "expert_layer_offset", 1)))
+    moe = _periodic(
+        n, int(_field(hf, mt, "expert_layer_period", 2)), int(_field(hf, mt, "expert_layer_offset", 1))
+    )
     pattern = "".join(("*" if a else "S") + ("E" if m and n_exp > 1 else "-") for a, m in zip(attn, moe))
     rank = _field(hf, mt, "mamba_dt_rank", "auto")
     d_ff = int(_field(hf, mt, "intermediate_size", required=True))
-    out = dict(pattern=pattern, rope=False, mlp_act="swiglu", d_ff=d_ff, d_ff_expert=d_ff,
-               n_experts=max(n_exp, 1), top_k=min(int(_field(hf, mt, "num_experts_per_tok", 2)), max(n_exp, 1)),
-               aux_loss_coef=float(_field(hf, mt, "router_aux_loss_coef", 0.001)),
-               m1_d_state=int(_field(hf, mt, "mamba_d_state", 16)), m1_d_conv=int(_field(hf, mt, "mamba_d_conv", 4)),
-               m1_expand=int(_field(hf, mt, "mamba_expand", 2)),
-               m1_dt_rank=math.ceil(d / 16) if rank == "auto" else int(rank),
-               ssm_bias=bool(_field(hf, mt, "mamba_proj_bias", False)),
-               ssm_conv_bias=bool(_field(hf, mt, "mamba_conv_bias", True)),
-               m1_inner_layernorms=True, moe_renormalize=False, **_attention_fields(hf, mt))
+    out = dict(
+        pattern=pattern,
+        rope=False,
+        mlp_act="swiglu",
+        d_ff=d_ff,
+        d_ff_expert=d_ff,
+        n_experts=max(n_exp, 1),
+        top_k=min(int(_field(hf, mt, "num_experts_per_tok", 2)), max(n_exp, 1)),
+        aux_loss_coef=float(_field(hf, mt, "router_aux_loss_coef", 0.001)),
+        m1_d_state=int(_field(hf, mt, "mamba_d_state", 16)),
+        m1_d_conv=int(_field(hf, mt, "mamba_d_conv", 4)),
+        m1_expand=int(_field(hf, mt, "mamba_expand", 2)),
+        m1_dt_rank=math.ceil(d / 16) if rank == "auto" else int(rank),
+        ssm_bias=bool(_field(hf, mt, "mamba_proj_bias", False)),
+        ssm_conv_bias=bool(_field(hf, mt, "mamba_conv_bias", True)),
+        m1_inner_layernorms=True,
+        moe_renormalize=False,
+        **_attention_fields(hf, mt),
+    )
     return out
 
 
@@ -239,14 +318,30 @@ def _from_bamba(hf: dict) -> dict[str, Any]:
     attn = set(_field(hf, mt, "attn_layer_indices", []) or [])
     theta, factor = _rope(hf, mt)
     bias = bool(_field(hf, mt, "attention_bias", False))
-    keys = dict(heads="mamba_n_heads", headdim="mamba_d_head", expand="mamba_expand", d_state="mamba_d_state",
-                ngroups="mamba_n_groups", d_conv="mamba_d_conv", chunk="mamba_chunk_size", bias="mamba_proj_bias",
-                conv_bias="mamba_conv_bias")
-    return dict(pattern="".join(("*" if i in attn else "M") + "-" for i in range(n)), rope=True,
-                rope_theta=theta, partial_rotary_factor=factor, attn_qkv_bias=bias, attn_out_bias=bias,
-                mlp_act="swiglu", d_ff=int(_field(hf, mt, "intermediate_size", required=True)),
-                mlp_bias=bool(_field(hf, mt, "mlp_bias", False)), **_attention_fields(hf, mt),
-                **_mamba2_fields(hf, mt, keys))
+    keys = dict(
+        heads="mamba_n_heads",
+        headdim="mamba_d_head",
+        expand="mamba_expand",
+        d_state="mamba_d_state",
+        ngroups="mamba_n_groups",
+        d_conv="mamba_d_conv",
+        chunk="mamba_chunk_size",
+        bias="mamba_proj_bias",
+        conv_bias="mamba_conv_bias",
+    )
+    return dict(
+        pattern="".join(("*" if i in attn else "M") + "-" for i in range(n)),
+        rope=True,
+        rope_theta=theta,
+        partial_rotary_factor=factor,
+        attn_qkv_bias=bias,
+        attn_out_bias=bias,
+        mlp_act="swiglu",
+        d_ff=int(_field(hf, mt, "intermediate_size", required=True)),
+        mlp_bias=bool(_field(hf, mt, "mlp_bias", False)),
+        **_attention_fields(hf, mt),
+        **_mamba2_fields(hf, mt, keys),
+    )
 
 
 def _from_llama(hf: dict, model_type: str = "llama") -> dict[str, Any]:
@@ -255,20 +350,38 @@ def _from_llama(hf: dict, model_type: str = "llama") -> dict[str, Any]:
     n = int(_field(hf, mt, "num_hidden_layers", required=True))
     theta, factor = _rope(hf, mt)
     if mt == "qwen2":
-        _need(not _field(hf, mt, "use_sliding_window", False), mt, "use_sliding_window", True,
-              "only full attention (use_sliding_window=false)")
+        _need(
+            not _field(hf, mt, "use_sliding_window", False),
+            mt,
+            "use_sliding_window",
+            True,
+            "only full attention (use_sliding_window=false)",
+        )
         qkv_bias, out_bias = True, False
     else:
         qkv_bias = out_bias = bool(_field(hf, mt, "attention_bias", False))
-    return dict(pattern="*-" * n, rope=True, rope_theta=theta, partial_rotary_factor=factor,
-                attn_qkv_bias=qkv_bias, attn_out_bias=out_bias, mlp_act="swiglu",
-                d_ff=int(_field(hf, mt, "intermediate_size", required=True)),
-                mlp_bias=bool(_field(hf, mt, "mlp_bias", False)), **_attention_fields(hf, mt))
+    return dict(
+        pattern="*-" * n,
+        rope=True,
+        rope_theta=theta,
+        partial_rotary_factor=factor,
+        attn_qkv_bias=qkv_bias,
+        attn_out_bias=out_bias,
+        mlp_act="swiglu",
+        d_ff=int(_field(hf, mt, "intermediate_size", required=True)),
+        mlp_bias=bool(_field(hf, mt, "mlp_bias", False)),
+        **_attention_fields(hf, mt),
+    )
 
 
 _FROM_HF: dict[str, Callable[[dict], dict[str, Any]]] = {
-    "mamba2": _from_mamba2, "mamba": _from_mamba, "nemotron_h": _from_nemotron_h, "jamba": _from_jamba,
-    "bamba": _from_bamba, "llama": _from_llama, "qwen2": lambda hf: _from_llama(hf, "qwen2"),
+    "mamba2": _from_mamba2,
+    "mamba": _from_mamba,
+    "nemotron_h": _from_nemotron_h,
+    "jamba": _from_jamba,
+    "bamba": _from_bamba,
+    "llama": _from_llama,
+    "qwen2": lambda hf: _from_llama(hf, "qwen2"),
 }
 
 
@@ -276,8 +389,10 @@ def check_model_type(model_type: Any) -> str:
     if model_type in _FROM_HF:
         return model_type
     why = f" ({UNSUPPORTED[model_type]})" if model_type in UNSUPPORTED else ""
-    raise HFConfigError(f"config.json model_type {model_type!r} is not supported{why}; supported model_types: "
-                        f"{', '.join(SUPPORTED)}")
+    raise HFConfigError(
+        f"config.json model_type {model_type!r} is not supported{why}; supported model_types: "
+        f"{', '.join(SUPPORTED)}"
+    )
 
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
@@ -287,7 +402,9 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     try:
         return ModelConfig(**fields)
     except ValueError as err:
-        raise HFConfigError(f"config.json (model_type {model_type!r}) maps to an invalid config: {err}") from None
+        raise HFConfigError(
+            f"config.json (model_type {model_type!r}) maps to an invalid config: {err}"
+        ) from None
 
 
 # ---- tensor names --------------------------------------------------------------------------------------
@@ -304,18 +421,26 @@ def name_pairs(config: ModelConfig, model_type: str) -> list[tuple[str, str]]:
     pairs = _globals(model_type) + [("lm_head.", "lm_head.")]
     if model_type in ("mamba2", "mamba", "nemotron_h"):
         for i in range(len(kinds)):
-            pairs += [(f"backbone.layers.{i}.norm.", f"blocks.{i}.norm."),
-                      (f"backbone.layers.{i}.mixer.", f"blocks.{i}.mixer.")]
+            pairs += [
+                (f"backbone.layers.{i}.norm.", f"blocks.{i}.norm."),
+                (f"backbone.layers.{i}.mixer.", f"blocks.{i}.mixer."),
+            ]
         return pairs
-    paired = {"jamba": ("pre_ff_layernorm", "feed_forward"), "bamba": ("pre_ff_layernorm", "feed_forward"),
-              "llama": ("post_attention_layernorm", "mlp"), "qwen2": ("post_attention_layernorm", "mlp")}
+    paired = {
+        "jamba": ("pre_ff_layernorm", "feed_forward"),
+        "bamba": ("pre_ff_layernorm", "feed_forward"),
+        "llama": ("post_attention_layernorm", "mlp"),
+        "qwen2": ("post_attention_layernorm", "mlp"),
+    }
     ff_norm, ff_name = paired[model_type]
     for j in range(len(kinds) // 2):
         mixer = "self_attn" if kinds[2 * j] == "attention" else "mamba"
-        pairs += [(f"model.layers.{j}.input_layernorm.", f"blocks.{2 * j}.norm."),
-                  (f"model.layers.{j}.{mixer}.", f"blocks.{2 * j}.mixer."),
-                  (f"model.layers.{j}.{ff_norm}.", f"blocks.{2 * j + 1}.norm."),
-                  (f"model.layers.{j}.{ff_name}.", f"blocks.{2 * j + 1}.mixer.")]
+        pairs += [
+            (f"model.layers.{j}.input_layernorm.", f"blocks.{2 * j}.norm."),
+            (f"model.layers.{j}.{mixer}.", f"blocks.{2 * j}.mixer."),
+            (f"model.layers.{j}.{ff_norm}.", f"blocks.{2 * j + 1}.norm."),
+            (f"model.layers.{j}.{ff_name}.", f"blocks.{2 * j + 1}.mixer."),
+        ]
     return pairs
 
 
@@ -324,11 +449,11 @@ def _rename(name: str, pairs: list[tuple[str, str]]) -> str | None:
     for src, dst in pairs:
         if name.startswith(src) and (best is None or len(src) > len(best[0])):
             best = (src, dst)
-    return None if best is None else best[1] + name[len(best[0]):]
+    return None if best is None else best[1] + name[len(best[0]) :]
 
 
 def _split_fused_experts(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """experts.gate_up_proj (E, 2I, D) / experts.down_proj (E, D, I) -> experts.e.{gate,up,down}_proj.weight."""
+    """experts.gate_up_proj (E, 2I, D), experts.down_proj (E, D, I) -> experts.e.{gate,up,down}_proj.weight"""
     out = {}
     for name, t in tensors.items():
         head, _, last = name.rpartition(".experts.")
@@ -360,22 +485,30 @@ def tensors_from_hf(model, model_type: str, tensors: dict[str, torch.Tensor], *,
         if ours == "lm_head.weight" and tied:
             continue  # the tied copy of the embedding
         if ours is None or ours not in expected:
-            problems.append(f"unexpected tensor {name!r} of shape {tuple(t.shape)} (config.json describes no "
-                            "such parameter)")
+            problems.append(
+                f"unexpected tensor {name!r} of shape {tuple(t.shape)} (config.json describes no "
+                "such parameter)"
+            )
             continue
         if tuple(t.shape) != tuple(expected[ours].shape):
-            problems.append(f"tensor {name!r} has shape {tuple(t.shape)} but config.json implies "
-                            f"{tuple(expected[ours].shape)}")
+            problems.append(
+                f"tensor {name!r} has shape {tuple(t.shape)} but config.json implies "
+                f"{tuple(expected[ours].shape)}"
+            )
             continue
         out[ours] = t
     for ours in sorted(set(expected) - set(out)):
         if any(p.startswith(f"tensor {_to_hf_name(ours, ours_to_hf)!r}") for p in problems):
             continue
-        problems.append(f"missing tensor {_to_hf_name(ours, ours_to_hf)!r} (config.json implies shape "
-                        f"{tuple(expected[ours].shape)})")
+        problems.append(
+            f"missing tensor {_to_hf_name(ours, ours_to_hf)!r} (config.json implies shape "
+            f"{tuple(expected[ours].shape)})"
+        )
     if problems:
-        raise ValueError(f"{source} does not match its config.json (model_type {model_type!r}):\n  "
-                         + "\n  ".join(problems))
+        raise ValueError(
+            f"{source} does not match its config.json (model_type {model_type!r}):\n  "
+            + "\n  ".join(problems)
+        )
     return out
 
 
@@ -404,7 +537,7 @@ def _fits(config: ModelConfig, model_type: str) -> str | None:
     kinds = c.layer_kinds
     if "transmamba" in kinds:
         return "TransMamba (`T`) layers have no Hugging Face counterpart; keep the native format"
-    pairs = [p[i:i + 2] for i in range(0, len(p), 2)] if len(p) % 2 == 0 else None
+    pairs = [p[i : i + 2] for i in range(0, len(p), 2)] if len(p) % 2 == 0 else None
     plain_attn = not c.rope and not c.attn_qkv_bias and not c.attn_out_bias
     if model_type == "mamba2":
         return None if set(p) == {"M"} else "needs a pattern of 'M' only"
@@ -481,8 +614,10 @@ def hf_model_type_for(config: ModelConfig) -> str:
     if "transmamba" in config.layer_kinds:
         raise ValueError(f"save_pretrained(format='hf'): {_fits(config, 'mamba2')}")
     listed = "; ".join(f"{mt}: {why}" for mt, why in reasons.items())
-    raise ValueError(f"save_pretrained(format='hf'): pattern {config.pattern!r} with these options fits no HF "
-                     f"architecture ({listed})")
+    raise ValueError(
+        f"save_pretrained(format='hf'): pattern {config.pattern!r} with these options fits no HF "
+        f"architecture ({listed})"
+    )
 
 
 def config_to_hf(config: ModelConfig, model_type: str) -> dict[str, Any]:
@@ -490,58 +625,134 @@ def config_to_hf(config: ModelConfig, model_type: str) -> dict[str, Any]:
     if why is not None:
         raise ValueError(f"save_pretrained(format='hf', model_type={model_type!r}): {why}")
     c, kinds = config, config.layer_kinds
-    out: dict[str, Any] = dict(model_type=model_type, architectures=[ARCHITECTURES[model_type]],
-                               vocab_size=c.vocab_size, hidden_size=c.d_model,
-                               tie_word_embeddings=c.tie_embeddings)
+    out: dict[str, Any] = dict(
+        model_type=model_type,
+        architectures=[ARCHITECTURES[model_type]],
+        vocab_size=c.vocab_size,
+        hidden_size=c.d_model,
+        tie_word_embeddings=c.tie_embeddings,
+    )
     tsl = list(c.time_step_limit) if c.time_step_limit is not None else [0.0, math.inf]
-    m2 = dict(state_size=c.d_state, n_groups=c.ngroups, conv_kernel=c.d_conv, chunk_size=c.chunk_size,
-              use_bias=c.ssm_bias, use_conv_bias=c.ssm_conv_bias, time_step_limit=tsl)
-    attn = dict(num_attention_heads=c.n_heads, num_key_value_heads=c.kv_heads, head_dim=c.attn_head_dim,
-                max_position_embeddings=c.max_seq_len)
+    m2 = dict(
+        state_size=c.d_state,
+        n_groups=c.ngroups,
+        conv_kernel=c.d_conv,
+        chunk_size=c.chunk_size,
+        use_bias=c.ssm_bias,
+        use_conv_bias=c.ssm_conv_bias,
+        time_step_limit=tsl,
+    )
+    attn = dict(
+        num_attention_heads=c.n_heads,
+        num_key_value_heads=c.kv_heads,
+        head_dim=c.attn_head_dim,
+        max_position_embeddings=c.max_seq_len,
+    )
     rope = {"rope_type": "default", "rope_theta": c.rope_theta}
     if c.partial_rotary_factor != 1.0:
         rope["partial_rotary_factor"] = c.partial_rotary_factor
     n_pairs = len(kinds) // 2
     if model_type == "mamba2":
-        out.update(num_hidden_layers=len(kinds), num_heads=c.ssm_heads, head_dim=c.headdim, expand=c.expand,
-                   layer_norm_epsilon=c.norm_eps, **m2)
+        out.update(
+            num_hidden_layers=len(kinds),
+            num_heads=c.ssm_heads,
+            head_dim=c.headdim,
+            expand=c.expand,
+            layer_norm_epsilon=c.norm_eps,
+            **m2,
+        )
     elif model_type == "mamba":
-        out.update(num_hidden_layers=len(kinds), state_size=c.m1_d_state, expand=c.m1_expand,
-                   intermediate_size=c.m1_d_inner, conv_kernel=c.m1_d_conv, time_step_rank=c.m1_rank,
-                   use_bias=c.ssm_bias, use_conv_bias=c.ssm_conv_bias, layer_norm_epsilon=c.norm_eps)
+        out.update(
+            num_hidden_layers=len(kinds),
+            state_size=c.m1_d_state,
+            expand=c.m1_expand,
+            intermediate_size=c.m1_d_inner,
+            conv_kernel=c.m1_d_conv,
+            time_step_rank=c.m1_rank,
+            use_bias=c.ssm_bias,
+            use_conv_bias=c.ssm_conv_bias,
+            layer_norm_epsilon=c.norm_eps,
+        )
     elif model_type == "nemotron_h":
         names = {"mamba2": "mamba", "attention": "attention", "mlp": "mlp"}
-        out.update(layers_block_type=[names[k] for k in kinds], num_hidden_layers=len(kinds),
-                   mamba_num_heads=c.ssm_heads, mamba_head_dim=c.headdim, ssm_state_size=c.d_state,
-                   n_groups=c.ngroups, conv_kernel=c.d_conv, chunk_size=c.chunk_size, use_bias=c.ssm_bias,
-                   use_conv_bias=c.ssm_conv_bias, time_step_limit=tsl, intermediate_size=c.ffn_dim,
-                   mlp_hidden_act=c.mlp_act, mlp_bias=c.mlp_bias, layer_norm_epsilon=c.norm_eps,
-                   residual_in_fp32=False, **attn)
+        out.update(
+            layers_block_type=[names[k] for k in kinds],
+            num_hidden_layers=len(kinds),
+            mamba_num_heads=c.ssm_heads,
+            mamba_head_dim=c.headdim,
+            ssm_state_size=c.d_state,
+            n_groups=c.ngroups,
+            conv_kernel=c.d_conv,
+            chunk_size=c.chunk_size,
+            use_bias=c.ssm_bias,
+            use_conv_bias=c.ssm_conv_bias,
+            time_step_limit=tsl,
+            intermediate_size=c.ffn_dim,
+            mlp_hidden_act=c.mlp_act,
+            mlp_bias=c.mlp_bias,
+            layer_norm_epsilon=c.norm_eps,
+            residual_in_fp32=False,
+            **attn,
+        )
     elif model_type == "jamba":
         ap, ao, ep, eo = _jamba_periods(c.pattern)
-        out.update(num_hidden_layers=n_pairs, attn_layer_period=ap, attn_layer_offset=ao,
-                   expert_layer_period=ep, expert_layer_offset=eo,
-                   num_experts=c.n_experts if "moe" in kinds else 1, num_experts_per_tok=c.top_k,
-                   intermediate_size=c.ffn_dim, mamba_d_state=c.m1_d_state, mamba_d_conv=c.m1_d_conv,
-                   mamba_expand=c.m1_expand, mamba_dt_rank=c.m1_rank, mamba_conv_bias=c.ssm_conv_bias,
-                   mamba_proj_bias=c.ssm_bias, rms_norm_eps=c.norm_eps, router_aux_loss_coef=c.aux_loss_coef,
-                   use_mamba_kernels=False, **{k: v for k, v in attn.items() if k != "head_dim"})
+        out.update(
+            num_hidden_layers=n_pairs,
+            attn_layer_period=ap,
+            attn_layer_offset=ao,
+            expert_layer_period=ep,
+            expert_layer_offset=eo,
+            num_experts=c.n_experts if "moe" in kinds else 1,
+            num_experts_per_tok=c.top_k,
+            intermediate_size=c.ffn_dim,
+            mamba_d_state=c.m1_d_state,
+            mamba_d_conv=c.m1_d_conv,
+            mamba_expand=c.m1_expand,
+            mamba_dt_rank=c.m1_rank,
+            mamba_conv_bias=c.ssm_conv_bias,
+            mamba_proj_bias=c.ssm_bias,
+            rms_norm_eps=c.norm_eps,
+            router_aux_loss_coef=c.aux_loss_coef,
+            use_mamba_kernels=False,
+            **{k: v for k, v in attn.items() if k != "head_dim"},
+        )
     elif model_type == "bamba":
-        out.update(num_hidden_layers=n_pairs, attn_layer_indices=[j for j in range(n_pairs)
-                                                                  if kinds[2 * j] == "attention"],
-                   mamba_n_heads=c.ssm_heads, mamba_d_head=c.headdim, mamba_n_groups=c.ngroups,
-                   mamba_d_state=c.d_state, mamba_d_conv=c.d_conv, mamba_expand=c.expand,
-                   mamba_chunk_size=c.chunk_size, mamba_conv_bias=c.ssm_conv_bias, mamba_proj_bias=c.ssm_bias,
-                   time_step_limit=tsl, intermediate_size=c.ffn_dim, rms_norm_eps=c.norm_eps,
-                   attention_bias=c.attn_qkv_bias, mlp_bias=c.mlp_bias, rope_parameters=rope, **attn)
+        out.update(
+            num_hidden_layers=n_pairs,
+            attn_layer_indices=[j for j in range(n_pairs) if kinds[2 * j] == "attention"],
+            mamba_n_heads=c.ssm_heads,
+            mamba_d_head=c.headdim,
+            mamba_n_groups=c.ngroups,
+            mamba_d_state=c.d_state,
+            mamba_d_conv=c.d_conv,
+            mamba_expand=c.expand,
+            mamba_chunk_size=c.chunk_size,
+            mamba_conv_bias=c.ssm_conv_bias,
+            mamba_proj_bias=c.ssm_bias,
+            time_step_limit=tsl,
+            intermediate_size=c.ffn_dim,
+            rms_norm_eps=c.norm_eps,
+            attention_bias=c.attn_qkv_bias,
+            mlp_bias=c.mlp_bias,
+            rope_parameters=rope,
+            **attn,
+        )
     else:  # llama / qwen2
-        out.update(num_hidden_layers=n_pairs, intermediate_size=c.ffn_dim, rms_norm_eps=c.norm_eps,
-                   rope_parameters=rope, mlp_bias=c.mlp_bias, **attn)
+        out.update(
+            num_hidden_layers=n_pairs,
+            intermediate_size=c.ffn_dim,
+            rms_norm_eps=c.norm_eps,
+            rope_parameters=rope,
+            mlp_bias=c.mlp_bias,
+            **attn,
+        )
         if model_type == "llama":
             out["attention_bias"] = c.attn_qkv_bias
     if model_type == "jamba" and c.attn_head_dim != c.d_model // c.n_heads:
-        raise ValueError("save_pretrained(format='hf', model_type='jamba'): Jamba's head_dim is "
-                         "hidden_size / num_attention_heads")
+        raise ValueError(
+            "save_pretrained(format='hf', model_type='jamba'): Jamba's head_dim is "
+            "hidden_size / num_attention_heads"
+        )
     return out
 
 

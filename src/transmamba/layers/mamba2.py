@@ -84,7 +84,7 @@ class Mamba2(nn.Module):
         if dt_limit is not None:
             lo_dt, hi_dt = (float(v) for v in dt_limit)
             if not 0 <= lo_dt <= hi_dt:
-                raise ValueError(f"{op}: dt_limit must be (low, high) with 0 <= low <= high, got {dt_limit!r}")
+                raise ValueError(f"{op}: dt_limit must be (low, high), 0 <= low <= high, got {dt_limit!r}")
             dt_limit = None if (lo_dt, hi_dt) == (0.0, math.inf) else (lo_dt, hi_dt)
         self.dt_limit = dt_limit
         self.d_model = _positive_int(op, "d_model", d_model)
