@@ -1,16 +1,11 @@
 """`transmamba convert`: HF -> native -> HF keeps the function; bad input exits 2 with one line."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from transmamba import CausalLM
 from transmamba.cli import main
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "interop"))
-from _hf_models import VOCAB, build, rel_err  # noqa: E402
+from transmamba.interop.parity import VOCAB, build, rel_err
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,9 @@ for a left-padded batch of two prompts of different lengths, and the round trip 
 
 import pytest
 import torch
-from _hf_models import CHUNK, VOCAB, build, rel_err
 
 from transmamba import CausalLM
+from transmamba.interop.parity import CHUNK, VOCAB, build, rel_err
 
 transformers = pytest.importorskip("transformers")
 
@@ -111,5 +111,32 @@ def test_sharded_safetensors_load(tmp_path):
     assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
     ours = CausalLM.from_pretrained(tmp_path / "sharded").eval()
     ids = torch.randint(3, VOCAB, (1, LENGTH), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert rel_err(hf(ids).logits, ours(ids).logits) <= TOL
+
+
+def test_jamba_fused_expert_tensors_load(tmp_path):
+    """Experts stored as transformers' fused tensors (experts.gate_up_proj (E, 2I, D), experts.down_proj
+    (E, D, I)) load as the per-expert ones do."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    hf = build("jamba", tmp_path / "hf")
+    tensors = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    fused = {}
+    for layer in (1, 3):
+        head = f"model.layers.{layer}.feed_forward.experts"
+        n = 4
+        gate = [tensors.pop(f"{head}.{e}.gate_proj.weight") for e in range(n)]
+        up = [tensors.pop(f"{head}.{e}.up_proj.weight") for e in range(n)]
+        fused[f"{head}.gate_up_proj"] = torch.stack([torch.cat([g, u]) for g, u in zip(gate, up)])
+        fused[f"{head}.down_proj"] = torch.stack([tensors.pop(f"{head}.{e}.down_proj.weight") for e in range(n)])
+    d = tmp_path / "fused"
+    d.mkdir()
+    save_file({**tensors, **fused}, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps(json.loads((tmp_path / "hf" / "config.json").read_text())))
+    ours = CausalLM.from_pretrained(d).eval()
+    ids = torch.randint(3, VOCAB, (1, LENGTH), generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         assert rel_err(hf(ids).logits, ours(ids).logits) <= TOL

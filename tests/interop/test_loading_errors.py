@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
-from _hf_models import build
 from safetensors.torch import load_file, save_file
 
 from transmamba import CausalLM
 from transmamba.interop import detect_format, files
 from transmamba.interop.hf import SUPPORTED, config_from_hf
+from transmamba.interop.parity import build
 
 pytest.importorskip("transformers")
 

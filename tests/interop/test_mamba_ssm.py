@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
-from _hf_models import VOCAB, build, rel_err
 from safetensors.torch import load_file
 
 from transmamba import CausalLM
 from transmamba.interop import detect_format
+from transmamba.interop.parity import VOCAB, build, rel_err
 from transmamba.models.config import ModelConfig
 
 

@@ -1,4 +1,12 @@
-"""Tiny random HF transformers models for the parity tests (built in the test: nothing downloads).
+"""Parity with HF transformers on tiny random models (needs the optional `transformers` package).
+
+    python -m transmamba.interop.parity            prints the parity table (docs/interop.md) for every
+                                                   supported model_type, built here: nothing downloads
+
+`build(model_type, dir)` makes a tiny random HF model and saves it; `parity_row(model_type)` loads it here
+and compares: fp32 logits (max relative error at a length that is not a multiple of the SSD chunk), greedy
+generation of 32 tokens (one prompt, and a left-padded batch of two prompts of different lengths), and
+the round trip back to HF. The tests in tests/interop use the same builders.
 
 Every parameter is redrawn (matrices ~ N(0, 0.2²), vectors ~ U(0.5, 1.5): norm weights, A_log, D, dt biases,
 conv biases, router correction biases), so no parameter sits at an init value that could hide a mapping
@@ -112,3 +120,71 @@ def build(model_type: str, directory, *, seed: int = 0, **overrides):
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |a| (the error relative to the logits' scale)."""
     return float((a.double() - b.double()).abs().max() / a.double().abs().max())
+
+
+def _greedy_pair(hf, ours, ids: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    kw = dict(max_new_tokens=32, do_sample=False, eos_token_id=1, pad_token_id=0)
+    with torch.no_grad():
+        ref = hf.generate(ids, attention_mask=mask if mask is not None else torch.ones_like(ids), **kw)
+    return bool(torch.equal(ref, ours.generate(ids, attention_mask=mask, **kw)))
+
+
+def left_padded_batch(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two prompts of 13 and 6 tokens, the short one left-padded with id 0: (ids (2, 13), mask (2, 13))."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(2, 13, dtype=torch.long)
+    mask = torch.zeros(2, 13, dtype=torch.long)
+    ids[0], mask[0] = torch.randint(3, VOCAB, (13,), generator=gen), 1
+    ids[1, 7:], mask[1, 7:] = torch.randint(3, VOCAB, (6,), generator=gen), 1
+    return ids, mask
+
+
+def parity_row(model_type: str, directory) -> dict:
+    """Build, load here, compare (see the module docstring); returns the table row as a dict."""
+    from pathlib import Path
+
+    import transformers
+
+    from transmamba.models.lm import CausalLM
+
+    directory = Path(directory)
+    hf = build(model_type, directory / "hf")
+    ours = CausalLM.from_pretrained(directory / "hf").eval()
+    ids = torch.randint(3, VOCAB, (2, 2 * CHUNK + 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = hf(ids).logits
+        err = rel_err(ref, ours(ids).logits)
+    single = torch.randint(3, VOCAB, (1, 11), generator=torch.Generator().manual_seed(2))
+    ours.save_pretrained(directory / "back", format="hf")
+    back = transformers.AutoModelForCausalLM.from_pretrained(directory / "back").eval()
+    with torch.no_grad():
+        round_trip = rel_err(ref, back(ids).logits)
+    return dict(model_type=model_type, pattern=ours.config.pattern, max_rel_err=err,
+                greedy_one=_greedy_pair(hf, ours, single, None),
+                greedy_padded=_greedy_pair(hf, ours, *left_padded_batch()),
+                round_trip_rel_err=round_trip, round_trip_type=back.config.model_type)
+
+
+def main() -> None:
+    import tempfile
+
+    import transformers
+
+    from transmamba.interop.hf import SUPPORTED
+
+    torch.set_num_threads(1)
+    print(f"transformers {transformers.__version__}, torch {torch.__version__}, fp32 CPU; logits of 2 x "
+          f"{2 * CHUNK + 5} tokens (SSD chunk {CHUNK})\n")
+    print("| model_type | pattern | max rel err (logits) | greedy 32 tok identical | left-padded batch of 2 "
+          "identical | round trip to HF (rel err) |")
+    print("|---|---|---|---|---|---|")
+    for mt in SUPPORTED:
+        with tempfile.TemporaryDirectory() as d:
+            r = parity_row(mt, d)
+        yes = {True: "yes", False: "NO"}
+        print(f"| {mt} | `{r['pattern']}` | {r['max_rel_err']:.1e} | {yes[r['greedy_one']]} | "
+              f"{yes[r['greedy_padded']]} | {r['round_trip_type']}, {r['round_trip_rel_err']:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
