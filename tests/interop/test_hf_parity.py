@@ -131,7 +131,8 @@ def test_jamba_fused_expert_tensors_load(tmp_path):
         gate = [tensors.pop(f"{head}.{e}.gate_proj.weight") for e in range(n)]
         up = [tensors.pop(f"{head}.{e}.up_proj.weight") for e in range(n)]
         fused[f"{head}.gate_up_proj"] = torch.stack([torch.cat([g, u]) for g, u in zip(gate, up)])
-        fused[f"{head}.down_proj"] = torch.stack([tensors.pop(f"{head}.{e}.down_proj.weight") for e in range(n)])
+        down = [tensors.pop(f"{head}.{e}.down_proj.weight") for e in range(n)]
+        fused[f"{head}.down_proj"] = torch.stack(down)
     d = tmp_path / "fused"
     d.mkdir()
     save_file({**tensors, **fused}, str(d / "model.safetensors"))
