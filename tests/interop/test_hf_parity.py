@@ -17,7 +17,7 @@ MODEL_TYPES = ["mamba2", "mamba", "nemotron_h", "jamba", "bamba", "llama", "qwen
 EXPECTED_PATTERNS = {
     "mamba2": "MM",
     "mamba": "SS",
-    "nemotron_h": "M-*-M",
+    "nemotron_h": "M-*EM",
     "jamba": "S-SE*-SE",
     "bamba": "M-*-M-",
     "llama": "*-*-",

@@ -40,7 +40,7 @@ def test_unsupported_model_type_names_supported_ones(model_type):
     assert repr(model_type) in msg and all(mt in msg for mt in SUPPORTED)
 
 
-def test_nemotron_moe_layers_are_refused_by_name():
+def test_nemotron_latent_moe_is_refused_by_name():
     hf = {
         "model_type": "nemotron_h",
         "vocab_size": 10,
@@ -51,8 +51,12 @@ def test_nemotron_moe_layers_are_refused_by_name():
         "mamba_head_dim": 16,
         "ssm_state_size": 8,
         "intermediate_size": 16,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 8,
+        "moe_latent_size": 16,
     }
-    with pytest.raises(ValueError, match="layers_block_type.*MoE"):
+    with pytest.raises(ValueError, match="'moe_latent_size' = 16"):
         config_from_hf(hf)
 
 

@@ -140,12 +140,14 @@ def test_defaults_are_the_previous_architecture():
         cfg.time_step_limit,
         cfg.m1_inner_layernorms,
         cfg.moe_renormalize,
-    ) == (1.0, False, False, False, False, True, None, False, True)
+        cfg.moe_router,
+    ) == (1.0, False, False, False, False, True, None, False, True, "softmax")
     for name in list_presets():
         c = get_preset(name)
         jamba = name.startswith("jamba-")
         assert c.m1_inner_layernorms is jamba and c.moe_renormalize is not jamba, name
         assert c.rope_dim == c.attn_head_dim and c.time_step_limit is None and c.ssm_conv_bias, name
+        assert c.moe_router == "softmax" and not (c.ssm_bias or c.mlp_bias or c.attn_qkv_bias), name
 
 
 def test_jamba_preset_has_the_inner_norms():

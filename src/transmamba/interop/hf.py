@@ -231,16 +231,25 @@ def _nemotron_pattern(hf: dict) -> str:
     for i, k in enumerate(kinds):
         _need(k in NEMOTRON_KINDS, mt, f"layers_block_type[{i}]", k, f"one of {sorted(set(NEMOTRON_KINDS))}")
         out.append(NEMOTRON_KINDS[k])
-    pattern = "".join(out)
-    _need(
-        "E" not in pattern,
-        mt,
-        "layers_block_type",
-        "moe",
-        "NemotronH's MoE layers (sigmoid router with score-correction bias, grouped top-k, shared experts, "
-        "relu² experts) have no counterpart here; supported layer kinds: mamba, attention, mlp",
+    return "".join(out)
+
+
+def _nemotron_moe(hf: dict) -> dict[str, Any]:
+    """NemotronH's MoE (`layers.SigmoidMoE`): sigmoid router, grouped top-k, a shared expert."""
+    mt = "nemotron_h"
+    latent = _field(hf, mt, "moe_latent_size")
+    _need(latent is None, mt, "moe_latent_size", latent, "only null (experts on the full hidden size)")
+    return dict(
+        moe_router="sigmoid",
+        n_experts=int(_field(hf, mt, "n_routed_experts", required=True)),
+        top_k=int(_field(hf, mt, "num_experts_per_tok", required=True)),
+        d_ff_expert=int(_field(hf, mt, "moe_intermediate_size", required=True)),
+        moe_shared_ff=int(_field(hf, mt, "moe_shared_expert_intermediate_size", 0)),
+        moe_n_groups=int(_field(hf, mt, "n_group", 1)),
+        moe_topk_groups=int(_field(hf, mt, "topk_group", 1)),
+        moe_renormalize=bool(_field(hf, mt, "norm_topk_prob", True)),
+        moe_scale=float(_field(hf, mt, "routed_scaling_factor", 1.0)),
     )
-    return pattern
 
 
 def _from_nemotron_h(hf: dict) -> dict[str, Any]:
@@ -259,8 +268,10 @@ def _from_nemotron_h(hf: dict) -> dict[str, Any]:
         conv_bias="use_conv_bias",
     )
     m2 = _mamba2_fields(hf, mt, {**keys, "expand": "_no_expand_field"})
+    pattern = _nemotron_pattern(hf)
     return dict(
-        pattern=_nemotron_pattern(hf),
+        pattern=pattern,
+        **(_nemotron_moe(hf) if "E" in pattern else {}),
         rope=False,
         mlp_act=act,
         d_ff=int(_field(hf, mt, "intermediate_size", required=True)),
@@ -457,7 +468,10 @@ def _split_fused_experts(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Te
     out = {}
     for name, t in tensors.items():
         head, _, last = name.rpartition(".experts.")
-        if last == "gate_up_proj" and t.dim() == 3:
+        if last == "up_proj" and t.dim() == 3:  # NemotronH: experts without a gate
+            for e in range(t.shape[0]):
+                out[f"{head}.experts.{e}.up_proj.weight"] = t[e]
+        elif last == "gate_up_proj" and t.dim() == 3:
             gate, up = t.chunk(2, dim=1)
             for e in range(t.shape[0]):
                 out[f"{head}.experts.{e}.gate_proj.weight"] = gate[e]
@@ -546,10 +560,12 @@ def _fits(config: ModelConfig, model_type: str) -> str | None:
             return "needs a pattern of 'S' only"
         return "Mamba-1 inner layernorms are Jamba's (use jamba)" if c.m1_inner_layernorms else None
     if model_type == "nemotron_h":
-        if not set(p) <= set("M*-"):
-            return "needs a pattern of 'M', '*', '-'"
-        if "-" in p and c.mlp_act not in ("relu2", "gelu"):
+        if not set(p) <= set("M*-E"):
+            return "needs a pattern of 'M', '*', '-', 'E'"
+        if ("-" in p or "E" in p) and c.mlp_act not in ("relu2", "gelu"):
             return "needs mlp_act relu2 or gelu"
+        if "E" in p and (c.moe_router != "sigmoid" or c.moe_shared_ff <= 0):
+            return "needs moe_router='sigmoid' with a shared expert (moe_shared_ff > 0) for 'E' layers"
         if "*" in p and not plain_attn:
             return "needs attention without RoPE and without biases"
         return None
@@ -560,6 +576,8 @@ def _fits(config: ModelConfig, model_type: str) -> str | None:
             return "needs ('S' or '*') + ('-' or 'E') pairs"
         if ("*" in p and not plain_attn) or c.mlp_act != "swiglu" or c.mlp_bias:
             return "needs attention without RoPE/biases and SwiGLU MLPs without biases"
+        if "E" in p and c.moe_router != "softmax":
+            return "needs the softmax router (moe_router='softmax')"
         if not c.m1_inner_layernorms or c.moe_renormalize or ("E" in p and c.expert_dim != c.ffn_dim):
             return "needs m1_inner_layernorms=True, moe_renormalize=False and d_ff_expert = d_ff"
         if _jamba_periods(p) is None:
@@ -674,7 +692,20 @@ def config_to_hf(config: ModelConfig, model_type: str) -> dict[str, Any]:
             layer_norm_epsilon=c.norm_eps,
         )
     elif model_type == "nemotron_h":
-        names = {"mamba2": "mamba", "attention": "attention", "mlp": "mlp"}
+        names = {"mamba2": "mamba", "attention": "attention", "mlp": "mlp", "moe": "moe"}
+        if "moe" in kinds:
+            out.update(
+                n_routed_experts=c.n_experts,
+                num_experts_per_tok=c.top_k,
+                moe_intermediate_size=c.expert_dim,
+                moe_shared_expert_intermediate_size=c.moe_shared_ff,
+                n_shared_experts=1,
+                n_group=c.moe_n_groups,
+                topk_group=c.moe_topk_groups,
+                norm_topk_prob=c.moe_renormalize,
+                routed_scaling_factor=c.moe_scale,
+                moe_latent_size=None,
+            )
         out.update(
             layers_block_type=[names[k] for k in kinds],
             num_hidden_layers=len(kinds),

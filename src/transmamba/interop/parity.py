@@ -42,7 +42,7 @@ def hf_configs() -> dict:
             num_hidden_layers=2, state_size=8, expand=2, time_step_rank=4, use_bias=True, **common
         ),
         "nemotron_h": T.NemotronHConfig(
-            layers_block_type=["linear_attention", "mlp", "full_attention", "mlp", "linear_attention"],
+            layers_block_type=["linear_attention", "mlp", "full_attention", "moe", "linear_attention"],
             num_attention_heads=4,
             num_key_value_heads=2,
             head_dim=8,
@@ -53,6 +53,13 @@ def hf_configs() -> dict:
             n_groups=2,
             chunk_size=CHUNK,
             mlp_hidden_act="relu2",
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=16,
+            moe_shared_expert_intermediate_size=24,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=1.5,
             **common,
         ),
         "jamba": T.JambaConfig(
@@ -101,6 +108,9 @@ def redraw(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
         else:
             p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+    for name, b in model.named_buffers():  # NemotronH's router bias is a buffer (it shifts the choice)
+        if name.endswith("e_score_correction_bias"):
+            b.copy_(torch.rand(b.shape, generator=gen) * 0.5)
     return model
 
 

@@ -1,7 +1,8 @@
 """transmamba.layers: the residual sub-layers of hybrid models (see docs/architecture.md).
 
 Token mixers (forward(hidden, *, seq_idx, state), step, init_state): Attention, Mamba1, Mamba2, TransMamba.
-Channel mixers: MLP (SwiGLU), MoE (top-k SwiGLU experts). Block is the pre-norm residual around either.
+Channel mixers: MLP (SwiGLU), MoE (top-k SwiGLU experts), SigmoidMoE (NemotronH's router). Block is the
+pre-norm residual around either.
 """
 
 from transmamba.layers.attention import Attention
@@ -11,6 +12,7 @@ from transmamba.layers.mamba2 import Mamba2
 from transmamba.layers.mlp import MLP
 from transmamba.layers.moe import MoE
 from transmamba.layers.norm import RMSNorm, RMSNormGated
+from transmamba.layers.sigmoid_moe import SigmoidMoE
 from transmamba.layers.state import KVState, LayerState, Mamba1State
 from transmamba.layers.transmamba import TransMamba
 
@@ -26,5 +28,6 @@ __all__ = [
     "MoE",
     "RMSNorm",
     "RMSNormGated",
+    "SigmoidMoE",
     "TransMamba",
 ]

@@ -70,6 +70,14 @@ class ModelConfig:
     d_ff_expert: int | None = None  # None: = d_ff
     aux_loss_coef: float = 0.01
     moe_renormalize: bool = True  # rescale the top-k router probabilities to sum to 1 (Jamba: False)
+    # "softmax": `layers.MoE` (SwiGLU experts); "sigmoid": `layers.SigmoidMoE` (NemotronH): sigmoid scores,
+    # choice among the moe_topk_groups best of moe_n_groups groups, weights x moe_scale, experts and a
+    # shared expert of moe_shared_ff units (0: none) that are two-matrix MLPs with mlp_act
+    moe_router: str = "softmax"
+    moe_n_groups: int = 1
+    moe_topk_groups: int = 1
+    moe_scale: float = 1.0
+    moe_shared_ff: int = 0
     # model-wide
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
@@ -188,6 +196,22 @@ class ModelConfig:
         if "moe" in kinds:
             need(self.top_k <= self.n_experts, f"top_k={self.top_k} must be <= n_experts={self.n_experts}")
             need(self.aux_loss_coef >= 0, f"aux_loss_coef must be >= 0, got {self.aux_loss_coef}")
+            need(self.moe_router in ("softmax", "sigmoid"),
+                 f"moe_router must be 'softmax' or 'sigmoid', got {self.moe_router!r}")
+            if self.moe_router == "sigmoid":
+                g = self.moe_n_groups
+                need(g > 0 and self.n_experts % g == 0 and self.n_experts // g >= 2,
+                     f"moe_n_groups={g} must split n_experts={self.n_experts} into groups of at least 2")
+                need(0 < self.moe_topk_groups <= g,
+                     f"moe_topk_groups={self.moe_topk_groups} must be in [1, {g}]")
+                need(self.mlp_act != "swiglu", "moe_router='sigmoid' uses two-matrix experts: set mlp_act to "
+                     "'relu2' or 'gelu'")
+                need(self.moe_shared_ff >= 0, f"moe_shared_ff must be >= 0, got {self.moe_shared_ff}")
+            else:
+                sigmoid_only = (self.moe_n_groups, self.moe_topk_groups, self.moe_scale, self.moe_shared_ff)
+                need(sigmoid_only == (1, 1, 1.0, 0),
+                     "moe_n_groups / moe_topk_groups / moe_scale / moe_shared_ff apply to "
+                     "moe_router='sigmoid' only")
         need(self.ffn_dim > 0 and self.expert_dim > 0, "d_ff and d_ff_expert must be positive")
         if self.schedule_train_len is not None:
             need(self.schedule_train_len > 0,

@@ -100,6 +100,12 @@ def build_sublayer(kind: str, cfg: ModelConfig, transpoint: int | None = None) -
         if cfg.mlp_act == "swiglu":
             return L.MLP(cfg.d_model, cfg.ffn_dim, bias=cfg.mlp_bias)
         return PlainMLP(cfg.d_model, cfg.ffn_dim, cfg.mlp_act, bias=cfg.mlp_bias)
+    if kind == "moe" and cfg.moe_router == "sigmoid":  # NemotronH's MoE: two-matrix experts with mlp_act
+        return L.SigmoidMoE(cfg.d_model, cfg.expert_dim,
+                            lambda ff: PlainMLP(cfg.d_model, ff, cfg.mlp_act, bias=cfg.mlp_bias),
+                            n_experts=cfg.n_experts, top_k=cfg.top_k, n_groups=cfg.moe_n_groups,
+                            topk_groups=cfg.moe_topk_groups, renormalize=cfg.moe_renormalize,
+                            scale=cfg.moe_scale, shared_ff=cfg.moe_shared_ff)
     if kind == "moe":  # experts are SwiGLU MLPs whatever mlp_act says (Jamba's choice)
         return L.MoE(cfg.d_model, cfg.expert_dim, n_experts=cfg.n_experts, top_k=cfg.top_k,
                      bias=cfg.mlp_bias, renormalize=cfg.moe_renormalize)
