@@ -163,3 +163,19 @@ def test_option_errors_name_the_field():
         ModelConfig(pattern="M-", time_step_limit=[0.5, 0.1])
     with pytest.raises(ValueError, match="TransMamba"):
         ModelConfig(pattern="T-", time_step_limit=[0.0, 1.0])
+
+
+@pytest.mark.gpu
+def test_options_on_cuda_match_the_cpu():
+    """The CUDA paths (Triton SSD with a pre-clamped dt, conv without bias, partial RoPE in the Triton rope
+    and the CUDA-graph static step) compute what the CPU computes, fp32."""
+    cpu = _model(pattern="M-*-M")
+    gpu = _model(pattern="M-*-M").cuda()
+    ids = torch.randint(0, 53, (2, 45))
+    with torch.no_grad():
+        ref = cpu(ids).logits
+        got = gpu(ids.cuda()).logits.cpu()
+    assert (got - ref).abs().max() / ref.abs().max() <= 1e-4
+    prompts = [[1, 2, 3, 4, 5], [6, 7]]
+    eager = cpu.generate(prompts, max_new_tokens=12, do_sample=False)
+    assert gpu.generate(prompts, max_new_tokens=12, do_sample=False, cuda_graph="on") == eager
