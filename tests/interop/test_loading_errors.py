@@ -138,3 +138,16 @@ def test_transmamba_keeps_native_format(tmp_path):
         model.save_pretrained(tmp_path, format="hf")
     model.save_pretrained(tmp_path)  # native still works
     assert detect_format(tmp_path) == "native"
+
+
+def test_checkpoint_dtype_is_kept_unless_asked(tmp_path):
+    """bf16 tensors load as a bf16 model (HF's dtype="auto"); dtype= casts; nothing is left on meta."""
+    model = CausalLM.from_preset("mamba2-hybrid-8b-tiny").to(torch.bfloat16)
+    model.save_pretrained(tmp_path, format="hf", model_type="nemotron_h")
+    loaded = CausalLM.from_pretrained(tmp_path)
+    assert loaded.dtype == torch.bfloat16 and all(p.dtype == torch.bfloat16 for p in loaded.parameters())
+    assert not any(p.is_meta for p in loaded.parameters())
+    assert CausalLM.from_pretrained(tmp_path, dtype=torch.float32).dtype == torch.float32
+    ids = torch.randint(0, 512, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from transmamba.interop import files
 
 FORMATS = ("native", "hf", "mamba_ssm")
@@ -38,15 +40,36 @@ def detect_format(directory: str | Path) -> str:
     )
 
 
-def load_pretrained(directory: str | Path):
-    """A CausalLM from a native, HF transformers or mamba_ssm directory (weights on the CPU, as stored)."""
+def load_pretrained(directory: str | Path, dtype: torch.dtype | None = None):
+    """A CausalLM from an HF transformers or mamba_ssm directory, on the CPU, in `dtype` (default: the
+    checkpoint's own, that of its embedding matrix, as HF's dtype="auto")."""
     fmt = detect_format(directory)
     if fmt == "hf":
         from transmamba.interop.hf import load_hf
 
-        return load_hf(directory)
+        return load_hf(directory, dtype=dtype)
     if fmt == "mamba_ssm":
         from transmamba.interop.mamba_ssm import load_mamba_ssm
 
-        return load_mamba_ssm(directory)
+        return load_mamba_ssm(directory, dtype=dtype)
     raise ValueError("load_pretrained: native directories load through CausalLM.from_pretrained")
+
+
+def empty_model(config):
+    """CausalLM(config) on the meta device: shapes only, no memory and no random init (a 52B model is
+    built instantly); `fill_model` then puts the checkpoint's tensors in."""
+    from transmamba.models.lm import CausalLM
+
+    with torch.device("meta"):
+        return CausalLM(config)
+
+
+def fill_model(model, tensors: dict[str, torch.Tensor], dtype: torch.dtype | None):
+    """Give the meta-device `model` the checked tensors (our names) and cast it to one dtype."""
+    model.load_state_dict({k: v.contiguous() for k, v in tensors.items()}, strict=False, assign=True)
+    if model.config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:  # tensors_from_* lists missing tensors first; this is a guard
+        raise ValueError(f"checkpoint left tensors unset: {left[:5]}")
+    return model.to(dtype or model.embed.weight.dtype)

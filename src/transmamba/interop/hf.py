@@ -788,19 +788,16 @@ def config_to_hf(config: ModelConfig, model_type: str) -> dict[str, Any]:
 
 
 # ---- directories ---------------------------------------------------------------------------------------
-def load_hf(directory: str | Path, hf_config: dict[str, Any] | None = None):
-    """Build a CausalLM from an HF transformers directory (config.json + weights)."""
-    from transmamba.models.lm import CausalLM
+def load_hf(directory: str | Path, dtype: torch.dtype | None = None):
+    """A CausalLM from an HF transformers directory (config.json + weights), in `dtype` (default: the
+    checkpoint's)."""
+    from transmamba.interop import empty_model, fill_model
 
     directory = Path(directory)
-    if hf_config is None:
-        hf_config = files.read_json(directory / "config.json")
-    config = config_from_hf(hf_config)
-    tensors = files.read_tensors(directory)
-    model = CausalLM(config)
-    ours = tensors_from_hf(model, hf_config["model_type"], tensors, source=str(directory))
-    model.load_state_dict(ours, strict=False)
-    return model
+    hf_config = files.read_json(directory / "config.json")
+    model = empty_model(config_from_hf(hf_config))
+    ours = tensors_from_hf(model, hf_config["model_type"], files.read_tensors(directory), source=str(directory))
+    return fill_model(model, ours, dtype)
 
 
 def save_hf(model, directory: str | Path, model_type: str | None = None) -> Path:

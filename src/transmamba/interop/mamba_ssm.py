@@ -214,12 +214,11 @@ def tensors_from_mamba_ssm(
     return out
 
 
-def load_mamba_ssm(directory: str | Path):
-    from transmamba.models.lm import CausalLM
+def load_mamba_ssm(directory: str | Path, dtype: torch.dtype | None = None):
+    """A CausalLM from a mamba_ssm directory, in `dtype` (default: the checkpoint's)."""
+    from transmamba.interop import empty_model, fill_model
 
     directory = Path(directory)
-    config = config_from_mamba_ssm(files.read_json(directory / "config.json"))
-    model = CausalLM(config)
+    model = empty_model(config_from_mamba_ssm(files.read_json(directory / "config.json")))
     ours = tensors_from_mamba_ssm(model, files.read_tensors(directory), source=str(directory))
-    model.load_state_dict(ours, strict=False)
-    return model
+    return fill_model(model, ours, dtype)

@@ -429,10 +429,8 @@ class CausalLM(nn.Module):
 
         src = Path(directory)
         if (src / CONFIG_NAME).is_file() and detect_format(src) != "native":
-            model = load_pretrained(src)
-            if device is not None or dtype is not None:
-                model.to(device=device, dtype=dtype)
-            return model
+            model = load_pretrained(src, dtype=dtype)  # in the checkpoint's dtype unless `dtype` is given
+            return model if device is None else model.to(device=device)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (src / name).is_file():
                 raise FileNotFoundError(f"from_pretrained: {src / name} not found")
