@@ -796,7 +796,8 @@ def load_hf(directory: str | Path, dtype: torch.dtype | None = None):
     directory = Path(directory)
     hf_config = files.read_json(directory / "config.json")
     model = empty_model(config_from_hf(hf_config))
-    ours = tensors_from_hf(model, hf_config["model_type"], files.read_tensors(directory), source=str(directory))
+    tensors = files.read_tensors(directory)
+    ours = tensors_from_hf(model, hf_config["model_type"], tensors, source=str(directory))
     return fill_model(model, ours, dtype)
 
 
