@@ -39,7 +39,7 @@ def register(subparsers) -> None:
         dest="model_type",
         metavar="TYPE",
         default=None,
-        help="with --to hf: the HF model_type to write (default: the first that fits the pattern)",
+        help="with --to hf: the HF model_type to write (None: the first that fits the pattern)",
     )
     p.set_defaults(func=run)
 
