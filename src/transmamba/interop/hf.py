@@ -531,10 +531,12 @@ def _to_hf_name(ours: str, ours_to_hf: dict[str, str]) -> str:
 
 
 def tensors_to_hf(model, model_type: str) -> dict[str, torch.Tensor]:
+    """Our state dict under HF's names. A tied LM head is written too (a copy): not every HF class ties
+    it on load (NemotronH does not), and a class that does loads the same values."""
     pairs = [(dst, src) for src, dst in name_pairs(model.config, model_type)]
     state = model.state_dict()
     if model.config.tie_embeddings:
-        state.pop("lm_head.weight", None)
+        state["lm_head.weight"] = state["lm_head.weight"].clone()  # safetensors refuses shared storage
     out = {}
     for name, t in state.items():
         hf_name = _rename(name, pairs)
@@ -586,7 +588,9 @@ def _fits(config: ModelConfig, model_type: str) -> str | None:
     if model_type == "bamba":
         if any(a not in "M*" or b != "-" for a, b in pairs) or c.mlp_act != "swiglu":
             return "needs ('M' or '*') + '-' pairs with SwiGLU MLPs"
-        if "*" in p and (not c.rope or c.attn_qkv_bias != c.attn_out_bias):
+        if "*" not in p:  # transformers' Bamba builds an attention mask from its first attention layer
+            return "needs at least one attention layer (HF's Bamba cannot run without one)"
+        if not c.rope or c.attn_qkv_bias != c.attn_out_bias:
             return "needs RoPE attention with all or no biases"
         return None
     if model_type in ("llama", "qwen2"):
