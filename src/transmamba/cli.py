@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "eval": "transmamba.commands.eval",
     "bench": "transmamba.commands.bench",
     "forecast": "transmamba.commands.forecast",
+    "export": "transmamba.commands.export",
 }
 
 
