@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "eval": "transmamba.commands.eval",
     "bench": "transmamba.commands.bench",
     "forecast": "transmamba.commands.forecast",
+    "distill": "transmamba.commands.distill",
+    "plan": "transmamba.commands.plan",
 }
 
 
