@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "bench": "transmamba.commands.bench",
     "forecast": "transmamba.commands.forecast",
     "export": "transmamba.commands.export",
+    "distill": "transmamba.commands.distill",
+    "plan": "transmamba.commands.plan",
 }
 
 

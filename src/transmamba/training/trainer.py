@@ -342,8 +342,11 @@ class Trainer:
 
             self.bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
         t_last, tok_last = time.perf_counter(), tokens_seen
+        on_step = getattr(raw_model, "on_train_step", None)  # a model's per-step hook (distillation schedule)
         while step < cfg.max_steps:
             # ---- one optimizer step
+            if on_step is not None:
+                on_step(step)
             step_loss = 0.0
             for micro in range(cfg.grad_accum):
                 batch = loader.next_batch()
