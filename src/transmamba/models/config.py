@@ -58,6 +58,12 @@ class ModelConfig:
     ssm_bias: bool = False
     ssm_conv_bias: bool = True
     time_step_limit: list[float] | None = None
+    # TransMamba (`T`) attention-path options; the defaults are the paper's layer. A Transformer converted
+    # to TransMamba (`transmamba.conversion`) sets them so that P >= T reproduces the Transformer exactly.
+    tm_attn_rope: bool = False  # RoPE (base rope_theta) on Q = C, K = B before the TransPoint
+    tm_attn_norm: bool = True  # RMSNorm on the attention output before out_proj
+    tm_attn_d_skip: bool = True  # D · x skip on the attention path
+    tm_conv_activation: str = "silu"  # "silu" | "none": the activation after the conv on xBC
     # Mamba-1 (`S`) layers
     m1_d_state: int = 16
     m1_expand: int = 2
@@ -193,6 +199,12 @@ class ModelConfig:
             need("transmamba" not in kinds,
                  "time_step_limit applies to Mamba-2 (`M`) layers only; TransMamba (`T`) layers do not "
                  "support it (set time_step_limit=None)")
+        if "transmamba" in kinds:
+            need(self.tm_conv_activation in ("silu", "none"),
+                 f"tm_conv_activation must be 'silu' or 'none', got {self.tm_conv_activation!r}")
+            need(not self.tm_attn_rope or self.d_state % 2 == 0,
+                 f"d_state={self.d_state} must be even for tm_attn_rope")
+        need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
         if "moe" in kinds:
             need(self.top_k <= self.n_experts, f"top_k={self.top_k} must be <= n_experts={self.n_experts}")
             need(self.aux_loss_coef >= 0, f"aux_loss_coef must be >= 0, got {self.aux_loss_coef}")
