@@ -13,7 +13,7 @@ from transmamba.interop.parity import CHUNK, VOCAB, build, rel_err
 
 transformers = pytest.importorskip("transformers")
 
-MODEL_TYPES = ["mamba2", "mamba", "nemotron_h", "jamba", "bamba", "llama", "qwen2"]
+MODEL_TYPES = ["mamba2", "mamba", "nemotron_h", "jamba", "bamba", "llama", "qwen2", "mistral"]
 EXPECTED_PATTERNS = {
     "mamba2": "MM",
     "mamba": "SS",
@@ -22,6 +22,7 @@ EXPECTED_PATTERNS = {
     "bamba": "M-*-M-",
     "llama": "*-*-",
     "qwen2": "*-*-",
+    "mistral": "*-*-",
 }
 LENGTH = 2 * CHUNK + 5  # not a multiple of the chunk length
 TOL = 1e-4
@@ -83,7 +84,7 @@ def test_greedy_generate_left_padded_batch_matches(pair):
 
 def test_round_trip_back_to_hf(pair, tmp_path):
     model_type, hf, ours = pair
-    ours.save_pretrained(tmp_path, format="hf")
+    ours.save_pretrained(tmp_path, format="hf", model_type=model_type)
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert back.config.model_type == model_type
     ids = torch.randint(3, VOCAB, (2, LENGTH), generator=torch.Generator().manual_seed(4))
@@ -141,3 +142,14 @@ def test_jamba_fused_expert_tensors_load(tmp_path):
     ids = torch.randint(3, VOCAB, (1, LENGTH), generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         assert rel_err(hf(ids).logits, ours(ids).logits) <= TOL
+
+
+def test_automatic_model_type_is_the_first_that_fits(tmp_path):
+    """Without model_type, a Mistral-shaped model (no biases, full attention) is written as llama."""
+    hf = build("mistral", tmp_path / "m")
+    CausalLM.from_pretrained(tmp_path / "m").save_pretrained(tmp_path / "out", format="hf")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert back.config.model_type == "llama"
+    ids = torch.randint(3, VOCAB, (1, LENGTH), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        assert rel_err(hf(ids).logits, back(ids).logits) <= 1e-6

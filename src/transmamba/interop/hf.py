@@ -16,6 +16,7 @@ token mixer and a feed-forward, i.e. two of our residual sub-layers):
     bamba       BambaForCausalLM        ('M' or '*') + '-' per layer; partial rotary from rope_parameters
     llama       LlamaForCausalLM        '*-' per layer (default RoPE only)
     qwen2       Qwen2ForCausalLM        '*-' per layer, q/k/v biases (no sliding window)
+    mistral     MistralForCausalLM      '*-' per layer (sliding_window null only)
 
 The mixers' own tensor names (in_proj, conv1d, dt_bias, A_log, D, norm, out_proj, x_proj, dt_proj,
 q/k/v/o_proj, gate/up/down_proj, router, experts.e.*) are the same here and in HF, so a tensor maps by
@@ -38,7 +39,7 @@ import torch
 from transmamba.interop import files
 from transmamba.models.config import ModelConfig
 
-SUPPORTED = ("mamba2", "mamba", "nemotron_h", "jamba", "bamba", "llama", "qwen2")
+SUPPORTED = ("mamba2", "mamba", "nemotron_h", "jamba", "bamba", "llama", "qwen2", "mistral")
 UNSUPPORTED = {
     "zamba2": "its shared attention blocks (one set of weights reused at several depths, with per-depth LoRA "
     "adapters and the embedding concatenated to the input) have no counterpart here",
@@ -56,6 +57,7 @@ ARCHITECTURES = {
     "bamba": "BambaForCausalLM",
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "mistral": "MistralForCausalLM",
 }
 NEMOTRON_KINDS = {
     "mamba": "M",
@@ -369,6 +371,10 @@ def _from_llama(hf: dict, model_type: str = "llama") -> dict[str, Any]:
             "only full attention (use_sliding_window=false)",
         )
         qkv_bias, out_bias = True, False
+    elif mt == "mistral":
+        window = _field(hf, mt, "sliding_window")
+        _need(window is None, mt, "sliding_window", window, "only full attention (sliding_window=null)")
+        qkv_bias = out_bias = False
     else:
         qkv_bias = out_bias = bool(_field(hf, mt, "attention_bias", False))
     return dict(
@@ -393,6 +399,7 @@ _FROM_HF: dict[str, Callable[[dict], dict[str, Any]]] = {
     "bamba": _from_bamba,
     "llama": _from_llama,
     "qwen2": lambda hf: _from_llama(hf, "qwen2"),
+    "mistral": lambda hf: _from_llama(hf, "mistral"),
 }
 
 
@@ -442,6 +449,7 @@ def name_pairs(config: ModelConfig, model_type: str) -> list[tuple[str, str]]:
         "bamba": ("pre_ff_layernorm", "feed_forward"),
         "llama": ("post_attention_layernorm", "mlp"),
         "qwen2": ("post_attention_layernorm", "mlp"),
+        "mistral": ("post_attention_layernorm", "mlp"),
     }
     ff_norm, ff_name = paired[model_type]
     for j in range(len(kinds) // 2):
@@ -593,7 +601,7 @@ def _fits(config: ModelConfig, model_type: str) -> str | None:
         if not c.rope or c.attn_qkv_bias != c.attn_out_bias:
             return "needs RoPE attention with all or no biases"
         return None
-    if model_type in ("llama", "qwen2"):
+    if model_type in ("llama", "qwen2", "mistral"):
         if any(pr != "*-" for pr in pairs) or c.mlp_act != "swiglu" or not c.rope:
             return "needs '*-' pairs with RoPE and SwiGLU MLPs"
         if c.partial_rotary_factor != 1.0:
@@ -602,6 +610,8 @@ def _fits(config: ModelConfig, model_type: str) -> str | None:
             return "needs q/k/v biases only"
         if model_type == "llama" and c.attn_qkv_bias != c.attn_out_bias:
             return "needs all or no attention biases"
+        if model_type == "mistral" and (c.attn_qkv_bias or c.attn_out_bias or c.mlp_bias):
+            return "needs no biases"
         return None
     return f"unknown model_type {model_type!r}"
 
@@ -772,7 +782,7 @@ def config_to_hf(config: ModelConfig, model_type: str) -> dict[str, Any]:
             rope_parameters=rope,
             **attn,
         )
-    else:  # llama / qwen2
+    else:  # llama / qwen2 / mistral
         out.update(
             num_hidden_layers=n_pairs,
             intermediate_size=c.ffn_dim,
@@ -783,6 +793,9 @@ def config_to_hf(config: ModelConfig, model_type: str) -> dict[str, Any]:
         )
         if model_type == "llama":
             out["attention_bias"] = c.attn_qkv_bias
+        if model_type == "mistral":
+            out["sliding_window"] = None
+            del out["mlp_bias"]
     if model_type == "jamba" and c.attn_head_dim != c.d_model // c.n_heads:
         raise ValueError(
             "save_pretrained(format='hf', model_type='jamba'): Jamba's head_dim is "

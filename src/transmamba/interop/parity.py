@@ -97,6 +97,10 @@ def hf_configs() -> dict:
         "qwen2": T.Qwen2Config(
             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48, **common
         ),
+        "mistral": T.MistralConfig(
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+            sliding_window=None, **common
+        ),
     }
 
 
@@ -165,7 +169,7 @@ def parity_row(model_type: str, directory) -> dict:
         ref = hf(ids).logits
         err = rel_err(ref, ours(ids).logits)
     single = torch.randint(3, VOCAB, (1, 11), generator=torch.Generator().manual_seed(2))
-    ours.save_pretrained(directory / "back", format="hf")
+    ours.save_pretrained(directory / "back", format="hf", model_type=model_type)
     back = transformers.AutoModelForCausalLM.from_pretrained(directory / "back").eval()
     with torch.no_grad():
         round_trip = rel_err(ref, back(ids).logits)
