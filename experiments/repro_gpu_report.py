@@ -1,6 +1,6 @@
-"""Tables and plots from the JSONL logs of `benchmarks/repro_gpu.py` (one folder of runs).
+"""Tables and plots from the JSONL logs of `experiments/repro_gpu.py` (one folder of runs).
 
-    python benchmarks/repro_gpu.py report DIR
+    python experiments/repro_gpu.py report DIR
 
 Writes DIR/results.json (every run: settings, parameters, steps, training curve, evaluations),
 DIR/tables.md (mean ± std over seeds; std is numpy's, ddof 0) and PNG plots: MQAR accuracy against the

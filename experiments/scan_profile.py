@@ -1,6 +1,6 @@
 """Per-kernel CUDA times of one Triton selective-scan forward + backward (torch.profiler).
 
-    python benchmarks/scan_profile.py --batch 4 --seqlen 4096 --dim 2048
+    python experiments/scan_profile.py --batch 4 --seqlen 4096 --dim 2048
 
 Prints one line per kernel (microseconds per call, calls per step). Needs a CUDA GPU.
 """
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     sys.path.insert(0, str(ROOT / "src"))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "experiments"))
     from scan_tune import _inputs
     from torch.profiler import ProfilerActivity, profile
 

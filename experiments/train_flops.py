@@ -2,7 +2,7 @@
 LM head), attention and SSD (`transmamba.models.flops`), and the best tokens/s ratio over the equal-size
 Transformer that equal MFU would allow. CPU only; prints markdown tables.
 
-    python benchmarks/train_flops.py
+    python experiments/train_flops.py
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Per-kernel device time of one static decode step (what a CUDA graph replays), for one model / context /
-batch: `python benchmarks/decode_profile.py transmamba-400m 32768 16`. Prints the kernels of one step
+batch: `python experiments/decode_profile.py transmamba-400m 32768 16`. Prints the kernels of one step
 (count, total device µs) and the step's graph time, so launch gaps = graph time - kernel time."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 import torch
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"))
 from decode_bench import EXTRA, _build, decode_models, fill_cache  # noqa: E402
 from run import HYBRID_400M_PATTERN  # noqa: E402
 

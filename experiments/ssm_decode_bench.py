@@ -1,6 +1,6 @@
 """Time the fused Mamba-2 decode step kernel (`ops/triton/ssm_decode.py`) at the 400M models' shape.
 
-    python benchmarks/ssm_decode_bench.py OUT.json [--batch 16] [--state-dtype bf16|fp32]
+    python experiments/ssm_decode_bench.py OUT.json [--batch 16] [--state-dtype bf16|fp32]
 
 d_model 1536 (d_inner 3072, 48 heads of 64, 16 groups, d_state 128), bf16 inputs, SSM state in bf16 (as
 the bf16 decode benchmark's caches) or fp32. The kernels ("head", "group", "split", see
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     with open(argv[0], "w") as f:
-        cmd = "python benchmarks/ssm_decode_bench.py OUT.json " + " ".join(argv[1:])
+        cmd = "python experiments/ssm_decode_bench.py OUT.json " + " ".join(argv[1:])
         meta = {"gpu": torch.cuda.get_device_name(), "copy_GBps": bw, "command": cmd}
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     return 0

@@ -1,10 +1,10 @@
 """Mambaformer vs. its comparison models on LTSF benchmarks: the script behind docs/forecasting.md.
 
     # run a grid (appends one JSON line per finished run; re-running skips finished runs)
-    python benchmarks/forecasting.py run --datasets etth1,exchange --horizons 96,192 --seeds 0,1 \
+    python experiments/forecasting.py run --datasets etth1,exchange --horizons 96,192 --seeds 0,1 \
         --models mambaformer,attention-mamba,mamba,transformer --d-model 32 --out runs/forecasting.jsonl
     # tables + plot from the results
-    python benchmarks/forecasting.py report --results runs/forecasting.jsonl \
+    python experiments/forecasting.py report --results runs/forecasting.jsonl \
         --md docs/forecasting_results.md \
         --png docs/forecasting_mse.png
 

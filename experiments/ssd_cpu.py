@@ -1,6 +1,6 @@
 """CPU timings of the SSD implementations: chunked PyTorch vs the token-by-token recurrence.
 
-    python benchmarks/ssd_cpu.py [--seqlens 512 2048] [--repeats 3] [--chunk-sizes 64 256] [--threads N]
+    python experiments/ssd_cpu.py [--seqlens 512 2048] [--repeats 3] [--chunk-sizes 64 256] [--threads N]
 
 Prints one markdown table (median wall time over `--repeats` runs after one warm-up, forward and
 forward+backward) and writes nothing. Shapes: b=1, h=8 heads, p=32 headdim, g=1 group, n=32 state,

@@ -1,6 +1,7 @@
 """Skinny GEMM sweep: y = x Wᵀ with M = 1 / 16 / 64 rows at the decode step's shapes, cuBLAS vs Triton.
 
-    python benchmarks/skinny_gemm_bench.py OUT.json [--rows 1,16,64] [--sweep [--sweep-only]] [--deadline-s S]
+    python experiments/skinny_gemm_bench.py OUT.json [--rows 1,16,64] [--sweep [--sweep-only]] \
+        [--deadline-s S]
 
 For each weight shape (N, K) of the 400M models' decode step (bf16) and each M: torch's F.linear (cuBLAS)
 and `ops/triton/skinny_gemm.py` with its default configuration (and, with --sweep, a grid of block sizes
@@ -89,7 +90,7 @@ def main(argv: list[str]) -> int:
     sweep = "--sweep" in argv
     bw = copy_GBps()
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_GBps": bw,
-            "command": "python benchmarks/skinny_gemm_bench.py OUT.json " + " ".join(argv[1:])}
+            "command": "python experiments/skinny_gemm_bench.py OUT.json " + " ".join(argv[1:])}
     rows: list[dict] = []
 
     def dump():

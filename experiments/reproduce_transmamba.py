@@ -1,7 +1,7 @@
 """Small-scale reproduction of TransMamba's (arXiv 2503.24067) and Mamba-2-Hybrid's (arXiv 2406.07887) claims.
 
-    python benchmarks/reproduce_transmamba.py            # the full run (GPU: many workers in parallel)
-    python benchmarks/reproduce_transmamba.py --quick    # a smoke run in a few minutes of CPU
+    python experiments/reproduce_transmamba.py            # the full run (GPU: many workers in parallel)
+    python experiments/reproduce_transmamba.py --quick    # a smoke run in a few minutes of CPU
 
 What it trains (all sizes tiny, equal parameter counts up to the MLP width, see `model_config`):
 
@@ -46,7 +46,7 @@ SCHEDULES = ["V1", "V2", "V3", "V4", "V5", "V6", "V7", "V8", "V9"]
 BASELINES = ["transformer", "mamba2", "hybrid"]
 RECALL_KINDS = ["transformer", "mamba2", "hybrid", "tm-V1", "tm-V7", "tm-V8", "tm-V9"]
 TEXT_KINDS = ["transformer", "mamba2", "hybrid"] + [f"tm-{s}" for s in SCHEDULES]
-GPU_STAGES = ("recall-gpu", "text-gpu", "pilot-gpu")  # benchmarks/repro_gpu.py (CUDA-graph runner)
+GPU_STAGES = ("recall-gpu", "text-gpu", "pilot-gpu")  # experiments/repro_gpu.py (CUDA-graph runner)
 
 # The papers' numbers we set ours beside (TransMamba Table 2 / Table 6; Mamba-2-Hybrid Sec. 7).
 PAPER = {
@@ -910,7 +910,7 @@ def parse_args(argv=None):
         default="all",
         help="run1: PhoneBook + MQAR, all recall kinds, 3 seeds (short training); run2: longer PhoneBook "
         "training of 5 kinds + Shakespeare for every schedule, 2 seeds; all: both, into OUT/run1, OUT/run2; "
-        "recall-gpu / text-gpu / pilot-gpu: the CUDA-graph runner of benchmarks/repro_gpu.py (MQAR for the "
+        "recall-gpu / text-gpu / pilot-gpu: the CUDA-graph runner of experiments/repro_gpu.py (MQAR for the "
         "four families, 3 seeds / Shakespeare for every schedule, 3 seeds / the sizing pilot), into "
         "OUT/<stage>; there --set KEY=JSON goes to that runner "
         "(e.g. --set steps=3000 --set 'kinds=[\"transformer\"]')",
@@ -1041,8 +1041,8 @@ def _override(p, args, a):
 
 
 def run_gpu_stage(args) -> int:
-    """`--stage recall-gpu|text-gpu|pilot-gpu`: launch benchmarks/repro_gpu.py's plan, then its report."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    """`--stage recall-gpu|text-gpu|pilot-gpu`: launch experiments/repro_gpu.py's plan, then its report."""
+    sys.path.insert(0, str(ROOT / "experiments"))
     from repro_gpu import launch
     from repro_gpu_report import report as gpu_report
 

@@ -3,8 +3,8 @@
 bf16 output, 2 x 8192 tokens, width 4, SiLU): per-launch time (median of triton's do_bench), the compiled
 kernels' registers / spills / shared memory, and the new backward variants' agreement with the two-launch one.
 
-    python benchmarks/diag/conv_variants.py [--out DIR]     (CUDA; writes conv-variants.json)
-    TRITON_INTERPRET=1 python benchmarks/diag/conv_variants.py --smoke   (tiny CPU run of the same code, no timing)
+    python experiments/conv_variants.py [--out DIR]     (CUDA; writes conv-variants.json)
+    TRITON_INTERPRET=1 python experiments/conv_variants.py --smoke   (tiny CPU run of the same code, no timing)
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """GPU stages of the TransMamba reproduction: many tiny runs at once, each training step one CUDA graph.
 
-    python benchmarks/repro_gpu.py launch --plan recall --out DIR [--parallel 14] [--budget-s 220]
+    python experiments/repro_gpu.py launch --plan recall --out DIR [--parallel 14] [--budget-s 220]
                                          [--set KEY=JSON ...]
-    python benchmarks/repro_gpu.py report DIR            # tables + plots from DIR/*.jsonl
-    python benchmarks/repro_gpu.py worker JOB.json LOG.jsonl   (internal: one run)
+    python experiments/repro_gpu.py report DIR            # tables + plots from DIR/*.jsonl
+    python experiments/repro_gpu.py worker JOB.json LOG.jsonl   (internal: one run)
 
-`benchmarks/reproduce_transmamba.py --stage recall-gpu|text-gpu|pilot-gpu` calls `launch` then `report`.
+`experiments/reproduce_transmamba.py --stage recall-gpu|text-gpu|pilot-gpu` calls `launch` then `report`.
 
 Why a second runner: the models are tiny (d_model 64), so one eager training step is a few thousand
 kernel launches of microseconds each and the GPU idles between them; with a dozen processes on one GPU
@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for _p in (ROOT / "src", ROOT / "benchmarks"):
+for _p in (ROOT / "src", ROOT / "experiments"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 

@@ -3,7 +3,7 @@
 switch turned off, and mamba_ssm, at the benchmark shape (64 heads x 64, d_state 128, 1 group, chunk 256,
 bf16); optionally a sweep of the fused state walks' launch settings.
 
-    python benchmarks/ssd_variants.py --shapes 4x8192,2x8192x48x16 --out DIR [--tune] [--variants v1,v2]
+    python experiments/ssd_variants.py --shapes 4x8192,2x8192x48x16 --out DIR [--tune] [--variants v1,v2]
 
 A shape is BATCHxL (64 heads, 1 group) or BATCHxLxHEADSxGROUPS (headdim 64, d_state 128 always; 2x8192x48x16
 is transmamba-400m's layer call).
@@ -311,7 +311,7 @@ def main() -> int:
         v = [int(t) for t in s.split("x")]
         shapes.append(tuple(v) if len(v) == 4 else (v[0], v[1], 64, 1))
     meta = {"gpu": gpu_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "command": "python benchmarks/ssd_variants.py " + " ".join(sys.argv[1:]),
+            "command": "python experiments/ssd_variants.py " + " ".join(sys.argv[1:]),
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
     out = Path(args.out)
     if args.variants != "none":  # "none": only the sweep

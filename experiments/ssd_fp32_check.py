@@ -1,6 +1,6 @@
 """fp32 on CUDA vs the fp64 CPU reference: SSD ops and a TransMamba layer forward (where does 1e-3 come from).
 
-    python benchmarks/ssd_fp32_check.py [--out DIR]
+    python experiments/ssd_fp32_check.py [--out DIR]
 
 Prints (and writes DIR/ssd-fp32-check.json) relative errors ||a - ref|| / ||ref|| of
 - `ops.ssd` (Triton on CUDA) fp32 with the default IEEE dots, and with TRANSMAMBA_SSD_TF32=1 (tf32 dots);
@@ -120,7 +120,7 @@ def main() -> int:
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                "command": "python benchmarks/ssd_fp32_check.py " + " ".join(sys.argv[1:])}
+                "command": "python experiments/ssd_fp32_check.py " + " ".join(sys.argv[1:])}
         text = json.dumps({"meta": meta, "rows": rows}, indent=1)
         (Path(args.out) / "ssd-fp32-check.json").write_text(text)
     return 0

@@ -1,7 +1,7 @@
 # ruff: noqa: E501  (report strings and table rows read better unwrapped)
-"""The report of a suite run (`DIR/issue5.md`) and its per-case files, computed from `DIR/issue5.json`.
+"""The report of a suite run (`DIR/targets.md`) and its per-case files, computed from `DIR/targets.json`.
 
-Every number in the report is read from the rows; the issue's targets are the only constants here
+Every number in the report is read from the rows; the performance targets are the only constants here
 (`TARGETS`), and each target row says: value, target, met / missed / not measured, and for a miss the
 shortfall factor (how many times better the value must get: value / target for "at most" targets,
 target / value for "at least" ones).
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# the issue's targets (issue 5): (key, comparison, goal)
+# the performance targets: (key, comparison, goal)
 TARGETS = {
     "ssd_fwdbwd_vs_mamba": ("<=", 0.5),
     "ssd_fwd_frac_of_floor": (">=", 0.5),
@@ -99,7 +99,7 @@ def _train_row(rows: list[Row], model: str, T: int) -> Row | None:
 
 
 def targets(data: dict[str, Any]) -> list[Row]:
-    """Every issue-5 target judged on the data (one line per L / T / model)."""
+    """Every target judged on the data (one line per L / T / model)."""
     rows = case_rows(data)
     out: list[Row] = []
     ssd = rows.get("ssd-op", [])
@@ -338,14 +338,14 @@ def _section(fn: Callable[[list[Row]], str], rows: dict[str, list[Row]], case: s
 
 
 def build_report(data: dict[str, Any]) -> str:
-    """issue5.md: provenance, the targets table, then one section per part of the issue."""
+    """targets.md: provenance, the targets table, then one section per part (op level, training, decode)."""
     meta = data.get("meta", {})
     rows = case_rows(data)
     procs = data.get("processes", [])
-    parts = [f"# Issue 5: every number from one benchmark run ({meta.get('gpu', '?')})", "",
+    parts = [f"# Performance targets: every number from one benchmark run ({meta.get('gpu', '?')})", "",
              f"GPU **{meta.get('gpu', '?')}**, torch {meta.get('torch', '?')}, triton {meta.get('triton', '?')}, "
-             f"Python {meta.get('python', '?')}. Generated from `issue5.json` by `benchmarks/suite_report.py`; "
-             "every value below is read from the rows (the targets are the issue's).", "",
+             f"Python {meta.get('python', '?')}. Generated from `targets.json` by `benchmarks/report.py`; "
+             "every value below is read from the rows (the targets are the constants at the top of `benchmarks/report.py`).", "",
              "## Provenance", "",
              table(["process", "pid", "command", "start (UTC)", "end (UTC)", "seconds", "alloc conf", "units"],
                    [[p["id"], p.get("pid"), f"`{p.get('command')}`", p.get("start_utc"), p.get("end_utc"),

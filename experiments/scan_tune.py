@@ -1,6 +1,6 @@
 """Sweep the Triton selective scan's launch settings (`ops/triton/selective_scan.py: CONFIG`) at one shape.
 
-    python benchmarks/scan_tune.py --batch 4 --seqlen 4096 --dim 2048 \\
+    python experiments/scan_tune.py --batch 4 --seqlen 4096 --dim 2048 \\
         --configs '[{}, {"tile": {"TT": 64}}, {"fwd": {"BD": 4}}]'
 
 Each config is merged into the defaults (per kernel); prints one JSON line per config with the forward and
