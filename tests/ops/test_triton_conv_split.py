@@ -78,15 +78,24 @@ def compare_bwd_direct(device: str, variant: str, b: int = 2, l: int = 23, d: in
 
 def compare_models(device: str, on: str = "force") -> float:
     """Mamba2, TransMamba (P inside the row, P past it, packed documents) and a small CausalLM: forward and
-    every gradient with TRANSMAMBA_CONV_SPLIT=`on` against =0 (the reference split + conv)."""
-    prev = os.environ.get("TRANSMAMBA_CONV_SPLIT")
+    every gradient with the split Function on (`on`: "1" = the normal dispatch, "force" = also for CPU
+    tensors, under the interpreter) against off ("0": the reference split + conv)."""
+    from transmamba.ops import conv
+
+    original = conv._split_on_triton
     try:
         return _compare_models(device, on)
     finally:
-        if prev is None:
-            os.environ.pop("TRANSMAMBA_CONV_SPLIT", None)
-        else:
-            os.environ["TRANSMAMBA_CONV_SPLIT"] = prev
+        conv._split_on_triton = original
+
+
+def _set_split(mode: str) -> None:
+    from transmamba.ops import conv
+
+    if not hasattr(conv, "_split_dispatch"):
+        conv._split_dispatch = conv._split_on_triton  # the library's own rule
+    rules = {"0": lambda z, w: False, "force": lambda z, w: True}
+    conv._split_on_triton = rules.get(mode, conv._split_dispatch)
 
 
 def _compare_models(device: str, on: str) -> float:
@@ -106,7 +115,7 @@ def _compare_models(device: str, on: str) -> float:
     for layer, extra in cases:
         res = []
         for mode in ("0", on):
-            os.environ["TRANSMAMBA_CONV_SPLIT"] = mode
+            _set_split(mode)
             xi = x.clone().requires_grad_()
             y = layer(xi, **extra)
             res.append((y, torch.autograd.grad(y, [xi, *layer.parameters()], dy, allow_unused=True)))
@@ -120,7 +129,7 @@ def _compare_models(device: str, on: str) -> float:
     ids = torch.randint(0, 37, (2, 9), device=device)
     res = []
     for mode in ("0", on):
-        os.environ["TRANSMAMBA_CONV_SPLIT"] = mode
+        _set_split(mode)
         out = model(ids, labels=ids)
         res.append((out.loss, torch.autograd.grad(out.loss, list(model.parameters()), allow_unused=True)))
     (l0, g0), (l1, g1) = res

@@ -115,7 +115,6 @@ def _select_path(monkeypatch, path):
     monkeypatch.setitem(S.CONFIG, "misc", misc)
     for walk in ("fstate", "bstate"):  # the fused state walks at any b * h (tests are small)
         monkeypatch.setitem(S.CONFIG, walk, dict(S.CONFIG[walk], min_bh=0))
-    monkeypatch.delenv("TRANSMAMBA_SSD_TF32", raising=False)
 
 
 @pytest.mark.gpu
@@ -181,7 +180,6 @@ def test_ssd_dispatch_fp32_is_ieee_gpu(monkeypatch):
     fp32 accuracy: no tf32 anywhere in the dispatch (tf32 dots gave ~1e-3 relative)."""
     from transmamba.ops.ssd import ssd
 
-    monkeypatch.delenv("TRANSMAMBA_SSD_TF32", raising=False)
     gen = torch.Generator().manual_seed(5)
     t = make_inputs(2, 500, 8, 64, 2, 128, device="cuda", dtype=torch.float32, gen=gen)
     t = {k: (v.detach() if v is not None else None) for k, v in t.items()}

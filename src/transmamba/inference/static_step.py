@@ -26,13 +26,12 @@ once in a CUDA graph and replayed (`inference/static_decode.py`).
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
+from transmamba.ops import backend
 from transmamba.ops.conv import causal_conv1d_update
 from transmamba.ops.decode_attention import decode_attention
 from transmamba.ops.skinny_linear import skinny_linear
@@ -87,9 +86,7 @@ def _rope(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.T
 
 
 def _triton_inplace(t: torch.Tensor) -> bool:
-    if not t.is_cuda or not t.is_contiguous() or t.dtype == torch.float64:
-        return False
-    return not os.environ.get("TRANSMAMBA_DISABLE_TRITON") and importlib.util.find_spec("triton") is not None
+    return t.is_contiguous() and t.dtype != torch.float64 and backend.use_triton(t)
 
 
 def _ssd_step_into(state: torch.Tensor, x, dt, A, B, C, D, dt_bias) -> torch.Tensor:
@@ -104,10 +101,7 @@ def _ssd_step_into(state: torch.Tensor, x, dt, A, B, C, D, dt_bias) -> torch.Ten
 
 
 def _fused_ok(layer, state) -> bool:
-    """Whether `ops/triton/ssm_decode.py` can run this Mamba-2 / TransMamba layer's SSM step
-    (TRANSMAMBA_DECODE_UNFUSED=1 turns it off, for comparisons)."""
-    if os.environ.get("TRANSMAMBA_DECODE_UNFUSED") == "1":
-        return False
+    """Whether `ops/triton/ssm_decode.py` can run this Mamba-2 / TransMamba layer's SSM step."""
     return (_triton_inplace(state.ssm_state) and layer.D.dim() == 1 and layer.d_conv >= 2
             and layer.norm.group_size == layer.d_inner // layer.ngroups)
 
@@ -228,9 +222,8 @@ def transmamba_step(tm, hidden: torch.Tensor, state, mode: str,
 
 def _reduce(linear) -> bool:
     """`reduce=` for a linear whose output feeds `_add_norm`: False (split-K partials may come back, summed
-    by the add-norm kernel) unless the decode fusions are off (TRANSMAMBA_DECODE_UNFUSED=1) or it has a
-    bias."""
-    return os.environ.get("TRANSMAMBA_DECODE_UNFUSED") == "1" or linear.bias is not None
+    by the add-norm kernel) unless it has a bias."""
+    return linear.bias is not None
 
 
 def mlp_step(mlp, hidden: torch.Tensor) -> torch.Tensor:
@@ -256,7 +249,7 @@ def _add_norm(h: torch.Tensor, delta: torch.Tensor, norm) -> tuple[torch.Tensor,
         from transmamba.ops.triton.add_norm import add_rms_norm_triton
 
         return add_rms_norm_triton(h, delta, norm.weight, norm.eps)
-    if _triton_inplace(h) and h.dtype == delta.dtype and os.environ.get("TRANSMAMBA_DECODE_UNFUSED") != "1":
+    if _triton_inplace(h) and h.dtype == delta.dtype:
         from transmamba.ops.triton.add_norm import add_rms_norm_triton
 
         return add_rms_norm_triton(h, delta, norm.weight, norm.eps)
@@ -270,7 +263,7 @@ def _embed_norm(embed, ids: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Ten
     from transmamba.layers.norm import RMSNorm
 
     if (_triton_inplace(embed.weight) and type(norm) is RMSNorm and embed.padding_idx is None
-            and embed.max_norm is None and os.environ.get("TRANSMAMBA_DECODE_UNFUSED") != "1"):
+            and embed.max_norm is None):
         from transmamba.ops.triton.add_norm import embed_rms_norm_triton
 
         return embed_rms_norm_triton(ids, embed.weight, norm.weight, norm.eps)

@@ -16,12 +16,10 @@ Decoding reads a preallocated KV cache (b, L, hkv, dh) of which row r holds `len
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 import torch.nn.functional as F
 
+from transmamba.ops import backend
 from transmamba.ops.checks import check_divides, check_shape
 
 __all__ = [
@@ -53,12 +51,8 @@ def rope_positions(seq_idx: torch.Tensor) -> torch.Tensor:
 
 def _triton_rope(x: torch.Tensor):
     """`ops.triton.rope.rope_triton` for CUDA tensors of more than one token (training, prefill; lazily
-    imported), else None. TRANSMAMBA_DISABLE_TRITON=1 turns it off; TRANSMAMBA_ROPE_TRITON=1 forces it
-    (interpreter tests)."""
-    force = os.environ.get("TRANSMAMBA_ROPE_TRITON") == "1"
-    if x.dtype == torch.float64 or importlib.util.find_spec("triton") is None:
-        return None
-    if not force and (not x.is_cuda or x.shape[1] < 2 or os.environ.get("TRANSMAMBA_DISABLE_TRITON")):
+    imported), else None (`ops.backend.use_triton` decides)."""
+    if x.dtype == torch.float64 or x.shape[1] < 2 or not backend.use_triton(x):
         return None
     from transmamba.ops.triton.rope import rope_triton
 

@@ -10,12 +10,10 @@ a tap never reads across a document boundary: inputs of an earlier document coun
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 import torch.nn.functional as F
 
+from transmamba.ops import backend
 from transmamba.ops.checks import check_shape
 
 _ACTIVATIONS = (None, "silu", "swish")
@@ -25,7 +23,7 @@ def _use_triton(x: torch.Tensor, activation: str | None) -> bool:
     """CUDA tensors go to `ops/triton/conv.py` (imported lazily) unless TRANSMAMBA_DISABLE_TRITON is set."""
     if not x.is_cuda or x.dtype == torch.float64 or activation not in _ACTIVATIONS:
         return False
-    return not os.environ.get("TRANSMAMBA_DISABLE_TRITON") and importlib.util.find_spec("triton") is not None
+    return backend.use_triton(x)
 
 
 def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
@@ -127,18 +125,11 @@ def causal_conv1d_update(
     return _activate(y, activation), window[:, :, 1:]
 
 
-CONV_SPLIT = True  # `causal_conv1d_split`'s Triton Function on CUDA (H100 batch 6: step 218 -> 207 ms)
-
-
 def _split_on_triton(zxbcdt: torch.Tensor, width: int) -> bool:
-    """The Triton Function applies to CUDA tensors (not fp64, widths 2..4) when CONV_SPLIT is set; the
-    environment overrides it: TRANSMAMBA_CONV_SPLIT=1 on, =0 off, =force also for CPU tensors (tests, under
-    TRITON_INTERPRET=1)."""
-    mode = os.environ.get("TRANSMAMBA_CONV_SPLIT") or ("1" if CONV_SPLIT else "0")
-    if mode == "0" or zxbcdt.dtype == torch.float64 or not 2 <= width <= 4:
+    """The Triton Function applies to CUDA tensors (not fp64, widths 2..4); on the H100 it took the
+    transmamba-400m training step from 218 to 207 ms (docs/performance.md)."""
+    if zxbcdt.dtype == torch.float64 or not 2 <= width <= 4:
         return False
-    if mode == "force":
-        return True
     return _use_triton(zxbcdt, "silu")
 
 

@@ -16,12 +16,11 @@ or fp64 for fp64 inputs).
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import torch
 
+from transmamba.ops import backend
 from transmamba.ops.checks import check_divides, check_shape
 
 __all__ = ["decode_attention", "decode_attention_torch"]
@@ -62,8 +61,7 @@ def decode_attention_torch(q, k_cache, v_cache, lengths, scale: float) -> torch.
 
 
 def _use_triton(q: torch.Tensor) -> bool:
-    return (q.is_cuda and q.dtype != torch.float64 and not os.environ.get("TRANSMAMBA_DISABLE_TRITON")
-            and importlib.util.find_spec("triton") is not None)
+    return q.dtype != torch.float64 and backend.use_triton(q)
 
 
 def decode_attention(

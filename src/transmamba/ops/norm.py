@@ -10,19 +10,16 @@ its `ngroups` groups separately). Computation is in fp32 and cast back to x's dt
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 import torch.nn.functional as F
+
+from transmamba.ops import backend
 
 
 def _triton_norm(x: torch.Tensor):
     """The Triton gated RMSNorm for CUDA tensors (imported lazily), or None to use the torch code below.
     TRANSMAMBA_DISABLE_TRITON=1 turns it off."""
-    if not x.is_cuda or os.environ.get("TRANSMAMBA_DISABLE_TRITON"):
-        return None
-    if importlib.util.find_spec("triton") is None:
+    if not backend.use_triton(x):
         return None
     from transmamba.ops.triton.norm import gated_rms_norm_triton
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 
 import torch
 
+from transmamba.ops import backend
 from transmamba.ops._callable_module import make_module_callable
 from transmamba.ops.ssd_args import check_ssd_args, check_step_args
 from transmamba.ops.ssd_chunked import ssd_chunked, ssd_final_state_chunked
@@ -41,7 +41,7 @@ __all__ = [
 _IMPLS = ("auto", "naive", "chunked", "triton")
 _TORCH_OR_TRITON = ("auto", "torch", "triton")
 _TRITON_MODULE = "transmamba.ops.triton.ssd"
-_CPU_CHUNK = 64  # fastest chunk length of ssd_chunked on CPU at Mamba-2 shapes (benchmarks/ssd_cpu.py)
+_CPU_CHUNK = 64  # fastest chunk length of ssd_chunked on CPU at Mamba-2 shapes (experiments/ssd_cpu.py)
 
 
 def _load_triton(op: str, name: str, required: bool):
@@ -60,7 +60,7 @@ def _load_triton(op: str, name: str, required: bool):
 
 
 def _auto_triton(x: torch.Tensor) -> bool:
-    return x.is_cuda and not os.environ.get("TRANSMAMBA_DISABLE_TRITON")
+    return backend.use_triton(x)
 
 
 def _needs_grad(*tensors: torch.Tensor | None) -> bool:

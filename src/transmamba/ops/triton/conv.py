@@ -16,8 +16,6 @@ weight (dim, W)); `initial_state` / `return_final_state` are left to the torch v
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -194,8 +192,8 @@ BWD_VARIANT = "walk"  # backward design: "two" launches (g buffer, then dx) or c
 
 
 def _bwd_variant() -> str:
-    """TRANSMAMBA_CONV_BWD (two / tile / walk) overrides BWD_VARIANT, for A/B runs."""
-    v = os.environ.get("TRANSMAMBA_CONV_BWD") or BWD_VARIANT
+    """BWD_VARIANT, checked."""
+    v = BWD_VARIANT
     if v not in ("two", "tile", "walk", "walk4"):
         raise ValueError(f"conv1d backward variant must be two, tile, walk or walk4, got {v!r}")
     return v
@@ -207,7 +205,7 @@ def conv1d_fwd_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     weight (dim, W) contiguous. Forward design: FWD_VARIANT / TRANSMAMBA_CONV_FWD, "tile" (W shifted tile reads,
     any case) or "walk4" (`conv_fwd.py`, no documents; with seq_idx the tile kernel runs). Returns the
     launched kernel."""
-    fv = os.environ.get("TRANSMAMBA_CONV_FWD") or FWD_VARIANT
+    fv = FWD_VARIANT
     if fv not in ("tile", "walk4"):
         raise ValueError(f"conv1d forward variant must be tile or walk4, got {fv!r}")
     if fv == "walk4" and seq_idx is None:

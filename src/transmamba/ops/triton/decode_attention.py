@@ -17,8 +17,6 @@ preallocated to a large max length costs nothing beyond the rows' real lengths.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -144,7 +142,8 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     mo = torch.empty(b, hkv, ns, G, device=dev, dtype=torch.float32)
     lo = torch.empty_like(mo)
     ao = torch.empty(b, hkv, ns, G, dv, device=dev, dtype=torch.float32)
-    ieee = q.dtype == torch.float32 and (os.environ.get("TRITON_INTERPRET") == "1" or k_cache.dtype == torch.float32)
+    # IEEE fp32 dots for fp32 caches, and always on CPU tensors (Triton's interpreter has no tf32)
+    ieee = q.dtype == torch.float32 and (not q.is_cuda or k_cache.dtype == torch.float32)
     _split_kernel[(b * hkv, ns)](
         q, k_cache, v_cache, lengths, mo, lo, ao,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),

@@ -15,8 +15,6 @@ Same arguments and results as `transmamba.ops.norm.gated_rms_norm` (fp32 math, o
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -116,7 +114,7 @@ def _as_rows(t: torch.Tensor, dim: int) -> torch.Tensor:
     """(..., L, dim) -> a (B, L, dim) view with unit channel stride (any B / L strides: e.g. a slice of time
     steps, or a column slice of a wider buffer), copied only when no such view exists."""
     t3 = t.reshape(1, 1, dim) if t.dim() == 1 else t.reshape(-1, t.shape[-2], dim) if t.dim() > 2 else t[None]
-    if t3.stride(-1) != 1 or os.environ.get("TRANSMAMBA_NORM_STRIDED") == "0":  # =0: copy as before (A/B)
+    if t3.stride(-1) != 1:
         t3 = t3.contiguous()
     return t3
 

@@ -15,7 +15,6 @@ turns it off for the process (with one warning).
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import torch
@@ -42,8 +41,7 @@ DEFAULT_ON = False  # without TRANSMAMBA_DECODE_PDL; chosen from the H100 decode
 
 def pdl_enabled(t: torch.Tensor) -> bool:
     """Whether to launch the decode kernels on t's device with PDL (see the module docstring)."""
-    flag = os.environ.get("TRANSMAMBA_DECODE_PDL", "")
-    if not (flag == "1" or (flag == "" and DEFAULT_ON)) or not HAS_GDC or _BROKEN or not t.is_cuda:
+    if not DEFAULT_ON or not HAS_GDC or _BROKEN or not t.is_cuda:
         return False
     return torch.cuda.get_device_capability(t.device)[0] >= 9
 

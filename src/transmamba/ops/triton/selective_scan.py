@@ -18,8 +18,6 @@ torch chunked scan.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 
@@ -29,7 +27,7 @@ from transmamba.ops.triton import selective_scan_kernels_nm as KN
 __all__ = ["selective_scan_triton", "selective_state_update_triton", "CONFIG"]
 
 # Launch settings. TT (tokens per tile) is shared by forward and backward: the forward checkpoints the
-# state at every tile start. TRANSMAMBA_SCAN_CONFIG='{"fwd": {"BD": 8}}' overrides them per process (JSON).
+# state at every tile start. `experiments/scan_tune.py` sweeps them.
 CONFIG: dict[str, dict[str, int]] = {
     # nmajor=1: the (TT, n, BD) kernels of selective_scan_kernels_nm.py: BD on the lanes of one warp and
     # several n per thread. nmajor=0: the (TT, BD, n) kernels of selective_scan_kernels.py: n on 16 lanes,
@@ -50,11 +48,6 @@ CONFIG: dict[str, dict[str, int]] = {
     # fwd 0.75 -> 0.90 ms, so it is kept for fewer warps than that.
     "seg": dict(warps=1024, min_tiles=16),
 }
-if os.environ.get("TRANSMAMBA_SCAN_CONFIG"):
-    import json as _json
-
-    for _k, _v in _json.loads(os.environ["TRANSMAMBA_SCAN_CONFIG"]).items():
-        CONFIG[_k].update(_v)
 
 
 def _k():

@@ -18,8 +18,6 @@ output and y), so the result matches it up to summation order. Needs: norm group
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -188,7 +186,7 @@ def mamba2_decode_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, conv_we
     if has_seq and (seqlen_offset.shape != (b,) or not seqlen_offset.is_contiguous()):
         raise ValueError(f"mamba2_decode_triton: seqlen_offset must be a contiguous ({b},) tensor")
     seq = seqlen_offset if has_seq else out
-    kernel = kernel or os.environ.get("TRANSMAMBA_SSM_DECODE_KERNEL") or DEFAULT_KERNEL
+    kernel = kernel or DEFAULT_KERNEL
     if kernel not in KERNELS:
         raise ValueError(f"mamba2_decode_triton: kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "split":
