@@ -88,7 +88,7 @@ def run_worker(worker: int, workers: int, shapes=SHAPES) -> None:
     fla = load_fla()
     impls = {"mamba_ssm": mamba}
     if worker == 0 and workers > 0:  # ours compiles beside the peers (not in the probe)
-        from transmamba.ops.triton.ssd import ssd_triton
+        from transmamba.ops.ssd.triton import ssd_triton
 
         impls["ours"] = ssd_triton
     h, p, g, n = 64, 64, 1, 128

@@ -154,8 +154,8 @@ def ssd_floor(b, l, h, p, g, n, Q, ceil, elt=2) -> dict[str, float]:
 
 @case("ssd-op", "SSD fwd / fwd+bwd: ours vs mamba_ssm vs fla (fwd; bwd tried) vs torch, and SDPA, L 1K..32K")
 def run_ssd_op(args) -> list[dict[str, Any]]:
-    from transmamba.ops.ssd_chunked import ssd_chunked
-    from transmamba.ops.triton.ssd import ssd_triton
+    from transmamba.ops.ssd.chunked import ssd_chunked
+    from transmamba.ops.ssd.triton import ssd_triton
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from peer_ops import load_fla
@@ -280,7 +280,7 @@ def _ssd_op_fla(row, fla, x, dt, A, B, C, D, dt_bias, dy, y_ours) -> None:
 
 
 def _ssd_for_grad(x, dt, A, B, C, D, dt_bias):
-    from transmamba.ops.triton.ssd import ssd_triton
+    from transmamba.ops.ssd.triton import ssd_triton
 
     return ssd_triton(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=dt_bias, dt_softplus=True)
 
@@ -310,8 +310,8 @@ def _nograd(fn):
 
 @case("ssd-accuracy", "bf16 SSD: ours and mamba_ssm against the fp64 torch reference, fwd and grads")
 def run_ssd_accuracy(args) -> list[dict[str, Any]]:
-    from transmamba.ops.ssd_chunked import ssd_chunked
-    from transmamba.ops.triton.ssd import ssd_triton
+    from transmamba.ops.ssd.chunked import ssd_chunked
+    from transmamba.ops.ssd.triton import ssd_triton
 
     peer = load_mamba_ssm()
     h, p, g, n, Q = 64, 64, 1, 128, 256
@@ -345,7 +345,7 @@ def run_ssd_accuracy(args) -> list[dict[str, Any]]:
 @case("ssd-decode", "one SSD decode step per layer: ours vs mamba_ssm vs torch, batch 1/16")
 def run_ssd_decode(args) -> list[dict[str, Any]]:
     from transmamba.ops.ssd import ssd_step
-    from transmamba.ops.triton.ssd import ssd_step_triton
+    from transmamba.ops.ssd.triton import ssd_step_triton
 
     ceil = ceilings()
     peer = load_mamba_ssm()

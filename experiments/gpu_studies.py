@@ -43,7 +43,7 @@ from run import (  # noqa: E402
 def run_ssd_profile(args) -> list[dict[str, Any]]:
     from torch.profiler import ProfilerActivity, profile
 
-    from transmamba.ops.triton.ssd import ssd_triton
+    from transmamba.ops.ssd.triton import ssd_triton
 
     peer = load_mamba_ssm()
     x, dt, A, B, C, D, dt_bias = _ssd_inputs(4, 8192, 64, 64, 1, 128)
@@ -90,7 +90,7 @@ TUNE_SPACE = {
 
 @case("ssd-tune", "greedy sweep of the SSD kernels' launch settings (L = 8192, batch 4); prints the best")
 def run_ssd_tune(args) -> list[dict[str, Any]]:
-    from transmamba.ops.triton import ssd as S
+    from transmamba.ops.ssd import triton as S
 
     x, dt, A, B, C, D, dt_bias = _ssd_inputs(4, 8192, 64, 64, 1, 128)
     leaves = [x, dt, A, B, C, D, dt_bias]
@@ -196,15 +196,12 @@ def run_train_profile(args) -> list[dict[str, Any]]:
 
 @case("conv-op", "causal conv1d (Triton) fwd and fwd+bwd on the models' in_proj slice, 16K tokens, bf16")
 def run_conv_op(args) -> list[dict[str, Any]]:
-    """Per forward (tile / walk4) and backward variant (two / tile / walk / walk4): the conv alone on the strided xBC view, and the in_proj
-    split + conv Function (x, B, C out contiguous, one in_proj gradient) that Mamba2 uses with
-    TRANSMAMBA_CONV_SPLIT=1."""
-    from transmamba.ops.triton import conv as TC
-    from transmamba.ops.triton.conv import causal_conv1d_triton
-    from transmamba.ops.triton.conv_split import conv_split_triton
+    """The conv alone on the strided xBC view, and the in_proj split + conv Function (x, B, C out contiguous,
+    one in_proj gradient) that Mamba2 uses on CUDA."""
+    from transmamba.ops.conv.triton import causal_conv1d_triton
+    from transmamba.ops.conv.triton_split import conv_split_triton
 
     rows = []
-    prev = TC.FWD_VARIANT, TC.BWD_VARIANT
     for b, t in ((2, 8192), (1, 32768)):
         d, width = 7168, 4  # xBC channels of transmamba-400m, inside its 10288-wide in_proj output
         buf = torch.randn(b, t, 10288, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -215,21 +212,17 @@ def run_conv_op(args) -> list[dict[str, Any]]:
         sizes = (3072, 3072, 2048, 2048, 48)
         dparts = [torch.randn(b, t, n, device="cuda", dtype=torch.bfloat16) for n in sizes]
         gb = b * t * d * 2 / 1e9  # one bf16 pass over the activations
-        for fvar, variant in (("tile", "two"), ("tile", "tile"), ("tile", "walk"), ("tile", "walk4"),
-                              ("walk4", "walk4")):
-            TC.FWD_VARIANT, TC.BWD_VARIANT = fvar, variant
-            fwd = bench_ms(lambda: _nograd(lambda: causal_conv1d_triton(x, w, bias, None, True)))
-            fb = bench_ms(lambda: torch.autograd.grad(causal_conv1d_triton(x, w, bias, None, True), (buf, w, bias),
-                                                      dy))
-            sf = bench_ms(lambda: _nograd(lambda: conv_split_triton(buf, w, bias, None, sizes)))
-            sfb = bench_ms(lambda: torch.autograd.grad(conv_split_triton(buf, w, bias, None, sizes), (buf, w, bias),
-                                                       dparts))
-            row = {"batch": b, "T": t, "dim": d, "fwd": fvar, "bwd": variant, "fwd_ms": fwd, "fwdbwd_ms": fb,
-                   "split_fwd_ms": sf, "split_fwdbwd_ms": sfb, "fwd_floor_ms": 2 * gb / 3.0,
-                   "fwdbwd_floor_ms": 5 * gb / 3.0}  # fwd: read x, write y; bwd: read x, dy, write dx (3 TB/s)
-            print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}))
-            rows.append(row)
-    TC.FWD_VARIANT, TC.BWD_VARIANT = prev
+        fwd = bench_ms(lambda: _nograd(lambda: causal_conv1d_triton(x, w, bias, None, True)))
+        fb = bench_ms(lambda: torch.autograd.grad(causal_conv1d_triton(x, w, bias, None, True), (buf, w, bias),
+                                                  dy))
+        sf = bench_ms(lambda: _nograd(lambda: conv_split_triton(buf, w, bias, None, sizes)))
+        sfb = bench_ms(lambda: torch.autograd.grad(conv_split_triton(buf, w, bias, None, sizes), (buf, w, bias),
+                                                   dparts))
+        row = {"batch": b, "T": t, "dim": d, "fwd_ms": fwd, "fwdbwd_ms": fb,
+               "split_fwd_ms": sf, "split_fwdbwd_ms": sfb, "fwd_floor_ms": 2 * gb / 3.0,
+               "fwdbwd_floor_ms": 5 * gb / 3.0}  # fwd: read x, write y; bwd: read x, dy, write dx (3 TB/s)
+        print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}))
+        rows.append(row)
     return rows
 
 

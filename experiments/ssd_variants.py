@@ -148,8 +148,8 @@ def _write(rows, out: Path, name: str, meta) -> None:
 def run_variants(shapes, names, out: Path, meta, prof: bool = False, ref64: bool = False) -> list[dict]:  # noqa: C901
     """Time each variant (fwd, fwd+bwd) per shape; differences against the first variant, or with ref64
     errors against the fp64 torch reference (`ssd_chunked`); with prof also a per-kernel profile."""
-    from transmamba.ops.ssd_chunked import ssd_chunked
-    from transmamba.ops.triton import ssd as S
+    from transmamba.ops.ssd import triton as S
+    from transmamba.ops.ssd.chunked import ssd_chunked
 
     base = copy.deepcopy(S.CONFIG)
     variants = _variants(S)
@@ -245,7 +245,7 @@ def run_tune(shapes, out: Path, meta, budget_s: float, keys: list[str], misc: di
              tag: str = "") -> list[dict]:
     """Greedy per kernel (in `keys` order), v2 path (+ `misc` switches), first shape only: forward kernels
     (FWD_ONLY) by the forward's time, the others by fwd+bwd; each key gets budget_s / len(keys) seconds."""
-    from transmamba.ops.triton import ssd as S
+    from transmamba.ops.ssd import triton as S
 
     b, l, nh, ng = shapes[0]
     x, dt, A, B, C, D, dt_bias = _ssd_inputs(b, l, nh, 64, ng, 128)

@@ -1,4 +1,4 @@
-"""Time the fused Mamba-2 decode step kernel (`ops/triton/ssm_decode.py`) at the 400M models' shape.
+"""Time the fused Mamba-2 decode step kernel (`ops/ssm_decode/triton.py`) at the 400M models' shape.
 
     python experiments/ssm_decode_bench.py OUT.json [--batch 16] [--state-dtype bf16|fp32]
 
@@ -23,7 +23,7 @@ from skinny_gemm_bench import copy_GBps, graph_us  # noqa: E402
 
 def main(argv: list[str]) -> int:
     from transmamba.layers.mamba2 import Mamba2
-    from transmamba.ops.triton.ssm_decode import mamba2_decode_triton
+    from transmamba.ops.ssm_decode.triton import mamba2_decode_triton
 
     b = int(argv[argv.index("--batch") + 1]) if "--batch" in argv else 16
     dtype = torch.float32 if "--state-dtype" in argv and argv[argv.index("--state-dtype") + 1] == "fp32" \

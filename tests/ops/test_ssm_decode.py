@@ -1,6 +1,6 @@
 """The static decode step's fused kernels against the unfused torch ops, under TRITON_INTERPRET=1 on the CPU
-and on the GPU: `ops/triton/ssm_decode.py` (conv update + SSD step + gated RMSNorm in one kernel) and
-`ops/triton/add_norm.py` (residual add + RMSNorm)."""
+and on the GPU: `ops/ssm_decode/triton.py` (conv update + SSD step + gated RMSNorm in one kernel) and
+`ops/norm/triton_add.py` (residual add + RMSNorm)."""
 
 import importlib.util
 import json
@@ -20,7 +20,7 @@ _CASE = textwrap.dedent(
     from transmamba.layers.mamba2 import Mamba2
     from transmamba.ops.conv import causal_conv1d_update
     from transmamba.ops.ssd import ssd_step
-    from transmamba.ops.triton.ssm_decode import mamba2_decode_triton
+    from transmamba.ops.ssm_decode.triton import mamba2_decode_triton
 
 
     def run_case(b, d_model, headdim, ngroups, d_state, device, dtype, seed, kernel=None):
@@ -61,7 +61,7 @@ _CASE = textwrap.dedent(
 
     def add_norm_case(rows, dim, device, dtype, seed):
         from transmamba.ops.norm import rms_norm
-        from transmamba.ops.triton.add_norm import add_rms_norm_triton
+        from transmamba.ops.norm.triton_add import add_rms_norm_triton
         g = torch.Generator().manual_seed(seed)
         h, d = (torch.randn(rows, dim, generator=g).to(device, dtype) for _ in range(2))
         w = (1 + 0.3 * torch.randn(dim, generator=g)).to(device, dtype)
@@ -75,7 +75,7 @@ _CASE = textwrap.dedent(
     def embed_norm_case(rows, vocab, dim, device, dtype, seed):
         # h = table[ids], n = rms_norm(h) * w in one launch
         from transmamba.ops.norm import rms_norm
-        from transmamba.ops.triton.add_norm import embed_rms_norm_triton
+        from transmamba.ops.norm.triton_add import embed_rms_norm_triton
         g = torch.Generator().manual_seed(seed)
         table = torch.randn(vocab, dim, generator=g).to(device, dtype)
         ids = torch.randint(0, vocab, (rows,), generator=g).to(device)
@@ -89,7 +89,7 @@ _CASE = textwrap.dedent(
     def add_norm_parts_case(parts, rows, dim, device, dtype, seed):
         # d given as fp32 split-K partials (S, rows, dim): summed, rounded to h's dtype, then as above
         from transmamba.ops.norm import rms_norm
-        from transmamba.ops.triton.add_norm import add_rms_norm_triton
+        from transmamba.ops.norm.triton_add import add_rms_norm_triton
         g = torch.Generator().manual_seed(seed)
         h = torch.randn(rows, dim, generator=g).to(device, dtype)
         d = torch.randn(parts, rows, dim, generator=g).to(device)

@@ -102,7 +102,7 @@ GPU_CASES = [
 
 
 def _select_path(monkeypatch, path):
-    from transmamba.ops.triton import ssd as S
+    from transmamba.ops.ssd import triton as S
 
     misc = dict(S.CONFIG["misc"], **{k: 0 for k in S.NEW_PATH}, wide=0, wide_dx=0)
     if path.startswith("v2"):
@@ -122,8 +122,8 @@ def _select_path(monkeypatch, path):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", GPU_CASES)
 def test_ssd_triton_gpu(case, dtype, path, monkeypatch):
-    from transmamba.ops.ssd_chunked import ssd_chunked
-    from transmamba.ops.triton.ssd import ssd_triton
+    from transmamba.ops.ssd.chunked import ssd_chunked
+    from transmamba.ops.ssd.triton import ssd_triton
 
     if path == "v2w" and dtype == torch.float32:  # opt-in and slower (batch 6): bf16 only, to keep the GPU
         pytest.skip("head-blocked kernels: bf16 only on the GPU (fp32 under the interpreter)")  # suite short
@@ -145,9 +145,9 @@ def test_ssd_triton_gpu(case, dtype, path, monkeypatch):
 @pytest.mark.parametrize("path", ["v1", "v2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_ssd_final_state_and_step_gpu(dtype, path, monkeypatch):
-    from transmamba.ops.ssd_chunked import ssd_final_state_chunked as ssd_final_state
-    from transmamba.ops.ssd_naive import ssd_step_naive as ssd_step
-    from transmamba.ops.triton.ssd import ssd_final_state_triton, ssd_step_triton
+    from transmamba.ops.ssd.chunked import ssd_final_state_chunked as ssd_final_state
+    from transmamba.ops.ssd.naive import ssd_step_naive as ssd_step
+    from transmamba.ops.ssd.triton import ssd_final_state_triton, ssd_step_triton
 
     _select_path(monkeypatch, path)
     gen = torch.Generator().manual_seed(3)
@@ -203,10 +203,10 @@ _INTERP_SCRIPT = textwrap.dedent(
     import torch
     sys.path.insert(0, os.environ["TM_TEST_DIR"])
     from test_triton_ssd import make_inputs, random_seq_idx, run_case, rel
-    from transmamba.ops.ssd_naive import ssd_naive, ssd_step_naive as ssd_step
-    from transmamba.ops.ssd_chunked import ssd_final_state_chunked as ssd_final_state
-    from transmamba.ops.triton import ssd as S
-    from transmamba.ops.triton.ssd import ssd_triton, ssd_final_state_triton, ssd_step_triton
+    from transmamba.ops.ssd.naive import ssd_naive, ssd_step_naive as ssd_step
+    from transmamba.ops.ssd.chunked import ssd_final_state_chunked as ssd_final_state
+    from transmamba.ops.ssd import triton as S
+    from transmamba.ops.ssd.triton import ssd_triton, ssd_final_state_triton, ssd_step_triton
     import copy
     base = copy.deepcopy(S.CONFIG)
     out = {}

@@ -38,7 +38,7 @@ def skinny_linear(x: torch.Tensor, linear: nn.Linear, *, act: str | None = None,
     """act(linear(x)) for x (..., K) -> (..., N); act: None, "gelu" (F.gelu) or "relu2" (relu(·)²).
     Through the skinny-GEMM kernel where `skinny_enabled` (the activation then costs no launch of its own).
     reduce=False (2-D x, no bias, no act) lets the kernel return its fp32 split-K partial sums (S, M, N)
-    unreduced when it splits K, for a consumer that adds them (`ops/triton/add_norm.py`); otherwise, and
+    unreduced when it splits K, for a consumer that adds them (`ops/norm/triton_add.py`); otherwise, and
     always on the torch path, the result is y (M, N)."""
     if x.shape[-1] != linear.in_features:
         raise ValueError(f"skinny_linear: x must have shape (..., {linear.in_features}), "

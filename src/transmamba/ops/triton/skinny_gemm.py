@@ -150,7 +150,7 @@ def skinny_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     or None -> y (M, N) = act(x Wᵀ + bias) in x's dtype; act: None, "gelu" (erf form, F.gelu's default) or
     "relu2" (relu(·)², squared ReLU). reduce=False (no bias, no act): when the product is split over K,
     return the fp32 partial sums (S, M, N) unreduced, for a consumer that adds them itself
-    (`ops/triton/add_norm.py`); with one K-slice it is y as usual. `config` (BN, BK, split, num_warps,
+    (`ops/norm/triton_add.py`); with one K-slice it is y as usual. `config` (BN, BK, split, num_warps,
     num_stages) overrides `skinny_config` (for the benchmark's sweep)."""
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"skinny_linear_triton: x (M, K) and weight (N, K) must share K, "

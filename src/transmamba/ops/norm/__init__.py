@@ -21,7 +21,7 @@ def _triton_norm(x: torch.Tensor):
     TRANSMAMBA_DISABLE_TRITON=1 turns it off."""
     if not backend.use_triton(x):
         return None
-    from transmamba.ops.triton.norm import gated_rms_norm_triton
+    from transmamba.ops.norm.triton import gated_rms_norm_triton
 
     return gated_rms_norm_triton
 
@@ -29,7 +29,7 @@ def _triton_norm(x: torch.Tensor):
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-5, group_size: int | None = None
 ) -> torch.Tensor:
-    """x: (..., dim); weight: (dim,) or None. CUDA tensors use the Triton kernel (`ops/triton/norm.py`)."""
+    """x: (..., dim); weight: (dim,) or None. CUDA tensors use the Triton kernel (`ops/norm/triton.py`)."""
     fn = _triton_norm(x)
     if fn is not None and x.dtype != torch.float64:
         return fn(x, None, weight, eps, group_size)

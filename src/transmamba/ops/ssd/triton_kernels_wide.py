@@ -22,7 +22,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from transmamba.ops.triton.ssd_kernels import _dot, _pids
+from transmamba.ops.ssd.triton_kernels import _dot, _pids
 
 
 @triton.jit

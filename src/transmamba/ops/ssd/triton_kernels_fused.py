@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from transmamba.ops.triton.ssd_kernels import _dot
+from transmamba.ops.ssd.triton_kernels import _dot
 
 
 @triton.jit

@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from transmamba.ops.triton import ssd_kernels as K
-from transmamba.ops.triton import ssd_kernels_fused as KF
-from transmamba.ops.triton import ssd_kernels_wide as KW
+from transmamba.ops.ssd import triton_kernels as K
+from transmamba.ops.ssd import triton_kernels_fused as KF
+from transmamba.ops.ssd import triton_kernels_wide as KW
 
 __all__ = ["ssd_triton", "ssd_final_state_triton", "ssd_step_triton", "CONFIG"]
 
@@ -517,10 +517,10 @@ def ssd_triton(
 ):
     """Mamba-2 SSD on the GPU (see `transmamba.ops.ssd.ssd` for the arguments). Differentiable in x, dt, A,
     B, C, D, z, dt_bias and initial_state. Returns y (b, l, h, p) [, final_state (b, h, p, n) fp32]."""
-    from transmamba.ops.ssd_args import check_ssd_args
+    from transmamba.ops.ssd.args import check_ssd_args
 
     if x.dtype == torch.float64:  # references in fp64 stay in torch
-        from transmamba.ops.ssd_chunked import ssd_chunked
+        from transmamba.ops.ssd.chunked import ssd_chunked
 
         return ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
                            dt_softplus=dt_softplus, initial_state=initial_state,
@@ -548,7 +548,7 @@ def ssd_final_state_triton(
     """The Memory Converter on the GPU: the state (b, h, p, n) fp32 after x, without any output tokens.
     Three launches (chunk cumsum, chunk states, state passing); not differentiable."""
     if x.dtype == torch.float64:
-        from transmamba.ops.ssd_chunked import ssd_final_state_chunked
+        from transmamba.ops.ssd.chunked import ssd_final_state_chunked
 
         return ssd_final_state_chunked(x, dt, A, B, dt_bias=dt_bias, dt_softplus=dt_softplus,
                                initial_state=initial_state, seq_idx=seq_idx, chunk_size=chunk_size)
@@ -578,7 +578,7 @@ def ssd_step_triton(
     once. state (b, h, p, n) (fp32 recommended), x (b, h, p), dt (b, h), B, C (b, g, n). With `inplace`
     the new state overwrites `state` (needs a contiguous state) and `state` itself is returned."""
     if x.dtype == torch.float64 or state.dtype == torch.float64:
-        from transmamba.ops.ssd_naive import ssd_step_naive
+        from transmamba.ops.ssd.naive import ssd_step_naive
 
         y, new = ssd_step_naive(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
         if inplace:

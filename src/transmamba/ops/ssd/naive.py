@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from transmamba.ops.ssd_args import (
+from transmamba.ops.ssd.args import (
     check_ssd_args,
     check_step_args,
     compute_dtype,

@@ -7,7 +7,7 @@
     ssd_naive / ssd_chunked             the recurrent spec and the chunked PyTorch algorithm
     ssd_step_naive / ssd_final_state_chunked   the PyTorch versions of the two above
 
-Dispatch ("auto"): CUDA tensors go to `transmamba.ops.triton.ssd` when triton is installed, that module
+Dispatch ("auto"): CUDA tensors go to `transmamba.ops.ssd.triton` when triton is installed, that module
 exists and TRANSMAMBA_DISABLE_TRITON is unset; `ssd_step` / `ssd_final_state` go there only when no
 gradient is needed (their Triton versions are not differentiable). Everything else runs in PyTorch;
 on the CPU `ssd` runs the chunked algorithm with chunks of min(chunk_size, 64) tokens (the result does not
@@ -17,7 +17,7 @@ Recurrence, per head (S is (p, n)), dt_eff = softplus(dt + dt_bias) or dt + dt_b
 
     S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_tᵀ,     y_t = S_t C_t + D x_t,     y_t *= silu(z_t) if z given
 
-Layouts follow mamba_ssm's `mamba_chunk_scan_combined` (see `transmamba.ops.ssd_args`).
+Layouts follow mamba_ssm's `mamba_chunk_scan_combined` (see `transmamba.ops.ssd.args`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import torch
 
 from transmamba.ops import backend
 from transmamba.ops._callable_module import make_module_callable
-from transmamba.ops.ssd_args import check_ssd_args, check_step_args
-from transmamba.ops.ssd_chunked import ssd_chunked, ssd_final_state_chunked
-from transmamba.ops.ssd_naive import ssd_naive, ssd_step_naive
+from transmamba.ops.ssd.args import check_ssd_args, check_step_args
+from transmamba.ops.ssd.chunked import ssd_chunked, ssd_final_state_chunked
+from transmamba.ops.ssd.naive import ssd_naive, ssd_step_naive
 
 __all__ = [
     "ssd", "ssd_naive", "ssd_chunked", "ssd_step", "ssd_step_naive", "ssd_final_state",
@@ -40,12 +40,12 @@ __all__ = [
 
 _IMPLS = ("auto", "naive", "chunked", "triton")
 _TORCH_OR_TRITON = ("auto", "torch", "triton")
-_TRITON_MODULE = "transmamba.ops.triton.ssd"
+_TRITON_MODULE = "transmamba.ops.ssd.triton"
 _CPU_CHUNK = 64  # fastest chunk length of ssd_chunked on CPU at Mamba-2 shapes (experiments/ssd_cpu.py)
 
 
 def _load_triton(op: str, name: str, required: bool):
-    """`transmamba.ops.triton.ssd.<name>`, or None when it is unavailable and not `required`."""
+    """`transmamba.ops.ssd.triton.<name>`, or None when it is unavailable and not `required`."""
     if importlib.util.find_spec("triton") is None:
         if required:
             raise RuntimeError(f"{op}: impl='triton' needs the triton package")
@@ -53,7 +53,7 @@ def _load_triton(op: str, name: str, required: bool):
     try:
         module = importlib.import_module(_TRITON_MODULE)
     except ModuleNotFoundError as err:
-        if required or err.name not in (_TRITON_MODULE, "transmamba.ops.triton"):
+        if required or err.name != _TRITON_MODULE:
             raise
         return None
     return getattr(module, name)

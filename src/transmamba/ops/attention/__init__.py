@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from transmamba.ops import backend
+from transmamba.ops.attention.decode import decode_attention
 from transmamba.ops.checks import check_divides, check_shape
 
 __all__ = [
+    "decode_attention",
     "apply_rope",
     "rope_positions",
     "causal_attention",
@@ -50,18 +52,18 @@ def rope_positions(seq_idx: torch.Tensor) -> torch.Tensor:
 
 
 def _triton_rope(x: torch.Tensor):
-    """`ops.triton.rope.rope_triton` for CUDA tensors of more than one token (training, prefill; lazily
-    imported), else None (`ops.backend.use_triton` decides)."""
+    """`ops.attention.triton_rope.rope_triton` for CUDA tensors of more than one token (training, prefill;
+    lazily imported), else None (`ops.backend.use_triton` decides)."""
     if x.dtype == torch.float64 or x.shape[1] < 2 or not backend.use_triton(x):
         return None
-    from transmamba.ops.triton.rope import rope_triton
+    from transmamba.ops.attention.triton_rope import rope_triton
 
     return rope_triton
 
 
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Rotate x (b, t, h, dh) by its positions (b, t) or (t,); dh must be even. Computed in fp32. CUDA
-    tensors of t > 1 tokens use the Triton kernel (`ops/triton/rope.py`), same math."""
+    tensors of t > 1 tokens use the Triton kernel (`ops/attention/triton_rope.py`), same math."""
     if x.dim() != 4:
         raise ValueError(
             f"apply_rope: x must have shape (batch, seqlen, heads, head_dim), got {tuple(x.shape)}"

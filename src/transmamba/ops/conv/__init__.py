@@ -20,7 +20,7 @@ _ACTIVATIONS = (None, "silu", "swish")
 
 
 def _use_triton(x: torch.Tensor, activation: str | None) -> bool:
-    """CUDA tensors go to `ops/triton/conv.py` (imported lazily) unless TRANSMAMBA_DISABLE_TRITON is set."""
+    """CUDA tensors go to `ops/conv/triton.py` (imported lazily) unless TRANSMAMBA_DISABLE_TRITON is set."""
     if not x.is_cuda or x.dtype == torch.float64 or activation not in _ACTIVATIONS:
         return False
     return backend.use_triton(x)
@@ -64,7 +64,7 @@ def causal_conv1d(
     if seq_idx is not None:
         check_shape("causal_conv1d", "seq_idx", seq_idx, (batch, seqlen))
     if initial_state is None and _use_triton(x, activation):
-        from transmamba.ops.triton.conv import causal_conv1d_cuda
+        from transmamba.ops.conv.triton import causal_conv1d_cuda
 
         out = causal_conv1d_cuda(x, weight, bias, activation=activation, seq_idx=seq_idx,
                                  return_final_state=return_final_state)
@@ -115,7 +115,7 @@ def causal_conv1d_update(
     width = weight.shape[1]
     check_shape("causal_conv1d_update", "conv_state", conv_state, (batch, dim, width - 1))
     if width >= 2 and _use_triton(x, activation):
-        from transmamba.ops.triton.conv import causal_conv1d_update_triton
+        from transmamba.ops.conv.triton import causal_conv1d_update_triton
 
         return causal_conv1d_update_triton(x, conv_state, weight, bias, activation in ("silu", "swish"))
     window = torch.cat([conv_state.to(x.dtype), x.unsqueeze(-1)], dim=-1)  # (batch, dim, width)
@@ -148,7 +148,7 @@ def causal_conv1d_split(
         [x | B | C] <- activation(causal_conv1d([x | B | C]))   weight (d_x + d_b + d_c, W), taps in seq_idx
 
     Returns z (b, t, d_z), x (b, t, d_x), B (b, t, d_b), C (b, t, d_c), dt (b, t, h). On CUDA (Triton) x, B, C
-    are contiguous and the backward writes one gradient buffer for zxbcdt (`ops/triton/conv_split.py`);
+    are contiguous and the backward writes one gradient buffer for zxbcdt (`ops/conv/triton_split.py`);
     elsewhere it is torch.split + `causal_conv1d` + torch.split, the reference."""
     if zxbcdt.dim() != 3:
         raise ValueError(f"causal_conv1d_split: zxbcdt must be (b, t, d), got shape {tuple(zxbcdt.shape)}")
@@ -169,7 +169,7 @@ def causal_conv1d_split(
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
     if _split_on_triton(zxbcdt, weight.shape[1]):
-        from transmamba.ops.triton.conv_split import conv_split_triton
+        from transmamba.ops.conv.triton_split import conv_split_triton
 
         return conv_split_triton(zxbcdt, weight, bias, seq_idx, (d_z, d_x, d_b, d_c, h),
                                  silu=activation in ("silu", "swish"))

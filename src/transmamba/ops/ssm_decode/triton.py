@@ -168,7 +168,7 @@ def mamba2_decode_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, conv_we
     (row, group) with one (heads, headdim, d_state) tile (headdim a power of 2 >= 16 and the tile at most
     GROUP_TILE_MAX elements, else "head");
     "split" = two launches, one program per (row, head) for the state update, then one per (row, group)
-    for the norm (`ops/triton/ssm_decode_split.py`). num_warps overrides the launch's (for the benchmark).
+    for the norm (`ops/ssm_decode/triton_split.py`). num_warps overrides the launch's (for the benchmark).
     seqlen_offset (b,) int, if given, is incremented in place (the layer state's position; saves a launch)."""
     b = zxbcdt.shape[0]
     nheads, dstate = ssm_state.shape[1], ssm_state.shape[3]
@@ -190,7 +190,7 @@ def mamba2_decode_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, conv_we
     if kernel not in KERNELS:
         raise ValueError(f"mamba2_decode_triton: kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "split":
-        from transmamba.ops.triton.ssm_decode_split import mamba2_decode_split_triton
+        from transmamba.ops.ssm_decode.triton_split import mamba2_decode_split_triton
 
         return mamba2_decode_split_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A, dt_bias, D,
                                           norm_weight, eps, ngroups, headdim, seqlen_offset, num_warps or 4)

@@ -1,7 +1,7 @@
 # ruff: noqa: E501  (kernel code reads better with long index expressions on one line)
 """Triton: the Mamba-2 decode step between in_proj and out_proj in two launches, one program per (row, head).
 
-Same math as `ops/triton/ssm_decode.py` (conv update, dt softplus, S_h = exp(dt A) S_h + dt x Bᵀ, y = S C + D x,
+Same math as `ops/ssm_decode/triton.py` (conv update, dt softplus, S_h = exp(dt A) S_h + dt x Bᵀ, y = S C + D x,
 u = y · silu(z), grouped RMSNorm), split so that the SSM state — the step's traffic — is streamed by
 b · H programs of one (headdim, d_state) tile each instead of b · G programs walking a group's heads:
 
@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from transmamba.ops.ssm_decode.triton import _conv_silu
 from transmamba.ops.triton.pdl import gdc_launch_dependents, gdc_wait, launch, pdl_enabled
-from transmamba.ops.triton.ssm_decode import _conv_silu
 
 
 @triton.jit
@@ -126,7 +126,7 @@ def mamba2_decode_split_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, c
                                dt_bias: torch.Tensor, D: torch.Tensor, norm_weight: torch.Tensor, eps: float,
                                ngroups: int, headdim: int, seqlen_offset: torch.Tensor | None = None,
                                num_warps: int = 4) -> torch.Tensor:
-    """As `ops.triton.ssm_decode.mamba2_decode_triton` (same arguments and result; inputs checked there):
+    """As `ops.ssm_decode.triton.mamba2_decode_triton` (same arguments and result; inputs checked there):
     zxbcdt (b, 2·d_inner + 2·G·N + H) -> (b, d_inner) in zxbcdt's dtype; conv_state, ssm_state (and
     seqlen_offset, if given) updated in place."""
     b = zxbcdt.shape[0]

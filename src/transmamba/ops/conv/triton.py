@@ -5,11 +5,10 @@
     y = silu(pre) (or pre)                                                   document read 0)
 Backward, with g = dy * silu'(pre) (silu'(v) = s (1 + v (1 - s))):
     dx[s] = sum_k w[k] g[s + (W-1) - k] (same document),  dw[k] = sum_{b,t} g[t] x[t - (W-1) + k],  dbias = sum g
-pre is recomputed in the backward, so nothing but x is saved. Backward designs (`BWD_VARIANT`,
-TRANSMAMBA_CONV_BWD): "walk" (default, `conv_bwd.py`: one launch, a sequential time walk; rows with seq_idx
-use "two"), "two" (g, recomputing pre once per position, into an fp32 (b, t, dim) buffer together with
-dw / dbias, each program adding its partial sums atomically once; then dx from W shifted reads of g), "tile"
-and "walk4" (`conv_bwd.py`). Forward: this file's tile kernel, or `conv_fwd.py`'s walk4 (`FWD_VARIANT`).
+pre is recomputed in the backward, so nothing but x is saved. Backward: without documents one launch, a
+sequential time walk (`triton_bwd.py`); with seq_idx two launches (g, recomputing pre once per position,
+into an fp32 (b, t, dim) buffer together with dw / dbias, each program adding its partial sums atomically
+once; then dx from W shifted reads of g). Forward: one tile kernel.
 Same layout and results as `transmamba.ops.conv.causal_conv1d` (x (batch, dim, seqlen), any strides,
 weight (dim, W)); `initial_state` / `return_final_state` are left to the torch version.
 """
@@ -187,31 +186,11 @@ def _empty_like_layout(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(x.shape, device=x.device, dtype=x.dtype)
 
 
-FWD_VARIANT = "tile"  # forward design: "tile" (below) or conv_fwd's "walk4"
-BWD_VARIANT = "walk"  # backward design: "two" launches (g buffer, then dx) or conv_bwd's "tile" / "walk" / "walk4"
-
-
-def _bwd_variant() -> str:
-    """BWD_VARIANT, checked."""
-    v = BWD_VARIANT
-    if v not in ("two", "tile", "walk", "walk4"):
-        raise ValueError(f"conv1d backward variant must be two, tile, walk or walk4, got {v!r}")
-    return v
-
-
 def conv1d_fwd_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     seq_idx: torch.Tensor | None, silu: bool, y: torch.Tensor):
     """y (batch, dim, seqlen), any strides, <- silu?(bias + causal depthwise conv of x (batch, dim, seqlen));
-    weight (dim, W) contiguous. Forward design: FWD_VARIANT / TRANSMAMBA_CONV_FWD, "tile" (W shifted tile reads,
-    any case) or "walk4" (`conv_fwd.py`, no documents; with seq_idx the tile kernel runs). Returns the
-    launched kernel."""
-    fv = FWD_VARIANT
-    if fv not in ("tile", "walk4"):
-        raise ValueError(f"conv1d forward variant must be tile or walk4, got {fv!r}")
-    if fv == "walk4" and seq_idx is None:
-        from transmamba.ops.triton.conv_fwd import conv1d_fwd_walk4
-
-        return conv1d_fwd_walk4(x, weight, bias, silu, y)
+    weight (dim, W) contiguous: W shifted tile reads per (channel block, time block). Returns the launched
+    kernel."""
     batch, dim, seqlen = x.shape
     seq = seq_idx if seq_idx is not None else x
     ss = (seq_idx.stride(0), seq_idx.stride(1)) if seq_idx is not None else (0, 0)
@@ -244,19 +223,15 @@ def _bwd_two_launch(x, weight, bias, seq_idx, silu, dy, dx):
 
 
 def conv1d_bwd_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seq_idx: torch.Tensor | None,
-                    silu: bool, dy: torch.Tensor, dx: torch.Tensor, variant: str | None = None):
+                    silu: bool, dy: torch.Tensor, dx: torch.Tensor):
     """dx (batch, dim, seqlen), any strides, <- the input gradient for dy (any strides); returns (dw (dim, W),
-    dbias (dim,) or None) in fp32. `variant` (default `_bwd_variant()`): two / tile / walk."""
-    variant = variant or _bwd_variant()
-    if seq_idx is not None and variant in ("walk", "walk4"):
-        # documents: the walk's seq_idx path failed on the H100 in batch 7 (fixed since, see conv_bwd.py, but
-        # not yet confirmed on a GPU), so packed rows take the two-launch backward
-        variant = "two"
-    if variant == "two":
+    dbias (dim,) or None) in fp32. Without documents the one-launch time walk (`triton_bwd.py`); with seq_idx
+    the two-launch backward (the walk's document path is not yet confirmed on a GPU, see triton_bwd.py)."""
+    if seq_idx is not None:
         return _bwd_two_launch(x, weight, bias, seq_idx, silu, dy, dx)
-    from transmamba.ops.triton.conv_bwd import conv1d_bwd_fused
+    from transmamba.ops.conv.triton_bwd import conv1d_bwd_walk
 
-    return conv1d_bwd_fused(x, weight, bias, seq_idx, silu, dy, dx, variant)
+    return conv1d_bwd_walk(x, weight, bias, None, silu, dy, dx)
 
 
 class _CausalConv1d(torch.autograd.Function):

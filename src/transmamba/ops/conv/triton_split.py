@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from transmamba.ops.triton.conv import conv1d_bwd_into, conv1d_fwd_into
+from transmamba.ops.conv.triton import conv1d_bwd_into, conv1d_fwd_into
 
 
 def _parts(sizes: tuple[int, ...]) -> list[tuple[int, int]]:

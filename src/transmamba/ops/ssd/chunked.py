@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from transmamba.ops.ssd_args import check_ssd_args, compute_dtype, effective_dt, skip_and_gate
+from transmamba.ops.ssd.args import check_ssd_args, compute_dtype, effective_dt, skip_and_gate
 
 
 def _pad_seq(t: torch.Tensor, length: int, value: float | None = None) -> torch.Tensor:

@@ -9,7 +9,7 @@ they are finite: the torch version multiplies them by a zero weight), so the
 cache can be preallocated to its final length and `lengths` kept on the device: nothing here depends on
 values on the host, and the call can be captured in a CUDA graph.
 
-Dispatch ("auto"): CUDA tensors go to the Triton split-K kernel (`ops/triton/decode_attention.py`, imported
+Dispatch ("auto"): CUDA tensors go to the Triton split-K kernel (`ops/attention/triton_decode.py`, imported
 lazily) unless TRANSMAMBA_DISABLE_TRITON is set; otherwise the torch version below (masked softmax in fp32,
 or fp64 for fp64 inputs).
 """
@@ -80,7 +80,7 @@ def decode_attention(
     _check(q, k_cache, v_cache, lengths)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if impl == "triton" or (impl == "auto" and _use_triton(q)):
-        from transmamba.ops.triton.decode_attention import decode_attention_triton
+        from transmamba.ops.attention.triton_decode import decode_attention_triton
 
         return decode_attention_triton(q, k_cache, v_cache, lengths, scale)
     return decode_attention_torch(q, k_cache, v_cache, lengths, scale)
