@@ -3,7 +3,7 @@
     python experiments/ssm_decode_bench.py OUT.json [--batch 16] [--state-dtype bf16|fp32]
 
 d_model 1536 (d_inner 3072, 48 heads of 64, 16 groups, d_state 128), bf16 inputs, SSM state in bf16 (as
-the bf16 decode benchmark's caches) or fp32. The kernels ("head", "group", "split", see
+the bf16 decode benchmark's caches) or fp32. The kernels ("head", "group", see
 `mamba2_decode_triton`) at a few num_warps. Timing:
 the kernel on 16 different state / conv-state buffers in turn (more than L2 holds) inside one CUDA graph,
 replayed; GB/s counts the SSM state read + written (the step's traffic; the rest is < 2%). The outputs of
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     s0 = [t.clone() for t in ssm]
     c0 = [t.clone() for t in conv]
     ref = None
-    for kernel, warps in [("head", 4), ("head", 8), ("group", 8), ("group", 16), ("split", 4), ("split", 8)]:
+    for kernel, warps in [("head", 4), ("head", 8), ("group", 8), ("group", 16)]:
         for i in range(copies):
             ssm[i].copy_(s0[i])
             conv[i].copy_(c0[i])

@@ -18,15 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from transmamba.ops.triton.pdl import gdc_launch_dependents, gdc_wait, launch, pdl_enabled
-
 
 @triton.jit
-def _add_norm_kernel(H, D, W, HO, NO, dim, eps, S: tl.constexpr, BLOCK: tl.constexpr, PARTS: tl.constexpr,
-                     PDL: tl.constexpr):
-    if PDL:  # programmatic dependent launch: the previous kernel is complete past this point
-        gdc_wait()
-        gdc_launch_dependents()
+def _add_norm_kernel(H, D, W, HO, NO, dim, eps, S: tl.constexpr, BLOCK: tl.constexpr, PARTS: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     rows = tl.num_programs(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -59,17 +53,14 @@ def add_rms_norm_triton(h: torch.Tensor, d: torch.Tensor, weight: torch.Tensor,
                          f"{dim}) partials, got {tuple(d.shape)} {d.dtype}")
     h_out = torch.empty_like(h)
     n_out = torch.empty_like(h)
-    launch(_add_norm_kernel, (rows,), h, d, weight, h_out, n_out, dim, float(eps), pdl=pdl_enabled(h),
-           S=d.shape[0] if parts else 1, BLOCK=triton.next_power_of_2(dim), PARTS=parts,
-           num_warps=8 if dim > 2048 else 4)
+    _add_norm_kernel[(rows,)](h, d, weight, h_out, n_out, dim, float(eps),
+                              S=d.shape[0] if parts else 1, BLOCK=triton.next_power_of_2(dim), PARTS=parts,
+                              num_warps=8 if dim > 2048 else 4)
     return h_out, n_out
 
 
 @triton.jit
-def _embed_norm_kernel(IDS, E, W, HO, NO, vocab, dim, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # programmatic dependent launch: the previous kernel is complete past this point
-        gdc_wait()
-        gdc_launch_dependents()
+def _embed_norm_kernel(IDS, E, W, HO, NO, vocab, dim, eps, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     idx = tl.load(IDS + row).to(tl.int64)
     ok = (idx >= 0) & (idx < vocab)
@@ -96,6 +87,6 @@ def embed_rms_norm_triton(ids: torch.Tensor, table: torch.Tensor, weight: torch.
     rows, (vocab, dim) = ids.shape[0], table.shape
     h_out = torch.empty(rows, dim, device=table.device, dtype=table.dtype)
     n_out = torch.empty_like(h_out)
-    launch(_embed_norm_kernel, (rows,), ids, table, weight, h_out, n_out, vocab, dim, float(eps),
-           pdl=pdl_enabled(table), BLOCK=triton.next_power_of_2(dim), num_warps=8 if dim > 2048 else 4)
+    _embed_norm_kernel[(rows,)](ids, table, weight, h_out, n_out, vocab, dim, float(eps),
+                                BLOCK=triton.next_power_of_2(dim), num_warps=8 if dim > 2048 else 4)
     return h_out, n_out

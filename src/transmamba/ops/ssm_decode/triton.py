@@ -22,10 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from transmamba.ops.triton.pdl import gdc_launch_dependents, gdc_wait, launch, pdl_enabled
-
-KERNELS = ("head", "group", "split")
-DEFAULT_KERNEL = "group"  # fastest in situ on the H100 (batch 7, docs/gpu-benchmarks.md Decode); head ~ equal
+KERNELS = ("head", "group")
+DEFAULT_KERNEL = "group"  # fastest in situ on the H100 (docs/performance.md, Decode); "head" about equal
 GROUP_TILE_MAX = 32768  # "group" only while a group's (heads, headdim, d_state) tile has at most this many
 #                         elements (the 400M shape's 4 x 64 x 128); larger tiles would spill: "head" instead
 
@@ -56,10 +54,7 @@ def _conv_silu(XROW, CST, CW, CB, ch, m, s_c, s_k, W: tl.constexpr, BW: tl.const
 def _mamba2_decode_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT, SCR, SEQ,
                           s_zx, s_cb, s_cc, s_ck, d_inner, conv_dim, nheads, ngroups, headdim, dstate, eps,
                           R: tl.constexpr, W: tl.constexpr, BW: tl.constexpr, BP: tl.constexpr,
-                          BN: tl.constexpr, HAS_CB: tl.constexpr, HAS_SEQ: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # programmatic dependent launch: the previous kernel is complete past this point
-        gdc_wait()
-        gdc_launch_dependents()
+                          BN: tl.constexpr, HAS_CB: tl.constexpr, HAS_SEQ: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
     zrow = ZX + b * s_zx
@@ -108,13 +103,10 @@ def _mamba2_decode_group_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT, SEQ,
                                 s_zx, s_cb, s_cc, s_ck, d_inner, conv_dim, dstate, eps,
                                 R: tl.constexpr, P: tl.constexpr, W: tl.constexpr, BW: tl.constexpr,
                                 BR: tl.constexpr, BN: tl.constexpr, HAS_CB: tl.constexpr,
-                                HAS_SEQ: tl.constexpr, PDL: tl.constexpr):
+                                HAS_SEQ: tl.constexpr):
     """The same step with a group's R heads as one (BR, P, BN) tile (headdim P a power of 2): every state
     load of the program is issued at once (the state read is the step's traffic), and the group's RMSNorm
     needs no second pass."""
-    if PDL:  # programmatic dependent launch: the previous kernel is complete past this point
-        gdc_wait()
-        gdc_launch_dependents()
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
     ngroups = tl.num_programs(1)
@@ -163,12 +155,10 @@ def mamba2_decode_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, conv_we
     """zxbcdt (b, 2·d_inner + 2·G·N + H) with a contiguous last dim; conv_state (b, conv_dim, W-1) any
     strides; conv_weight (conv_dim, W); ssm_state (b, H, P, N) contiguous; A, dt_bias, D (H,); norm_weight
     (d_inner,). Updates conv_state and ssm_state in place; returns the normalised gated y (b, d_inner) in
-    zxbcdt's dtype, ready for out_proj. kernel (default: TRANSMAMBA_SSM_DECODE_KERNEL, else DEFAULT_KERNEL):
-    "head" = one program per (row, group) walking the group's heads in turn; "group" = one program per
+    zxbcdt's dtype, ready for out_proj. kernel (default DEFAULT_KERNEL): "group" = one program per
     (row, group) with one (heads, headdim, d_state) tile (headdim a power of 2 >= 16 and the tile at most
-    GROUP_TILE_MAX elements, else "head");
-    "split" = two launches, one program per (row, head) for the state update, then one per (row, group)
-    for the norm (`ops/ssm_decode/triton_split.py`). num_warps overrides the launch's (for the benchmark).
+    GROUP_TILE_MAX elements, else "head"); "head" = one program per (row, group) walking the group's heads
+    in turn. num_warps overrides the launch's (for benchmarks).
     seqlen_offset (b,) int, if given, is incremented in place (the layer state's position; saves a launch)."""
     b = zxbcdt.shape[0]
     nheads, dstate = ssm_state.shape[1], ssm_state.shape[3]
@@ -189,28 +179,23 @@ def mamba2_decode_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, conv_we
     kernel = kernel or DEFAULT_KERNEL
     if kernel not in KERNELS:
         raise ValueError(f"mamba2_decode_triton: kernel must be one of {KERNELS}, got {kernel!r}")
-    if kernel == "split":
-        from transmamba.ops.ssm_decode.triton_split import mamba2_decode_split_triton
-
-        return mamba2_decode_split_triton(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A, dt_bias, D,
-                                          norm_weight, eps, ngroups, headdim, seqlen_offset, num_warps or 4)
     BR = triton.next_power_of_2(R)
     if (kernel == "group" and headdim == triton.next_power_of_2(headdim) and headdim >= 16
             and BR * headdim * BN <= GROUP_TILE_MAX):
         warps = num_warps or (16 if BR * headdim * BN >= 16384 else 4)
-        launch(
-            _mamba2_decode_group_kernel, (b, ngroups), zxbcdt, conv_state, conv_weight.contiguous(), conv_b, ssm_state, A, dt_bias, D, norm_weight, out, seq,
+        _mamba2_decode_group_kernel[(b, ngroups)](
+            zxbcdt, conv_state, conv_weight.contiguous(), conv_b, ssm_state, A, dt_bias, D, norm_weight, out, seq,
             zxbcdt.stride(0), *conv_state.stride(), d_inner, conv_dim, dstate, float(eps),
             R=R, P=headdim, W=width, BW=BW, BR=BR, BN=BN, HAS_CB=conv_bias is not None, HAS_SEQ=has_seq,
-            num_warps=warps, pdl=pdl_enabled(zxbcdt),
+            num_warps=warps,
         )
         return out
     scratch = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)
     BP = max(16, triton.next_power_of_2(headdim))
-    launch(
-        _mamba2_decode_kernel, (b, ngroups), zxbcdt, conv_state, conv_weight.contiguous(), conv_b, ssm_state, A, dt_bias, D, norm_weight, out, scratch,
+    _mamba2_decode_kernel[(b, ngroups)](
+        zxbcdt, conv_state, conv_weight.contiguous(), conv_b, ssm_state, A, dt_bias, D, norm_weight, out, scratch,
         seq, zxbcdt.stride(0), *conv_state.stride(), d_inner, conv_dim, nheads, ngroups, headdim, dstate,
         float(eps), R=R, W=width, BW=BW, BP=BP, BN=BN, HAS_CB=conv_bias is not None, HAS_SEQ=has_seq,
-        num_warps=num_warps or 4, pdl=pdl_enabled(zxbcdt),
+        num_warps=num_warps or 4,
     )
     return out
