@@ -79,7 +79,6 @@ TUNE_SPACE = {
     "cb": [dict(B=bb, warps=w, stages=s) for bb in (64, 128) for w in (4, 8) for s in (2, 3)],
     "scan": [dict(BM=bm, BK=bk, warps=w, stages=s) for bm in (64, 128) for bk in (32, 64) for w in (4, 8)
              for s in (2, 3)],
-    "misc": [dict(dda_in_dx=i, hsplit=sp) for i in (0, 1) for sp in (1, 4, 16)],
     "dx": [dict(BJ=bj, BK=bk, warps=w, stages=s) for bj in (64, 128) for bk in (32, 64) for w in (4, 8)
            for s in (2, 3)],
     "dcb": [dict(B=bb, warps=w, stages=s) for bb in (32, 64, 128) for w in (4, 8) for s in (2, 3)],
