@@ -4,7 +4,7 @@
 
 A decode step multiplies a handful of rows (the batch) by every weight matrix, so it is bound by reading
 the weights; cuBLAS reaches only 40-66% of the copy bandwidth at these shapes on an H100
-(docs/gpu-benchmarks.md, Decode).
+(docs/performance.md, Decode).
 
 Dispatch: CUDA bf16 / fp16 inputs with at most `MAX_ROWS` rows, a weight with a contiguous last dim,
 and `ops.backend.use_triton`: the Triton kernel (`ops/triton/skinny_gemm.py`, imported lazily). Everything

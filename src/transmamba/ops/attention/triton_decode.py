@@ -23,7 +23,7 @@ import triton.language as tl
 
 # launch settings (keys per block, warps, pipeline stages, programs pass 1 aims at), by how many (row, kv
 # head) pairs there are: few pairs are split into many short ranges, many pairs read long ranges. Best of a
-# sweep on an H100 at 16 heads x 96, L = 32K (docs/gpu-benchmarks.md, Decode): b = 16 at 94% of the copy
+# sweep on an H100 at 16 heads x 96, L = 32K (docs/performance.md, Decode): b = 16 at 94% of the copy
 # bandwidth, b = 1 at 73%.
 CONFIG: dict[str, int] = dict(BN=64, warps=4, stages=2, programs=528)  # b * hkv < BIG_PAIRS
 CONFIG_BIG: dict[str, int] = dict(BN=128, warps=8, stages=3, programs=528)  # b * hkv >= BIG_PAIRS

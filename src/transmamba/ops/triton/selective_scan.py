@@ -31,13 +31,13 @@ __all__ = ["selective_scan_triton", "selective_state_update_triton", "CONFIG"]
 CONFIG: dict[str, dict[str, int]] = {
     # nmajor=1: the (TT, n, BD) kernels of selective_scan_kernels_nm.py: BD on the lanes of one warp and
     # several n per thread. nmajor=0: the (TT, BD, n) kernels of selective_scan_kernels.py: n on 16 lanes,
-    # BD = 2 x warps. Measured on an H100 at b=4, L=4096, d=2048, n=16, bf16 (docs/gpu-benchmarks.md):
+    # BD = 2 x warps. Measured on an H100 at b=4, L=4096, d=2048, n=16, bf16 (docs/performance.md):
     # n-major TT=8, BD=8, 1 warp: fwd 0.75 ms, fwd+bwd 3.4 ms; time-major TT=16, BD=8, 4 warps: 1.48 /
     # 10.8 ms.
     "kernels": dict(nmajor=1),
     "tile": dict(TT=8),  # TT = 16: fwd+bwd 5.2 ms (n-major); TT >= 32 spills registers
     # stages > 1: software-pipelined tile loads (tl.range); prefetch=1 (n-major, one group per channel
-    # block): the next tile's loads are issued before the current tile's arithmetic (H100, batch 5: fwd
+    # block): the next tile's loads are issued before the current tile's arithmetic (H100: fwd
     # 0.74 -> 0.58 ms at b=4, L=4096 and 1.17 -> 1.00 ms at b=1, L=16384; outputs bit-identical)
     "fwd": dict(BD=8, warps=1, stages=1, prefetch=1),
     "bwd": dict(BD=8, warps=1, stages=1),

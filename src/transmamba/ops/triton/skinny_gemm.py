@@ -89,7 +89,7 @@ def _reduce_kernel(WS, BIAS, Y, M, N, s_ym, S, BLOCK: tl.constexpr, HAS_BIAS: tl
 
 def skinny_config(M: int, N: int, K: int, n_sm: int, reduce: bool = True) -> dict[str, int]:
     """The launch configuration for an (M, K) x (K, N) product on a GPU with n_sm SMs, a rule read off the
-    H100 sweep at the 400M models' decode shapes (docs/gpu-benchmarks.md, Decode; M = 1 / 16 / 64):
+    H100 sweep at the 400M models' decode shapes (docs/performance.md, Decode; M = 1 / 16 / 64):
     - enough column blocks to fill the GPU without splitting K when N allows (a split costs a second launch
       for the reduction unless the caller takes the partials): BN = 64 (128 for M > 32 and N >= 8192) when
       N / 64 gives >= 0.9 blocks per SM, else BN = 32 (BN = 16 when N / 32 falls short and the partials
