@@ -13,7 +13,9 @@ Targets:
 - interpret: the Triton kernels called directly on CPU tensors under TRITON_INTERPRET=1 (tiny shapes, fp32),
   forward and backward; the default launch settings.
 - cuda: the public ops through their default dispatch on CUDA (fp32 and bf16) forward and backward, the
-  presets' training step in bf16 and fp32, and greedy generation eager and through CUDA graphs.
+  presets' training step in bf16 and fp32, and greedy generation eager and through CUDA graphs. Recorded
+  twice in one process: `<out>/cuda.repeat.json` lists what differs between the two (kernels that sum with
+  atomics need not repeat bit for bit), the noise floor for reading a before/after comparison.
 
 `record` writes `<out>/<target>.pt` (a flat dict name -> tensor, via torch.save) and `<out>/<target>.json`
 (how it was made); `compare` reports, per name, whether the two recordings are bit-identical (torch.equal) or
@@ -409,10 +411,19 @@ def record(target: str, out: Path) -> None:
     elif target == "cuda":
         if not torch.cuda.is_available():
             sys.exit("goldens: --target cuda needs a CUDA GPU")
-        for dtype, tag in ((torch.float32, "cuda.fp32"), (torch.bfloat16, "cuda.bf16")):
-            record_ops(rec, "cuda", dtype, tag)
-            record_models(rec, "cuda", dtype, tag, graphs=True)
+        again = Recorder()  # everything twice: kernels with atomics need not repeat bit for bit
+        for r in (rec, again):
+            torch.manual_seed(0)
+            for dtype, tag in ((torch.float32, "cuda.fp32"), (torch.bfloat16, "cuda.bf16")):
+                record_ops(r, "cuda", dtype, tag)
+                record_models(r, "cuda", dtype, tag, graphs=True)
         torch.cuda.synchronize()
+        noisy = {k: float((v.double() - again.out[k].double()).abs().max()) for k, v in rec.out.items()
+                 if not torch.equal(v, again.out[k])}
+        (out / "cuda.repeat.json").parent.mkdir(parents=True, exist_ok=True)
+        (out / "cuda.repeat.json").write_text(json.dumps(noisy, indent=1))
+        print(f"goldens: {len(noisy)} of {len(rec.out)} tensors differ between two runs in this process "
+              f"(run-to-run noise, {out / 'cuda.repeat.json'})")
     out.mkdir(parents=True, exist_ok=True)
     torch.save(rec.out, out / f"{target}.pt")
     meta = dict(target=target, tensors=len(rec.out), seconds=round(time.time() - t0, 1),
@@ -451,6 +462,9 @@ def compare(before: Path, after: Path) -> int:
                 diff = (a[k].double() - b[k].double()).abs().max().item()
                 print(f"  {fname} {k}: max |diff| {diff:.3e}")
                 differ += 1
+        noise = before / fname.replace(".pt", ".repeat.json")
+        if differ and noise.exists():
+            print(f"  (run-to-run differences of the before-run itself: {noise})")
         print(f"{fname}: {same} identical, {differ} different")
         bad += differ
     print("goldens: IDENTICAL" if bad == 0 else f"goldens: {bad} DIFFERENT")
