@@ -36,7 +36,7 @@ def settings(tiny: bool) -> dict:
         return dict(d_model=64, n_heads=4, d_ff=128, seq_len=128, batch=8, teacher_steps=60, steps=30,
                     eval_batches=4, lr=3e-3)
     # 400 steps x 16K tokens: ~4 passes over the 1.5M-token corpus (more and the teacher overfits)
-    return dict(d_model=256, n_heads=8, d_ff=768, seq_len=512, batch=32, teacher_steps=400, steps=400,
+    return dict(d_model=256, n_heads=8, d_ff=768, seq_len=512, batch=32, teacher_steps=400, steps=250,
                 eval_batches=20, lr=2e-3)
 
 
