@@ -101,14 +101,14 @@ def test_result_does_not_depend_on_the_chunk():
 
 def test_scan_states_is_the_recurrence():
     gen = torch.Generator().manual_seed(0)
-    a = torch.rand(3, 23, 2, generator=gen, dtype=torch.float64)
-    x = torch.randn(3, 23, 2, generator=gen, dtype=torch.float64)
+    a = torch.rand(23, 3, 2, generator=gen, dtype=torch.float64)  # time-major
+    x = torch.randn(23, 3, 2, generator=gen, dtype=torch.float64)
     h0 = torch.randn(3, 2, generator=gen, dtype=torch.float64)
     h, want = h0, []
     for t in range(23):
-        h = a[:, t] * h + x[:, t]
+        h = a[t] * h + x[t]
         want.append(h)
-    torch.testing.assert_close(scan_states(a, x, h0), torch.stack(want, 1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(scan_states(a, x, h0), torch.stack(want), rtol=1e-12, atol=1e-12)
 
 
 def _saved_bytes(fn) -> int:

@@ -61,51 +61,59 @@ def _sub_chunk(m: int) -> int:
 def scan_states(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
     """All states of h_t = a_t ⊙ h_{t-1} + x_t for t = 0..m-1 from h_{-1} = h0 (no autograd).
 
-    a, x (..., m, n); h0 (..., n) -> h (..., m, n), a new tensor. Sub-chunk parallel (module docstring).
+    Time-major: a, x (m, ...); h0 (...) -> h (m, ...). Sub-chunk parallel (module docstring); time leads so
+    that every step reads and writes whole contiguous blocks. a and x are used as work space (overwritten):
+    pass copies of tensors still needed.
     """
-    m, n = a.shape[-2], a.shape[-1]
-    lead = a.shape[:-2]
+    m, rest = a.shape[0], a.shape[1:]
     L = min(_sub_chunk(m), m)
     nc = -(-m // L)
     pad = nc * L - m
     if pad:  # identity steps: a = 1, x = 0
-        a = torch.cat([a, a.new_ones(*lead, pad, n)], dim=-2)
-        x = torch.cat([x, x.new_zeros(*lead, pad, n)], dim=-2)
-    a = a.reshape(*lead, nc, L, n)
-    h = x.reshape(*lead, nc, L, n).clone()  # becomes the local states, then all states
+        a = torch.cat([a, a.new_ones(pad, *rest)])
+        x = torch.cat([x, x.new_zeros(pad, *rest)])
+    a = a.reshape(nc, L, *rest)
+    h = x.reshape(nc, L, *rest)  # becomes the local states, then all states
     for t in range(1, L):
-        h[..., t, :].addcmul_(a[..., t, :], h[..., t - 1, :])
-    a_cum = torch.cumprod(a, dim=-2)  # (..., nc, L, n): decay from a sub-chunk's start through t
+        h[:, t].addcmul_(a[:, t], h[:, t - 1])
+    a_cum = a  # (nc, L, ...): decay from a sub-chunk's start through t (a cumprod, in place)
+    for t in range(1, L):
+        a_cum[:, t].mul_(a_cum[:, t - 1])
     state = h0
     entering = []
     for c in range(nc):
         entering.append(state)
-        state = torch.addcmul(h[..., c, L - 1, :], a_cum[..., c, L - 1, :], state)
-    h.addcmul_(a_cum, torch.stack(entering, dim=-2).unsqueeze(-2))
-    return h.reshape(*lead, nc * L, n)[..., :m, :]
+        state = torch.addcmul(h[c, L - 1], a_cum[c, L - 1], state)
+    h.addcmul_(a_cum, torch.stack(entering).unsqueeze(1))
+    return h.reshape(nc * L, *rest)[:m]
 
 
 class _Chunk:
-    """One chunk [t0, t1) of the inputs, laid out (b, g, r, m[, n]) with r = d / g channels per group."""
+    """One chunk [t0, t1) of the inputs, time-major: (m, b, g, r, n or 1), r = d / g channels per group."""
 
     def __init__(self, u, dt, A, B, C, keep, t0: int, t1: int):
         b, d, _ = u.shape
         g, n = B.shape[1], B.shape[2]
         r = d // g
-        self.shape = (b, g, r)
-        self.u = u[:, :, t0:t1].reshape(b, g, r, -1)  # (b, g, r, m)
-        self.dt = dt[:, :, t0:t1].reshape(b, g, r, -1)
-        self.B = B[:, :, :, t0:t1].transpose(2, 3).unsqueeze(2)  # (b, g, 1, m, n)
-        self.C = C[:, :, :, t0:t1].transpose(2, 3).unsqueeze(2)
-        self.A = A.reshape(1, g, r, 1, n)
-        a = torch.exp(self.dt.unsqueeze(-1) * self.A)  # (b, g, r, m, n)
+        m = t1 - t0
+        self.u = u[:, :, t0:t1].permute(2, 0, 1).reshape(m, b, g, r, 1)
+        self.dt = dt[:, :, t0:t1].permute(2, 0, 1).reshape(m, b, g, r, 1)
+        self.B = B[:, :, :, t0:t1].permute(3, 0, 1, 2).unsqueeze(3)  # (m, b, g, 1, n)
+        self.C = C[:, :, :, t0:t1].permute(3, 0, 1, 2).unsqueeze(3)
+        self.A = A.reshape(g, r, n)
+        a = torch.exp(self.dt * self.A)  # (m, b, g, r, n)
         if keep is not None:
-            a = a * keep[:, None, None, t0:t1, None]
+            a.mul_(keep[:, t0:t1].t().reshape(m, b, 1, 1, 1))
         self.a = a
 
     def inputs(self) -> torch.Tensor:
-        """x_t = Δ_t u_t B_t, (b, g, r, m, n)."""
-        return (self.dt * self.u).unsqueeze(-1) * self.B
+        """x_t = Δ_t u_t B_t, (m, b, g, r, n)."""
+        return (self.dt * self.u) * self.B
+
+
+def _put(dst: torch.Tensor, t0: int, t1: int, chunk: torch.Tensor) -> None:
+    """Write a time-major chunk (m, a, b, c) into dst (a, b, c, l) at [t0, t1)."""
+    dst[..., t0:t1].copy_(chunk.permute(1, 2, 3, 0))
 
 
 class ScanFunction(torch.autograd.Function):
@@ -128,9 +136,9 @@ class ScanFunction(torch.autograd.Function):
             t1 = min(t0 + chunk, l)
             ch = _Chunk(u, dt, A, B, C, keep, t0, t1)
             entering.append(state)
-            hs = scan_states(ch.a, ch.inputs(), state)  # (b, g, r, m, n)
-            y[..., t0:t1] = torch.einsum("bgrmn,bgmn->bgrm", hs, ch.C.squeeze(2))
-            state = hs[..., -1, :].clone()
+            hs = scan_states(ch.a, ch.inputs(), state)  # (m, b, g, r, n); ch.a is used up
+            _put(y, t0, t1, (hs @ ch.C.transpose(-1, -2)).squeeze(-1))  # Σ_n h C
+            state = hs[-1].clone()
             del hs, ch
         ctx.chunk = chunk
         ctx.save_for_backward(u, dt, A, B, C, keep, *entering)
@@ -143,8 +151,8 @@ class ScanFunction(torch.autograd.Function):
         g, n = B.shape[1], B.shape[2]
         r = d // g
         chunk = ctx.chunk
-        du, ddt = torch.zeros_like(u), torch.zeros_like(dt)
-        dB, dC = torch.zeros_like(B), torch.zeros_like(C)
+        du, ddt = u.new_empty(b, g, r, l), u.new_empty(b, g, r, l)
+        dB, dC = torch.empty_like(B), torch.empty_like(C)
         dA = torch.zeros(g, r, n, dtype=A.dtype, device=A.device)
         dy = (torch.zeros_like(u) if dy is None else dy).reshape(b, g, r, l)
         g_next = (torch.zeros(b, d, n, dtype=u.dtype, device=u.device) if dh_last is None else dh_last)
@@ -153,27 +161,29 @@ class ScanFunction(torch.autograd.Function):
         for i in reversed(range(len(starts))):
             t0 = starts[i]
             t1 = min(t0 + chunk, l)
+            m = t1 - t0
             ch = _Chunk(u, dt, A, B, C, keep, t0, t1)
             h_in = entering[i]
-            hs = scan_states(ch.a, ch.inputs(), h_in)  # (b, g, r, m, n): recomputed states
-            dyc = dy[..., t0:t1]  # (b, g, r, m)
-            dC[:, :, :, t0:t1] = torch.einsum("bgrm,bgrmn->bgnm", dyc, hs)
+            hs = scan_states(ch.a.clone(), ch.inputs(), h_in)  # (m, b, g, r, n): recomputed states
+            dyc = dy[..., t0:t1].permute(3, 0, 1, 2).unsqueeze(-1)  # (m, b, g, r, 1)
+            _put(dC, t0, t1, (dyc.transpose(-1, -2) @ hs).squeeze(-2))  # Σ_r dy h
             # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}, run backwards in time as a forward scan
-            a_next = torch.cat([ch.a[..., 1:, :], ch.a.new_ones(b, g, r, 1, n)], dim=-2)
-            gs = scan_states(a_next.flip(-2), (dyc.unsqueeze(-1) * ch.C).flip(-2), g_next).flip(-2)
+            a_next = torch.cat([ch.a[1:], ch.a.new_ones(1, b, g, r, n)])
+            gs = scan_states(a_next.flip(0), (dyc * ch.C).flip(0), g_next).flip(0)
+            del a_next
             # ∂a_t = g_t h_{t-1}; through a = exp(Δ A) keep: ∂(Δ A) = ∂a · a
-            h_prev = torch.cat([h_in.unsqueeze(-2), hs[..., :-1, :]], dim=-2)
+            da = torch.cat([h_in.unsqueeze(0), hs[:-1]])  # h_{t-1}
             del hs
-            da = gs * h_prev * ch.a  # (b, g, r, m, n)
-            del h_prev
-            ddt_c = (da * ch.A).sum(-1)  # (b, g, r, m)
-            dA += torch.einsum("bgrmn,bgrm->grn", da, ch.dt)
-            g_next = gs[..., 0, :] * ch.a[..., 0, :]
+            da.mul_(gs).mul_(ch.a)  # (m, b, g, r, n)
+            ddt_c = (da * ch.A).sum(-1)  # (m, b, g, r)
+            dA += (da * ch.dt).sum((0, 1))
             del da
-            gB = (gs * ch.B).sum(-1)  # (b, g, r, m): Σ_n g_t B_t
-            dB[:, :, :, t0:t1] = torch.einsum("bgrmn,bgrm->bgnm", gs, ch.dt * ch.u)
+            g_next = gs[0] * ch.a[0]
+            gB = (gs @ ch.B.transpose(-1, -2)).squeeze(-1)  # (m, b, g, r): Σ_n g_t B_t
+            _put(dB, t0, t1, ((ch.dt * ch.u).transpose(-1, -2) @ gs).squeeze(-2))  # Σ_r Δ u g
             del gs
-            ddt_c += gB * ch.u
-            ddt[:, :, t0:t1] = ddt_c.reshape(b, d, -1)
-            du[:, :, t0:t1] = (gB * ch.dt).reshape(b, d, -1)
-        return du, ddt, dA.reshape(d, n), dB, dC, None, g_next.reshape(b, d, n), None
+            ddt_c += gB * ch.u.reshape(m, b, g, r)
+            _put(ddt, t0, t1, ddt_c)
+            _put(du, t0, t1, gB * ch.dt.reshape(m, b, g, r))
+        return (du.reshape(b, d, l), ddt.reshape(b, d, l), dA.reshape(d, n), dB, dC, None,
+                g_next.reshape(b, d, n), None)
