@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from transmamba.data.timeseries import load_forecast_data
-from transmamba.eval.forecasting import TrainConfig, forecast_step, train_forecaster
-from transmamba.models.mambaformer import ARCHS, Mambaformer, MambaformerConfig
+from transmamba.forecasting.data import load_forecast_data
+from transmamba.forecasting.loop import TrainConfig, forecast_step, train_forecaster
+from transmamba.forecasting.model import ARCHS, Mambaformer, MambaformerConfig
 
 
 @pytest.fixture(autouse=True)
