@@ -151,3 +151,16 @@ def test_bad_chunk_size_is_rejected():
     t = _inputs(1, 2, 2, 4, 0)
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         selective_scan_chunked(**t, chunk_size=0)
+
+
+def test_reverse_scan_states_is_the_backward_recurrence():
+    gen = torch.Generator().manual_seed(2)
+    a = torch.rand(19, 2, 3, generator=gen, dtype=torch.float64)
+    x = torch.randn(19, 2, 3, generator=gen, dtype=torch.float64)
+    h0 = torch.randn(2, 3, generator=gen, dtype=torch.float64)
+    h, want = h0, [None] * 19
+    for t in reversed(range(19)):
+        h = a[t] * h + x[t]
+        want[t] = h
+    got = scan_states(a, x, h0, reverse=True)
+    torch.testing.assert_close(got, torch.stack(want), rtol=1e-12, atol=1e-12)

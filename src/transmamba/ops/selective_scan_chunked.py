@@ -58,8 +58,9 @@ def _sub_chunk(m: int) -> int:
     return s
 
 
-def scan_states(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """All states of h_t = a_t ⊙ h_{t-1} + x_t for t = 0..m-1 from h_{-1} = h0 (no autograd).
+def scan_states(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor, *, reverse: bool = False) -> torch.Tensor:
+    """All states of h_t = a_t ⊙ h_{t-1} + x_t for t = 0..m-1 from h_{-1} = h0 (no autograd); with
+    `reverse`, of h_t = a_t ⊙ h_{t+1} + x_t for t = m-1..0 from h_m = h0.
 
     Time-major: a, x (m, ...); h0 (...) -> h (m, ...). Sub-chunk parallel (module docstring); time leads so
     that every step reads and writes whole contiguous blocks. a and x are used as work space (overwritten):
@@ -69,21 +70,24 @@ def scan_states(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Ten
     L = min(_sub_chunk(m), m)
     nc = -(-m // L)
     pad = nc * L - m
-    if pad:  # identity steps: a = 1, x = 0
+    if pad:  # identity steps at the end (a = 1, x = 0): in either direction they pass the state through
         a = torch.cat([a, a.new_ones(pad, *rest)])
         x = torch.cat([x, x.new_zeros(pad, *rest)])
     a = a.reshape(nc, L, *rest)
     h = x.reshape(nc, L, *rest)  # becomes the local states, then all states
-    for t in range(1, L):
-        h[:, t].addcmul_(a[:, t], h[:, t - 1])
-    a_cum = a  # (nc, L, ...): decay from a sub-chunk's start through t (a cumprod, in place)
-    for t in range(1, L):
-        a_cum[:, t].mul_(a_cum[:, t - 1])
+    steps = range(L - 2, -1, -1) if reverse else range(1, L)
+    prev = 1 if reverse else -1  # offset of the step a state comes from
+    for t in steps:
+        h[:, t].addcmul_(a[:, t], h[:, t + prev])
+    a_cum = a  # (nc, L, ...): decay from the sub-chunk's entry through t (a cumulative product, in place)
+    for t in steps:
+        a_cum[:, t].mul_(a_cum[:, t + prev])
+    exit_ = 0 if reverse else L - 1  # the step whose state leaves the sub-chunk
     state = h0
-    entering = []
-    for c in range(nc):
-        entering.append(state)
-        state = torch.addcmul(h[c, L - 1], a_cum[c, L - 1], state)
+    entering = [h0] * nc
+    for c in (range(nc - 1, -1, -1) if reverse else range(nc)):
+        entering[c] = state
+        state = torch.addcmul(h[c, exit_], a_cum[c, exit_], state)
     h.addcmul_(a_cum, torch.stack(entering).unsqueeze(1))
     return h.reshape(nc * L, *rest)[:m]
 
@@ -167,14 +171,18 @@ class ScanFunction(torch.autograd.Function):
             hs = scan_states(ch.a.clone(), ch.inputs(), h_in)  # (m, b, g, r, n): recomputed states
             dyc = dy[..., t0:t1].permute(3, 0, 1, 2).unsqueeze(-1)  # (m, b, g, r, 1)
             _put(dC, t0, t1, (dyc.transpose(-1, -2) @ hs).squeeze(-2))  # Σ_r dy h
-            # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}, run backwards in time as a forward scan
-            a_next = torch.cat([ch.a[1:], ch.a.new_ones(1, b, g, r, n)])
-            gs = scan_states(a_next.flip(0), (dyc * ch.C).flip(0), g_next).flip(0)
+            # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}, a reverse scan (the state gradient from later
+            # chunks enters at the last token with factor 1)
+            a_next = torch.empty_like(ch.a)
+            a_next[:-1] = ch.a[1:]
+            a_next[-1] = 1.0
+            gs = scan_states(a_next, dyc * ch.C, g_next, reverse=True)  # (m, b, g, r, n)
             del a_next
             # ∂a_t = g_t h_{t-1}; through a = exp(Δ A) keep: ∂(Δ A) = ∂a · a
-            da = torch.cat([h_in.unsqueeze(0), hs[:-1]])  # h_{t-1}
+            da = gs * ch.a
+            da[1:] *= hs[:-1]
+            da[0] *= h_in
             del hs
-            da.mul_(gs).mul_(ch.a)  # (m, b, g, r, n)
             ddt_c = (da * ch.A).sum(-1)  # (m, b, g, r)
             dA += (da * ch.dt).sum((0, 1))
             del da
