@@ -21,8 +21,8 @@ Cases (b = batch):
                   delta_bias + softplus
   mamba1-layer    one Mamba-1 mixer at d_model 512 (d_inner 1024, n 16), forward + backward, b 1
   mambaformer     the forecast command's default model (d_model 32, 4 heads, Mamba-1), b 8, MSE + Adam
-  jamba-small     CausalLM jamba-small, b 1, cross-entropy + AdamW step
-  jamba-small-20  jamba-small, 20 AdamW steps at 2048 tokens (b 1), totals
+  jamba-small     CausalLM jamba-small (255M parameters), b 1, cross-entropy (+ MoE aux loss) + SGD step
+  jamba-small-20  jamba-small, 20 SGD steps at 2048 tokens (b 1), totals
 Results: <out>/results.jsonl (one line per child) and <out>/report.md (the tables).
 """
 
@@ -132,7 +132,9 @@ def _jamba_step(l: int):
 
     torch.manual_seed(0)
     model = CausalLM.from_preset("jamba-small")
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    # plain SGD: no optimizer state, so the RSS is weights + gradients + activations (AdamW would add two
+    # fp32 copies of the 255M weights, 2 GB, independent of length)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     ids = torch.randint(0, model.config.vocab_size, (1, l))
 
     def step():
