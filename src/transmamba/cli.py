@@ -19,6 +19,9 @@ COMMANDS: dict[str, str] = {
     "eval": "transmamba.commands.eval",
     "bench": "transmamba.commands.bench",
     "forecast": "transmamba.commands.forecast",
+    "export": "transmamba.commands.export",
+    "distill": "transmamba.commands.distill",
+    "plan": "transmamba.commands.plan",
 }
 
 

@@ -72,11 +72,15 @@ class Mamba2(nn.Module):
         norm_eps: float = 1e-5,
         bias: bool = False,
         conv_bias: bool = True,
+        conv_activation: str | None = "silu",
         device=None,
         dtype=None,
     ):
         super().__init__()
         op = type(self).__name__
+        if conv_activation not in ("silu", None):
+            raise ValueError(f"{op}: conv_activation must be 'silu' or None, got {conv_activation!r}")
+        self.conv_activation = conv_activation  # None: xBC = conv(xBC) (a Transformer converted to T)
         self.d_model = _positive_int(op, "d_model", d_model)
         self.d_state = _positive_int(op, "d_state", d_state)
         self.d_conv = _positive_int(op, "d_conv", d_conv)
@@ -178,7 +182,8 @@ class Mamba2(nn.Module):
             g, n = self.ngroups, self.d_state
             sizes = (self.d_inner, self.d_inner, g * n, g * n, self.nheads)
             z, x, B, C, dt = causal_conv1d_split(
-                zxbcdt, self.conv_weight(), self.conv1d.bias, sizes, activation="silu", seq_idx=seq_idx
+                zxbcdt, self.conv_weight(), self.conv1d.bias, sizes, activation=self.conv_activation,
+                seq_idx=seq_idx,
             )
             lead = zxbcdt.shape[:-1]
             x = x.reshape(*lead, self.nheads, self.headdim)
@@ -188,7 +193,7 @@ class Mamba2(nn.Module):
             xbc.transpose(1, 2),
             self.conv_weight(),
             self.conv1d.bias,
-            activation="silu",
+            activation=self.conv_activation,
             seq_idx=seq_idx,
             initial_state=conv_state,
             return_final_state=True,
@@ -250,7 +255,7 @@ class Mamba2(nn.Module):
         self.check_state(state, b, Mamba2State)
         z, xbc, dt = self.split_proj(self.in_proj(hidden))
         xbc, conv_new = causal_conv1d_update(
-            xbc, state.conv_state, self.conv_weight(), self.conv1d.bias, activation="silu"
+            xbc, state.conv_state, self.conv_weight(), self.conv1d.bias, activation=self.conv_activation
         )
         x, B, C = self.split_xbc(xbc)
         y, ssm_new = ssd_step(

@@ -73,6 +73,12 @@ class TransMamba(Mamba2):
             converted state. P = 0 is exactly Mamba-2, P >= T pure attention. Settable after construction
             (`layer.transpoint = P` or `set_transpoint(P)`), e.g. to change a schedule at inference.
         attn_d_skip: add the D skip (D_i · x_t) on the attention path too (default True).
+        attn_rope: rotate Q = C and K = B by their positions (RoPE, base `rope_base`) on the attention path
+            only (default False). The SSM path and the Memory Converter keep the unrotated B and C, so the
+            converter stays exact. Used by Transformers converted to TransMamba (their Q/K were trained with
+            RoPE); positions restart at document starts and continue across decode steps.
+        attn_norm: apply the layer's (ungated) RMSNorm to the attention output before out_proj (default
+            True). A converted Transformer has no norm there; False makes P >= T reproduce it exactly.
 
     Choices the paper leaves open:
         * No RoPE on the attention path. The causal conv already mixes the 4 nearest tokens, so Q/K carry
@@ -88,10 +94,16 @@ class TransMamba(Mamba2):
           (t × t) masked attention and a full SSD per row instead of the split of the unpacked path.
     """
 
-    def __init__(self, d_model: int, *args, transpoint: int = 0, attn_d_skip: bool = True, **kwargs):
+    def __init__(self, d_model: int, *args, transpoint: int = 0, attn_d_skip: bool = True,
+                 attn_rope: bool = False, rope_base: float = 10000.0, attn_norm: bool = True, **kwargs):
         super().__init__(d_model, *args, **kwargs)
         self._transpoint = _check_transpoint(type(self).__name__, transpoint)
         self.attn_d_skip = bool(attn_d_skip)
+        if attn_rope and self.d_state % 2:
+            raise ValueError(f"TransMamba: attn_rope needs an even d_state, got {self.d_state}")
+        if attn_rope and not rope_base > 0:
+            raise ValueError(f"TransMamba: rope_base must be > 0, got {rope_base}")
+        self.attn_rope, self.rope_base, self.attn_norm = bool(attn_rope), float(rope_base), bool(attn_norm)
         self.full_ssd_in_training: bool | None = None  # see `_full_ssd`
 
     @property
@@ -154,7 +166,16 @@ class TransMamba(Mamba2):
         """Attention-path tail: y, x (..., h, p) -> ungated RMSNorm of y (+ D x), (..., d_inner)."""
         if self.attn_d_skip:
             y = y + x.to(y.dtype) * self.D.to(y.dtype)[:, None]
-        return self.norm(y.flatten(-2), None)
+        return self.norm(y.flatten(-2), None) if self.attn_norm else y.flatten(-2)
+
+    def _rotate(self, t: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """RoPE on the attention path's Q or K when `attn_rope` (else t unchanged): t (b, s, g, n), positions
+        (s,) or (b, s)."""
+        if not self.attn_rope:
+            return t
+        from transmamba.ops.attention import apply_rope
+
+        return apply_rope(t, positions, self.rope_base).to(t.dtype)
 
     def _ssm_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """SSM-path tail: y (..., h, p) (D already in), z (..., d_inner) -> gated RMSNorm (..., d_inner)."""
@@ -210,6 +231,9 @@ class TransMamba(Mamba2):
             (x, xa), (B, Ba), (C, Ca) = (share_prefix(v, n_att) for v in (x, B, C))
         else:
             xa, Ba, Ca = (x, B, C) if n_att == t else (x[:, :n_att], B[:, :n_att], C[:, :n_att])
+        if self.attn_rope:
+            pos = torch.arange(n_att, device=hidden.device)
+            Ca, Ba = self._rotate(Ca, pos), self._rotate(Ba, pos)
         parts = [self._attention_out(self._attend(Ca, Ba, xa), xa)]
         if n_att < t:  # positions [P, t): SSD from the converted state
             if full:  # SSD over all t positions, outputs before P dropped (same values)
@@ -229,7 +253,9 @@ class TransMamba(Mamba2):
         t = hidden.shape[1]
         causal = torch.ones(t, t, dtype=torch.bool, device=hidden.device).tril()
         same_doc = seq_idx[:, :, None] == seq_idx[:, None, :]  # (b, t, t)
-        y = self._attention_out(self._attend(C, B, x, mask=(same_doc & causal)[:, None]), x)
+        pos = position_in_document(seq_idx) if self.attn_rope else None
+        Cq, Bk = self._rotate(C, pos), self._rotate(B, pos)
+        y = self._attention_out(self._attend(Cq, Bk, x, mask=(same_doc & causal)[:, None]), x)
         if not bool(use_attn.all()):
             y_ssm = self._ssm_out(self._ssd(x, dt, B, C, seq_idx=seq_idx), z)
             y = torch.where(use_attn[..., None], y, y_ssm)
@@ -298,7 +324,9 @@ class TransMamba(Mamba2):
             state.kv_B[rows, o:end] = B[:, :n_att].to(state.kv_B.dtype)
             state.kv_x[rows, o:end] = x[:, :n_att].to(state.kv_x.dtype)
             state.kv_dt[rows, o:end] = dt[:, :n_att].to(state.kv_dt.dtype)
-            att = self._attend(C[:, :n_att], state.kv_B[rows, :end], state.kv_x[rows, :end], q_start=o)
+            q = self._rotate(C[:, :n_att], torch.arange(o, end, device=C.device))
+            k = self._rotate(state.kv_B[rows, :end], torch.arange(end, device=C.device))
+            att = self._attend(q, k, state.kv_x[rows, :end], q_start=o)
             parts.append(self._attention_out(att, x[:, :n_att]))
         if n_att < t:
             todo = rows[~state.converted[rows]]
@@ -319,7 +347,7 @@ class TransMamba(Mamba2):
         P = state.transpoint
         z, xbc, dt = self.split_proj(self.in_proj(hidden))
         xbc, conv_new = causal_conv1d_update(
-            xbc, state.conv_state, self.conv_weight(), self.conv1d.bias, activation="silu"
+            xbc, state.conv_state, self.conv_weight(), self.conv1d.bias, activation=self.conv_activation
         )
         state.conv_state.copy_(conv_new)
         x, B, C = self.split_xbc(xbc)  # (b, h, p), (b, g, n), (b, g, n)
@@ -335,9 +363,9 @@ class TransMamba(Mamba2):
             state.kv_dt[attn_rows, rp] = dt[attn_rows].to(state.kv_dt.dtype)
             cap = state.kv_capacity
             mask = torch.arange(cap, device=pos.device)[None, :] <= rp[:, None]  # (r, cap)
-            att = self._attend(
-                C[attn_rows, None], state.kv_B[attn_rows], state.kv_x[attn_rows], mask=mask[:, None, None, :]
-            )[:, 0]
+            q = self._rotate(C[attn_rows, None], rp[:, None])
+            k = self._rotate(state.kv_B[attn_rows], torch.arange(cap, device=pos.device))
+            att = self._attend(q, k, state.kv_x[attn_rows], mask=mask[:, None, None, :])[:, 0]
             y[attn_rows] = self._attention_out(att, x[attn_rows])
         if ssm_rows.numel():
             todo = ssm_rows[~state.converted[ssm_rows]]
@@ -354,7 +382,9 @@ class TransMamba(Mamba2):
         return self.out_proj(y)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, transpoint={self.transpoint}, attn_d_skip={self.attn_d_skip}"
+        extra = f", attn_rope=True, rope_base={self.rope_base}" if self.attn_rope else ""
+        extra += "" if self.attn_norm else ", attn_norm=False"
+        return f"{super().extra_repr()}, transpoint={self.transpoint}, attn_d_skip={self.attn_d_skip}{extra}"
 
 
 __all__ = ["TransMamba", "position_in_document"]

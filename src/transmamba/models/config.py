@@ -49,6 +49,12 @@ class ModelConfig:
     ngroups: int = 1
     d_conv: int = 4
     chunk_size: int = 64
+    # TransMamba (`T`) attention-path options; the defaults are the paper's layer. A Transformer converted
+    # to TransMamba (`transmamba.conversion`) sets them so that P >= T reproduces the Transformer exactly.
+    tm_attn_rope: bool = False  # RoPE (base rope_theta) on Q = C, K = B before the TransPoint
+    tm_attn_norm: bool = True  # RMSNorm on the attention output before out_proj
+    tm_attn_d_skip: bool = True  # D · x skip on the attention path
+    tm_conv_activation: str = "silu"  # "silu" | "none": the activation after the conv on xBC
     # Mamba-1 (`S`) layers
     m1_d_state: int = 16
     m1_expand: int = 2
@@ -157,6 +163,12 @@ class ModelConfig:
             need(self.ssm_heads % self.ngroups == 0,
                  f"ngroups={self.ngroups} must divide the number of SSM heads "
                  f"d_inner/headdim = {self.ssm_heads}")
+        if "transmamba" in kinds:
+            need(self.tm_conv_activation in ("silu", "none"),
+                 f"tm_conv_activation must be 'silu' or 'none', got {self.tm_conv_activation!r}")
+            need(not self.tm_attn_rope or self.d_state % 2 == 0,
+                 f"d_state={self.d_state} must be even for tm_attn_rope")
+        need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
         if "moe" in kinds:
             need(self.top_k <= self.n_experts, f"top_k={self.top_k} must be <= n_experts={self.n_experts}")
             need(self.aux_loss_coef >= 0, f"aux_loss_coef must be >= 0, got {self.aux_loss_coef}")

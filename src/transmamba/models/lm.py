@@ -85,7 +85,10 @@ def build_sublayer(kind: str, cfg: ModelConfig, transpoint: int | None = None) -
                   ngroups=cfg.ngroups, chunk_size=cfg.chunk_size, norm_eps=cfg.norm_eps)
         if kind == "mamba2":
             return L.Mamba2(cfg.d_model, **kw)
-        return L.TransMamba(cfg.d_model, transpoint=int(transpoint or 0), **kw)
+        return L.TransMamba(
+            cfg.d_model, transpoint=int(transpoint or 0), attn_d_skip=cfg.tm_attn_d_skip,
+            attn_rope=cfg.tm_attn_rope, rope_base=cfg.rope_theta, attn_norm=cfg.tm_attn_norm,
+            conv_activation=None if cfg.tm_conv_activation == "none" else "silu", **kw)
     if kind == "attention":
         return L.Attention(cfg.d_model, cfg.n_heads, n_kv_heads=cfg.kv_heads, head_dim=cfg.attn_head_dim,
                            rope=cfg.rope, rope_base=cfg.rope_theta)

@@ -252,7 +252,9 @@ def _pid_alive(pid: str) -> bool:
 
 
 def is_complete(folder: Path) -> bool:
-    return (folder / STATE_FILE).is_file() and (folder / "model.safetensors").is_file()
+    """trainer_state.json (written last) and the weights: model.safetensors, or a sharded/ DCP folder."""
+    weights = (folder / "model.safetensors").is_file() or (folder / "sharded" / ".metadata").is_file()
+    return (folder / STATE_FILE).is_file() and weights
 
 
 def find_checkpoint(run_dir: str | Path, which: str = "last") -> Path | None:

@@ -64,6 +64,8 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model")
     fused_loss: bool = _f(True, "LM-head cross-entropy in token chunks, without the (tokens, vocab) logits")
     checkpointing: bool = _f(False, "recompute each block's activations in the backward (less memory)")
+    parallel: str = _f("ddp", "under torchrun: ddp (replicate the model) | fsdp (FSDP2: shard parameters, "
+                       "gradients and optimizer state per block; sharded DCP checkpoints)")
     progress: bool = _f(True, "show a progress bar")
     tensorboard: bool = _f(True, "also log to TensorBoard when torch.utils.tensorboard is importable")
     cache_dir: str | None = _f(None, "tokenizer cache (default: $TRANSMAMBA_CACHE or ~/.cache/transmamba)")
@@ -87,6 +89,8 @@ class TrainConfig:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ConfigError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
         if not isinstance(self.model, dict):

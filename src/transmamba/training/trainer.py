@@ -37,6 +37,11 @@ from transmamba.training.checkpoint import find_checkpoint, load_checkpoint, sav
 from transmamba.training.config import ConfigError, TrainConfig, unknown_key_message
 from transmamba.training.metrics import MetricsLogger, bits_per_byte, plot_curves
 from transmamba.training.optim import build_optimizer, build_scheduler
+from transmamba.training.sharded_checkpoint import (
+    is_sharded_checkpoint,
+    load_sharded_checkpoint,
+    save_sharded_checkpoint,
+)
 
 
 class TrainingError(RuntimeError):
@@ -105,15 +110,17 @@ def build_lm(cfg: TrainConfig, vocab_size: int) -> nn.Module:
     return CausalLM(mcfg)
 
 
+def _uses_bf16(device: torch.device, dtype: str) -> bool:
+    return dtype == "bf16" or (dtype == "auto" and device.type == "cuda")
+
+
 def _autocast(device: torch.device, dtype: str):
-    use_bf16 = dtype == "bf16" or (dtype == "auto" and device.type == "cuda")
-    if use_bf16:
+    if _uses_bf16(device, dtype):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def _scalar(x) -> float:
-    return float(x.detach().float().item()) if torch.is_tensor(x) else float(x)
+_scalar = dist_mod.scalar
 
 
 class Trainer:
@@ -267,7 +274,11 @@ class Trainer:
             raw_model.gradient_checkpointing = cfg.checkpointing
         self._probe(raw_model)
         n_params = sum(p.numel() for p in raw_model.parameters())
-        self.log(f"model: {cfg.preset}, {n_params:,} parameters, device {device}, world {info.world_size}")
+        self.log(f"model: {cfg.preset}, {n_params:,} parameters, device {device}, world {info.world_size}"
+                 + (f", {cfg.parallel}" if info.enabled else ""))
+        sharded = cfg.parallel == "fsdp"  # checkpoints through DCP (also on one rank, to reshard later)
+        if sharded and info.enabled:  # shard before the optimizer sees the parameters (they become DTensors)
+            dist_mod.shard_model(raw_model, bf16=_uses_bf16(device, cfg.dtype))
         optimizer = build_optimizer(raw_model, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     betas=(cfg.beta1, cfg.beta2), device=device)
         scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
@@ -276,8 +287,15 @@ class Trainer:
                               world_size=info.world_size)
         step, best, tokens_seen, evals = 0, None, 0, []
         if resume_from is not None:
-            state = load_checkpoint(resume_from, model=raw_model, optimizer=optimizer, scheduler=scheduler,
-                                    map_location=device)
+            if is_sharded_checkpoint(resume_from):
+                state = load_sharded_checkpoint(resume_from, model=raw_model, optimizer=optimizer,
+                                                scheduler=scheduler)
+            elif sharded and info.enabled:
+                raise ConfigError(f"{resume_from} was written by a --parallel ddp (or single-process) run; "
+                                  "resume it with --parallel ddp")
+            else:
+                state = load_checkpoint(resume_from, model=raw_model, optimizer=optimizer,
+                                        scheduler=scheduler, map_location=device)
             step, best = int(state["step"]), state.get("best_val_loss")
             tokens_seen, evals = int(state.get("tokens", 0)), list(state.get("evals", []))
             t_start -= float(state.get("elapsed_s", 0.0))  # elapsed time continues across restarts
@@ -286,7 +304,8 @@ class Trainer:
         model = raw_model
         if cfg.compile:
             model = torch.compile(model)
-        model = dist_mod.wrap_model(model, info, device)
+        if not sharded:
+            model = dist_mod.wrap_model(model, info, device, "ddp")
         model.train()
 
         metrics = MetricsLogger(self.run_dir, enabled=info.is_main, tensorboard=cfg.tensorboard,
@@ -303,16 +322,19 @@ class Trainer:
 
         def checkpoint(is_best: bool) -> None:
             nonlocal last_ckpt, best_ckpt
-            if info.is_main:
-                last_ckpt = save_checkpoint(
-                    self.run_dir, step=step, model=raw_model, optimizer=optimizer, scheduler=scheduler,
-                    trainer_state={"best_val_loss": best, "tokens": tokens_seen, "evals": evals,
-                                   "elapsed_s": time.perf_counter() - t_start,
-                                   "data": loader.state_dict(), "world_size": info.world_size},
-                    train_config=cfg.to_dict(), tokenizer=data.tokenizer, is_best=is_best,
-                )
-                if is_best:
-                    best_ckpt = last_ckpt
+            kwargs = dict(
+                step=step, model=raw_model, optimizer=optimizer, scheduler=scheduler,
+                trainer_state={"best_val_loss": best, "tokens": tokens_seen, "evals": evals,
+                               "elapsed_s": time.perf_counter() - t_start,
+                               "data": loader.state_dict(), "world_size": info.world_size},
+                train_config=cfg.to_dict(), tokenizer=data.tokenizer, is_best=is_best,
+            )
+            if sharded:  # collective: every rank writes its shards
+                last_ckpt = save_sharded_checkpoint(self.run_dir, **kwargs)
+            elif info.is_main:
+                last_ckpt = save_checkpoint(self.run_dir, **kwargs)
+            if is_best and info.is_main:
+                best_ckpt = last_ckpt
             dist_mod.barrier(info)
 
         if info.is_main and cfg.progress:
@@ -320,8 +342,11 @@ class Trainer:
 
             self.bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
         t_last, tok_last = time.perf_counter(), tokens_seen
+        on_step = getattr(raw_model, "on_train_step", None)  # a model's per-step hook (distillation schedule)
         while step < cfg.max_steps:
             # ---- one optimizer step
+            if on_step is not None:
+                on_step(step)
             step_loss = 0.0
             for micro in range(cfg.grad_accum):
                 batch = loader.next_batch()
@@ -333,11 +358,11 @@ class Trainer:
                 self._check_finite(value, "the training loss", step + 1)
                 (loss / cfg.grad_accum).backward()
                 step_loss += value / cfg.grad_accum
+            step_loss = dist_mod.all_reduce_mean(step_loss, info, device)  # the global batch's loss
             if cfg.grad_clip > 0:
                 gnorm = _scalar(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip))
             else:
-                gnorm = math.sqrt(sum(float(p.grad.float().pow(2).sum()) for p in raw_model.parameters()
-                                      if p.grad is not None))
+                gnorm = dist_mod.grad_norm(raw_model.parameters())
             self._check_finite(gnorm, "the gradient norm", step + 1)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
