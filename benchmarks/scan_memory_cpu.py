@@ -145,7 +145,7 @@ def _jamba_step(l: int):
     return step
 
 
-def child(case: str, impl: str, length: int, steps: int, threads: int) -> dict:
+def child(case: str, impl: str, length: int, steps: int, threads: int, progress: str | None = None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -165,6 +165,11 @@ def child(case: str, impl: str, length: int, steps: int, threads: int) -> dict:
         step()
         walls.append(time.perf_counter() - t)
         cpus.append(_cpu_s() - c)
+        if progress:  # one line per step, so a long run that is stopped still shows what it did
+            with open(progress, "a") as fh:
+                fh.write(json.dumps({"case": case, "impl": impl, "length": length, "step": i + 1,
+                                     "wall_s": round(walls[-1], 2), "cpu_s": round(cpus[-1], 2),
+                                     "peak_rss_gb": round(_rss_gb(), 3)}) + "\n")
         if case != "jamba-small-20" and i == 0:
             walls.clear()
             cpus.clear()
@@ -199,7 +204,8 @@ def run_child(case, impl, length, args, src: Path) -> dict:
 
     env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", case, impl, str(length),
-           "--steps", str(args.steps), "--threads", str(args.threads)]
+           "--steps", str(args.steps), "--threads", str(args.threads),
+           "--progress", str(Path(args.out) / "progress.jsonl")]
     t0 = time.time()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=limit,
                           timeout=args.timeout)
@@ -247,11 +253,12 @@ def main() -> None:
     p.add_argument("--mem-cap-gb", type=float, default=8.0)
     p.add_argument("--timeout", type=int, default=3600, help="seconds per child")
     p.add_argument("--child", nargs=3, metavar=("CASE", "IMPL", "LENGTH"), help=argparse.SUPPRESS)
+    p.add_argument("--progress", default=None, help=argparse.SUPPRESS)
     p.add_argument("--report-only", action="store_true", help="rewrite report.md from results.jsonl")
     args = p.parse_args()
     if args.child:
         case, impl, length = args.child
-        print(json.dumps(child(case, impl, int(length), args.steps, args.threads)))
+        print(json.dumps(child(case, impl, int(length), args.steps, args.threads, args.progress)))
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
