@@ -1,7 +1,8 @@
 """Fill Triton's on-disk kernel cache for the `ssd-op` case with parallel processes before anything is timed.
 
 On a fresh machine mamba_ssm's SSD autotunes about 190 launch configurations over ~25 kernels, and Triton
-compiles each one the first time it is benchmarked, one after another: in batch 6 its first forward call
+compiles each one the first time it is benchmarked, one after another: in one measured run its first forward
+call
 alone had not returned after ~140 s, and forward + backward would not fit one 600 s command. Compilation
 is CPU work, and Triton keeps every compiled kernel on disk (keyed by source, specialisation and launch
 settings), so `warm(n)` starts n worker processes; worker w keeps only every n-th configuration of each
@@ -87,7 +88,7 @@ def run_worker(worker: int, workers: int, shapes=SHAPES) -> None:
     fla = load_fla()
     impls = {"mamba_ssm": mamba}
     if worker == 0 and workers > 0:  # ours compiles beside the peers (not in the probe)
-        from transmamba.ops.triton.ssd import ssd_triton
+        from transmamba.ops.ssd.triton import ssd_triton
 
         impls["ours"] = ssd_triton
     h, p, g, n = 64, 64, 1, 128

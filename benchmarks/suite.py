@@ -1,11 +1,11 @@
-"""`python benchmarks/run.py --suite issue5 --out DIR [--resume]`: every issue-5 number from one run.
+"""`python benchmarks/run.py --suite targets --out DIR [--resume]`: every headline number from one run.
 
 A suite is an ordered list of *units*; a unit is one case of `benchmarks/run.py` with some of its options
 fixed (e.g. `train-step` at T = 2K / 8K, then again at 16K / 32K), so that a run cut short loses at most
 one unit. All units run in one process, one after another, and after each one the combined file
-`DIR/issue5.json` is rewritten (atomically):
+`DIR/targets.json` is rewritten (atomically):
 
-    {"suite": "issue5", "meta": {gpu, torch, triton, python, ...},
+    {"suite": "targets", "meta": {gpu, torch, triton, python, ...},
      "processes": [{"id", "pid", "command", "start_utc", "end_utc", "alloc_conf", "ceilings", "units"}],
      "units": {name: {"case", "status", "process", "attempts", "seconds", "start_utc", "end_utc",
                       "options", "rows" | "error"}}}
@@ -16,7 +16,7 @@ process died inside it, so it reads as "interrupted") or "deferred" (not started
 `--time-budget`). With `--resume` a run keeps the units already "done" and runs the others; a unit that
 failed or was interrupted `MAX_ATTEMPTS` times is not tried again. Without `--resume` an existing file is
 replaced. After every unit the per-case files (`DIR/<case>.json/.csv/.png`, rows of all units of a case
-merged) and the report `DIR/issue5.md` are regenerated (`benchmarks/suite_report.py`).
+merged) and the report `DIR/targets.md` are regenerated (`benchmarks/report.py`).
 
 Time: `--time-budget S` (seconds from the process start): a unit whose estimate (`Unit.est_s`, measured
 on an H100) would end past it is deferred and the next units are tried, so a process under a hard limit
@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 MAX_ATTEMPTS = 2
-RESULTS_NAME = "issue5.json"
+RESULTS_NAME = "targets.json"
+REPORT_NAME = "targets.md"
 
 
 @dataclass
@@ -56,11 +57,11 @@ class Unit:
 
 # Options the suite sets unless the command line gives them (names as in run.py's parser).
 SUITE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "issue5": {
+    "targets": {
         "lengths": "1024,2048,4096,8192,16384,32768",
         "tokens": 32768,
         "torch_max_len": 1024,  # the plain-PyTorch chunked SSD / scan: one reference point
-        "scan_seq_max_len": 0,  # the sequential scan reference: slow, not an issue-5 number
+        "scan_seq_max_len": 0,  # the sequential scan reference: slow, not a headline number
         "train_models": "transmamba-400m,transformer-400m-eq,mamba2-400m,mamba2-hybrid-400m",
         "train_lengths": "2048,8192,16384,32768",
         "train_tokens": 32768,
@@ -71,11 +72,11 @@ SUITE_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
-SUITES: dict[str, list[Unit]] = {  # estimates: H100, batch 7 (peer-warm, ssd-op, decode steps), earlier runs
-    "issue5": [
-        Unit("peer-warm", "peer-warm", 245),  # at most the probe + --warm-timeout + start-up; batch 7: 126 s
+SUITES: dict[str, list[Unit]] = {  # estimates: H100 runs
+    "targets": [
+        Unit("peer-warm", "peer-warm", 245),  # at most the probe + --warm-timeout + start-up; measured 126 s
         Unit("ceilings", "ceilings", 5),
-        Unit("ssd-op", "ssd-op", 130),  # after peer-warm 115 s (batch 6 without: mamba_ssm fwd alone > 140 s)
+        Unit("ssd-op", "ssd-op", 130),  # after peer-warm 115 s (without it: mamba_ssm fwd alone > 140 s)
         Unit("ssd-decode", "ssd-decode", 10),
         Unit("scan-op", "scan-op", 45),
         Unit("scan-decode", "scan-decode", 10),
@@ -298,9 +299,9 @@ def _refresh(data: dict[str, Any], out: Path, write_case_files, log) -> None:
     try:
         data = scrubbed(data)
         write_case_files(data, out)
-        from suite_report import build_report
+        from report import build_report
 
-        (out / "issue5.md").write_text(build_report(data))
+        (out / REPORT_NAME).write_text(build_report(data))
     except Exception as err:  # noqa: BLE001
         traceback.print_exc()
         log(f"report: {err!r}")
@@ -330,7 +331,7 @@ def set_alloc_conf() -> str:
 
 def main_suite(args: Namespace, argv: list[str], parser, cases, env_meta, ceilings, write_outputs) -> int:
     """Entry from run.py's main (CUDA already checked there)."""
-    from suite_report import write_case_files
+    from report import write_case_files
 
     apply_suite_defaults(args, explicit_options(parser, argv))
     command = " ".join(["python", "benchmarks/run.py", *_out_as_placeholder(argv)])
@@ -358,8 +359,8 @@ def _out_as_placeholder(argv: list[str]) -> list[str]:
 
 
 def report_only(out: Path, write_outputs) -> int:
-    """Rebuild the per-case files and issue5.md from an existing issue5.json (no GPU needed)."""
-    from suite_report import build_report, write_case_files
+    """Rebuild the per-case files and targets.md from an existing targets.json (no GPU needed)."""
+    from report import build_report, write_case_files
 
     data = load_results(out / RESULTS_NAME)
     if data is None:
@@ -367,6 +368,6 @@ def report_only(out: Path, write_outputs) -> int:
         return 2
     data = scrubbed(data)
     write_case_files(data, out, write_outputs)
-    (out / "issue5.md").write_text(build_report(data))
-    print(f"wrote {out / 'issue5.md'}")
+    (out / REPORT_NAME).write_text(build_report(data))
+    print(f"wrote {out / REPORT_NAME}")
     return 0

@@ -35,7 +35,8 @@ def settings(tiny: bool) -> dict:
     if tiny:
         return dict(d_model=64, n_heads=4, d_ff=128, seq_len=128, batch=8, teacher_steps=60, steps=30,
                     eval_batches=4, lr=3e-3)
-    return dict(d_model=256, n_heads=8, d_ff=768, seq_len=512, batch=32, teacher_steps=1500, steps=600,
+    # 400 steps x 16K tokens: ~4 passes over the 1.5M-token corpus (more and the teacher overfits)
+    return dict(d_model=256, n_heads=8, d_ff=768, seq_len=512, batch=32, teacher_steps=400, steps=250,
                 eval_batches=20, lr=2e-3)
 
 
@@ -78,23 +79,31 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     teacher_run = Trainer(train_cfg("teacher", s["teacher_steps"], 0), data=data, log=log,
                           model_factory=lambda v: CausalLM(tcfg)).fit()
-    teacher = CausalLM.from_pretrained(teacher_run.last_checkpoint).eval()
+    use_cuda = torch.cuda.is_available() and args.device != "cpu"
+    teacher = CausalLM.from_pretrained(teacher_run.last_checkpoint).eval().to("cuda" if use_cuda else "cpu")
     log(f"teacher: val loss {teacher_run.final_val_loss:.4f} ({time.time() - t0:.0f} s)")
 
-    def val_loss(model, points=None) -> float:
+    def val_loss(model, with_kl: bool = False):
+        """Validation cross entropy (and, with_kl, the mean KL(teacher || model) per target token)."""
+        import torch.nn.functional as F
+
         dev = next(model.parameters()).device
-        if points is not None:
-            model.set_transpoints(points)
+        teacher.to(dev)
         model.eval()
-        total, n = 0.0, 0
+        total, kl, n = 0.0, 0.0, 0
         with torch.no_grad():
             for b in iter_eval_batches(data.val, s["batch"], s["eval_batches"]):
-                lab = b["labels"].to(dev)
-                k = int((lab[:, 1:] != -100).sum())
-                out_ = model(b["input_ids"].to(dev), seq_idx=b["seq_idx"].to(dev), labels=lab)
-                total += float(out_.loss) * k
+                ids, sid, lab = b["input_ids"].to(dev), b["seq_idx"].to(dev), b["labels"].to(dev)
+                valid = lab[:, 1:] != -100
+                k = int(valid.sum())
+                logits = model(ids, seq_idx=sid).logits[:, :-1][valid].float()
+                total += float(F.cross_entropy(logits, lab[:, 1:][valid], reduction="sum"))
+                if with_kl:
+                    t = teacher(ids, seq_idx=sid).logits[:, :-1][valid].float()
+                    kl += float(F.kl_div(F.log_softmax(logits, -1), F.log_softmax(t, -1), log_target=True,
+                                         reduction="sum"))
                 n += k
-        return total / max(n, 1)
+        return (total / max(n, 1), kl / max(n, 1)) if with_kl else total / max(n, 1)
 
     rows = []
     for seed in range(args.seeds):
@@ -103,7 +112,7 @@ def main(argv=None) -> int:
             return DistillationModel(student, teacher, target_transpoints=target, lower_steps=s["steps"] // 2)
 
         converted = convert_to_transmamba(teacher, target, seed=seed)
-        before = val_loss(converted.to(teacher.device))
+        before, before_kl = val_loss(converted.to(teacher.device), with_kl=True)
         d = Trainer(train_cfg(f"distill-{seed}", s["steps"], seed), data=data, log=log,
                     model_factory=distilled_factory).fit()
         student = CausalLM.from_pretrained(d.last_checkpoint)
@@ -115,8 +124,11 @@ def main(argv=None) -> int:
 
         sc = Trainer(train_cfg(f"scratch-{seed}", s["steps"], seed), data=data, log=log,
                      model_factory=scratch_factory).fit()
-        row = {"seed": seed, "converted_no_training": before, "distilled": d.final_val_loss,
-               "scratch": sc.final_val_loss}
+        d_loss, d_kl = val_loss(student.to(teacher.device), with_kl=True)
+        scratch = CausalLM.from_pretrained(sc.last_checkpoint).to(teacher.device)
+        sc_loss, sc_kl = val_loss(scratch, with_kl=True)
+        row = {"seed": seed, "converted_no_training": before, "distilled": d_loss, "scratch": sc_loss,
+               "kl_converted_no_training": before_kl, "kl_distilled": d_kl, "kl_scratch": sc_kl}
         rows.append(row)
         log(f"seed {seed}: {row}")
 
@@ -134,7 +146,9 @@ def main(argv=None) -> int:
 
     # the planner on the first distilled student, on the same validation rows
     student = CausalLM.from_pretrained(out / "distill-0" / "last").eval()
-    batches = list(iter_eval_batches(data.val, s["batch"], min(4, s["eval_batches"])))
+    batches = [{k: v.to(teacher.device) for k, v in b.items()}
+               for b in iter_eval_batches(data.val, 16, 2)]
+    student.to(teacher.device)
     path = plan(student, batches, context=ctx, eval_len=L, speed_prompt=None)
     plot_path(path, out / "planner_tradeoff.png", title="distilled TransMamba: loss vs peak cache at 8K")
 
@@ -142,14 +156,15 @@ def main(argv=None) -> int:
               teacher_loss, "seeds": rows, "kv_bytes_at_8k": mem, "planner_path": [vars(p) for p in path],
               "wall_s": time.time() - t0, "device": str(teacher.device)}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = ["| model | val loss (mean ± sd over seeds) | peak decode cache / sequence at 8K |",
-             "|---|---|---|",
-             f"| Transformer teacher | {teacher_loss:.4f} | {mem['teacher'] / 2**20:.2f} MiB |"]
+    table = ["| model | val loss (mean ± sd over seeds) | KL(teacher ‖ model) per token | "
+             "peak decode cache / sequence at 8K |", "|---|---|---|---|",
+             f"| Transformer teacher | {teacher_loss:.4f} | 0 | {mem['teacher'] / 2**20:.2f} MiB |"]
     for key, name in (("converted_no_training", "converted, before distillation"),
                       ("distilled", f"converted + distilled {s['steps']} steps"),
                       ("scratch", f"TransMamba from scratch, {s['steps']} steps")):
         m, sd = summary(key)
-        table.append(f"| {name} | {m:.4f} ± {sd:.4f} | "
+        km, ksd = summary(f"kl_{key}")
+        table.append(f"| {name} | {m:.4f} ± {sd:.4f} | {km:.4f} ± {ksd:.4f} | "
                      f"{mem['transmamba (target schedule)'] / 2**20:.2f} MiB |")
     (out / "table.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))

@@ -1,4 +1,4 @@
-"""The issue-5 benchmark suite without a GPU: targets and report from synthetic rows, resume, CPU exit."""
+"""The benchmark suite without a GPU: targets and report from synthetic rows, resume, CPU exit."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import report  # noqa: E402
 import suite  # noqa: E402
-import suite_report  # noqa: E402
 
 
 def _runner():
@@ -50,9 +50,10 @@ def _synthetic() -> dict:
              "train-step-b": {"case": "train-step", "status": "done", "process": 2, "rows": tb},
              "decode-a": {"case": "decode", "status": "done", "process": 2, "rows": dec},
              "decode-b": {"case": "decode", "status": "failed", "process": 2, "error": "boom"}}
-    procs = [{"id": 1, "pid": 11, "command": "python benchmarks/run.py --suite issue5", "units": ["ssd-op"]},
-             {"id": 2, "pid": 12, "command": "python benchmarks/run.py --suite issue5 --resume", "units": []}]
-    return {"suite": "issue5", "meta": {"gpu": "Test GPU"}, "processes": procs, "units": units}
+    procs = [{"id": 1, "pid": 11, "command": "python benchmarks/run.py --suite targets", "units": ["ssd-op"]},
+             {"id": 2, "pid": 12, "command": "python benchmarks/run.py --suite targets --resume",
+              "units": []}]
+    return {"suite": "targets", "meta": {"gpu": "Test GPU"}, "processes": procs, "units": units}
 
 
 def _by(ts, target, where):
@@ -60,7 +61,7 @@ def _by(ts, target, where):
 
 
 def test_targets_from_rows():
-    ts = suite_report.targets(_synthetic())
+    ts = report.targets(_synthetic())
     t = _by(ts, "SSD fwd+bwd", "L = 1024")
     assert t["status"] == "met" and t["value"] == pytest.approx(0.4) and t["shortfall"] is None
     t = _by(ts, "SSD fwd+bwd", "L = 32768")
@@ -82,12 +83,12 @@ def test_targets_from_rows():
 
 def test_report_sections_and_case_files(tmp_path):
     data = _synthetic()
-    md = suite_report.build_report(data)
+    md = report.build_report(data)
     for s in ("## Targets", "## (a) Op level", "## (b) Training step", "## (c) Decode",
               "## (d) Training step vs", "**missed**", "refused", "Test GPU", "--resume", "not run"):
         assert s in md, s
     written = {}
-    suite_report.write_case_files(data, tmp_path,
+    report.write_case_files(data, tmp_path,
                                   lambda name, rows, out, meta: written.update({name: (rows, meta)}))
     assert set(written) == {"ssd-op", "train-step", "decode"}  # decode-b failed: only decode-a's rows
     rows, meta = written["train-step"]
@@ -109,13 +110,13 @@ def _fake_cases(calls):
             return [{"case": name, "train_lengths": args.train_lengths,
                      "decode_batches": args.decode_batches}]
         return fn, name
-    cases = {u.case: make(u.case) for u in suite.SUITES["issue5"]}
+    cases = {u.case: make(u.case) for u in suite.SUITES["targets"]}
     cases["scan-op"] = make("scan-op", fail=True)
     return cases
 
 
 def _args(out, **kw):
-    a = Namespace(suite="issue5", out=str(out), resume=False, time_budget=None, suite_units=None,
+    a = Namespace(suite="targets", out=str(out), resume=False, time_budget=None, suite_units=None,
                   train_lengths="2048,8192,16384,32768", decode_batches="1,16,64")
     for k, v in kw.items():
         setattr(a, k, v)
@@ -126,7 +127,7 @@ def _run(args, calls, clock):
     files = []
     rc = suite.run_suite(args, "cmd", _fake_cases(calls), lambda: {"gpu": "fake"}, lambda: {"copy_GBps": 1.0},
                          lambda data, out: files.append(1), log=lambda *a: None, clock=clock)
-    return rc, json.loads((Path(args.out) / "issue5.json").read_text())
+    return rc, json.loads((Path(args.out) / "targets.json").read_text())
 
 
 def test_resume_skips_done_units(tmp_path):
@@ -145,11 +146,11 @@ def test_resume_skips_done_units(tmp_path):
     a = data["units"]["train-step-a"]["rows"][0]["train_lengths"] if "train-step-a" in done else None
     assert a in (None, "2048,8192")
     data["units"][done[-1]]["status"] = "running"  # as if a process had died inside it
-    (tmp_path / "issue5.json").write_text(json.dumps(data))
+    (tmp_path / "targets.json").write_text(json.dumps(data))
     calls.clear()
     rc, data2 = _run(_args(tmp_path, resume=True), calls, clock)
     assert rc == 1  # scan-op failed again (its second attempt)
-    assert set(calls) == {suite.SUITES["issue5"][[u.name for u in suite.SUITES["issue5"]].index(n)].case
+    assert set(calls) == {suite.SUITES["targets"][[u.name for u in suite.SUITES["targets"]].index(n)].case
                           for n in [*deferred, done[-1], "scan-op"]}
     assert all(r["status"] == "done" for n, r in data2["units"].items() if n != "scan-op")
     assert data2["units"]["scan-op"]["attempts"] == 2 and len(data2["processes"]) == 2
@@ -160,7 +161,7 @@ def test_resume_skips_done_units(tmp_path):
     assert calls == [] and rc == 1  # nothing to run: scan-op failed twice and is not tried again
     assert len(data3["processes"]) == 2  # a process with nothing to do leaves no record
     data3["units"]["decode-b"]["status"] = "deferred"
-    (tmp_path / "issue5.json").write_text(json.dumps(data3))
+    (tmp_path / "targets.json").write_text(json.dumps(data3))
     rc = suite.run_suite(_args(tmp_path, resume=True), "cmd", _fake_cases(calls), lambda: {"gpu": "other"},
                          lambda: {}, lambda data, out: None, log=lambda *a: None, clock=clock)
     assert rc == 2 and calls == []  # one run = one GPU: a different GPU may not add to the file
@@ -171,37 +172,37 @@ def test_suite_needs_cuda(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     runner = _runner()
-    assert runner.main(["--suite", "issue5", "--out", str(tmp_path)]) == 2
+    assert runner.main(["--suite", "targets", "--out", str(tmp_path)]) == 2
     assert "need a CUDA GPU" in capsys.readouterr().err
-    (tmp_path / "issue5.json").write_text(json.dumps(_synthetic()))
-    assert runner.main(["--suite", "issue5", "--out", str(tmp_path), "--report-only"]) == 0
-    assert "## Targets" in (tmp_path / "issue5.md").read_text()
+    (tmp_path / "targets.json").write_text(json.dumps(_synthetic()))
+    assert runner.main(["--suite", "targets", "--out", str(tmp_path), "--report-only"]) == 0
+    assert "## Targets" in (tmp_path / "targets.md").read_text()
     assert (tmp_path / "train-step.csv").is_file()
 
 
 def test_explicit_options_win():
     runner = _runner()
     parser = runner.build_parser()
-    argv = ["--suite", "issue5", "--train-lengths", "2048", "--resume"]
+    argv = ["--suite", "targets", "--train-lengths", "2048", "--resume"]
     args = parser.parse_args(argv)
     suite.apply_suite_defaults(args, suite.explicit_options(parser, argv))
     assert args.train_lengths == "2048" and args.train_tokens == 32768 and args.torch_max_len == 1024
 
 
 def test_cli_suite_options_reach_the_runner(tmp_path):
-    """`transmamba bench --suite issue5 --report-only` is handed on (rebuilds the report, no GPU)."""
+    """`transmamba bench --suite targets --report-only` is handed on (rebuilds the report, no GPU)."""
     from transmamba.cli import main
 
-    (tmp_path / "issue5.json").write_text(json.dumps(_synthetic()))
-    assert main(["bench", "--suite", "issue5", "--out", str(tmp_path), "--report-only"]) == 0
-    assert (tmp_path / "issue5.md").is_file()
+    (tmp_path / "targets.json").write_text(json.dumps(_synthetic()))
+    assert main(["bench", "--suite", "targets", "--out", str(tmp_path), "--report-only"]) == 0
+    assert (tmp_path / "targets.md").is_file()
 
 
 def test_no_machine_paths_in_results():
     text = suite.scrub('File "/root/x/site-packages/fla/ops/chunk.py", line 3; /tmp/site/a.py')
     assert "/root" not in text and "/tmp" not in text and "chunk.py" in text
-    assert suite._out_as_placeholder(["--suite", "issue5", "--out", "/root/out/s"]) == [
-        "--suite", "issue5", "--out", "OUT"]
+    assert suite._out_as_placeholder(["--suite", "targets", "--out", "/root/out/s"]) == [
+        "--suite", "targets", "--out", "OUT"]
 
 
 def test_peer_warm_splits_every_autotuner():
@@ -231,6 +232,6 @@ def test_partial_rows_of_a_killed_unit_are_reported():
     data = _synthetic()
     data["units"]["ssd-op"] = {"case": "ssd-op", "status": "interrupted", "process": 1,
                                "partial_rows": data["units"]["ssd-op"]["rows"][:1]}
-    rows = suite_report.case_rows(data)["ssd-op"]
+    rows = report.case_rows(data)["ssd-op"]
     assert len(rows) == 1 and rows[0]["partial"] == "unit interrupted"
-    assert "1 (partial)" in suite_report.build_report(data)
+    assert "1 (partial)" in report.build_report(data)

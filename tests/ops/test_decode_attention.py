@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from transmamba.ops.decode_attention import decode_attention, decode_attention_torch
+from transmamba.ops.attention.decode import decode_attention, decode_attention_torch
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
@@ -69,8 +69,8 @@ _INTERP = textwrap.dedent(
     import json, os
     os.environ["TRITON_INTERPRET"] = "1"
     import torch
-    import transmamba.ops.triton.decode_attention as DA
-    from transmamba.ops.decode_attention import decode_attention_torch
+    import transmamba.ops.attention.triton_decode as DA
+    from transmamba.ops.attention.decode import decode_attention_torch
     DA.CONFIG["BN"] = 16  # several blocks per split and several splits per row
     gen = torch.Generator().manual_seed(0)
     out = []

@@ -1,4 +1,4 @@
-"""Triton causal conv1d (fwd, bwd, decode update) against the torch reference (`ops/conv.py`).
+"""Triton causal conv1d (fwd, bwd, decode update) against the torch reference (`ops/conv/__init__.py`).
 
 GPU cases run on CUDA; the interpreter case (TRITON_INTERPRET=1, one subprocess) runs on the CPU and is
 skipped when triton is not installed.
@@ -23,7 +23,7 @@ _CASES = [(seq, act, bias) for seq in (False, True) for act in (None, "silu") fo
 def compare(b, d, l, W, device, dtype, seq_on, act, bias_on, gen):
     """Max relative error of y, the final state and every gradient (x given as a strided (b, d, l) view)."""
     from transmamba.ops.conv import causal_conv1d
-    from transmamba.ops.triton.conv import causal_conv1d_cuda
+    from transmamba.ops.conv.triton import causal_conv1d_cuda
 
     x = torch.randn(b, l, d, generator=gen).to(device=device, dtype=dtype).transpose(1, 2).requires_grad_()
     w = torch.randn(d, W, generator=gen).to(device).requires_grad_()
@@ -46,7 +46,7 @@ def compare(b, d, l, W, device, dtype, seq_on, act, bias_on, gen):
 
 def compare_update(device, dtype, gen):
     from transmamba.ops.conv import causal_conv1d_update
-    from transmamba.ops.triton.conv import causal_conv1d_update_triton
+    from transmamba.ops.conv.triton import causal_conv1d_update_triton
 
     st = torch.randn(3, 40, 3, generator=gen).to(device=device, dtype=dtype)
     xt = torch.randn(3, 40, generator=gen).to(device=device, dtype=dtype)
@@ -74,7 +74,7 @@ _SCRIPT = textwrap.dedent(
     import torch
     sys.path.insert(0, os.environ["TM_TEST_DIR"])
     from test_triton_conv import _CASES, compare, compare_update
-    from transmamba.ops.triton import conv as TC
+    from transmamba.ops.conv import triton as TC
     TC._BD, TC._BL = 8, 16
     gen = torch.Generator().manual_seed(0)
     out = [compare(2, 12, 37, 4, "cpu", torch.float32, *c, gen) for c in _CASES]

@@ -16,7 +16,7 @@ import torch
 
 def compare_slice(device: str, b=2, l=37, d=24, W=4, extra=(5, 9), dtype=torch.float32, seed=0):
     from transmamba.ops.conv import causal_conv1d
-    from transmamba.ops.triton.conv import causal_conv1d_triton
+    from transmamba.ops.conv.triton import causal_conv1d_triton
 
     gen = torch.Generator().manual_seed(seed)
     buf = torch.randn(b, l, extra[0] + d + extra[1], generator=gen).to(device=device, dtype=dtype)
@@ -48,7 +48,7 @@ _SCRIPT = textwrap.dedent(
     import os, sys
     sys.path.insert(0, os.environ["TM_TEST_DIR"])
     from test_triton_conv_slice import compare_slice
-    from transmamba.ops.triton import conv as TC
+    from transmamba.ops.conv import triton as TC
     errs = [compare_slice("cpu")]  # default tiles: one tile, one time block per program
     TC._BD, TC._BL, TC._PROGRAMS = 8, 16, 2  # several channel tiles; 3 time blocks walked by one program
     errs.append(compare_slice("cpu", seed=1))

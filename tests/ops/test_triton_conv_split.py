@@ -1,7 +1,7 @@
-"""In_proj split + conv as one Function (`ops/triton/conv_split.py`) against the torch reference
+"""In_proj split + conv as one Function (`ops/conv/triton_split.py`) against the torch reference
 (torch.split + `causal_conv1d` + torch.split, fp64): outputs and the gradients of zxbcdt, weight and bias,
-with every conv forward (tile / walk4) and backward variant (two / tile / walk / walk4), with and without
-documents (seq_idx), random inputs. Then whole layers and a small CausalLM (loss and every parameter
+with and without documents (seq_idx: the two-launch backward; without: the time walk),
+random inputs. Then whole layers and a small CausalLM (loss and every parameter
 gradient) with the Function forced on against the reference path. GPU cases on CUDA; tiny fp32 cases
 under TRITON_INTERPRET=1 (one subprocess)."""
 
@@ -17,12 +17,11 @@ import pytest
 import torch
 
 
-def compare_split(device: str, variant: str, seq_on: bool, width: int = 4, b: int = 2, l: int = 19,
-                  sizes=(8, 16, 12, 12, 3), dtype=torch.float32, seed: int = 0, fwd: str = "tile") -> float:
+def compare_split(device: str, seq_on: bool, width: int = 4, b: int = 2, l: int = 19,
+                  sizes=(8, 16, 12, 12, 3), dtype=torch.float32, seed: int = 0) -> float:
     """Max relative error (outputs and grads) of the Triton Function against the fp64 reference."""
     from transmamba.ops.conv import causal_conv1d_split
-    from transmamba.ops.triton import conv as TC
-    from transmamba.ops.triton.conv_split import conv_split_triton
+    from transmamba.ops.conv.triton_split import conv_split_triton
 
     gen = torch.Generator().manual_seed(seed)
     cd = sum(sizes[1:4])
@@ -30,34 +29,29 @@ def compare_split(device: str, variant: str, seq_on: bool, width: int = 4, b: in
     w = (torch.randn(cd, width, generator=gen) * 0.5).to(device).requires_grad_()
     bias = torch.randn(cd, generator=gen).to(device).requires_grad_()
     seq = torch.sort(torch.randint(0, 3, (b, l), generator=gen), dim=1).values.to(device) if seq_on else None
-    prev = TC.BWD_VARIANT, TC.FWD_VARIANT
-    TC.BWD_VARIANT, TC.FWD_VARIANT = variant, fwd
-    try:
-        outs = conv_split_triton(buf, w, bias, seq, sizes, silu=True)
-        for t in outs[1:4]:
-            assert t.is_contiguous(), "x, B, C must come out contiguous"
-        z, dt = outs[0], outs[4]
-        assert z.data_ptr() == buf.data_ptr() and z._base is not None and dt._base is not None, "z, dt: views"
-        leaves = (buf, w, bias)
-        ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
-        refs = causal_conv1d_split(ref_leaves[0], ref_leaves[1], ref_leaves[2], sizes, seq_idx=seq)
-        cot = [torch.randn(r.shape, generator=gen).to(device=device, dtype=torch.float64) for r in refs]
-        got = torch.autograd.grad(sum((o.double() * c).sum() for o, c in zip(outs, cot)), leaves)
-    finally:
-        TC.BWD_VARIANT, TC.FWD_VARIANT = prev
+    outs = conv_split_triton(buf, w, bias, seq, sizes, silu=True)
+    for t in outs[1:4]:
+        assert t.is_contiguous(), "x, B, C must come out contiguous"
+    z, dt = outs[0], outs[4]
+    assert z.data_ptr() == buf.data_ptr() and z._base is not None and dt._base is not None, "z, dt: views"
+    leaves = (buf, w, bias)
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    refs = causal_conv1d_split(ref_leaves[0], ref_leaves[1], ref_leaves[2], sizes, seq_idx=seq)
+    cot = [torch.randn(r.shape, generator=gen).to(device=device, dtype=torch.float64) for r in refs]
+    got = torch.autograd.grad(sum((o.double() * c).sum() for o, c in zip(outs, cot)), leaves)
     want = torch.autograd.grad(sum((r * c).sum() for r, c in zip(refs, cot)), ref_leaves)
     errs = [float((o.double() - r).norm() / r.norm()) for o, r in zip(outs, refs)]
     errs += [float((a.double() - r).norm() / r.norm()) for a, r in zip(got, want)]
     return max(errs)
 
 
-def compare_bwd_direct(device: str, variant: str, b: int = 2, l: int = 23, d: int = 12, W: int = 4,
+def compare_bwd_direct(device: str, b: int = 2, l: int = 23, d: int = 12, W: int = 4,
                        seed: int = 0) -> float:
-    """`conv_bwd.conv1d_bwd_fused` called directly with documents (seq_idx) on a gapped input: dx, dw, dbias
+    """`triton_bwd.conv1d_bwd_walk` called directly with documents (seq_idx) on a gapped input: dx, dw, dbias
     against the fp64 reference's gradients (`conv1d_bwd_into` routes documents to the two-launch backward,
     so this is the only test of the walk's document path)."""
     from transmamba.ops.conv import causal_conv1d
-    from transmamba.ops.triton.conv_bwd import conv1d_bwd_fused
+    from transmamba.ops.conv.triton_bwd import conv1d_bwd_walk
 
     gen = torch.Generator().manual_seed(seed)
     buf = torch.randn(b, l, d + 9, generator=gen, dtype=torch.float64)
@@ -71,22 +65,31 @@ def compare_bwd_direct(device: str, variant: str, b: int = 2, l: int = 23, d: in
     want = torch.autograd.grad(y, leaves, dy)
     dev = dict(device=device, dtype=torch.float32)
     dx = torch.empty(b, l, d, **dev).transpose(1, 2)
-    dw, db = conv1d_bwd_fused(x.to(**dev), w.to(**dev).contiguous(), bias.to(**dev), seq.to(device), True,
-                              dy.to(**dev), dx, variant)
+    dw, db = conv1d_bwd_walk(x.to(**dev), w.to(**dev).contiguous(), bias.to(**dev), seq.to(device), True,
+                             dy.to(**dev), dx)
     return max(float((a.double().cpu() - r).norm() / r.norm()) for a, r in zip((dx, dw, db), want))
 
 
 def compare_models(device: str, on: str = "force") -> float:
     """Mamba2, TransMamba (P inside the row, P past it, packed documents) and a small CausalLM: forward and
-    every gradient with TRANSMAMBA_CONV_SPLIT=`on` against =0 (the reference split + conv)."""
-    prev = os.environ.get("TRANSMAMBA_CONV_SPLIT")
+    every gradient with the split Function on (`on`: "1" = the normal dispatch, "force" = also for CPU
+    tensors, under the interpreter) against off ("0": the reference split + conv)."""
+    from transmamba.ops import conv
+
+    original = conv._split_on_triton
     try:
         return _compare_models(device, on)
     finally:
-        if prev is None:
-            os.environ.pop("TRANSMAMBA_CONV_SPLIT", None)
-        else:
-            os.environ["TRANSMAMBA_CONV_SPLIT"] = prev
+        conv._split_on_triton = original
+
+
+def _set_split(mode: str) -> None:
+    from transmamba.ops import conv
+
+    if not hasattr(conv, "_split_dispatch"):
+        conv._split_dispatch = conv._split_on_triton  # the library's own rule
+    rules = {"0": lambda z, w: False, "force": lambda z, w: True}
+    conv._split_on_triton = rules.get(mode, conv._split_dispatch)
 
 
 def _compare_models(device: str, on: str) -> float:
@@ -106,7 +109,7 @@ def _compare_models(device: str, on: str) -> float:
     for layer, extra in cases:
         res = []
         for mode in ("0", on):
-            os.environ["TRANSMAMBA_CONV_SPLIT"] = mode
+            _set_split(mode)
             xi = x.clone().requires_grad_()
             y = layer(xi, **extra)
             res.append((y, torch.autograd.grad(y, [xi, *layer.parameters()], dy, allow_unused=True)))
@@ -120,7 +123,7 @@ def _compare_models(device: str, on: str) -> float:
     ids = torch.randint(0, 37, (2, 9), device=device)
     res = []
     for mode in ("0", on):
-        os.environ["TRANSMAMBA_CONV_SPLIT"] = mode
+        _set_split(mode)
         out = model(ids, labels=ids)
         res.append((out.loss, torch.autograd.grad(out.loss, list(model.parameters()), allow_unused=True)))
     (l0, g0), (l1, g1) = res
@@ -144,25 +147,22 @@ def test_split_bad_input():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("variant", ["walk", "walk4", "two", "tile"])
-def test_conv_split_gpu(variant):
+def test_conv_split_gpu():
     sizes = (3072 // 16, 3072 // 16, 64, 64, 3)  # the model's layout, narrower
     for seq_on in (False, True):
-        assert compare_split("cuda", variant, seq_on, b=2, l=1000, sizes=sizes) < 1e-5
-    assert compare_split("cuda", variant, False, width=2, l=517, sizes=sizes, seed=1) < 1e-5
-    assert compare_split("cuda", variant, True, b=2, l=700, sizes=sizes, dtype=torch.bfloat16, seed=2) < 2e-2
-    assert compare_split("cuda", variant, False, l=999, sizes=sizes, seed=3, fwd="walk4") < 1e-5
-    bf16 = dict(sizes=sizes, dtype=torch.bfloat16, seed=4, fwd="walk4")
-    assert compare_split("cuda", variant, False, l=701, **bf16) < 2e-2
+        assert compare_split("cuda", seq_on, b=2, l=1000, sizes=sizes) < 1e-5
+    assert compare_split("cuda", False, width=2, l=517, sizes=sizes, seed=1) < 1e-5
+    assert compare_split("cuda", True, b=2, l=700, sizes=sizes, dtype=torch.bfloat16, seed=2) < 2e-2
+    assert compare_split("cuda", False, l=701, sizes=sizes, dtype=torch.bfloat16, seed=4) < 2e-2
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_walk_backward_documents_gpu():
-    """The walk's document path (batch 7 failed it on the GPU: three names bound to one object before its
+    """The walk's document path (it once failed on the GPU: three names bound to one object before its
     loop were not carried; fixed, not yet routed to by default)."""
-    assert compare_bwd_direct("cuda", "walk", l=1000, d=300) < 1e-5
-    assert compare_bwd_direct("cuda", "walk", b=1, l=517, d=70, W=3, seed=1) < 1e-5
+    assert compare_bwd_direct("cuda", l=1000, d=300) < 1e-5
+    assert compare_bwd_direct("cuda", b=1, l=517, d=70, W=3, seed=1) < 1e-5
 
 
 @pytest.mark.gpu
@@ -181,19 +181,14 @@ _SCRIPT = textwrap.dedent(
     import os, sys
     sys.path.insert(0, os.environ["TM_TEST_DIR"])
     from test_triton_conv_split import compare_bwd_direct, compare_split, compare_models
-    from transmamba.ops.triton import conv as TC, conv_bwd as CB, conv_fwd as CF
+    from transmamba.ops.conv import triton as TC, triton_bwd as CB
     TC._BD, TC._BL = 8, 8  # several channel tiles (a partial one in B / C) and time blocks
-    CB.TILE.update(BD=8, BL=4, per=2)
     CB.WALK.update(BD=8, CH=8)
-    CB.WALK4.update(BD=8, CH=8)
-    CF.WALK4.update(BD=8, CH=8)
-    cases = [("two", True, 4), ("tile", True, 4), ("walk", True, 4), ("walk", False, 2), ("tile", False, 3),
-             ("walk4", False, 4), ("walk4", False, 3)]
-    errs = [compare_split("cpu", v, seq_on, width=w, l=13, seed=i, fwd="walk4" if i % 2 else "tile")
-            for i, (v, seq_on, w) in enumerate(cases)]
-    print("OP", max(errs + [compare_bwd_direct("cpu", "walk", seed=9)]))
+    cases = [(True, 4), (False, 2), (False, 3), (False, 4)]
+    errs = [compare_split("cpu", seq_on, width=w, l=13, seed=i) for i, (seq_on, w) in enumerate(cases)]
+    print("OP", max(errs + [compare_bwd_direct("cpu", seed=9)]))
     TC._BD, TC._BL = 32, 16  # the layers: fewer, larger tiles (interpreter time)
-    TC.BWD_VARIANT = "two"
+    CB.WALK.update(BD=32, CH=16)
     print("MODEL", compare_models("cpu"))
     """
 )

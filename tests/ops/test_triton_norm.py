@@ -1,4 +1,4 @@
-"""Triton gated RMSNorm against the torch reference (`ops/norm.py`), forward and backward.
+"""Triton gated RMSNorm against the torch reference (`ops/norm/__init__.py`), forward and backward.
 
 GPU cases run on CUDA; the interpreter case (TRITON_INTERPRET=1, one subprocess) runs on the CPU and is
 skipped when triton is not installed.
@@ -75,7 +75,7 @@ def compare_strided(fn, ref, dtype, device, with_z, before, group_size, gen, d=2
 @pytest.mark.parametrize("case", _CASES)
 def test_gated_rms_norm_triton_strided_gpu(case, dtype):
     from transmamba.ops.norm import gated_rms_norm as ref
-    from transmamba.ops.triton.norm import gated_rms_norm_triton
+    from transmamba.ops.norm.triton import gated_rms_norm_triton
 
     gen = torch.Generator().manual_seed(2)
     d = 192 if case[2] is None else 96
@@ -88,7 +88,7 @@ def test_gated_rms_norm_triton_strided_gpu(case, dtype):
 @pytest.mark.parametrize("case", _CASES)
 def test_gated_rms_norm_triton_gpu(case, dtype):
     from transmamba.ops.norm import gated_rms_norm as ref
-    from transmamba.ops.triton.norm import gated_rms_norm_triton
+    from transmamba.ops.norm.triton import gated_rms_norm_triton
 
     with_z, before, gs = case
     gen = torch.Generator().manual_seed(1)
@@ -105,7 +105,7 @@ _SCRIPT = textwrap.dedent(
     sys.path.insert(0, os.environ["TM_TEST_DIR"])
     from test_triton_norm import _CASES, compare, compare_strided
     from transmamba.ops.norm import gated_rms_norm
-    from transmamba.ops.triton.norm import gated_rms_norm_triton
+    from transmamba.ops.norm.triton import gated_rms_norm_triton
     gen = torch.Generator().manual_seed(0)
     out = [compare(gated_rms_norm_triton, gated_rms_norm, (3, 5, 24), torch.float32, "cpu", *c, gen)
            for c in _CASES]

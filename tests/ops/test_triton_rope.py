@@ -1,5 +1,6 @@
-"""Triton RoPE (`ops/triton/rope.py`) against the torch rotate-half code of `ops.attention.apply_rope`,
-forward and backward: GPU cases on CUDA, tiny fp32 cases under TRITON_INTERPRET=1 in a subprocess."""
+"""Triton RoPE (`ops/attention/triton_rope.py`) against the torch rotate-half code of
+`ops.attention.apply_rope`, forward and backward: GPU cases on CUDA, tiny fp32 cases under TRITON_INTERPRET=1
+in a subprocess."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 def compare(device: str, shape, dtype, per_row: bool, gen) -> float:
     """Max relative error (output, dx) of rope_triton vs the torch code in fp64."""
     from transmamba.ops.attention import apply_rope
-    from transmamba.ops.triton.rope import rope_triton
+    from transmamba.ops.attention.triton_rope import rope_triton
 
     b, t, h, dh = shape
     x = torch.randn(*shape, generator=gen).to(device=device, dtype=dtype).requires_grad_()
@@ -56,9 +57,10 @@ _SCRIPT = textwrap.dedent(
             compare("cpu", (1, 4, 2, 6), torch.float32, True, gen)]
     x = torch.randn(2, 5, 3, 8, generator=gen)
     pos = torch.arange(5)
-    os.environ["TRANSMAMBA_ROPE_TRITON"] = "1"
+    from transmamba.ops import backend
+    backend.use_triton = lambda t: True
     a = apply_rope(x, pos)  # dispatched to the kernel
-    os.environ["TRANSMAMBA_ROPE_TRITON"] = "0"
+    backend.use_triton = lambda t: False
     b = apply_rope(x, pos)  # torch code
     errs.append(float((a - b).abs().max()))
     print("RESULT" + json.dumps(errs))

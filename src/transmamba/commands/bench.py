@@ -1,9 +1,9 @@
 """`transmamba bench`: run the GPU benchmark cases of `benchmarks/run.py` (a checkout's runner).
 
     transmamba bench --list
-    transmamba bench --cases ceilings,ssd-op --out docs/results
+    transmamba bench --cases ceilings,ssd-op --out runs/bench
     transmamba bench --cases train-step --train-lengths 2048,8192
-    transmamba bench --suite issue5 --out DIR --time-budget 520 --resume    (every issue-5 number, one run)
+    transmamba bench --suite targets --out DIR --time-budget 520 --resume   (every headline number, one run)
 
 The runner lives in the source checkout (`benchmarks/run.py`, beside `src/`), not in the installed package;
 this command finds it from the current directory or from the package's source location, or takes
@@ -31,7 +31,7 @@ _PASS_THROUGH = [
     ("--decode-batches", str, "decode batch sizes, comma-separated"),
     ("--decode-target-ms", float, "decode: wall-clock ms spent on each timing"),
     ("--decode-new-tokens", int, "decode-generate: new tokens timed"),
-    ("--suite", str, "run a whole suite in one process (issue5: every issue-5 number, OUT/issue5.json/.md)"),
+    ("--suite", str, "run a whole suite in one process (targets: every headline number, OUT/targets.*)"),
     ("--time-budget", float, "--suite: seconds this process may take (later units wait for a --resume run)"),
     ("--suite-units", str, "--suite: only these units, comma-separated"),
     ("--warm-workers", int, "--suite: processes compiling the peers' kernels before timing"),
@@ -39,8 +39,8 @@ _PASS_THROUGH = [
 ]
 # on/off options handed to the runner when set
 _FLAGS = [
-    ("--resume", "--suite: keep the units already done in OUT/issue5.json and run the rest"),
-    ("--report-only", "--suite: rebuild OUT/issue5.md and the per-case files from OUT/issue5.json (no GPU)"),
+    ("--resume", "--suite: keep the units already done in OUT/targets.json and run the rest"),
+    ("--report-only", "--suite: rebuild OUT/targets.md and the case files from OUT/targets.json (no GPU)"),
 ]
 
 

@@ -17,7 +17,7 @@ What differs from `CausalLM.step` (the results are the same, up to rounding):
   its split-K partial sums (S, b, D) fp32 straight to the residual add + RMSNorm kernel, which sums them.
   So the per-layer step functions below return (b, D), or on CUDA possibly those partials.
 - Mamba-2 / TransMamba SSM states are updated in place; on CUDA the whole SSM step between in_proj and
-  out_proj (conv update, SSD step, gated RMSNorm) is one kernel (`ops/triton/ssm_decode.py`). A = -exp(A_log)
+  out_proj (conv update, SSD step, gated RMSNorm) is one kernel (`ops/ssm_decode/triton.py`). A = -exp(A_log)
   and RoPE's frequencies come precomputed (`step_constants`). Mamba-1 / MLP layers use their own `step`.
 
 With fixed `modes` and batch, every step launches the same kernels on the same buffers, so it can be captured
@@ -26,15 +26,14 @@ once in a CUDA graph and replayed (`inference/static_decode.py`).
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
+from transmamba.ops import backend
+from transmamba.ops.attention.decode import decode_attention
 from transmamba.ops.conv import causal_conv1d_update
-from transmamba.ops.decode_attention import decode_attention
 from transmamba.ops.skinny_linear import skinny_linear
 from transmamba.ops.ssd import ssd_step
 
@@ -73,9 +72,9 @@ def step_constants(model) -> dict[int, torch.Tensor]:
 
 def _rope(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
     """`ops.attention.apply_rope` for one token per row with the frequencies given: x (b, h, dh), pos (b,).
-    CUDA: one Triton launch (`ops/triton/rope.py`) instead of ~12 elementwise passes."""
+    CUDA: one Triton launch (`ops/attention/triton_rope.py`) instead of ~12 elementwise passes."""
     if _triton_inplace(x):
-        from transmamba.ops.triton.rope import rope_triton
+        from transmamba.ops.attention.triton_rope import rope_triton
 
         return rope_triton(x.unsqueeze(1), pos[:, None], inv_freq)[:, 0]
     half = x.shape[-1] // 2
@@ -87,15 +86,13 @@ def _rope(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.T
 
 
 def _triton_inplace(t: torch.Tensor) -> bool:
-    if not t.is_cuda or not t.is_contiguous() or t.dtype == torch.float64:
-        return False
-    return not os.environ.get("TRANSMAMBA_DISABLE_TRITON") and importlib.util.find_spec("triton") is not None
+    return t.is_contiguous() and t.dtype != torch.float64 and backend.use_triton(t)
 
 
 def _ssd_step_into(state: torch.Tensor, x, dt, A, B, C, D, dt_bias) -> torch.Tensor:
     """ssd_step with softplus, writing the new state into `state` (one kernel on CUDA); returns y."""
     if _triton_inplace(state):
-        from transmamba.ops.triton.ssd import ssd_step_triton
+        from transmamba.ops.ssd.triton import ssd_step_triton
 
         return ssd_step_triton(state, x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=True, inplace=True)[0]
     y, new = ssd_step(state, x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=True)
@@ -104,10 +101,7 @@ def _ssd_step_into(state: torch.Tensor, x, dt, A, B, C, D, dt_bias) -> torch.Ten
 
 
 def _fused_ok(layer, state) -> bool:
-    """Whether `ops/triton/ssm_decode.py` can run this Mamba-2 / TransMamba layer's SSM step
-    (TRANSMAMBA_DECODE_UNFUSED=1 turns it off, for comparisons)."""
-    if os.environ.get("TRANSMAMBA_DECODE_UNFUSED") == "1":
-        return False
+    """Whether `ops/ssm_decode/triton.py` can run this Mamba-2 / TransMamba layer's SSM step."""
     return (_triton_inplace(state.ssm_state) and layer.D.dim() == 1 and layer.d_conv >= 2
             and layer.norm.group_size == layer.d_inner // layer.ngroups)
 
@@ -115,7 +109,7 @@ def _fused_ok(layer, state) -> bool:
 def _fused_ssm_tail(layer, zxbcdt: torch.Tensor, state, A: torch.Tensor) -> torch.Tensor:
     """conv update + SSD step + gated RMSNorm of one token in one launch: -> (b, d_inner) for out_proj.
     Also advances state.seqlen_offset by one (in the same launch)."""
-    from transmamba.ops.triton.ssm_decode import mamba2_decode_triton
+    from transmamba.ops.ssm_decode.triton import mamba2_decode_triton
 
     seq = state.seqlen_offset
     inc = seq.dim() == 1 and seq.is_contiguous()
@@ -151,7 +145,7 @@ def attention_step(attn, hidden: torch.Tensor, state, inv_freq: torch.Tensor | N
 
 def mamba2_step(layer, hidden: torch.Tensor, state, A: torch.Tensor | None = None) -> torch.Tensor:
     """`Mamba2.step` with the states updated in place and A given; on CUDA everything between in_proj and
-    out_proj is one kernel (`ops/triton/ssm_decode.py`)."""
+    out_proj is one kernel (`ops/ssm_decode/triton.py`)."""
     b = hidden.shape[0]
     A = layer.A if A is None else A
     zxbcdt = skinny_linear(hidden, layer.in_proj)
@@ -228,9 +222,8 @@ def transmamba_step(tm, hidden: torch.Tensor, state, mode: str,
 
 def _reduce(linear) -> bool:
     """`reduce=` for a linear whose output feeds `_add_norm`: False (split-K partials may come back, summed
-    by the add-norm kernel) unless the decode fusions are off (TRANSMAMBA_DECODE_UNFUSED=1) or it has a
-    bias."""
-    return os.environ.get("TRANSMAMBA_DECODE_UNFUSED") == "1" or linear.bias is not None
+    by the add-norm kernel) unless it has a bias."""
+    return linear.bias is not None
 
 
 def mlp_step(mlp, hidden: torch.Tensor) -> torch.Tensor:
@@ -250,14 +243,14 @@ def mlp_step(mlp, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _add_norm(h: torch.Tensor, delta: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h + delta, norm(h + delta)): one launch on CUDA (`ops/triton/add_norm.py`), else the two ops.
+    """(h + delta, norm(h + delta)): one launch on CUDA (`ops/norm/triton_add.py`), else the two ops.
     delta (b, D), or the fp32 split-K partials (S, b, D) of the linear that made it (summed in the kernel)."""
     if delta.dim() == 3:
-        from transmamba.ops.triton.add_norm import add_rms_norm_triton
+        from transmamba.ops.norm.triton_add import add_rms_norm_triton
 
         return add_rms_norm_triton(h, delta, norm.weight, norm.eps)
-    if _triton_inplace(h) and h.dtype == delta.dtype and os.environ.get("TRANSMAMBA_DECODE_UNFUSED") != "1":
-        from transmamba.ops.triton.add_norm import add_rms_norm_triton
+    if _triton_inplace(h) and h.dtype == delta.dtype:
+        from transmamba.ops.norm.triton_add import add_rms_norm_triton
 
         return add_rms_norm_triton(h, delta, norm.weight, norm.eps)
     h = h + delta
@@ -266,12 +259,12 @@ def _add_norm(h: torch.Tensor, delta: torch.Tensor, norm) -> tuple[torch.Tensor,
 
 def _embed_norm(embed, ids: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
     """(h, norm(h)) with h = embed(ids): one launch on CUDA for a plain nn.Embedding and an RMSNorm
-    (`ops/triton/add_norm.py`), else the two modules."""
+    (`ops/norm/triton_add.py`), else the two modules."""
     from transmamba.layers.norm import RMSNorm
 
     if (_triton_inplace(embed.weight) and type(norm) is RMSNorm and embed.padding_idx is None
-            and embed.max_norm is None and os.environ.get("TRANSMAMBA_DECODE_UNFUSED") != "1"):
-        from transmamba.ops.triton.add_norm import embed_rms_norm_triton
+            and embed.max_norm is None):
+        from transmamba.ops.norm.triton_add import embed_rms_norm_triton
 
         return embed_rms_norm_triton(ids, embed.weight, norm.weight, norm.eps)
     h = embed(ids)

@@ -14,7 +14,6 @@ The converter is exact: outputs at t ≥ P equal a full Mamba-2 pass at t ≥ P.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -224,7 +223,7 @@ class TransMamba(Mamba2):
         z, x, B, C, dt, _ = self.project_and_conv(hidden, None, None)
         n_att = min(P, t)
         full = n_att < t and self._full_ssd(x)
-        share = full and os.environ.get("TRANSMAMBA_SHARE_PREFIX", "1") != "0"  # =0: plain slices (A/B)
+        share = full
         # positions [0, n_att): attention among themselves only (no slicing when that is every position: a
         # slice's backward writes its gradient into a zero-filled copy of the whole tensor)
         if share:  # x, B, C feed the SSD whole and attention their prefix: one gradient each, summed in place

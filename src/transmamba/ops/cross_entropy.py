@@ -20,11 +20,9 @@ Matmuls run in `compute_dtype` (default: the autocast dtype when autocast is on,
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 
+from transmamba.ops import backend
 from transmamba.ops.checks import check_shape
 
 __all__ = ["linear_cross_entropy"]
@@ -32,11 +30,8 @@ __all__ = ["linear_cross_entropy"]
 
 def _triton_rows(h: torch.Tensor, acc: torch.dtype):
     """`ops.triton.cross_entropy.ce_rows_` for CUDA tensors (lazily imported), else None (torch code).
-    TRANSMAMBA_DISABLE_TRITON=1 turns it off; TRANSMAMBA_CE_TRITON=1 forces it (interpreter tests)."""
-    force = os.environ.get("TRANSMAMBA_CE_TRITON") == "1"
-    if acc != torch.float32 or importlib.util.find_spec("triton") is None:
-        return None
-    if not force and (not h.is_cuda or os.environ.get("TRANSMAMBA_DISABLE_TRITON")):
+    `ops.backend.use_triton` decides."""
+    if acc != torch.float32 or not backend.use_triton(h):
         return None
     from transmamba.ops.triton.cross_entropy import ce_rows_
 

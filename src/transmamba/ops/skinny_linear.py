@@ -4,39 +4,33 @@
 
 A decode step multiplies a handful of rows (the batch) by every weight matrix, so it is bound by reading
 the weights; cuBLAS reaches only 40-66% of the copy bandwidth at these shapes on an H100
-(docs/gpu-benchmarks.md, Decode).
+(docs/performance.md, Decode).
 
 Dispatch: CUDA bf16 / fp16 inputs with at most `MAX_ROWS` rows, a weight with a contiguous last dim,
-Triton importable, and neither TRANSMAMBA_DISABLE_TRITON nor TRANSMAMBA_SKINNY_GEMM=0 set: the Triton
-kernel (`ops/triton/skinny_gemm.py`, imported lazily). Everything else: `linear(x)` (torch / cuBLAS).
-TRANSMAMBA_SKINNY_GEMM=1 also sends fp32 CUDA inputs to the kernel (for tests). Inference only: the
+and `ops.backend.use_triton`: the Triton kernel (`ops/triton/skinny_gemm.py`, imported lazily). Everything
+else: `linear(x)` (torch / cuBLAS). Inference only: the
 kernel has no backward, so inputs that need a gradient go to torch as well.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transmamba.ops import backend
+
 MAX_ROWS = 64  # the kernel's row tile is at most 64
-DEFAULT_ON = True  # without TRANSMAMBA_SKINNY_GEMM; chosen from the H100 decode runs (docs: Decode)
+DTYPES = (torch.bfloat16, torch.float16)  # the kernel's dtypes here (fp32 goes to nn.Linear)
 
 
 def skinny_enabled(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether `skinny_linear` sends (x, weight) to the Triton kernel (see the module docstring)."""
-    flag = os.environ.get("TRANSMAMBA_SKINNY_GEMM", "")
-    if flag == "0" or (flag == "" and not DEFAULT_ON) or os.environ.get("TRANSMAMBA_DISABLE_TRITON"):
-        return False
-    dtypes = (torch.bfloat16, torch.float16) + ((torch.float32,) if flag == "1" else ())
     rows = x.numel() // max(1, x.shape[-1])
-    return (x.is_cuda and x.dtype in dtypes and weight.dtype == x.dtype and 1 <= rows <= MAX_ROWS
+    return (x.dtype in DTYPES and weight.dtype == x.dtype and 1 <= rows <= MAX_ROWS
             and weight.stride(-1) == 1 and not (torch.is_grad_enabled() and (x.requires_grad
                                                                                or weight.requires_grad))
-            and importlib.util.find_spec("triton") is not None)
+            and backend.use_triton(x))
 
 
 def skinny_linear(x: torch.Tensor, linear: nn.Linear, *, act: str | None = None,
@@ -44,7 +38,7 @@ def skinny_linear(x: torch.Tensor, linear: nn.Linear, *, act: str | None = None,
     """act(linear(x)) for x (..., K) -> (..., N); act: None, "gelu" (F.gelu) or "relu2" (relu(·)²).
     Through the skinny-GEMM kernel where `skinny_enabled` (the activation then costs no launch of its own).
     reduce=False (2-D x, no bias, no act) lets the kernel return its fp32 split-K partial sums (S, M, N)
-    unreduced when it splits K, for a consumer that adds them (`ops/triton/add_norm.py`); otherwise, and
+    unreduced when it splits K, for a consumer that adds them (`ops/norm/triton_add.py`); otherwise, and
     always on the torch path, the result is y (M, N)."""
     if x.shape[-1] != linear.in_features:
         raise ValueError(f"skinny_linear: x must have shape (..., {linear.in_features}), "

@@ -18,8 +18,6 @@ torch chunked scan.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 
@@ -29,17 +27,17 @@ from transmamba.ops.triton import selective_scan_kernels_nm as KN
 __all__ = ["selective_scan_triton", "selective_state_update_triton", "CONFIG"]
 
 # Launch settings. TT (tokens per tile) is shared by forward and backward: the forward checkpoints the
-# state at every tile start. TRANSMAMBA_SCAN_CONFIG='{"fwd": {"BD": 8}}' overrides them per process (JSON).
+# state at every tile start. `experiments/scan_tune.py` sweeps them.
 CONFIG: dict[str, dict[str, int]] = {
     # nmajor=1: the (TT, n, BD) kernels of selective_scan_kernels_nm.py: BD on the lanes of one warp and
     # several n per thread. nmajor=0: the (TT, BD, n) kernels of selective_scan_kernels.py: n on 16 lanes,
-    # BD = 2 x warps. Measured on an H100 at b=4, L=4096, d=2048, n=16, bf16 (docs/gpu-benchmarks.md):
+    # BD = 2 x warps. Measured on an H100 at b=4, L=4096, d=2048, n=16, bf16 (docs/performance.md):
     # n-major TT=8, BD=8, 1 warp: fwd 0.75 ms, fwd+bwd 3.4 ms; time-major TT=16, BD=8, 4 warps: 1.48 /
     # 10.8 ms.
     "kernels": dict(nmajor=1),
     "tile": dict(TT=8),  # TT = 16: fwd+bwd 5.2 ms (n-major); TT >= 32 spills registers
     # stages > 1: software-pipelined tile loads (tl.range); prefetch=1 (n-major, one group per channel
-    # block): the next tile's loads are issued before the current tile's arithmetic (H100, batch 5: fwd
+    # block): the next tile's loads are issued before the current tile's arithmetic (H100: fwd
     # 0.74 -> 0.58 ms at b=4, L=4096 and 1.17 -> 1.00 ms at b=1, L=16384; outputs bit-identical)
     "fwd": dict(BD=8, warps=1, stages=1, prefetch=1),
     "bwd": dict(BD=8, warps=1, stages=1),
@@ -50,11 +48,6 @@ CONFIG: dict[str, dict[str, int]] = {
     # fwd 0.75 -> 0.90 ms, so it is kept for fewer warps than that.
     "seg": dict(warps=1024, min_tiles=16),
 }
-if os.environ.get("TRANSMAMBA_SCAN_CONFIG"):
-    import json as _json
-
-    for _k, _v in _json.loads(os.environ["TRANSMAMBA_SCAN_CONFIG"]).items():
-        CONFIG[_k].update(_v)
 
 
 def _k():

@@ -22,8 +22,6 @@ import torch
 import triton
 import triton.language as tl
 
-from transmamba.ops.triton.pdl import gdc_launch_dependents, gdc_wait, launch, pdl_enabled
-
 
 @triton.jit
 def _act(acc, dtype, ACT: tl.constexpr):
@@ -42,10 +40,7 @@ def _act(acc, dtype, ACT: tl.constexpr):
 @triton.jit
 def _skinny_kernel(X, W, BIAS, Y, WS, M, N, K, s_xm, s_wn, s_ym, k_slice,
                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ONE_SLICE: tl.constexpr,
-                   HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, ACT: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # programmatic dependent launch: the previous kernel is complete past this point
-        gdc_wait()
-        gdc_launch_dependents()
+                   HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, ACT: tl.constexpr):
     j = tl.program_id(0)
     s = tl.program_id(1)
     offs_m = tl.arange(0, BM)
@@ -78,11 +73,8 @@ def _skinny_kernel(X, W, BIAS, Y, WS, M, N, K, s_xm, s_wn, s_ym, k_slice,
 
 @triton.jit
 def _reduce_kernel(WS, BIAS, Y, M, N, s_ym, S, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   ACT: tl.constexpr, PDL: tl.constexpr):
+                   ACT: tl.constexpr):
     """y[m, n] = act(Σ_s WS[s, m, n] (+ bias[n])), in slice order."""
-    if PDL:  # programmatic dependent launch: the previous kernel is complete past this point
-        gdc_wait()
-        gdc_launch_dependents()
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # flat index m·N + n
     msk = offs < M * N
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -97,7 +89,7 @@ def _reduce_kernel(WS, BIAS, Y, M, N, s_ym, S, BLOCK: tl.constexpr, HAS_BIAS: tl
 
 def skinny_config(M: int, N: int, K: int, n_sm: int, reduce: bool = True) -> dict[str, int]:
     """The launch configuration for an (M, K) x (K, N) product on a GPU with n_sm SMs, a rule read off the
-    H100 sweep at the 400M models' decode shapes (docs/gpu-benchmarks.md, Decode; M = 1 / 16 / 64):
+    H100 sweep at the 400M models' decode shapes (docs/performance.md, Decode; M = 1 / 16 / 64):
     - enough column blocks to fill the GPU without splitting K when N allows (a split costs a second launch
       for the reduction unless the caller takes the partials): BN = 64 (128 for M > 32 and N >= 8192) when
       N / 64 gives >= 0.9 blocks per SM, else BN = 32 (BN = 16 when N / 32 falls short and the partials
@@ -150,7 +142,7 @@ def skinny_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     or None -> y (M, N) = act(x Wᵀ + bias) in x's dtype; act: None, "gelu" (erf form, F.gelu's default) or
     "relu2" (relu(·)², squared ReLU). reduce=False (no bias, no act): when the product is split over K,
     return the fp32 partial sums (S, M, N) unreduced, for a consumer that adds them itself
-    (`ops/triton/add_norm.py`); with one K-slice it is y as usual. `config` (BN, BK, split, num_warps,
+    (`ops/norm/triton_add.py`); with one K-slice it is y as usual. `config` (BN, BK, split, num_warps,
     num_stages) overrides `skinny_config` (for the benchmark's sweep)."""
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"skinny_linear_triton: x (M, K) and weight (N, K) must share K, "
@@ -177,10 +169,8 @@ def skinny_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     ws = y if split == 1 else torch.empty(split, M, N, device=x.device, dtype=torch.float32)
     b_arg = bias if bias is not None else y
-    pdl = pdl_enabled(x)
-    launch(
-        _skinny_kernel, (triton.cdiv(N, BN), split),
-        x, weight, b_arg, y, ws, M, N, K, x.stride(0), weight.stride(0), y.stride(0), k_slice, pdl=pdl,
+    _skinny_kernel[(triton.cdiv(N, BN), split)](
+        x, weight, b_arg, y, ws, M, N, K, x.stride(0), weight.stride(0), y.stride(0), k_slice,
         BM=BM, BN=BN, BK=BK, ONE_SLICE=split == 1, HAS_BIAS=bias is not None,
         IEEE=x.dtype == torch.float32, ACT=ACTS[act], num_warps=cfg["num_warps"], num_stages=stages,
     )
@@ -188,8 +178,9 @@ def skinny_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
         return ws
     if split > 1:
         block = 1024
-        launch(_reduce_kernel, (triton.cdiv(M * N, block),), ws, b_arg, y, M, N, y.stride(0), split, pdl=pdl,
-               BLOCK=block, HAS_BIAS=bias is not None, ACT=ACTS[act], num_warps=4)
+        _reduce_kernel[(triton.cdiv(M * N, block),)](ws, b_arg, y, M, N, y.stride(0), split,
+                                                     BLOCK=block, HAS_BIAS=bias is not None, ACT=ACTS[act],
+                                                     num_warps=4)
     return y
 
 
