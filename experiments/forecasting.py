@@ -57,9 +57,10 @@ def _key(r: dict) -> tuple:
 
 
 def run_one(args, dataset: str, model_name: str, horizon: int, seed: int) -> dict:
-    from transmamba.data.timeseries import load_forecast_data
-    from transmamba.eval.forecasting import TrainConfig, evaluate, plot_forecasts, train_forecaster
-    from transmamba.models.mambaformer import Mambaformer, MambaformerConfig
+    from transmamba.forecasting.data import load_forecast_data
+    from transmamba.forecasting.loop import TrainConfig, evaluate, train_forecaster
+    from transmamba.forecasting.model import Mambaformer, MambaformerConfig
+    from transmamba.forecasting.plot import plot_forecasts
 
     data = load_forecast_data(data_path(dataset), seq_len=args.seq_len, pred_len=horizon, seed=seed)
     torch.manual_seed(seed)
@@ -155,7 +156,7 @@ def _fmt(vals: list[float]) -> str:
 
 def naive_baselines(dataset: str, horizon: int, seq_len: int) -> dict:
     """Test MSE/MAE of two trivial forecasts: repeat the last look-back value; predict 0 (the train mean)."""
-    from transmamba.data.timeseries import load_forecast_data
+    from transmamba.forecasting.data import load_forecast_data
 
     w = load_forecast_data(data_path(dataset), seq_len=seq_len, pred_len=horizon).test
     x, y, _, _ = w.batch(torch.arange(len(w)))

@@ -14,14 +14,11 @@ first token's document.
 Three implementations:
 
 * `selective_scan_ref` — the sequential recurrence, one time step at a time. The executable spec.
-* `selective_scan_chunked` — chunk-parallel, plain torch ops (autograd works). Each step is the affine
-  map h -> a_t h + b_t with a_t = exp(Δ_t A) ∈ (0, 1] and b_t = Δ_t B_t u_t. Time is cut into chunks of
-  L ≈ sqrt(l); all chunks run their L steps at once from a zero state, a loop of l/L steps carries the
-  state from chunk to chunk, and h_t = x_t + exp(S_t) · h_entering with S_t the in-chunk cumsum of Δ A
-  (≤ 0). Only exp of non-positive numbers appears, so nothing overflows. About 2·sqrt(l) Python steps
-  instead of l.
-  (Tried first and dropped: a quadratic-in-chunk form exp(S_t - S_s) — with a decay per (d, n) pair it needs
-  an (L, L, n) tensor per channel and ran ~20x slower on a CPU; a Hillis-Steele log-depth scan — ~2x slower.)
+* `selective_scan_chunked` — the CPU path: a custom autograd Function that walks the sequence chunk by
+  chunk, keeps only the state entering each chunk, and recomputes a chunk's states in the backward
+  (`transmamba.ops.selective_scan_chunked`). Memory O(b·d·l + b·d·n·(l/chunk + chunk)), never
+  (b, d, l, n). (Its predecessor ran all chunks at once under plain autograd and kept several (b, d, l, n)
+  tensors; benchmarks/scan_memory_cpu.py measures both.)
 * the Triton kernel `transmamba.ops.triton.selective_scan.selective_scan_triton` for CUDA tensors, when
   present.
 
@@ -38,6 +35,7 @@ import torch.nn.functional as F
 
 from transmamba.ops._callable_module import make_module_callable
 from transmamba.ops.checks import check_divides, check_shape
+from transmamba.ops.selective_scan_chunked import ScanFunction, auto_chunk
 
 __all__ = [
     "selective_scan",
@@ -167,16 +165,8 @@ def selective_scan_ref(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# chunked parallel version
+# chunked version (memory bounded by the chunk; see ops/selective_scan_chunked.py)
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _auto_chunk(l: int) -> int:
-    """Chunk length that balances the two loops (L steps inside chunks + l/L steps across): ~sqrt(l)."""
-    L = 8
-    while L * L < l:
-        L *= 2
-    return L
 
 
 def selective_scan_chunked(
@@ -195,93 +185,37 @@ def selective_scan_chunked(
     initial_state: torch.Tensor | None = None,
     chunk_size: int | None = None,
 ):
-    """Chunk-parallel scan in plain torch ops (autograd works); fp32 inside (fp64 inputs stay fp64).
+    """The scan chunk by chunk with a custom backward; fp32 inside (fp64 inputs stay fp64).
 
-    Time is cut into nc chunks of L = chunk_size (default ~sqrt(l), a power of two ≥ 8):
-
-    1. inside all chunks at once, L steps of x_t = a_t x_{t-1} + b_t from a zero state, on (b, d, nc, n)
-       tensors, with a_t = exp(Δ_t A) (0 at a document start) and b_t = Δ_t B_t u_t;
-    2. a_cum_t = exp(S_t) with S_t = Σ_{r≤t in chunk} Δ_r A ≤ 0 (cumsum; masked to 0 after a document start);
-    3. nc steps carry the state across chunks: H_{c+1} = a_cum_end · H_c + x_end;
-    4. every state is h_t = x_t + a_cum_t · H_c and y_t = C_t · h_t (+ D u_t, gate).
-
-    Only exp of non-positive numbers and products of numbers in [0, 1] appear: nothing overflows. Python
-    loops run L + nc ≈ 2 sqrt(l) steps instead of l. Arguments as `selective_scan`.
+    The recurrence runs in `ScanFunction` (ops/selective_scan_chunked.py): the forward keeps one state per
+    chunk of `chunk_size` tokens, the backward recomputes each chunk's states from it. Memory is
+    O(b·d·l + b·d·n·(l / chunk + chunk)) instead of several (b, d, l, n) tensors. The bias / softplus of Δ,
+    the D skip and the gate are elementwise and stay in autograd. chunk_size None picks the largest power of
+    two in [16, 256] with b·d·n·chunk ≤ 2^22. Arguments as `selective_scan`.
     """
-    g = _check_args("selective_scan_chunked", u, delta, A, B, C, D, z, delta_bias, seq_idx, initial_state)
+    _check_args("selective_scan_chunked", u, delta, A, B, C, D, z, delta_bias, seq_idx, initial_state)
     b, d, l = u.shape
-    if chunk_size is None:
-        chunk_size = _auto_chunk(l)
-    if chunk_size <= 0:
-        raise ValueError(f"selective_scan_chunked: chunk_size must be positive, got {chunk_size}")
     n = A.shape[1]
-    h = d // g  # channels per group
+    if chunk_size is None:
+        chunk_size = auto_chunk(b, d, n, l)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"selective_scan_chunked: chunk_size must be a positive int, got {chunk_size!r}")
     ct = _cdt(u)
     uf = u.to(ct)
     dt = _effective_delta(delta, delta_bias, delta_softplus).to(ct)  # (b, d, l)
     Bg, Cg = _grouped(B).to(ct), _grouped(C).to(ct)  # (b, g, n, l)
-
-    L = min(chunk_size, max(l, 1))
-    nc = -(-l // L)
-    pad = nc * L - l
-    x = dt * uf  # (b, d, l): Δ_t u_t
-    if pad:
-        # padded steps have Δ = 0: decay 1 and no input, so the last state passes through unchanged
-        dt = F.pad(dt, (0, pad))
-        x = F.pad(x, (0, pad))
-        Bg = F.pad(Bg, (0, pad))
-        Cg = F.pad(Cg, (0, pad))
-    # layouts (b, g, h, c, L, n): channels split into groups, time into chunks
-    dt = dt.view(b, g, h, nc, L)
-    x = x.view(b, g, h, nc, L)
-    Bc = Bg.view(b, g, n, nc, L).permute(0, 1, 3, 4, 2).unsqueeze(2)  # (b, g, 1, c, L, n)
-    Cc = Cg.view(b, g, n, nc, L).permute(0, 1, 3, 4, 2).unsqueeze(2)  # (b, g, 1, c, L, n)
-    Ag = A.to(ct).view(1, g, h, 1, 1, n)
-
-    dA = dt.unsqueeze(-1) * Ag  # (b, g, h, c, L, n), ≤ 0 for A ≤ 0
-    a = torch.exp(dA)
-    a_cum = torch.exp(torch.cumsum(dA, dim=4))  # Π of a within the chunk
+    h0 = u.new_zeros(b, d, n, dtype=ct) if initial_state is None else initial_state.to(ct)
+    if l == 0:
+        y = uf.new_zeros(b, d, 0)
+        out = _finish(y, uf, D, z, u.dtype)
+        return (out, h0) if return_last_state else out
+    keep = None
     if seq_idx is not None:
-        sid = seq_idx
-        if pad:
-            sid = torch.cat([sid, sid[:, -1:].expand(b, pad)], dim=1)
-        keep = torch.ones(b, nc * L, dtype=ct, device=u.device)
-        keep[:, 1:] = (sid[:, 1:] == sid[:, :-1]).to(ct)  # 0 where a new document starts: reset
-        keep = keep.view(b, 1, 1, nc, L, 1)
-        a = a * keep
-        a_cum = a_cum * torch.cumprod(keep, dim=4)  # the entering state is gone after a reset
-    bx = x.unsqueeze(-1) * Bc  # (b, g, h, c, L, n): Δ_t u_t B_t
-
-    # 1. within every chunk from a zero state (unbind once: slicing per step would cost a full-size
-    #    gradient buffer per slice in backward)
-    a_steps, b_steps = a.unbind(4), bx.unbind(4)
-    acc = b_steps[0]
-    local = [acc]
-    for t in range(1, L):
-        acc = a_steps[t] * acc + b_steps[t]
-        local.append(acc)
-    x_cum = torch.stack(local, dim=4)  # (b, g, h, c, L, n)
-
-    # 3. carry states across chunks
-    if initial_state is None:
-        state = uf.new_zeros(b, g, h, n)
-    else:
-        state = initial_state.to(ct).view(b, g, h, n)
-    a_end, x_end = a_cum[:, :, :, :, -1].unbind(3), local[-1].unbind(3)  # nc × (b, g, h, n)
-    entering = []
-    for c in range(nc):
-        entering.append(state)
-        state = a_end[c] * state + x_end[c]
-    H = torch.stack(entering, dim=3)  # (b, g, h, c, n): the state before each chunk
-
-    # 4. outputs
-    hs = x_cum + a_cum * H.unsqueeze(4)  # (b, g, h, c, L, n): every state h_t
-    y = (hs * Cc).sum(-1)  # (b, g, h, c, L)
-    y = y.reshape(b, d, nc * L)[:, :, :l]
+        keep = torch.ones(b, l, dtype=ct, device=u.device)
+        keep[:, 1:] = (seq_idx[:, 1:] == seq_idx[:, :-1]).to(ct)  # 0 where a new document starts
+    y, last = ScanFunction.apply(uf, dt, A.to(ct), Bg, Cg, keep, h0, chunk_size)
     out = _finish(y, uf, D, z, u.dtype)
-    if return_last_state:
-        return out, state.reshape(b, d, n)
-    return out
+    return (out, last) if return_last_state else out
 
 
 # ----------------------------------------------------------------------------------------------------------

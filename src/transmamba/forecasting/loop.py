@@ -1,4 +1,4 @@
-"""Forecasting: metrics, the decoder-only forecast step, the training recipe and forecast plots.
+"""Forecasting's train / evaluate loop: metrics, the decoder-only forecast step and the training recipe.
 
 Metrics are computed on the standardised data (the LTSF convention, and the paper's tables):
 ``MSE = mean((ŷ − y)²)`` and ``MAE = mean(|ŷ − y|)`` over every window, step and variable of the split.
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transmamba.data.timeseries import ForecastData, ForecastWindows
+from transmamba.forecasting.data import ForecastData, ForecastWindows
 
 __all__ = [
     "mse",
@@ -36,7 +36,6 @@ __all__ = [
     "TrainConfig",
     "lr_at_epoch",
     "train_forecaster",
-    "plot_forecasts",
 ]
 
 
@@ -59,13 +58,12 @@ def mae(pred: torch.Tensor | np.ndarray, true: torch.Tensor | np.ndarray) -> flo
 def forecast_step(model: nn.Module, y: torch.Tensor, y_mark: torch.Tensor, pred_len: int) -> torch.Tensor:
     """Decoder-only forecast: y (b, label_len + H, C) known rows then targets, y_mark (b, label_len + H, F).
 
-    Builds the decoder input ``[y[:, :label_len], 0 …]`` (the H targets replaced by zeros; their time
-    features stay), runs the model and returns its last H outputs (b, H, C_out). The targets never reach
-    the model.
+    Hands the model only the known rows ``y[:, :label_len]`` and all time features; the model reads
+    ``[known, 0 …]`` (the H targets replaced by zeros, their time features kept) and returns its last H
+    outputs (b, H, C_out) (``Mambaformer.forecast_window``). The targets never reach the model.
     """
     label_len = y.shape[1] - pred_len
-    dec = torch.cat([y[:, :label_len], torch.zeros_like(y[:, label_len:])], dim=1)
-    return model(dec, y_mark)[:, -pred_len:]
+    return model.forecast_window(y[:, :label_len], y_mark)
 
 
 @torch.no_grad()
@@ -127,6 +125,17 @@ def lr_at_epoch(cfg: TrainConfig, epoch: int) -> float:
     raise ValueError(f"lradj {cfg.lradj!r} not in ('type1', 'constant')")
 
 
+def _progress_bar(enabled: bool, train: ForecastWindows, cfg: TrainConfig, epoch: int):
+    """A tqdm bar over one epoch's steps (None when disabled)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    n = len(train) if cfg.max_train_windows is None else min(len(train), cfg.max_train_windows)
+    steps = n // cfg.batch_size
+    return tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="step", dynamic_ncols=True)
+
+
 def train_forecaster(
     model: nn.Module,
     data: ForecastData,
@@ -135,11 +144,13 @@ def train_forecaster(
     checkpoint: Callable[[nn.Module, dict], None] | None = None,
     log: Callable[[str], None] | None = print,
     max_steps: int | None = None,
+    progress: bool = False,
 ) -> dict:
     """Train with early stopping on validation MSE; restores the best weights; returns the history.
 
     ``checkpoint(model, info)`` is called whenever validation improves (e.g. to write files);
-    ``max_steps`` stops after that many optimiser steps (smoke tests).
+    ``max_steps`` stops after that many optimiser steps (smoke tests); ``progress`` shows a per-step
+    progress bar (tqdm, on stderr) for each epoch.
     """
     log = log or (lambda s: None)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -157,9 +168,11 @@ def train_forecaster(
         model.train()
         t0 = time.time()
         losses = []
-        for _x, y, _xm, ym in data.train.batches(
+        batches = data.train.batches(
             cfg.batch_size, shuffle=True, drop_last=True, generator=gen, limit=cfg.max_train_windows
-        ):
+        )
+        bar = _progress_bar(progress, data.train, cfg, epoch)
+        for _x, y, _xm, ym in batches:
             pred = forecast_step(model, y, ym, H)
             loss = F.mse_loss(pred, y[:, -H:, : pred.shape[-1]])
             opt.zero_grad(set_to_none=True)
@@ -170,8 +183,13 @@ def train_forecaster(
             losses.append(loss.item())
             history["step_losses"].append(loss.item())
             steps += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
             if max_steps is not None and steps >= max_steps:
                 break
+        if bar is not None:
+            bar.close()
         val = evaluate(model, data.val, batch_size=max(cfg.batch_size, 64), limit=cfg.max_eval_windows)
         rec = {
             "epoch": epoch,
@@ -204,53 +222,6 @@ def train_forecaster(
     history["best_val_mse"] = best
     history["steps"] = steps
     return history
-
-
-@torch.no_grad()
-def plot_forecasts(
-    model: nn.Module,
-    data: ForecastData,
-    path: str | Path,
-    *,
-    split: str = "test",
-    windows: list[int] | None = None,
-    variables: list[int] | None = None,
-    title: str | None = None,
-) -> Path:
-    """PNG grid: rows = windows, columns = variables; look-back, truth and forecast (standardised)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ws = data.split(split)
-    n = len(ws)
-    windows = windows if windows is not None else sorted({0, n // 3, (2 * n) // 3})[:3]
-    variables = variables if variables is not None else sorted({0, data.n_vars - 1})
-    x, y, _xm, ym = ws.batch(windows)
-    model.eval()
-    pred = forecast_step(model, y, ym, ws.pred_len)
-    L, H = ws.seq_len, ws.pred_len
-    fig, axes = plt.subplots(
-        len(windows), len(variables), figsize=(4.5 * len(variables), 2.4 * len(windows)), squeeze=False
-    )
-    for r, w in enumerate(windows):
-        for c, v in enumerate(variables):
-            ax = axes[r][c]
-            ax.plot(range(L), x[r, :, v], color="0.5", lw=0.8, label="look-back")
-            ax.plot(range(L, L + H), y[r, -H:, v], color="k", lw=1.0, label="truth")
-            ax.plot(range(L, L + H), pred[r, :, v], color="tab:red", lw=1.0, label="forecast")
-            ax.set_title(f"{split} window {w}, {data.columns[v]}", fontsize=8)
-            ax.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=7, loc="upper left")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def write_json(path: str | Path, obj: dict) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from transmamba.data.timeseries import (
+from transmamba.forecasting.data import (
     ForecastDataError,
     StandardScaler,
     load_forecast_data,

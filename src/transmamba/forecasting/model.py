@@ -9,7 +9,16 @@ A decoder-only forecaster with one token per time step:
 Every sub-layer is post-norm (``LayerNorm(x + f(x))``), as in the official code; there is no feed-forward
 sub-layer except in the Transformer baseline. Attention is causal (SDPA) without RoPE. The input sequence is
 ``label_len`` known steps followed by ``pred_len`` placeholder tokens (value 0, time features of the future
-stamps); the forecast is read at the last ``pred_len`` positions (see ``eval.forecasting.forecast_step``).
+stamps); the forecast is read at the last ``pred_len`` positions (``Mambaformer.forecast_window``).
+
+``revin`` (not in the paper) adds instance normalisation as Time-Series-Library models have it (RevIN without
+the affine part): each window's known rows are standardised per variable with their own mean and standard
+deviation, the model forecasts in those units, and the forecast is mapped back:
+
+    μ, σ = mean, std of known[:, :, c] over time;   ŷ = σ · f((known − μ) / σ, 0 …) + μ
+
+It removes the level shift between the training years and the test period, which a point-token model
+cannot otherwise follow (docs/forecasting.md).
 
 Architectures (``arch``), with the positional-encoding default of the official scripts:
 
@@ -73,6 +82,7 @@ class MambaformerConfig:
     dropout: float = 0.05
     positional: bool | None = None  # None: the arch's default (table above)
     time_features: bool = True  # add W_time · mark (the paper does); False: value embedding only
+    revin: bool = False  # per-window instance normalisation of the known rows (module doc); not the paper's
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -264,12 +274,27 @@ class Mambaformer(nn.Module):
             h = layer(h)
         return self.head(h)  # (b, t, C)
 
+    def forecast_window(self, known: torch.Tensor, mark: torch.Tensor) -> torch.Tensor:
+        """Decoder-only forecast: known (b, K, C) rows, mark (b, K + H, F) time features of the known rows and
+        of the H future stamps -> (b, H, C). The model reads ``[known, 0 …]`` (H zero placeholders); with
+        ``revin`` the known rows are standardised per window first and the output mapped back."""
+        H = mark.shape[1] - known.shape[1]
+        if H < 1:
+            raise ValueError(f"Mambaformer: mark has {mark.shape[1]} steps for {known.shape[1]} known rows")
+        if self.config.revin:
+            mean = known.mean(dim=1, keepdim=True)  # (b, 1, C)
+            std = torch.sqrt(known.var(dim=1, keepdim=True, unbiased=False) + 1e-5)
+            known = (known - mean) / std
+        dec = torch.cat([known, known.new_zeros(known.shape[0], H, known.shape[2])], dim=1)
+        out = self(dec, mark)[:, -H:]  # (b, H, C)
+        if self.config.revin:
+            out = out * std + mean
+        return out
+
     @torch.no_grad()
     def forecast(self, x: torch.Tensor, x_mark: torch.Tensor, future_mark: torch.Tensor) -> torch.Tensor:
         """x (b, L, C), x_mark (b, L, F), future_mark (b, H, F) -> forecast (b, H, C)."""
-        H = future_mark.shape[1]
-        dec = torch.cat([x, x.new_zeros(x.shape[0], H, x.shape[2])], dim=1)
-        return self(dec, torch.cat([x_mark, future_mark], dim=1))[:, -H:]
+        return self.forecast_window(x, torch.cat([x_mark, future_mark], dim=1))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from transmamba.data.timeseries import load_forecast_data
-from transmamba.eval.forecasting import TrainConfig, forecast_step, train_forecaster
-from transmamba.models.mambaformer import ARCHS, Mambaformer, MambaformerConfig
+from transmamba.forecasting.data import load_forecast_data
+from transmamba.forecasting.loop import TrainConfig, forecast_step, train_forecaster
+from transmamba.forecasting.model import ARCHS, Mambaformer, MambaformerConfig
 
 
 @pytest.fixture(autouse=True)
@@ -149,3 +149,29 @@ def test_training_on_etth1_lowers_loss():
     after = probe_loss()
     assert hist["steps"] == 25
     assert after < 0.8 * before, (before, after)
+
+
+def test_revin_forecast_is_equivariant_to_each_variables_scale_and_level():
+    """With instance normalisation the model sees (known - μ) / σ per window and variable, so rescaling and
+    shifting a variable's known rows rescales and shifts its forecast the same way (exactly, up to fp32
+    rounding of the normalisation)."""
+    torch.manual_seed(2)
+    m = _tiny(revin=True).eval()
+    known, mark = torch.randn(2, 16, 3), torch.rand(2, 24, 4) - 0.5
+    scale, shift = torch.tensor([3.0, 0.5, 10.0]), torch.tensor([-4.0, 2.0, 100.0])
+    with torch.no_grad():
+        base = m.forecast_window(known, mark)
+        moved = m.forecast_window(known * scale + shift, mark)
+    assert base.shape == (2, 8, 3)
+    torch.testing.assert_close(moved, base * scale + shift, rtol=1e-4, atol=1e-3)
+    plain = _tiny(revin=False).eval()  # the same check fails without it
+    with torch.no_grad():
+        assert not torch.allclose(plain.forecast_window(known * scale + shift, mark),
+                                  plain.forecast_window(known, mark) * scale + shift, atol=1e-2)
+
+
+def test_revin_round_trips_through_a_checkpoint(tmp_path):
+    m = _tiny(revin=True).eval()
+    m.save_pretrained(tmp_path / "ck")
+    m2, _ = Mambaformer.from_pretrained(tmp_path / "ck")
+    assert m2.config.revin is True
