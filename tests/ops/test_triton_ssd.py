@@ -263,5 +263,9 @@ _INTERP_CASES = [p + ":" + c for p in ("walk", "passes")
 @pytest.mark.parametrize("case", _INTERP_CASES + ["final_state", "step", "default:q256"])
 def test_ssd_triton_interpreter(interpreter_results, case):
     err = interpreter_results[case]
-    bad = {k: v for k, v in err.items() if not v < 1e-5}
+    # fp32 rounding grows ~ u * sqrt(K) with the accumulation length K; the default launch (chunk 256,
+    # d_state 128) sums over K of several thousand terms in dA (seen 6e-6 .. 3e-5 on different x86 CPUs),
+    # so it gets the same 1e-4 bound as the fp32 forward check above; the tiny cases keep 1e-5
+    tol = 1e-4 if case.startswith("default") else 1e-5
+    bad = {k: v for k, v in err.items() if not v < tol}
     assert not bad, f"{case}: {bad}"
