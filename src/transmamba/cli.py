@@ -23,6 +23,9 @@ COMMANDS: dict[str, str] = {
     "distill": "transmamba.commands.distill",
     "plan": "transmamba.commands.plan",
     "convert": "transmamba.commands.convert",
+    "pointcloud": "transmamba.commands.pointcloud",
+    "diffuse": "transmamba.commands.diffuse",
+    "serve": "transmamba.commands.serve",
 }
 
 
