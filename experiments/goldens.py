@@ -363,7 +363,7 @@ def record_interpret(rec: Recorder) -> None:
     q, kc, vc = _rand(3, 4, 16, gen=gen), _rand(3, 50, 2, 16, gen=gen), _rand(3, 50, 2, 16, gen=gen)
     rec.put("interp/decode_attention", dec(q, kc, vc, torch.tensor([1, 17, 50]), 0.25))
 
-    scan = _find("transmamba.ops.selective_scan.triton:selective_scan_triton",
+    scan = _find("transmamba.ops.triton.selective_scan:selective_scan_triton",
                  "transmamba.ops.selective_scan.triton:selective_scan_triton")
     raw = scan_inputs(gen)
     seq = raw.pop("seq_idx")
