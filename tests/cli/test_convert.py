@@ -46,3 +46,28 @@ def test_errors_exit_2(tmp_path, capsys):
         )
         == 2
     )
+
+
+def test_transformer_to_transmamba(tmp_path, capsys):
+    """`convert --to transmamba`: the written model computes the Transformer (every TransPoint at
+    max_seq_len; tolerance as tests/conversion/test_to_transmamba.py), and --transpoints sets a schedule."""
+    from transmamba.models.presets import get_preset
+
+    torch.manual_seed(0)
+    teacher = CausalLM(get_preset("transformer-tiny")).eval()
+    teacher.save_pretrained(tmp_path / "t")
+    assert main(["convert", str(tmp_path / "t"), str(tmp_path / "tm"), "--to", "transmamba"]) == 0
+    student = CausalLM.from_pretrained(tmp_path / "tm").eval()
+    assert set(student.config.pattern) <= {"T", "-"}
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 33))
+    with torch.no_grad():
+        assert rel_err(student(ids).logits, teacher(ids).logits) < 1e-4
+    out = tmp_path / "tm2"
+    assert main(["convert", str(tmp_path / "t"), str(out), "--to", "transmamba",
+                 "--transpoints", "0,8,16,32"]) == 0
+    assert list(CausalLM.from_pretrained(out).config.resolved_transpoints()) == [0, 8, 16, 32]
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "t"), str(tmp_path / "x"), "--to", "transmamba",
+                 "--transpoints", "V99"]) == 2
+    assert "V99" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "t"), str(tmp_path / "y"), "--transpoints", "V9"]) == 2

@@ -128,3 +128,14 @@ def test_register_custom_preset():
     assert get_preset("unit-test-preset").pattern == "M-*-"
     with pytest.raises(ValueError, match="already registered"):
         register_preset("unit-test-preset", ModelConfig())
+
+
+def test_parse_schedule_forms():
+    from transmamba.models.schedules import parse_schedule
+
+    assert parse_schedule("v9") == "V9"
+    assert parse_schedule("0,64, 128") == [0, 64, 128]
+    assert parse_schedule("[0, 64, 128]") == [0, 64, 128]
+    for bad in ("", "V99", "0,-1", "[0, x]", "1.5"):
+        with pytest.raises(ValueError, match="comma list"):
+            parse_schedule(bad)

@@ -17,6 +17,9 @@ TARGETS = {
     "native": "this library's format (config.json with a layer pattern); every model, TransMamba included",
     "hf": "Hugging Face transformers (mamba2, mamba, llama, qwen2, bamba, jamba or nemotron_h; "
     "--model-type picks one, default the first that fits)",
+    "transmamba": "a Transformer ('*' attention + '-' MLP layers: this library's, or an HF llama, qwen2 or "
+    "mistral directory) turned into TransMamba, Q -> C, K -> B, V -> x (docs/conversion.md); --transpoints "
+    "sets the schedule (default: every TransPoint at max_seq_len, so the result computes the Transformer)",
 }
 
 
@@ -41,6 +44,13 @@ def register(subparsers) -> None:
         default=None,
         help="with --to hf: the HF model_type to write (None: the first that fits the pattern)",
     )
+    p.add_argument(
+        "--transpoints",
+        metavar="SCHEDULE",
+        default=None,
+        help="with --to transmamba: TransPoints of the converted layers, a name (V1..V9, scaled to "
+        "max_seq_len) or a list '0,64,128' (default: all at max_seq_len, the Transformer's function)",
+    )
     p.set_defaults(func=run)
 
 
@@ -59,9 +69,16 @@ def run(args: argparse.Namespace) -> int:
     if out.resolve() == src.resolve():
         print("convert: OUT must differ from SRC", file=sys.stderr)
         return 2
+    if args.transpoints is not None and args.to != "transmamba":
+        print("convert: --transpoints applies to --to transmamba only", file=sys.stderr)
+        return 2
     try:
-        model = CausalLM.from_pretrained(src)
-        model.save_pretrained(out, format=args.to, model_type=args.model_type)
+        if args.to == "transmamba":
+            model = _to_transmamba(src, args.transpoints)
+            model.save_pretrained(out)
+        else:
+            model = CausalLM.from_pretrained(src)
+            model.save_pretrained(out, format=args.to, model_type=args.model_type)
     except (ValueError, FileNotFoundError) as err:
         print(f"convert: {err}", file=sys.stderr)
         return 2
@@ -74,3 +91,16 @@ def run(args: argparse.Namespace) -> int:
         f"{model.num_parameters():,} parameters{extra}"
     )
     return 0
+
+
+def _to_transmamba(src: Path, transpoints: str | None):
+    """SRC's Transformer converted to TransMamba (`transmamba.conversion`), schedule set if given."""
+    from transmamba.conversion import convert_to_transmamba
+    from transmamba.conversion.teacher import load_teacher
+    from transmamba.models.schedules import parse_schedule
+
+    teacher, _ = load_teacher(src)
+    model = convert_to_transmamba(teacher)
+    if transpoints is not None:
+        model.set_transpoints(parse_schedule(transpoints), train_len=model.config.max_seq_len)
+    return model

@@ -116,3 +116,18 @@ def resolve_schedule(
     if bad:
         raise ValueError(f"TransPoints must be >= 0, got {bad}")
     return points
+
+
+def parse_schedule(text: str) -> str | list[int]:
+    """A schedule as users type it on a command line: a name ("V9", any case), a comma list ("0,64,128")
+    or a JSON list ("[0, 64, 128]"). Returns the name (upper case) or the list of ints, to pass to
+    `resolve_schedule` / `CausalLM.set_transpoints`; raises ValueError saying which forms are accepted."""
+    s = str(text).strip()
+    forms = f"a name ({', '.join(SCHEDULES)}), a comma list like 0,64,128 or a JSON list like [0, 64, 128]"
+    if s.upper() in SCHEDULES:
+        return s.upper()
+    body = s[1:-1] if s.startswith("[") and s.endswith("]") else s
+    parts = [p.strip() for p in body.split(",")]
+    if not body.strip() or not all(p.isdigit() for p in parts):
+        raise ValueError(f"TransPoint schedule {text!r} is not {forms}")
+    return [int(p) for p in parts]
