@@ -17,6 +17,9 @@ import argparse
 import importlib.util
 from pathlib import Path
 
+from transmamba.commands._args import float_arg, int_arg
+from transmamba.errors import UsageError
+
 # options handed to benchmarks/run.py when given (names, types and meaning are the runner's)
 _PASS_THROUGH = [
     ("--cases", str, "comma-separated cases, e.g. ceilings,ssd-op,ssd-decode,train-step,decode"),
@@ -61,9 +64,8 @@ def _find_runner(explicit: str | None) -> Path | None:
 def _run(args: argparse.Namespace) -> int:
     runner = _find_runner(args.runner)
     if runner is None or not runner.is_file():
-        print("transmamba bench: benchmarks/run.py not found; run from a source checkout or pass "
-              "--runner PATH")
-        return 2
+        raise UsageError(f"{runner or 'benchmarks/run.py'} not found; run from a source checkout or pass "
+                         "--runner PATH")
     spec = importlib.util.spec_from_file_location("transmamba_bench_runner", runner)
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
@@ -90,6 +92,7 @@ def register(subparsers) -> None:
     p.add_argument("--runner", default=None,
                    help="path of benchmarks/run.py (default: found from the checkout)")
     for flag, typ, help_ in _PASS_THROUGH:
+        typ = {int: int_arg(1), float: float_arg(0, lo_open=True)}.get(typ, typ)
         p.add_argument(flag, type=typ, default=None, help=help_ + " (default: the runner's)")
     for flag, help_ in _FLAGS:
         p.add_argument(flag, action="store_true", help=help_)

@@ -45,14 +45,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from transmamba.commands._args import checkpoint_arg
     from transmamba.models.lm import CausalLM
 
-    src, out = Path(args.src), Path(args.out)
-    if not (src / "config.json").is_file():
-        print(
-            f"convert: {src / 'config.json'} not found; SRC must be a checkpoint directory", file=sys.stderr
-        )
-        return 2
+    src, out = checkpoint_arg(args.src, flag="SRC"), Path(args.out)
     if args.model_type is not None and args.to != "hf":
         print("convert: --model-type applies to --to hf only", file=sys.stderr)
         return 2

@@ -70,10 +70,12 @@ def weight_file(directory: Path) -> Path | None:
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # the unpickler refuses code objects: say so rather than a bare traceback
-        raise ValueError(
-            f"{path}: cannot be read with torch.load(weights_only=True) ({err}); only plain "
-            "tensor files are accepted (convert it to safetensors)"
+    except Exception:  # the unpickler refuses code objects: say so rather than a bare traceback
+        from transmamba.errors import UntrustedFileError
+
+        raise UntrustedFileError(
+            f"{path}: refused: it holds pickled objects other than plain tensors, which are never unpickled; "
+            "convert it to safetensors"
         ) from None
     if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
         data = data["state_dict"]

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from transmamba.data.packing import PackedLoader, TextData, iter_eval_batches, prepare_text_data
+from transmamba.errors import RunError
 from transmamba.training import distributed as dist_mod
 from transmamba.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from transmamba.training.config import ConfigError, TrainConfig, unknown_key_message
@@ -44,7 +45,7 @@ from transmamba.training.sharded_checkpoint import (
 )
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RunError, RuntimeError):
     """The run cannot go on (non-finite loss, a model that cannot take the data...)."""
 
 
