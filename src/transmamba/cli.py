@@ -82,7 +82,7 @@ def report(err: BaseException, prog: str = "transmamba") -> int:
     if isinstance(err, UsageError):
         code, msg = EXIT_USAGE, str(err)
     elif isinstance(err, RunError):
-        code, msg = EXIT_RUN, str(err)
+        code, msg = getattr(err, "exit_code", EXIT_RUN), str(err)
     elif isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {err.filename}" if err.filename else ""
         code, msg = EXIT_RUN, f"no space left on the device{where}; free some space or write elsewhere"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from typing import Any
 
 from transmamba.commands._args import CollectingParser
@@ -125,12 +126,37 @@ def report_errors(fn):
     return fn
 
 
+def resume_command(args: argparse.Namespace, out_dir) -> str:
+    """The command line that continues an interrupted run: this one, plus --resume (and its --out-dir)."""
+    import shlex
+
+    argv = [a for a in getattr(args, "_argv", None) or sys.argv[1:] if a not in ("--resume", "--overwrite")]
+    norm = [a.split("=", 1)[0].replace("_", "-") for a in argv]
+    if "--out-dir" not in norm:
+        argv += ["--out-dir", str(out_dir)]
+    return shlex.join(["transmamba", *argv, "--resume"])
+
+
+def fit_or_explain(args: argparse.Namespace, trainer):
+    """``trainer.fit()``; an interrupted run prints where its checkpoint is and how to continue."""
+    from transmamba.training.trainer import TrainingInterrupted
+
+    try:
+        return trainer.fit()
+    except TrainingInterrupted as stop:
+        print(f"interrupted at step {stop.step}: checkpoint saved at {stop.checkpoint}", file=sys.stderr)
+        print(f"continue with: {resume_command(args, trainer.cfg.run_dir)}", file=sys.stderr)
+        return stop.exit_code
+
+
 @report_errors
 def _run(args: argparse.Namespace) -> int:
     from transmamba.training.trainer import Trainer
 
     cfg = config_from_args(args)
-    result = Trainer(cfg).fit()
+    result = fit_or_explain(args, Trainer(cfg))
+    if isinstance(result, int):
+        return result
     if not result.is_main:
         return 0
     if result.evals:

@@ -33,6 +33,9 @@ def _f(default, help: str, **kw):  # noqa: A002 - dataclass field with a help st
 class TrainConfig:
     # what to train on
     preset: str = _f("transmamba-tiny", "model preset (see `transmamba info`)")
+    task: str = _f("text", "text (--data) | phonebook | mqar | selective-copy: a recall task's generated "
+                   "rows, scored later by `transmamba eval TASK`; --vocab-size: the model vocabulary")
+    task_rows: int = _f(20000, "--task: training rows generated (fresh ones until this many steps' worth)")
     data: str | None = _f(None, "text file, folder of .txt/.md, .jsonl or .parquet (default: Shakespeare)")
     text_field: str = _f("text", "JSONL field / Parquet column holding the text")
     vocab_size: int = _f(4096, "BPE vocabulary size of the tokenizer trained on the data")
@@ -111,6 +114,11 @@ class TrainConfig:
         need(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
         need(self.aux_loss_coef is None or self.aux_loss_coef >= 0,
              f"aux_loss_coef must be >= 0, got {self.aux_loss_coef}")
+        need(self.task in ("text", "phonebook", "mqar", "selective-copy"),
+             f"task must be text, phonebook, mqar or selective-copy, got {self.task!r}")
+        need(self.task == "text" or self.data is None,
+             "--data is for --task text; a recall task generates its rows")
+        need(1 <= self.task_rows <= 1_000_000, f"task_rows must be in [1, 1000000], got {self.task_rows}")
         need(self.parallel in ("ddp", "fsdp"), f"parallel must be ddp or fsdp, got {self.parallel!r}")
         need(self.dtype in ("auto", "fp32", "bf16"), f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith(("cuda", "mps")),
