@@ -26,10 +26,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-TINY = ["--threads", "1", "--vocab_size", "300", "--seq_len", "32", "--batch_size", "2", "--eval_batches", "1",
+TINY = ["--threads", "1", "--vocab_size", "300", "--seq_len", "32", "--batch_size", "2", "--eval_batches",
+        "1",
         "--warmup_steps", "1", "--progress", "false", "--tensorboard", "false", "--model.d_model", "32",
         "--model.d_ff", "64", "--model.chunk_size", "8", "--model.transpoints", "[0, 4, 8, 16]"]
-FC_TINY = ["--synthetic-steps", "400", "--horizon", "8", "--seq-len", "24", "--epochs", "1", "--d-model", "16",
+FC_TINY = ["--synthetic-steps", "400", "--horizon", "8", "--seq-len", "24", "--epochs", "1", "--d-model",
+           "16",
            "--n-heads", "2", "--batch-size", "16", "--no-plot", "--quiet", "--threads", "1"]
 
 # (command, what is wrong, argv with {placeholders}, meant to be accepted)
@@ -67,7 +69,8 @@ CASES: list[tuple[str, str, list[str], bool]] = [
                                           "--max-new-tokens", "1000000000"], False),
     ("generate", "--device cuda without GPU", ["generate", "--checkpoint", "{ckpt}", "--prompt", "the",
                                                "--device", "cuda"], False),
-    ("generate", "--checkpoint missing", ["generate", "--checkpoint", "{tmp}/nosuch", "--prompt", "a"], False),
+    ("generate", "--checkpoint missing", ["generate", "--checkpoint", "{tmp}/nosuch", "--prompt", "a"],
+     False),
     ("generate", "--transpoints V99", ["generate", "--checkpoint", "{ckpt}", "--prompt", "a",
                                        "--transpoints", "V99"], False),
     ("generate", "TransPoint past max_seq_len", ["generate", "--checkpoint", "{ckpt}", "--prompt", "a",
@@ -93,29 +96,34 @@ CASES: list[tuple[str, str, list[str], bool]] = [
     ("eval", "underscore flag --n_rows", ["eval", "mqar", "--checkpoint", "{ckpt}", "--n_rows", "4",
                                           "--lengths", "64", "--device", "cpu"], True),
     ("eval", "--batch-size 0", ["eval", "mqar", "--checkpoint", "{ckpt}", "--batch-size", "0"], False),
-    ("forecast", "train --lr nan", ["forecast", "train", *FC_TINY, "--lr", "nan", "--out", "{tmp}/f1"], False),
+    ("forecast", "train --lr nan", ["forecast", "train", *FC_TINY, "--lr", "nan", "--out", "{tmp}/f1"],
+     False),
     ("forecast", "train --horizon 0", ["forecast", "train", *FC_TINY, "--horizon", "0", "--out", "{tmp}/f2"],
      False),
     ("forecast", "train --data missing", ["forecast", "train", "--data", "{tmp}/nosuch.csv", "--out",
                                           "{tmp}/f3"], False),
     ("forecast", "train diverges (--lr 1e6)", ["forecast", "train", *FC_TINY, "--lr", "1000000", "--out",
                                                "{tmp}/f4"], False),
-    ("forecast", "eval on a language-model checkpoint", ["forecast", "eval", "--checkpoint", "{ckpt}"], False),
+    ("forecast", "eval on a language-model checkpoint", ["forecast", "eval", "--checkpoint", "{ckpt}"],
+     False),
     ("forecast", "eval, config names /etc/passwd", ["forecast", "eval", "--checkpoint", "{planted}"], False),
     ("forecast", "eval --checkpoint missing", ["forecast", "eval", "--checkpoint", "{tmp}/nosuch"], False),
     ("forecast", "eval --split tset", ["forecast", "eval", "--checkpoint", "{fc}", "--split", "tset"], False),
-    ("forecast", "underscore flag --max_eval_windows", ["forecast", "train", *FC_TINY, "--max_eval_windows", "8",
+    ("forecast", "underscore flag --max_eval_windows", ["forecast", "train", *FC_TINY,
+                                                        "--max_eval_windows", "8",
                                                         "--out", "{tmp}/f5"], True),
     ("bench", "--tokens 2.5", ["bench", "--tokens", "2.5"], False),
     ("bench", "--runner missing", ["bench", "--runner", "{tmp}/nosuch.py", "--list"], False),
-    ("export", "--checkpoint missing", ["export", "--checkpoint", "{tmp}/nosuch", "--out", "{tmp}/e1"], False),
+    ("export", "--checkpoint missing", ["export", "--checkpoint", "{tmp}/nosuch", "--out", "{tmp}/e1"],
+     False),
     ("export", "--checkpoint empty folder", ["export", "--checkpoint", "{tmp}/emptydir", "--out", "{tmp}/e2"],
      False),
     ("plan", "--checkpoint missing", ["plan", "--checkpoint", "{tmp}/nosuch", "--budget", "1GiB"], False),
     ("plan", "--budget lots", ["plan", "--checkpoint", "{run}", "--budget", "lots"], False),
     ("convert", "SRC missing", ["convert", "{tmp}/nosuch", "{tmp}/c1"], False),
     ("convert", "--to onnx", ["convert", "{ckpt}", "{tmp}/c2", "--to", "onnx"], False),
-    ("distill", "--teacher missing", ["distill", "--teacher", "{tmp}/nosuch", "--out-dir", "{tmp}/x1"], False),
+    ("distill", "--teacher missing", ["distill", "--teacher", "{tmp}/nosuch", "--out-dir", "{tmp}/x1"],
+     False),
     ("info", "unknown preset", ["info", "--preset", "nosuch"], False),
     ("info", "--context -1", ["info", "--context", "-1"], False),
 ]
@@ -222,7 +230,7 @@ def main() -> int:
         tmp = Path(d)
         fx = build_fixtures(before, tmp)
         jobs = []
-        for i, (cmd, what, argv, accept) in enumerate(CASES):
+        for i, (_cmd, _what, argv, accept) in enumerate(CASES):
             filled = [a.format(**fx) for a in argv]
             for tag, src in (("before", before), ("after", after)):
                 cwd = tmp / f"cwd-{tag}-{i}"
@@ -230,7 +238,8 @@ def main() -> int:
                 jobs.append((i, tag, src, filled, cwd, accept))
         results: dict[tuple[int, str], tuple[str, str, int]] = {}
         with cf.ThreadPoolExecutor(args.jobs) as pool:
-            futs = {pool.submit(_run, src, argv, cwd): (i, tag, accept) for i, tag, src, argv, cwd, accept in jobs}
+            futs = {pool.submit(_run, src, argv, cwd): (i, tag, accept) for i, tag, src, argv, cwd,
+                    accept in jobs}
             for fut in cf.as_completed(futs):
                 i, tag, accept = futs[fut]
                 rc, out, err = fut.result()

@@ -73,8 +73,9 @@ def _version() -> str:
     return __version__
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
-    return f"warning: {one_line(message)}\n"
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one `warning: ...` line on stderr (no file:line and source echo)."""
+    (file or sys.stderr).write(f"warning: {one_line(message)}\n")
 
 
 def report(err: BaseException, prog: str = "transmamba") -> int:
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(os.environ.get("TRANSMAMBA_DEBUG"))
     with warnings.catch_warnings():
         if not debug:
-            warnings.formatwarning = _one_line_warning
+            warnings.showwarning = _show_warning
         try:
             parser = build_parser()
             args = parser.parse_args(argv)
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 0
         args._argv = argv
-        prog = f"transmamba {args.command}"
+        sub = getattr(args, "eval_task", None) or getattr(args, "forecast_command", None)
+        prog = f"transmamba {args.command}" + (f" {sub}" if sub else "")
         try:
             return int(args.func(args) or 0)
         except KeyboardInterrupt:

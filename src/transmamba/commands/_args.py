@@ -148,12 +148,15 @@ def float_arg(lo: float | None = None, hi: float | None = None, *, lo_open: bool
 
 
 def _range(lo, hi, lo_open: bool = False, hi_open: bool = False) -> str:
+    def f(v) -> str:
+        return str(v) if isinstance(v, int) else f"{v:g}"
+
     if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        return f"in {'(' if lo_open else '['}{f(lo)}, {f(hi)}{')' if hi_open else ']'}"
     if lo is not None:
-        return f"{'>' if lo_open else '>='} {lo:g}"
+        return f"{'>' if lo_open else '>='} {f(lo)}"
     if hi is not None:
-        return f"{'<' if hi_open else '<='} {hi:g}"
+        return f"{'<' if hi_open else '<='} {f(hi)}"
     return ""
 
 

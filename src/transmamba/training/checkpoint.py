@@ -298,9 +298,12 @@ def safe_torch_load(path: Path, **kw) -> Any:
     """``torch.load(weights_only=True)``; a file holding anything but tensors and plain containers (a pickled
     object, which could run code) is refused in one line."""
     import pickle
+    import warnings
 
     try:
-        return torch.load(path, weights_only=True, **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol notes: the refusal below says it all
+            return torch.load(path, weights_only=True, **kw)
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError, TypeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "Weights only load failed" in str(err) or isinstance(err, pickle.UnpicklingError):
