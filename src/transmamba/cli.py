@@ -87,12 +87,12 @@ def report(err: BaseException, prog: str = "transmamba") -> int:
     elif isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {err.filename}" if err.filename else ""
         code, msg = EXIT_RUN, f"no space left on the device{where}; free some space or write elsewhere"
-    elif isinstance(err, OSError) and err.errno in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR,
-                                                    errno.ENOTDIR, errno.EROFS, errno.EEXIST):
+    elif isinstance(err, OSError) and err.errno is not None:  # a path the user gave that cannot be used
         what = f"{err.filename}: " if err.filename else ""
         fix = {errno.ENOENT: "check the path", errno.EISDIR: "give a file, not a folder",
-               errno.ENOTDIR: "give a folder, not a file", errno.EEXIST: "choose another path"}.get(
-            err.errno, "check its permissions or write elsewhere")
+               errno.ENOTDIR: "give a folder, not a file", errno.EEXIST: "choose another path",
+               errno.ENAMETOOLONG: "give a shorter path"}.get(err.errno, "check its permissions or use "
+                                                                         "another path")
         code, msg = EXIT_USAGE, f"{what}{err.strerror or err}; {fix}"
     elif isinstance(err, MemoryError):
         code, msg = EXIT_RUN, "out of memory; use a smaller model, batch or length"

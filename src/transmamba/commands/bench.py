@@ -67,9 +67,16 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"{runner or 'benchmarks/run.py'} not found; run from a source checkout or pass "
                          "--runner PATH")
     spec = importlib.util.spec_from_file_location("transmamba_bench_runner", runner)
+    if runner.suffix != ".py" or spec is None or spec.loader is None:
+        raise UsageError(f"--runner {runner} is not a Python file; pass the checkout's benchmarks/run.py")
     module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # the runner is outside the package: any failure to load it is the path's
+        raise UsageError(f"--runner {runner} could not be loaded ({type(err).__name__}: {err}); pass the "
+                         "checkout's benchmarks/run.py") from None
+    if not callable(getattr(module, "main", None)):
+        raise UsageError(f"--runner {runner} has no main(argv); pass the checkout's benchmarks/run.py")
     argv: list[str] = []
     if args.list:
         argv.append("--list")

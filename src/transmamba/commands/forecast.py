@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -402,7 +401,7 @@ def cmd_eval(args) -> int:
         )
     windows = data.split(args.split)
     if not args.quiet:
-        print(f"evaluating {len(windows)} {args.split} windows", file=sys.stderr, flush=True)
+        print(f"evaluating {len(windows)} {args.split} windows", flush=True)
     res = evaluate(model, windows, batch_size=64)
     res = {
         "split": args.split,

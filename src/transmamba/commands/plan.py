@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from transmamba.commands._args import int_arg
+from transmamba.errors import UsageError, one_line
 
 
 def register(subparsers) -> None:
@@ -68,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
                     speed_prompt=eval_len if args.speed else None)
         chosen = choose(path, budget)
     except (ConversionError, DataError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(one_line(err)) from None
     print(f"peak decode cache per sequence at {args.context} tokens; loss on {len(batches)} held-out batches "
           f"of {eval_len}-token rows; budget {format_bytes(budget)}")
     print(f"{'':2}{'TransPoints':<40} {'peak cache':>12} {'loss':>8} {'tok/s':>8}")
