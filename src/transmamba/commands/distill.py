@@ -17,7 +17,13 @@ import argparse
 import json
 
 from transmamba.commands._args import float_arg, int_arg
-from transmamba.commands.train import add_config_arguments, add_parser, config_from_args, report_errors
+from transmamba.commands.train import (
+    add_config_arguments,
+    add_parser,
+    config_from_args,
+    fit_or_explain,
+    report_errors,
+)
 
 
 def register(subparsers) -> None:
@@ -99,7 +105,9 @@ def _run(args: argparse.Namespace) -> int:
                                  kl_weight=args.kl_weight, ce_weight=args.ce_weight,
                                  hidden_weight=args.hidden_weight, temperature=args.temperature)
 
-    result = Trainer(cfg, model_factory=factory).fit()
+    result = fit_or_explain(args, Trainer(cfg, model_factory=factory))
+    if isinstance(result, int):  # interrupted: the checkpoint and the --resume command are printed
+        return result
     if not result.is_main:
         return 0
     if result.evals:

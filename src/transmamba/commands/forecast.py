@@ -329,7 +329,7 @@ def cmd_train(args) -> int:
         where = (f"the last good checkpoint is {out} (epoch {saved[-1]['epoch']}, val mse "
                  f"{saved[-1]['val_mse']:.4f})" if saved else "no checkpoint was written")
         raise RunError(f"{err}; {where}") from None
-    test = evaluate(model, data.test, batch_size=max(64, args.batch_size))
+    test = evaluate(model, data.test, batch_size=max(64, args.batch_size), progress=not args.quiet)
     metrics = {
         "data": data.name,
         "model": args.model,
@@ -399,10 +399,7 @@ def cmd_eval(args) -> int:
             f"checkpoint expects {model.config.n_vars} / {model.config.n_time_features}; pass the --data "
             "it was trained on"
         )
-    windows = data.split(args.split)
-    if not args.quiet:
-        print(f"evaluating {len(windows)} {args.split} windows", flush=True)
-    res = evaluate(model, windows, batch_size=64)
+    res = evaluate(model, data.split(args.split), batch_size=64, progress=not args.quiet)
     res = {
         "split": args.split,
         "mse": res["mse"],

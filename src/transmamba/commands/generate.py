@@ -43,7 +43,8 @@ def register(subparsers) -> None:
     p.add_argument("--transpoints", default=None, metavar="SCHEDULE",
                    help="TransMamba models: decode with another TransPoint schedule, a name V1..V9 (scaled "
                    "like the checkpoint's) or comma-separated ints, one per T layer (default: as trained)")
-    p.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device to run on: cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--cuda-graph", choices=("auto", "on", "off"), default="auto",
                    help="decode through CUDA graphs of the static decode step: 'auto' uses them on a CUDA "
                    "device when the model allows it (no MoE layers; otherwise eager with a warning), 'on' "
@@ -93,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     from transmamba.models.lm import CausalLM
 
     check_device(args.device)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     directory = checkpoint_arg(args.checkpoint)
     tokenizer = load_tokenizer(directory)
     try:

@@ -75,6 +75,7 @@ def evaluate(
     batch_size: int = 64,
     limit: int | None = None,
     return_predictions: bool = False,
+    progress: bool = False,
 ) -> dict:
     """MSE/MAE of the model over (the first ``limit``) windows of a split, on standardised values."""
     was_training = model.training
@@ -83,7 +84,14 @@ def evaluate(
     count = 0
     preds = []
     H = windows.pred_len
-    for _x, y, _xm, ym in windows.batches(batch_size, limit=limit):
+    batches = windows.batches(batch_size, limit=limit)
+    if progress:  # a tqdm bar over the batches, on stderr
+        from tqdm.auto import tqdm
+
+        n = len(windows) if limit is None else min(len(windows), limit)
+        batches = tqdm(batches, total=-(-n // batch_size), desc="evaluate", unit="batch", leave=False,
+                       dynamic_ncols=True)
+    for _x, y, _xm, ym in batches:
         pred = forecast_step(model, y, ym, H)
         true = y[:, -H:, : pred.shape[-1]]
         diff = (pred - true).double()

@@ -321,6 +321,8 @@ class Trainer:
         cfg, info, device = self.cfg, self.info, self.device
         seed_everything(cfg.seed)
         resume_from = self._resume_point()
+        if resume_from is not None:  # before anything is built: another architecture is refused at once
+            self._check_resume_config(resume_from)
 
         # ---- data (the checkpoint's tokenizer on resume, so token ids cannot drift)
         if self._data is None and cfg.task != "text":
@@ -377,7 +379,6 @@ class Trainer:
                               world_size=info.world_size)
         step, best, tokens_seen, evals = 0, None, 0, []
         if resume_from is not None:
-            self._check_resume_config(resume_from)
             if is_sharded_checkpoint(resume_from):
                 state = load_sharded_checkpoint(resume_from, model=raw_model, optimizer=optimizer,
                                                 scheduler=scheduler)
