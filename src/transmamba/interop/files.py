@@ -49,13 +49,15 @@ def _encode_floats(obj: Any) -> Any:
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
+    from transmamba.errors import MismatchError
+
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MismatchError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise MismatchError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return _decode_floats(data)
 
 

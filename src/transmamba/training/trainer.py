@@ -142,8 +142,8 @@ def build_lm(cfg: TrainConfig, vocab_size: int) -> nn.Module:
         overrides["aux_loss_coef"] = cfg.aux_loss_coef
     try:
         mcfg = get_preset(cfg.preset, **overrides)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    except (ValueError, TypeError) as err:  # a value of the wrong type compares or multiplies badly
+        raise ConfigError(f"model override: {err}; check the --model.KEY values' types") from None
     if cfg.seq_len > mcfg.max_seq_len:
         raise ConfigError(
             f"seq_len={cfg.seq_len} is longer than the model's max_seq_len={mcfg.max_seq_len} "
@@ -152,7 +152,11 @@ def build_lm(cfg: TrainConfig, vocab_size: int) -> nn.Module:
         )
     from transmamba.models.lm import CausalLM
 
-    return CausalLM(mcfg)
+    try:
+        return CausalLM(mcfg)
+    except (ValueError, TypeError) as err:  # an override of the wrong type (e.g. --model.d_ff true)
+        raise ConfigError(f"cannot build {cfg.preset!r} with the model overrides {cfg.model}: {err}"
+                          ) from None
 
 
 def _uses_bf16(device: torch.device, dtype: str) -> bool:
