@@ -214,7 +214,7 @@ def _last_line(err: str, out: str) -> str:
     lines = [x.strip() for x in err.splitlines() if x.strip()] or [x.strip() for x in out.splitlines()
                                                                    if x.strip()]
     line = lines[-1] if lines else ""
-    line = line.replace("|", "/")
+    line = "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in line).replace("|", "/")
     return line if len(line) <= 150 else line[:147] + "..."
 
 
