@@ -18,6 +18,13 @@ _LAZY = {
 }
 
 
+__all__ = ["CausalLM", "ModelConfig", "__version__"]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)

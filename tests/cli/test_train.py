@@ -46,19 +46,19 @@ def test_yaml_then_flags_win(tmp_path):
 
 
 def test_unknown_keys_are_rejected_with_suggestions(tmp_path, capsys):
-    msg = r"unknown key '--lrr'.*Did you mean '--lr'.*Valid flags:.*--seq_len"
+    msg = r"unknown key '--lrr'.*Did you mean '--lr'.*Valid flags:.*--seq-len"
     with pytest.raises(ConfigError, match=msg):
         config_from_args(_args("--lrr", "0.1"))
     yml = tmp_path / "bad.yaml"
     yml.write_text("max_step: 3\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'max_step'.*'max_steps'"):
         config_from_args(_args("--config", str(yml)))
-    with pytest.raises(ConfigError, match="batch_size must be int"):
+    with pytest.raises(ConfigError, match="batch_size must be a whole number"):
         config_from_args(_args("--batch_size", "many"))
     # through the CLI: one line on stderr, exit code 2, no traceback
     assert main(["train", "--warmup_step", "3"]) == 2
     err = capsys.readouterr().err
-    assert "Did you mean '--warmup_steps'" in err and "Traceback" not in err
+    assert "Did you mean '--warmup-steps'" in err and "Traceback" not in err
 
 
 def test_clear_errors_end_to_end(tmp_path, corpus, capsys):

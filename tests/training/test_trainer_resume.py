@@ -69,8 +69,9 @@ def test_nan_loss_stops_names_step_and_keeps_checkpoint(tmp_path, tiny_corpus):
 
     def factory(v):
         m = StandInLM(v)
-        # calls: 1 probe, then 1 per step, plus eval calls (2 batches at step 4) -> NaN during step 6
-        m.nan_at_call = 1 + 4 + 2 + 2
+        # calls: 1 probe, then 1 per step, plus eval calls (2 batches at step 4) and the checkpoint's
+        # held-batch check (1 at step 4) -> NaN during step 6
+        m.nan_at_call = 1 + 4 + 2 + 1 + 2
         model_holder["m"] = m
         return m
 

@@ -17,6 +17,9 @@ import argparse
 import importlib.util
 from pathlib import Path
 
+from transmamba.commands._args import float_arg, int_arg
+from transmamba.errors import UsageError
+
 # options handed to benchmarks/run.py when given (names, types and meaning are the runner's)
 _PASS_THROUGH = [
     ("--cases", str, "comma-separated cases, e.g. ceilings,ssd-op,ssd-decode,train-step,decode"),
@@ -61,13 +64,19 @@ def _find_runner(explicit: str | None) -> Path | None:
 def _run(args: argparse.Namespace) -> int:
     runner = _find_runner(args.runner)
     if runner is None or not runner.is_file():
-        print("transmamba bench: benchmarks/run.py not found; run from a source checkout or pass "
-              "--runner PATH")
-        return 2
+        raise UsageError(f"{runner or 'benchmarks/run.py'} not found; run from a source checkout or pass "
+                         "--runner PATH")
     spec = importlib.util.spec_from_file_location("transmamba_bench_runner", runner)
+    if runner.suffix != ".py" or spec is None or spec.loader is None:
+        raise UsageError(f"--runner {runner} is not a Python file; pass the checkout's benchmarks/run.py")
     module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # the runner is outside the package: any failure to load it is the path's
+        raise UsageError(f"--runner {runner} could not be loaded ({type(err).__name__}: {err}); pass the "
+                         "checkout's benchmarks/run.py") from None
+    if not callable(getattr(module, "main", None)):
+        raise UsageError(f"--runner {runner} has no main(argv); pass the checkout's benchmarks/run.py")
     argv: list[str] = []
     if args.list:
         argv.append("--list")
@@ -90,6 +99,7 @@ def register(subparsers) -> None:
     p.add_argument("--runner", default=None,
                    help="path of benchmarks/run.py (default: found from the checkout)")
     for flag, typ, help_ in _PASS_THROUGH:
+        typ = {int: int_arg(1), float: float_arg(0, lo_open=True)}.get(typ, typ)
         p.add_argument(flag, type=typ, default=None, help=help_ + " (default: the runner's)")
     for flag, help_ in _FLAGS:
         p.add_argument(flag, action="store_true", help=help_)

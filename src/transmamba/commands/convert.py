@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -55,23 +54,17 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from transmamba.commands._args import checkpoint_arg
+    from transmamba.errors import UsageError, one_line
     from transmamba.models.lm import CausalLM
 
-    src, out = Path(args.src), Path(args.out)
-    if not (src / "config.json").is_file():
-        print(
-            f"convert: {src / 'config.json'} not found; SRC must be a checkpoint directory", file=sys.stderr
-        )
-        return 2
+    src, out = checkpoint_arg(args.src, flag="SRC"), Path(args.out)
     if args.model_type is not None and args.to != "hf":
-        print("convert: --model-type applies to --to hf only", file=sys.stderr)
-        return 2
+        raise UsageError("--model-type applies to --to hf only")
     if out.resolve() == src.resolve():
-        print("convert: OUT must differ from SRC", file=sys.stderr)
-        return 2
+        raise UsageError("OUT must differ from SRC")
     if args.transpoints is not None and args.to != "transmamba":
-        print("convert: --transpoints applies to --to transmamba only", file=sys.stderr)
-        return 2
+        raise UsageError("--transpoints applies to --to transmamba only")
     try:
         if args.to == "transmamba":
             model = _to_transmamba(src, args.transpoints)
@@ -80,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
             model = CausalLM.from_pretrained(src)
             model.save_pretrained(out, format=args.to, model_type=args.model_type)
     except (ValueError, FileNotFoundError) as err:
-        print(f"convert: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(one_line(err)) from None
     copied = [name for name in TOKENIZER_FILES if (src / name).is_file()]
     for name in copied:
         shutil.copyfile(src / name, out / name)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from transmamba.commands._args import float_arg, int_arg
 from transmamba.commands.train import add_config_arguments, add_parser, config_from_args, report_errors
 from transmamba.training.config import TrainConfig
 
@@ -59,10 +60,11 @@ def register(subparsers) -> None:
     )
     demo = parser.add_argument_group("demo options")
     demo.add_argument("--prompt", default="KING LEAR\n", help="text to continue (default: 'KING LEAR\\n')")
-    demo.add_argument("--new_tokens", "--new-tokens", type=int, default=150,
+    demo.add_argument("--new-tokens", type=int_arg(1, 100_000), default=150,
                       help="tokens to generate (default: 150, enough to pass every TransPoint)")
-    demo.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: 0.8)")
-    demo.add_argument("--top_k", "--top-k", type=int, default=40, help="top-k sampling (default: 40)")
+    demo.add_argument("--temperature", type=float_arg(0, lo_open=True), default=0.8,
+                      help="sampling temperature (default: 0.8)")
+    demo.add_argument("--top-k", type=int_arg(1), default=40, help="top-k sampling (default: 40)")
     demo.add_argument("--compare", action="store_true",
                       help=f"also train {' and '.join(COMPARE_PRESETS)} the same way and compare")
     demo.add_argument("--report", default=None, metavar="FILE.md",

@@ -16,7 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from transmamba.commands.train import add_config_arguments, add_parser, config_from_args, report_errors
+from transmamba.commands._args import float_arg, int_arg
+from transmamba.commands.train import (
+    add_config_arguments,
+    add_parser,
+    config_from_args,
+    fit_or_explain,
+    report_errors,
+)
 
 
 def register(subparsers) -> None:
@@ -29,16 +36,16 @@ def register(subparsers) -> None:
     g.add_argument("--target", default="V9", metavar="SCHEDULE",
                    help="final TransPoints: a named schedule scaled to --seq-len (V1..V9), or a JSON list "
                    "with one P per layer, e.g. '[0, 64, 128, 256]' (default: V9)")
-    g.add_argument("--lower-steps", "--lower_steps", dest="lower_steps", type=int, default=None, metavar="N",
+    g.add_argument("--lower-steps", dest="lower_steps", type=int_arg(1), default=None, metavar="N",
                    help="optimizer steps over which TransPoints move to the target (default: half of "
                    "--max-steps)")
-    g.add_argument("--kl-weight", "--kl_weight", dest="kl_weight", type=float, default=1.0,
+    g.add_argument("--kl-weight", dest="kl_weight", type=float_arg(0), default=1.0,
                    help="weight of KL(teacher || student) on the next-token distributions (default: 1)")
-    g.add_argument("--ce-weight", "--ce_weight", dest="ce_weight", type=float, default=0.0,
+    g.add_argument("--ce-weight", dest="ce_weight", type=float_arg(0), default=0.0,
                    help="weight of the student's cross entropy on the data (default: 0)")
-    g.add_argument("--hidden-weight", "--hidden_weight", dest="hidden_weight", type=float, default=0.0,
+    g.add_argument("--hidden-weight", dest="hidden_weight", type=float_arg(0), default=0.0,
                    help="weight of the normalised MSE between student and teacher block outputs (default: 0)")
-    g.add_argument("--temperature", type=float, default=1.0,
+    g.add_argument("--temperature", type=float_arg(0, lo_open=True), default=1.0,
                    help="softmax temperature of the KL (default: 1)")
     add_config_arguments(p, skip=("preset", "tokenizer", "vocab_size"))
     p.set_defaults(func=run)
@@ -99,7 +106,9 @@ def _run(args: argparse.Namespace) -> int:
                                  kl_weight=args.kl_weight, ce_weight=args.ce_weight,
                                  hidden_weight=args.hidden_weight, temperature=args.temperature)
 
-    result = Trainer(cfg, model_factory=factory).fit()
+    result = fit_or_explain(args, Trainer(cfg, model_factory=factory))
+    if isinstance(result, int):  # interrupted: the checkpoint and the --resume command are printed
+        return result
     if not result.is_main:
         return 0
     if result.evals:

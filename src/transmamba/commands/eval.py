@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import warnings
 from pathlib import Path
+
+from transmamba.commands._args import check_device, checkpoint_arg, float_arg, int_arg
+from transmamba.errors import UsageError
 
 RECALL_TASKS = ("phonebook", "mqar", "selective-copy")
 
@@ -30,7 +33,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transpoints", default=None, metavar="SCHEDULE",
                    help="swap the TransMamba schedule before scoring: a name V1..V9 (scaled like the "
                         "checkpoint's own) or comma-separated TransPoints, e.g. 0,64,128,256")
-    p.add_argument("--batch-size", type=int, default=32, help="rows per forward pass")
+    p.add_argument("--batch-size", type=int_arg(1), default=32, help="rows per forward pass")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results to this JSON file")
 
 
@@ -44,17 +48,19 @@ def register(subparsers) -> None:
                              description=f"Teacher-forced accuracy of a checkpoint on fresh {task} rows "
                                          "at each context length (chance level printed beside it).")
         _common(p)
-        p.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 512],
-                       help="context lengths in tokens; each gets its own batch (default: 128 256 512)")
-        p.add_argument("--n-rows", type=int, default=256, help="rows scored per length (default 256)")
-        p.add_argument("--seed", type=int, default=1234, help="seed of the generated rows")
+        p.add_argument("--lengths", type=int_arg(2), nargs="+", default=[128, 256, 512],
+                       help="context lengths in tokens, each at most the model's max_seq_len; each gets its "
+                            "own batch (default: 128 256 512)")
+        p.add_argument("--n-rows", type=int_arg(1, 1_000_000), default=256,
+                       help="rows scored per length (default 256)")
+        p.add_argument("--seed", type=int_arg(0, 2**31), default=1234, help="seed of the generated rows")
         if task == "phonebook":
-            p.add_argument("--name-len", type=int, default=3, help="symbols per name")
-            p.add_argument("--number-len", type=int, default=4, help="digits per phone number")
+            p.add_argument("--name-len", type=int_arg(1, 64), default=3, help="symbols per name")
+            p.add_argument("--number-len", type=int_arg(1, 64), default=4, help="digits per phone number")
             p.add_argument("--generate", action="store_true",
                            help="also greedy-generate each number (the decode path) and report exact match")
         if task == "selective-copy":
-            p.add_argument("--n-tokens", type=int, default=8, help="data tokens to copy per row")
+            p.add_argument("--n-tokens", type=int_arg(1, 4096), default=8, help="data tokens to copy per row")
         p.set_defaults(func=_run_recall)
     p = tasks.add_parser("perplexity", help="loss and perplexity on a text corpus",
                          description="Mean next-token loss over non-overlapping windows of --data.")
@@ -63,12 +69,14 @@ def register(subparsers) -> None:
                    help="text file, folder of .txt/.md, .jsonl or .parquet, or 'shakespeare' (bundled)")
     p.add_argument("--split", choices=("all", "val", "train"), default="all",
                    help="score all documents, or the train/val split made as `transmamba train` makes it")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="held-out fraction for --split")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the document split")
+    p.add_argument("--val-fraction", type=float_arg(0, 1, lo_open=True, hi_open=True), default=0.05,
+                   help="held-out fraction for --split")
+    p.add_argument("--split-seed", type=int_arg(0), default=0, help="seed of the document split")
     p.add_argument("--tokenizer", default=None, metavar="FILE",
                    help="tokenizer.json (default: the one in the checkpoint folder)")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per window")
-    p.add_argument("--max-windows", type=int, default=None, help="score at most this many windows")
+    p.add_argument("--seq-len", type=int_arg(2), default=256,
+                   help="tokens per window (at most the model's max_seq_len)")
+    p.add_argument("--max-windows", type=int_arg(1), default=None, help="score at most this many windows")
     p.set_defaults(func=_run_perplexity)
     parser.set_defaults(func=lambda args: (parser.print_help(), 0)[1])
 
@@ -76,6 +84,7 @@ def register(subparsers) -> None:
 def _device(name: str):
     import torch
 
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -83,32 +92,27 @@ def _device(name: str):
 
 def checkpoint_dir(path) -> Path:
     """A folder with config.json, or a `transmamba train` run folder (its `last` checkpoint)."""
-    ckpt = Path(path)
-    if (ckpt / "config.json").is_file():
-        return ckpt
-    try:
-        from transmamba.training.checkpoint import find_checkpoint
-
-        found = find_checkpoint(ckpt)
-    except ImportError:
-        found = None
-    if found is not None and (found / "config.json").is_file():
-        return found
-    raise SystemExit(f"eval: {ckpt} is not a checkpoint folder (no config.json) nor a run folder with one")
+    return checkpoint_arg(path)
 
 
 def load_model(args):
     """The checkpoint's CausalLM in eval mode on the chosen device, schedule swapped if asked."""
+    from transmamba.commands.generate import set_transpoints_arg
     from transmamba.models.lm import CausalLM
 
+    device = _device(args.device)
     ckpt = checkpoint_dir(args.checkpoint)
-    model = CausalLM.from_pretrained(str(ckpt)).to(_device(args.device)).eval()
+    model = CausalLM.from_pretrained(str(ckpt)).to(device).eval()
     if args.transpoints:
-        sched = args.transpoints
-        if "," in sched or sched.isdigit():
-            sched = [int(x) for x in sched.split(",") if x.strip()]
-        model.set_transpoints(sched)
+        set_transpoints_arg(model, args.transpoints)
     return model
+
+
+def _check_length(model, length: int, flag: str) -> None:
+    limit = model.config.max_seq_len
+    if length > limit:
+        raise UsageError(f"{flag} {length} is longer than the model's max_seq_len={limit}; "
+                         f"use {limit} or less")
 
 
 def _emit(args, result: dict) -> None:
@@ -120,13 +124,34 @@ def _run_recall(args) -> int:
     from transmamba.eval.recall import evaluate_lengths
 
     model = load_model(args)
+    for length in args.lengths:
+        _check_length(model, length, "--lengths")
     kw = {}
     if args.eval_task == "phonebook":
         kw = {"name_len": args.name_len, "number_len": args.number_len}
     elif args.eval_task == "selective-copy":
         kw = {"n_tokens": args.n_tokens}
-    rows = evaluate_lengths(model, args.eval_task, args.lengths, n_rows=args.n_rows, seed=args.seed,
-                            batch_size=args.batch_size, generate=getattr(args, "generate", False), **kw)
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(args.lengths), desc=args.eval_task, unit="length", dynamic_ncols=True,
+                   leave=False)
+    rows = []
+    try:
+        for i, length in enumerate(args.lengths):  # one call per length: seed + i as evaluate_lengths does
+            try:
+                rows += evaluate_lengths(model, args.eval_task, [length], n_rows=args.n_rows,
+                                         seed=args.seed + i, batch_size=args.batch_size,
+                                         generate=getattr(args, "generate", False), **kw)
+            except ValueError as err:  # a length or task size the generator cannot lay out
+                raise UsageError(f"{args.eval_task} at length {length}: {err}") from None
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    warn_if_chance(args.eval_task, rows)
     print(f"{args.eval_task}  checkpoint={args.checkpoint}  transpoints={_transpoints(model)}")
     head = f"{'length':>7} {'token_acc':>10} {'answer_acc':>11} {'chance':>8}"
     if getattr(args, "generate", False):
@@ -152,6 +177,22 @@ def _run_recall(args) -> int:
     return 0
 
 
+def warn_if_chance(task: str, rows: list[dict]) -> bool:
+    """Warn when every length scores within twice the chance token accuracy: the numbers then say the model
+    was not trained on this task (train one with `transmamba train --task ...`), not how well it recalls."""
+    if not rows:
+        return False
+    ratio = max(r["token_accuracy"] / max(r["chance"]["token_accuracy"], 1e-9) for r in rows)
+    if ratio < 2.0:
+        warnings.warn(
+            f"{task}: token accuracy is within 2x of chance at every length (best {ratio:.2f}x chance); this "
+            f"checkpoint was probably not trained on {task} (train one: transmamba train --task {task})",
+            stacklevel=2,
+        )
+        return True
+    return False
+
+
 def _transpoints(model):
     """The model's TransPoints now (one per `T` layer), or None for a model without TransMamba layers."""
     cfg = model.config
@@ -170,9 +211,11 @@ def _run_perplexity(args) -> int:
 
     tok_path = Path(args.tokenizer) if args.tokenizer else checkpoint_dir(args.checkpoint) / "tokenizer.json"
     if not tok_path.is_file():
-        print(f"eval perplexity: no tokenizer at {tok_path}; pass --tokenizer FILE", file=sys.stderr)
-        return 2
-    tok = TextTokenizer.from_file(tok_path)
+        raise UsageError(f"no tokenizer at {tok_path}; pass --tokenizer FILE")
+    try:
+        tok = TextTokenizer.from_file(tok_path)
+    except Exception as err:  # the tokenizers library raises its own exception type
+        raise UsageError(f"{tok_path} is not a valid tokenizer.json ({str(err)[:200]})") from None
     docs = load_documents(args.data)
     if args.split != "all":
         train, val = train_val_split(docs, args.val_fraction, seed=args.split_seed)
@@ -181,11 +224,14 @@ def _run_perplexity(args) -> int:
     ids = np.concatenate([np.append(a, tok.eos_id) for a in arrays]).astype(np.int64)
     model = load_model(args)
     if tok.vocab_size > model.config.vocab_size:
-        print(f"eval perplexity: tokenizer has {tok.vocab_size} ids, model only {model.config.vocab_size}",
-              file=sys.stderr)
-        return 2
+        raise UsageError(f"the tokenizer has {tok.vocab_size} ids, the model only {model.config.vocab_size}; "
+                         "pass the checkpoint's own --tokenizer")
+    _check_length(model, args.seq_len, "--seq-len")
+    if len(ids) < args.seq_len:
+        raise UsageError(f"--data {args.data} has {len(ids)} tokens, fewer than one window of --seq-len "
+                         f"{args.seq_len}; give more text or a smaller --seq-len")
     res = perplexity(model, torch.from_numpy(ids), seq_len=args.seq_len, batch_size=args.batch_size,
-                     max_windows=args.max_windows)
+                     max_windows=args.max_windows, progress=not args.no_progress)
     res.update({"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
                 "documents": len(docs), "transpoints": _transpoints(model)})
     print(f"loss {res['loss']:.4f}  perplexity {res['perplexity']:.3f}  "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 
@@ -30,6 +29,8 @@ def register(subparsers) -> None:
 def resolve_step_folder(path: Path) -> Path | None:
     from transmamba.training.checkpoint import find_checkpoint, is_complete
 
+    if not path.is_dir():
+        return None
     if is_complete(path):
         return path
     return find_checkpoint(path) if path.is_dir() else None
@@ -40,10 +41,15 @@ def run(args: argparse.Namespace) -> int:
 
     src = resolve_step_folder(Path(args.checkpoint))
     if src is None:
-        print(f"error: {args.checkpoint} is neither a run folder with a checkpoint nor a checkpoint folder",
-              file=sys.stderr)
-        return 2
+        from transmamba.errors import UsageError
+
+        raise UsageError(f"--checkpoint {args.checkpoint} is neither a run folder with a checkpoint nor a "
+                         "checkpoint folder; pass `transmamba train`'s --out-dir or one of its step folders")
     out = Path(args.out)
+    if out.resolve() == src.resolve():
+        from transmamba.errors import UsageError
+
+        raise UsageError("--out must differ from the checkpoint folder")
     if is_sharded_checkpoint(src):
         export_pretrained(src, out)
     else:

@@ -11,18 +11,20 @@ instance normalisation (RevIN, --no-revin turns it off): one ETTh1 epoch takes m
 beats the repeat-last and training-mean forecasts. ``--paper`` selects the paper's ETTh1 script instead
 (d_model 512, 8 heads, batch 128, lr 1e-4, no RevIN): that needs a GPU. Explicit flags win over both. The
 field's flag names are accepted too: --pred_len, --seq_len, --train_epochs, --learning_rate, --e_layers,
---batch_size, --d_model, --n_heads.
+--batch_size, --d_model, --n_heads (every flag takes dashes or underscores).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
+
+from transmamba.commands._args import float_arg, int_arg
+from transmamba.errors import RunError, UsageError
 
 DESCRIPTION = __doc__
 
@@ -47,16 +49,18 @@ def _add_data_args(p: argparse.ArgumentParser, *, for_eval: bool = False) -> Non
         metavar="PATH",
         help="LTSF-format CSV ('date' column, then one column per variable). "
         + (
-            "Default: the data the checkpoint was trained on."
+            "Required when the checkpoint was trained on a file (a checkpoint never names files to "
+            "read); default: the synthetic series it was trained on."
             if for_eval
             else "Default: a synthetic hourly series (daily+weekly seasonality, trend, noise)."
         ),
     )
     if for_eval:
         return
-    g.add_argument("--horizon", "--pred_len", "--pred-len", dest="horizon", type=int, default=96,
+    g.add_argument("--horizon", "--pred_len", "--pred-len", dest="horizon",
+                   type=int_arg(1, 100_000), default=96,
                    help="forecast length H (default 96)")
-    g.add_argument("--seq-len", "--seq_len", dest="seq_len", type=int, default=192,
+    g.add_argument("--seq-len", "--seq_len", dest="seq_len", type=int_arg(2, 100_000), default=192,
                    help="look-back length L (default 192, the paper's)")
     g.add_argument(
         "--features",
@@ -71,7 +75,8 @@ def _add_data_args(p: argparse.ArgumentParser, *, for_eval: bool = False) -> Non
         default="auto",
         help="auto: ETT 12/4/4-month borders for ETTh*/ETTm* files, else 70/10/20 by ratio",
     )
-    g.add_argument("--synthetic-steps", type=int, default=4000, help="length of the synthetic series")
+    g.add_argument("--synthetic-steps", type=int_arg(16, 10_000_000), default=4000,
+                   help="length of the synthetic series")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -92,26 +97,28 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="the Mamba sub-layer: mamba1 (the paper's, default), mamba2 or transmamba",
     )
     g.add_argument(
-        "--d-model", "--d_model", dest="d_model", type=int, default=None,
+        "--d-model", "--d_model", dest="d_model", type=int_arg(1, 65536), default=None,
         help=f"model width (default {_LAPTOP['d_model']}: an ETTh1 epoch in minutes on 2 CPU cores; the "
         f"official code's {_PAPER['d_model']} with --paper, which needs a GPU)",
     )
-    g.add_argument("--n-layers", "--e_layers", "--e-layers", dest="n_layers", type=int, default=1,
+    g.add_argument("--n-layers", "--e_layers", "--e-layers", dest="n_layers",
+                   type=int_arg(1, 1024), default=1,
                    help="repeats of the architecture's layer (default 1)")
     g.add_argument(
-        "--n-heads", "--n_heads", dest="n_heads", type=int, default=None,
+        "--n-heads", "--n_heads", dest="n_heads", type=int_arg(1, 1024), default=None,
         help=f"attention heads (default {_LAPTOP['n_heads']}; the paper's {_PAPER['n_heads']} with --paper)",
     )
-    g.add_argument("--d-state", type=int, default=16, help="SSM state size N (default 16)")
-    g.add_argument("--d-conv", type=int, default=4, help="Mamba causal conv width (default 4)")
-    g.add_argument("--expand", type=int, default=2, help="Mamba inner expansion (default 2)")
+    g.add_argument("--d-state", type=int_arg(1, 4096), default=16, help="SSM state size N (default 16)")
+    g.add_argument("--d-conv", type=int_arg(1, 64), default=4, help="Mamba causal conv width (default 4)")
+    g.add_argument("--expand", type=int_arg(1, 64), default=2, help="Mamba inner expansion (default 2)")
     g.add_argument(
         "--transpoint",
-        type=int,
+        type=int_arg(0),
         default=0,
         help="--mixer transmamba: tokens before this position use attention (default 0)",
     )
-    g.add_argument("--dropout", type=float, default=0.05, help="dropout (default 0.05)")
+    g.add_argument("--dropout", type=float_arg(0, 1, hi_open=True), default=0.05,
+                   help="dropout (default 0.05)")
     g.add_argument(
         "--no-time-features",
         action="store_true",
@@ -141,15 +148,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", "--train_epochs", "--train-epochs", dest="epochs", type=int, default=10,
+    g.add_argument("--epochs", "--train_epochs", "--train-epochs", dest="epochs",
+                   type=int_arg(1, 100_000), default=10,
                    help="maximum epochs (default 10)")
     g.add_argument(
-        "--batch-size", "--batch_size", dest="batch_size", type=int, default=None,
+        "--batch-size", "--batch_size", dest="batch_size", type=int_arg(1, 1_000_000), default=None,
         help=f"batch size (default {_LAPTOP['batch_size']}; the paper's {_PAPER['batch_size']} with --paper, "
         "64 in its Exchange script)",
     )
     g.add_argument(
-        "--lr", "--learning_rate", "--learning-rate", dest="lr", type=float, default=None,
+        "--lr", "--learning_rate", "--learning-rate", dest="lr",
+        type=float_arg(0, 10, lo_open=True), default=None,
         help=f"Adam learning rate (default {_LAPTOP['lr']:g}; the paper's {_PAPER['lr']:g} with --paper, "
         "1e-3 in its Exchange script)",
     )
@@ -159,24 +168,27 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         default="type1",
         help="type1: halve the learning rate after every epoch (default); constant",
     )
-    g.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs (default 3)")
+    g.add_argument("--patience", type=int_arg(1), default=3,
+                   help="early-stopping patience in epochs (default 3)")
     g.add_argument(
         "--max-train-windows",
-        type=int,
+        type=int_arg(1),
         default=None,
         help="use a random subset of this many training windows per epoch (CPU budget)",
     )
     g.add_argument(
         "--max-eval-windows",
-        type=int,
+        type=int_arg(1),
         default=None,
         help="early-stop on the first N validation windows only (the test split is always full)",
     )
-    g.add_argument("--seed", type=int, default=0, help="seed for weights and batch order (default 0)")
+    g.add_argument("--seed", type=int_arg(0, 2**31), default=0,
+                   help="seed for weights and batch order (default 0)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int_arg(1, 1024), default=None,
+                   help="torch CPU threads (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="print only the final metrics")
 
 
@@ -235,7 +247,13 @@ def _data_kwargs(args) -> dict:
 
 def cmd_train(args) -> int:
     from transmamba.forecasting.data import ForecastDataError, load_forecast_data
-    from transmamba.forecasting.loop import TrainConfig, evaluate, train_forecaster, write_json
+    from transmamba.forecasting.loop import (
+        NonFiniteError,
+        TrainConfig,
+        evaluate,
+        train_forecaster,
+        write_json,
+    )
     from transmamba.forecasting.model import Mambaformer, MambaformerConfig
     from transmamba.forecasting.plot import plot_forecasts
 
@@ -243,11 +261,14 @@ def cmd_train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     say = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+    if args.d_model % args.n_heads:
+        raise UsageError(f"--d-model {args.d_model} must be divisible by --n-heads {args.n_heads}")
     try:
         data = load_forecast_data(args.data, **_data_kwargs(args), seed=args.seed)
-    except (ForecastDataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except ForecastDataError:
+        raise
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     torch.manual_seed(args.seed)
     cfg = MambaformerConfig(
         n_vars=data.n_vars,
@@ -278,10 +299,9 @@ def cmd_train(args) -> int:
         seed=args.seed,
     )
     out = Path(args.out or f"runs/forecast/{data.name}-{args.model}-{args.mixer}-h{args.horizon}")
-    data_path = str(Path(args.data).resolve()) if args.data else None
     extra = {
-        "data": {
-            "path": data_path,
+        "data": {  # no path: a checkpoint never names a file to read (eval takes --data)
+            "synthetic": args.data is None,
             **_data_kwargs(args),
             "name": data.name,
             "freq": data.freq,
@@ -297,15 +317,19 @@ def cmd_train(args) -> int:
         f"{data.n_vars} variables; {args.model} ({args.mixer}) {model.num_parameters():,} parameters -> {out}"
     )
     t0 = time.time()
-    history = train_forecaster(
-        model,
-        data,
-        tcfg,
-        log=say,
-        checkpoint=lambda m, info: m.save_pretrained(out, {**extra, "best": info}),
-        progress=not args.quiet,
-    )
-    test = evaluate(model, data.test, batch_size=max(64, args.batch_size))
+    saved: list[dict] = []
+
+    def save(m, info: dict) -> None:
+        m.save_pretrained(out, {**extra, "best": info})
+        saved.append(info)
+
+    try:
+        history = train_forecaster(model, data, tcfg, log=say, checkpoint=save, progress=not args.quiet)
+    except NonFiniteError as err:
+        where = (f"the last good checkpoint is {out} (epoch {saved[-1]['epoch']}, val mse "
+                 f"{saved[-1]['val_mse']:.4f})" if saved else "no checkpoint was written")
+        raise RunError(f"{err}; {where}") from None
+    test = evaluate(model, data.test, batch_size=max(64, args.batch_size), progress=not args.quiet)
     metrics = {
         "data": data.name,
         "model": args.model,
@@ -348,10 +372,12 @@ def cmd_eval(args) -> int:
     try:
         model, meta = Mambaformer.from_pretrained(args.checkpoint)
     except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    d = meta["data"]
-    path = args.data if args.data is not None else d["path"]
+        raise UsageError(f"--checkpoint {err}; pass a folder from `transmamba forecast train`") from None
+    d = _checked_data_meta(meta, args.checkpoint)
+    path = args.data
+    if path is None and not d["synthetic"]:
+        raise UsageError(f"{args.checkpoint} was trained on {d['name']!r}; pass its CSV with --data PATH "
+                         "(a checkpoint never names files to read)")
     try:
         data = load_forecast_data(
             path,
@@ -361,19 +387,19 @@ def cmd_eval(args) -> int:
             target=d["target"],
             split=d["split"],
             synthetic_steps=d["synthetic_steps"],
-            seed=d.get("seed", 0),
+            seed=d["seed"],
         )
-    except (ForecastDataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except ForecastDataError:
+        raise
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if data.n_vars != model.config.n_vars or data.n_time_features != model.config.n_time_features:
-        print(
-            f"error: the data has {data.n_vars} variables / {data.n_time_features} time features, the "
-            f"checkpoint expects {model.config.n_vars} / {model.config.n_time_features}",
-            file=sys.stderr,
+        raise UsageError(
+            f"the data has {data.n_vars} variables / {data.n_time_features} time features, the "
+            f"checkpoint expects {model.config.n_vars} / {model.config.n_time_features}; pass the --data "
+            "it was trained on"
         )
-        return 2
-    res = evaluate(model, data.split(args.split), batch_size=64)
+    res = evaluate(model, data.split(args.split), batch_size=64, progress=not args.quiet)
     res = {
         "split": args.split,
         "mse": res["mse"],
@@ -391,3 +417,31 @@ def cmd_eval(args) -> int:
             f"H={res['horizon']})"
         )
     return 0
+
+
+# bounds on what an (untrusted) checkpoint's data section may ask for
+_DATA_FIELDS = {"seq_len": (2, 100_000), "pred_len": (1, 100_000), "synthetic_steps": (16, 10_000_000),
+                "seed": (0, 2**31)}
+
+
+def _checked_data_meta(meta: dict, where) -> dict:
+    """The checkpoint's data section, type- and range-checked; never a path to read. Old checkpoints that
+    stored ``path`` count as trained on a file (its name is shown, the path is ignored)."""
+    d = meta.get("data")
+    if not isinstance(d, dict):
+        raise UsageError(f"{where}: config.json has no 'data' mapping; re-train with "
+                         "`transmamba forecast train`")
+    out = {}
+    for key, (lo, hi) in _DATA_FIELDS.items():
+        v = d.get(key, 0 if key == "seed" else None)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise UsageError(f"{where}: config.json data.{key} must be a whole number in [{lo}, {hi}]")
+        out[key] = v
+    for key, choices in (("features", ("M", "S")), ("split", ("auto", "ratio", "ett-hour", "ett-minute"))):
+        if d.get(key) not in choices:
+            raise UsageError(f"{where}: config.json data.{key} must be one of {choices}")
+        out[key] = d[key]
+    out["target"] = str(d.get("target", "OT"))[:200]
+    out["name"] = str(d.get("name", "?"))[:200]
+    out["synthetic"] = bool(d["synthetic"]) if "synthetic" in d else d.get("path") is None
+    return out

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import torch
 
+from transmamba.commands._args import check_device, checkpoint_arg, float_arg, int_arg
+from transmamba.errors import UsageError, one_line
+
 EOS = "<|endoftext|>"
 
 
@@ -19,25 +22,29 @@ def register(subparsers) -> None:
         "trainer saves beside them), then print the prompt and stream the continuation token by token.",
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="checkpoint folder with config.json, model.safetensors and tokenizer.json")
+                   help="checkpoint folder with config.json, model.safetensors and tokenizer.json, or a "
+                   "`transmamba train` run folder (its last checkpoint is used)")
     p.add_argument("--prompt", required=True, metavar="TEXT", help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
-                   help="most tokens to generate (default: 64)")
-    p.add_argument("--temperature", type=float, default=1.0,
-                   help="softmax temperature for sampling; lower is more deterministic (default: 1.0)")
-    p.add_argument("--top-k", type=int, default=None, metavar="K",
+    p.add_argument("--max-new-tokens", type=int_arg(0), default=64, metavar="N",
+                   help="most tokens to generate; prompt + N must fit the model's max_seq_len (default: 64)")
+    p.add_argument("--temperature", type=float_arg(0, lo_open=True), default=1.0,
+                   help="softmax temperature for sampling, > 0; lower is more deterministic, --greedy for "
+                   "argmax (default: 1.0)")
+    p.add_argument("--top-k", type=int_arg(1), default=None, metavar="K",
                    help="sample only among the K most likely tokens (default: no limit)")
-    p.add_argument("--top-p", type=float, default=None, metavar="P",
+    p.add_argument("--top-p", type=float_arg(0, 1, lo_open=True), default=None, metavar="P",
                    help="nucleus sampling: sample among the most likely tokens whose mass reaches P "
                    "(default: no limit)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token (no sampling)")
-    p.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: unseeded)")
+    p.add_argument("--seed", type=int_arg(0, 2**63 - 1), default=None,
+                   help="random seed for sampling (default: unseeded)")
     p.add_argument("--no-stop", action="store_true",
                    help=f"do not stop at the tokenizer's end-of-text token {EOS}")
     p.add_argument("--transpoints", default=None, metavar="SCHEDULE",
                    help="TransMamba models: decode with another TransPoint schedule, a name V1..V9 (scaled "
                    "like the checkpoint's) or comma-separated ints, one per T layer (default: as trained)")
-    p.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device to run on: cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--cuda-graph", choices=("auto", "on", "off"), default="auto",
                    help="decode through CUDA graphs of the static decode step: 'auto' uses them on a CUDA "
                    "device when the model allows it (no MoE layers; otherwise eager with a warning), 'on' "
@@ -49,13 +56,16 @@ def load_tokenizer(directory: Path):
     """tokenizers.Tokenizer from DIR/tokenizer.json, with a clear error when it is absent."""
     path = directory / "tokenizer.json"
     if not path.is_file():
-        raise SystemExit(
-            f"generate: no tokenizer at {path}. The trainer saves tokenizer.json beside the weights; "
-            "copy the tokenizer used for training there (HF `tokenizers` JSON format)."
+        raise UsageError(
+            f"no tokenizer at {path}; the trainer saves tokenizer.json beside the weights: copy the "
+            "tokenizer used for training there (HF `tokenizers` JSON format)"
         )
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # the tokenizers library raises its own exception type
+        raise UsageError(f"{path} is not a valid tokenizer.json ({one_line(err)[:200]})") from None
 
 
 class TextStreamer:
@@ -83,38 +93,38 @@ class TextStreamer:
 def run(args: argparse.Namespace) -> int:
     from transmamba.models.lm import CausalLM
 
-    if args.max_new_tokens < 0:
-        raise SystemExit("generate: --max-new-tokens must be >= 0")
-    directory = Path(args.checkpoint)
-    if not directory.is_dir():
-        raise SystemExit(f"generate: checkpoint folder {directory} does not exist")
+    check_device(args.device)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    directory = checkpoint_arg(args.checkpoint)
     tokenizer = load_tokenizer(directory)
     try:
         model = CausalLM.from_pretrained(directory, device=args.device)
     except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"generate: cannot load {directory}: {err}") from None
+        raise UsageError(f"cannot load {directory}: {one_line(err)}") from None
     if args.transpoints:
-        sched = args.transpoints.strip()
-        try:
-            points = [int(x) for x in sched.split(",")] if sched[0].isdigit() else sched
-            model.set_transpoints(points)
-        except ValueError as err:
-            raise SystemExit(f"generate: --transpoints {sched!r}: {err}") from None
+        set_transpoints_arg(model, args.transpoints)
     if args.cuda_graph == "on":
         from transmamba.inference.static_decode import graph_supported
 
         ok, why = graph_supported(model)
         if not ok:
-            raise SystemExit(f"generate: --cuda-graph on is not possible: {why}")
+            raise UsageError(f"--cuda-graph on is not possible: {why}; use --cuda-graph auto")
     ids = tokenizer.encode(args.prompt).ids
     if not ids:
         eos = tokenizer.token_to_id(EOS)
         if eos is None:
-            raise SystemExit("generate: the prompt encodes to no tokens; give a non-empty prompt")
+            raise UsageError("the prompt encodes to no tokens; give a non-empty --prompt")
         ids = [eos]
     if max(ids) >= model.config.vocab_size:
-        raise SystemExit(f"generate: the tokenizer produced id {max(ids)} but the model's vocabulary has "
+        raise UsageError(f"the tokenizer produced id {max(ids)} but the model's vocabulary has "
                          f"{model.config.vocab_size} entries; is this the checkpoint's own tokenizer?")
+    limit = model.config.max_seq_len
+    if len(ids) + args.max_new_tokens > limit:
+        room = limit - len(ids)
+        fix = f"use --max-new-tokens {room} or less" if room > 0 else "shorten the prompt"
+        raise UsageError(f"the prompt ({len(ids)} tokens) + --max-new-tokens {args.max_new_tokens} exceeds "
+                         f"the model's max_seq_len {limit}; {fix}")
     stop = None if args.no_stop else tokenizer.token_to_id(EOS)
     streamer = TextStreamer(tokenizer)
     sys.stdout.write(args.prompt)
@@ -126,3 +136,14 @@ def run(args: argparse.Namespace) -> int:
     )
     sys.stdout.write("\n")
     return 0
+
+
+def set_transpoints_arg(model, text: str) -> list[int]:
+    """``--transpoints``: a schedule name (V1..V9) or comma-separated ints, one per T layer, each within
+    the model's max_seq_len; a bad value is a one-line UsageError."""
+    sched = text.strip()
+    try:
+        points = [int(x) for x in sched.split(",") if x.strip()] if sched[:1].isdigit() else sched
+        return model.set_transpoints(points)
+    except ValueError as err:
+        raise UsageError(f"--transpoints {sched!r}: {one_line(err)}") from None

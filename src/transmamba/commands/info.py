@@ -11,6 +11,9 @@ import json
 
 import torch
 
+from transmamba.commands._args import int_arg
+from transmamba.errors import UsageError
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -23,7 +26,7 @@ def register(subparsers) -> None:
         "and the decode-cache bytes one sequence needs at --context tokens.",
     )
     p.add_argument("--preset", metavar="NAME", help="preset to describe (omit to list all presets)")
-    p.add_argument("--context", type=int, default=8192, metavar="TOKENS",
+    p.add_argument("--context", type=int_arg(0, 2**40), default=8192, metavar="TOKENS",
                    help="context length for the cache-size estimate (default: 8192)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
                    help="dtype of the decode states for the cache-size estimate (default: bf16)")
@@ -89,8 +92,6 @@ def run(args: argparse.Namespace) -> int:
     from transmamba.inference.cache import format_bytes
     from transmamba.models.presets import get_preset_info, list_presets
 
-    if args.context < 0:
-        raise SystemExit("info: --context must be >= 0")
     dtype = DTYPES[args.dtype]
     if args.preset is None:
         rows = []
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         d = describe(args.preset, args.context, dtype)
     except KeyError as err:
-        raise SystemExit(f"info: {err.args[0]}") from None
+        raise UsageError(str(err.args[0])) from None
     if args.json:
         print(json.dumps(d, indent=2))
         return 0

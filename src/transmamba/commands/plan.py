@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from transmamba.commands._args import int_arg
+from transmamba.errors import UsageError, one_line
 
 
 def register(subparsers) -> None:
@@ -27,13 +29,13 @@ def register(subparsers) -> None:
                    help="a TransMamba run folder or checkpoint folder (with tokenizer.json)")
     p.add_argument("--budget", required=True, metavar="SIZE",
                    help="peak decode cache per sequence, e.g. 2GiB, 512MiB, 1.5GB or bytes")
-    p.add_argument("--context", type=int, default=8192, metavar="TOKENS",
+    p.add_argument("--context", type=int_arg(1, 2**24), default=8192, metavar="TOKENS",
                    help="context length the budget is for (default: 8192)")
-    p.add_argument("--eval-len", "--eval_len", dest="eval_len", type=int, default=None, metavar="TOKENS",
+    p.add_argument("--eval-len", dest="eval_len", type=int_arg(2), default=None, metavar="TOKENS",
                    help="held-out row length for the loss (default: the model's max_seq_len, at most 512)")
     p.add_argument("--data", default=None, metavar="PATH",
                    help="held-out text (default: the bundled Shakespeare's validation split)")
-    p.add_argument("--eval-batches", "--eval_batches", dest="eval_batches", type=int, default=4, metavar="N",
+    p.add_argument("--eval-batches", dest="eval_batches", type=int_arg(1), default=4, metavar="N",
                    help="validation batches of 8 rows per evaluation (default: 4)")
     p.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
                    help="measure batch-1 decode tokens/s at each point of the path (default: on)")
@@ -66,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
                     speed_prompt=eval_len if args.speed else None)
         chosen = choose(path, budget)
     except (ConversionError, DataError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(one_line(err)) from None
     print(f"peak decode cache per sequence at {args.context} tokens; loss on {len(batches)} held-out batches "
           f"of {eval_len}-token rows; budget {format_bytes(budget)}")
     print(f"{'':2}{'TransPoints':<40} {'peak cache':>12} {'loss':>8} {'tok/s':>8}")

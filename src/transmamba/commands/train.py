@@ -1,12 +1,13 @@
 """`transmamba train`: train a preset on the bundled Shakespeare or on your own text.
 
-    transmamba train --preset transmamba-tiny --max_steps 200
+    transmamba train --preset transmamba-tiny --max-steps 200
     transmamba train --preset transmamba-tiny --data my_corpus/ --config run.yaml --lr 1e-3
     transmamba train --preset transmamba-tiny --model.d_model 96 --model.transpoints "[0, 64, 128, 192]"
     torchrun --nproc_per_node 4 -m transmamba train --preset transmamba-400m --data big.jsonl
 
-Every TrainConfig field is a flag (`--seq_len` or `--seq-len`) and a YAML key; flags win over the YAML
-file, which wins over the defaults. `--model.KEY VALUE` overrides one field of the preset's ModelConfig.
+Every TrainConfig field is a flag (`--seq-len`; `--seq_len` works too) and a YAML key (`seq_len`);
+flags win over the YAML file, which wins over the defaults. `--model.KEY VALUE` overrides one field of
+the preset's ModelConfig.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import dataclasses
 import sys
 from typing import Any
 
+from transmamba.commands._args import CollectingParser
 from transmamba.training.config import (
     ConfigError,
     TrainConfig,
@@ -28,19 +30,10 @@ from transmamba.training.config import (
 MODEL_PREFIX = "--model."
 
 
-class _CollectingParser(argparse.ArgumentParser):
-    """A sub-parser that keeps unknown `--flags` for us to judge (model overrides, or typos we explain)."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        ns, extras = super().parse_known_args(args, namespace)
-        ns._extra_args = list(getattr(ns, "_extra_args", [])) + list(extras)
-        return ns, []
-
-
 def add_parser(subparsers, name: str, **kwargs) -> argparse.ArgumentParser:
     """``subparsers.add_parser`` with the collecting parser class (argparse has no per-parser hook)."""
     saved = subparsers._parser_class
-    subparsers._parser_class = _CollectingParser
+    subparsers._parser_class = CollectingParser
     try:
         return subparsers.add_parser(name, allow_abbrev=False, **kwargs)
     finally:
@@ -53,9 +46,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ..
     for f in dataclasses.fields(TrainConfig):
         if f.name == "model" or f.name in skip:
             continue
-        flags = [f"--{f.name}"]
-        if "_" in f.name:
-            flags.append(f"--{f.name.replace('_', '-')}")
+        flags = [f"--{f.name.replace('_', '-')}"]  # --max_steps is accepted too (commands._args.Parser)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata.get("help", "")
         if "default" not in help_text:
@@ -78,7 +69,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ..
 
 def split_extra(extra: list[str]) -> dict[str, Any]:
     """``--model.KEY VALUE`` / ``--model.KEY=VALUE`` pairs -> {KEY: value}; anything else is an error."""
-    valid = [f"--{n}" for n in TrainConfig.field_names() if n != "model"] + ["--config"]
+    valid = [f"--{n.replace('_', '-')}" for n in TrainConfig.field_names() if n != "model"] + ["--config"]
     out: dict[str, Any] = {}
     i = 0
     while i < len(extra):
@@ -95,7 +86,7 @@ def split_extra(extra: list[str]) -> dict[str, Any]:
             out[key.replace("-", "_")] = parse_scalar(value)
         elif arg.startswith("-"):
             name = arg.split("=", 1)[0]
-            norm = "--" + name.lstrip("-").replace("-", "_")
+            norm = "--" + name.lstrip("-").replace("_", "-")
             raise ConfigError(unknown_key_message(norm, valid, "command line").replace(
                 "Valid keys", "Valid flags") + " (and --model.KEY VALUE for model fields)")
         else:
@@ -130,19 +121,32 @@ def register(subparsers) -> None:
 
 
 def report_errors(fn):
-    """Known failure kinds become one clear line on stderr and exit code 2 (no traceback)."""
-    from transmamba.data.text import DataError
-    from transmamba.training.checkpoint import CheckpointError
-    from transmamba.training.trainer import TrainingError
+    """Kept for the commands built on this one: every error now reaches `transmamba.cli.main`, which prints
+    one line and picks the exit code (2 usage, 1 run failure)."""
+    return fn
 
-    def wrapped(args) -> int:
-        try:
-            return fn(args)
-        except (ConfigError, DataError, TrainingError, CheckpointError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
 
-    return wrapped
+def resume_command(args: argparse.Namespace, out_dir) -> str:
+    """The command line that continues an interrupted run: this one, plus --resume (and its --out-dir)."""
+    import shlex
+
+    argv = [a for a in getattr(args, "_argv", None) or sys.argv[1:] if a not in ("--resume", "--overwrite")]
+    norm = [a.split("=", 1)[0].replace("_", "-") for a in argv]
+    if "--out-dir" not in norm:
+        argv += ["--out-dir", str(out_dir)]
+    return shlex.join(["transmamba", *argv, "--resume"])
+
+
+def fit_or_explain(args: argparse.Namespace, trainer):
+    """``trainer.fit()``; an interrupted run prints where its checkpoint is and how to continue."""
+    from transmamba.training.trainer import TrainingInterrupted
+
+    try:
+        return trainer.fit()
+    except TrainingInterrupted as stop:
+        print(f"interrupted at step {stop.step}: checkpoint saved at {stop.checkpoint}", file=sys.stderr)
+        print(f"continue with: {resume_command(args, trainer.cfg.run_dir)}", file=sys.stderr)
+        return stop.exit_code
 
 
 @report_errors
@@ -150,7 +154,9 @@ def _run(args: argparse.Namespace) -> int:
     from transmamba.training.trainer import Trainer
 
     cfg = config_from_args(args)
-    result = Trainer(cfg).fit()
+    result = fit_or_explain(args, Trainer(cfg))
+    if isinstance(result, int):
+        return result
     if not result.is_main:
         return 0
     if result.evals:

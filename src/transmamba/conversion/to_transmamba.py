@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import torch
 
+from transmamba.errors import UsageError
 from transmamba.models.config import ModelConfig
 
 
-class ConversionError(ValueError):
+class ConversionError(UsageError, ValueError):
     """The model cannot be converted (says which layer or field and why)."""
 
 

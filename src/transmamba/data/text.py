@@ -26,11 +26,13 @@ import json
 import re
 from pathlib import Path
 
+from transmamba.errors import UsageError
+
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 SHAKESPEARE = "shakespeare"
 
 
-class DataError(ValueError):
+class DataError(UsageError, ValueError):
     """A data path or file that cannot be used, with a message that says which and why."""
 
 

@@ -25,10 +25,12 @@ def perplexity(
     seq_len: int = 256,
     batch_size: int = 8,
     max_windows: int | None = None,
+    progress: bool = False,
 ) -> dict:
     """Mean next-token loss and perplexity of `model` (CausalLM or callable ids -> logits) over 1-D `ids`.
 
     Returns {"loss", "perplexity", "bits_per_token", "tokens" (scored), "windows", "seq_len"}.
+    progress: a tqdm bar over the windows (on stderr).
     """
     ids = torch.as_tensor(ids, dtype=torch.long).flatten()
     if seq_len < 2:
@@ -44,6 +46,11 @@ def perplexity(
     if was_training:
         model.eval()
     total, count = 0.0, 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_win, desc="perplexity", unit="window", dynamic_ncols=True, leave=False)
     try:
         for i in range(0, n_win, batch_size):
             x = windows[i : i + batch_size].to(device)
@@ -51,7 +58,11 @@ def perplexity(
             nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
             total += float(nll)
             count += x[:, 1:].numel()
+            if bar is not None:
+                bar.update(x.shape[0])
     finally:
+        if bar is not None:
+            bar.close()
         if was_training:
             model.train()
     loss = total / count

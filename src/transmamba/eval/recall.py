@@ -58,7 +58,10 @@ def predict(model: Model, input_ids: torch.Tensor, *, batch_size: int | None = N
         preds = []
         for i in range(0, n, step):
             ids = input_ids[i : i + step].to(device)
-            preds.append(logits_of(model, ids).argmax(-1).cpu())
+            if hasattr(model, "argmax_tokens"):  # CausalLM: streamed, no (b, t, V) logits tensor
+                preds.append(model.argmax_tokens(ids).cpu())
+            else:
+                preds.append(logits_of(model, ids).argmax(-1).cpu())
         arg = torch.cat(preds)
     finally:
         if was_training:

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transmamba.errors import UsageError
+
 __all__ = [
     "TimeSeriesFrame",
     "read_csv",
@@ -56,7 +58,7 @@ _DATE_RE = re.compile(
 )
 
 
-class ForecastDataError(ValueError):
+class ForecastDataError(UsageError, ValueError):
     """A CSV or a split that cannot feed a forecaster; the message says what and where."""
 
 

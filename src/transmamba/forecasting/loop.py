@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transmamba.errors import RunError
 from transmamba.forecasting.data import ForecastData, ForecastWindows
 
 __all__ = [
@@ -74,6 +75,7 @@ def evaluate(
     batch_size: int = 64,
     limit: int | None = None,
     return_predictions: bool = False,
+    progress: bool = False,
 ) -> dict:
     """MSE/MAE of the model over (the first ``limit``) windows of a split, on standardised values."""
     was_training = model.training
@@ -82,7 +84,14 @@ def evaluate(
     count = 0
     preds = []
     H = windows.pred_len
-    for _x, y, _xm, ym in windows.batches(batch_size, limit=limit):
+    batches = windows.batches(batch_size, limit=limit)
+    if progress:  # a tqdm bar over the batches, on stderr
+        from tqdm.auto import tqdm
+
+        n = len(windows) if limit is None else min(len(windows), limit)
+        batches = tqdm(batches, total=-(-n // batch_size), desc="evaluate", unit="batch", leave=False,
+                       dynamic_ncols=True)
+    for _x, y, _xm, ym in batches:
         pred = forecast_step(model, y, ym, H)
         true = y[:, -H:, : pred.shape[-1]]
         diff = (pred - true).double()
@@ -96,6 +105,10 @@ def evaluate(
     if return_predictions:
         out["predictions"] = torch.cat(preds)
     return out
+
+
+class NonFiniteError(RunError):
+    """The training loss or validation MSE stopped being finite; training stopped (exit code 1)."""
 
 
 @dataclass
@@ -175,6 +188,9 @@ def train_forecaster(
         for _x, y, _xm, ym in batches:
             pred = forecast_step(model, y, ym, H)
             loss = F.mse_loss(pred, y[:, -H:, : pred.shape[-1]])
+            if not math.isfinite(loss.item()):
+                raise NonFiniteError(f"the training loss became {loss.item()} at epoch {epoch}, "
+                                     f"step {steps + 1}; stopped (try a lower --lr)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -200,6 +216,9 @@ def train_forecaster(
             "seconds": round(time.time() - t0, 1),
         }
         history["epochs"].append(rec)
+        if not math.isfinite(val["mse"]):
+            raise NonFiniteError(f"the validation MSE became {val['mse']} after epoch {epoch}; stopped "
+                                 "(try a lower --lr)")
         log(
             f"epoch {epoch}: lr {lr:.2e} train {rec['train_mse']:.4f} val {val['mse']:.4f} "
             f"({rec['seconds']} s)"

@@ -301,29 +301,63 @@ class Mambaformer(nn.Module):
 
     # ----------------------------------------------------------------------------------- persistence
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` (model config + ``extra``, e.g. scaler, data)."""
+        """Write ``model.safetensors`` and ``config.json`` (model config + ``extra``, e.g. scaler, data),
+        each through a temporary file and ``os.replace`` (a crash never leaves a half-written file)."""
+        import os
+
         from safetensors.torch import save_file
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(d / "model.safetensors"))
-        (d / "config.json").write_text(
-            json.dumps({"model": self.config.to_dict(), **(extra or {})}, indent=2, default=str) + "\n"
-        )
+        tmp = d / f".model.safetensors.tmp-{os.getpid()}"
+        save_file(state, str(tmp))
+        os.replace(tmp, d / "model.safetensors")
+        tmp = d / f".config.json.tmp-{os.getpid()}"
+        text = json.dumps({"model": self.config.to_dict(), **(extra or {})}, indent=2, default=str)
+        tmp.write_text(text + "\n")
+        os.replace(tmp, d / "config.json")
         return d
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> tuple[Mambaformer, dict]:
-        """Load a directory written by ``save_pretrained``; returns (model, the config.json dict)."""
+        """Load a directory written by ``save_pretrained``; returns (model, the config.json dict).
+
+        The config is untrusted: its model section must build a valid config, and every tensor shape is
+        checked against the safetensors header on a meta-device model before anything is allocated."""
+        from safetensors import safe_open
         from safetensors.torch import load_file
+
+        from transmamba.errors import MismatchError, UntrustedFileError
 
         d = Path(directory)
         if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
             raise FileNotFoundError(
                 f"{d}: expected config.json and model.safetensors (a forecast checkpoint)"
             )
-        meta = json.loads((d / "config.json").read_text())
-        model = cls(MambaformerConfig.from_dict(meta["model"]))
+        try:
+            meta = json.loads((d / "config.json").read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise MismatchError(f"{d / 'config.json'} is not valid JSON ({err})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+            raise MismatchError(f"{d} is not a forecast checkpoint (its config.json has no 'model' and "
+                                "'data' sections; score a language-model checkpoint with `transmamba eval`)")
+        try:
+            cfg = MambaformerConfig.from_dict(meta["model"])
+        except (TypeError, ValueError) as err:
+            raise MismatchError(f"{d / 'config.json'}: not a valid forecast model config ({err})") from None
+        try:
+            with safe_open(str(d / "model.safetensors"), framework="pt") as f:
+                got = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as err:  # safetensors' own error type: truncated or malformed header
+            raise UntrustedFileError(f"{d / 'model.safetensors'} is not a readable safetensors file ({err})"
+                                     ) from None
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in cls(cfg).state_dict().items()}
+        if got != expected:
+            diff = sorted(set(got) ^ set(expected)) or [k for k in expected if got[k] != expected[k]]
+            raise MismatchError(f"{d / 'model.safetensors'} does not fit its config.json (first differing "
+                                f"tensor: {diff[0]!r})")
+        model = cls(cfg)
         model.load_state_dict(load_file(str(d / "model.safetensors")))
         return model, meta

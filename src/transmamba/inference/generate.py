@@ -46,6 +46,24 @@ def _as_prompts(input_ids) -> tuple[list[list[int]], bool]:
     return prompts, False
 
 
+def _check_lengths(model, prompts: list[list[int]], max_new_tokens: int) -> None:
+    """The KV caches are sized prompt + max_new_tokens: refuse, up front and in one line, a total past the
+    model's max_seq_len (a huge --max-new-tokens would otherwise allocate or run unbounded), and ids the
+    embedding cannot read."""
+    cfg = getattr(model, "config", None)
+    limit, vocab = getattr(cfg, "max_seq_len", None), getattr(cfg, "vocab_size", None)
+    longest = max(len(p) for p in prompts)
+    if limit is not None and longest + max_new_tokens > limit:
+        room = limit - longest
+        fix = f"use max_new_tokens <= {room}" if room > 0 else "shorten the prompt"
+        raise ValueError(f"generate: longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) "
+                         f"exceeds the model's max_seq_len={limit}; {fix}")
+    if vocab is not None:
+        bad = [t for p in prompts for t in p if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"generate: token id {bad[0]} is outside the vocabulary [0, {vocab})")
+
+
 def _resolve_greedy(greedy: bool | None, do_sample: bool | None) -> bool:
     if greedy is not None and do_sample is not None and greedy == do_sample:
         raise ValueError(f"generate: greedy={greedy} contradicts do_sample={do_sample}")
@@ -136,6 +154,7 @@ def generate(
     if not use_greedy:
         check_sampling_args(temperature, top_k, top_p)
     prompts, was_tensor = _as_prompts(input_ids)
+    _check_lengths(model, prompts, max_new_tokens)
     if isinstance(stop_tokens, int):
         stop_tokens = [stop_tokens]
     stops = torch.tensor(sorted(set(stop_tokens or [])), dtype=torch.long)

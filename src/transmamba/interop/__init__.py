@@ -34,7 +34,9 @@ def detect_format(directory: str | Path) -> str:
         return "hf"
     if "d_model" in data and "n_layer" in data:
         return "mamba_ssm"
-    raise ValueError(
+    from transmamba.errors import MismatchError
+
+    raise MismatchError(
         f"{cfg_path}: not a transmamba, HF transformers or mamba_ssm config (expected a 'pattern', "
         "'model_type' or 'd_model' + 'n_layer' field)"
     )

@@ -49,13 +49,15 @@ def _encode_floats(obj: Any) -> Any:
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
+    from transmamba.errors import MismatchError
+
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MismatchError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise MismatchError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return _decode_floats(data)
 
 
@@ -70,10 +72,12 @@ def weight_file(directory: Path) -> Path | None:
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # the unpickler refuses code objects: say so rather than a bare traceback
-        raise ValueError(
-            f"{path}: cannot be read with torch.load(weights_only=True) ({err}); only plain "
-            "tensor files are accepted (convert it to safetensors)"
+    except Exception:  # the unpickler refuses code objects: say so rather than a bare traceback
+        from transmamba.errors import UntrustedFileError
+
+        raise UntrustedFileError(
+            f"{path}: refused: it holds pickled objects other than plain tensors, which are never unpickled; "
+            "convert it to safetensors"
         ) from None
     if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
         data = data["state_dict"]

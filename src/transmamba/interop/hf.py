@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from transmamba.errors import UsageError
 from transmamba.interop import files
 from transmamba.models.config import ModelConfig
 
@@ -73,7 +74,7 @@ NEMOTRON_KINDS = {
 }
 
 
-class HFConfigError(ValueError):
+class HFConfigError(UsageError, ValueError):
     """A config.json field this library cannot map (names the field and what is supported)."""
 
 

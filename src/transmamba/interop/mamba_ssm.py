@@ -27,13 +27,14 @@ from typing import Any
 
 import torch
 
+from transmamba.errors import UsageError
 from transmamba.interop import files
 from transmamba.models.config import ModelConfig
 
 MLP_MULTIPLE = 128  # mamba_ssm's GatedMLP rounds its hidden width up to this
 
 
-class MambaSSMConfigError(ValueError):
+class MambaSSMConfigError(UsageError, ValueError):
     """A mamba_ssm config field this library cannot map."""
 
 

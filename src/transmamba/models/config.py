@@ -170,7 +170,8 @@ class ModelConfig:
                      "d_conv", "chunk_size", "m1_d_state", "m1_expand", "m1_d_conv", "n_experts", "top_k",
                      "max_seq_len"):
             value = getattr(self, name)
-            need(isinstance(value, int) and value > 0, f"{name} must be a positive int, got {value!r}")
+            need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                 f"{name} must be a positive int, got {value!r}")
         kinds = pattern_mod.parse_pattern(self.pattern)  # raises with position + allowed set
         need(self.mlp_act in MLP_ACTS, f"mlp_act must be one of {MLP_ACTS}, got {self.mlp_act!r}")
         need(self.init_std > 0, f"init_std must be > 0, got {self.init_std}")
@@ -204,7 +205,9 @@ class ModelConfig:
                  f"tm_conv_activation must be 'silu' or 'none', got {self.tm_conv_activation!r}")
             need(not self.tm_attn_rope or self.d_state % 2 == 0,
                  f"d_state={self.d_state} must be even for tm_attn_rope")
-        need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
+        need(isinstance(self.rope_theta, (int, float)) and not isinstance(self.rope_theta, bool)
+             and math.isfinite(self.rope_theta) and self.rope_theta > 0,
+             f"rope_theta must be a finite number > 0, got {self.rope_theta!r}")
         if "moe" in kinds:
             need(self.top_k <= self.n_experts, f"top_k={self.top_k} must be <= n_experts={self.n_experts}")
             need(self.aux_loss_coef >= 0, f"aux_loss_coef must be >= 0, got {self.aux_loss_coef}")

@@ -143,6 +143,20 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def _shape_problems(expected: dict[str, tuple], got: dict[str, tuple]) -> list[str]:
+    """Every missing, unexpected or wrongly shaped tensor, one line each."""
+    problems = []
+    for k in sorted(set(expected) - set(got)):
+        problems.append(f"missing tensor {k!r} (model expects shape {expected[k]})")
+    for k in sorted(set(got) - set(expected)):
+        problems.append(f"unexpected tensor {k!r} of shape {got[k]}")
+    for k in sorted(set(got) & set(expected)):
+        if got[k] != expected[k]:
+            problems.append(f"tensor {k!r} has shape {got[k]} in the checkpoint but the model expects "
+                            f"{expected[k]}")
+    return problems
+
+
 class CausalLM(nn.Module):
     """Decoder-only LM over `config.pattern` (see the module docstring); `model(ids)` -> CausalLMOutput."""
 
@@ -236,6 +250,10 @@ class CausalLM(nn.Module):
         if train_len is None:
             train_len = self.config.schedule_train_len
         points = resolve_schedule(schedule, len(layers), train_len=train_len)
+        bad = [p for p in points if not 0 <= p <= self.config.max_seq_len]
+        if bad and not isinstance(schedule, str):  # named schedules are scaled to train_len by design
+            raise ValueError(f"TransPoints {bad} lie outside [0, max_seq_len={self.config.max_seq_len}]; "
+                             "give points within the model's length")
         for layer, p in zip(layers, points):
             layer.transpoint = p
         self.config.transpoints = points if not isinstance(schedule, str) else schedule
@@ -285,19 +303,11 @@ class CausalLM(nn.Module):
             raise ValueError(f"CausalLM: input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         if cache is not None and len(cache) != len(self.blocks):
             raise ValueError(f"CausalLM: cache has {len(cache)} layers, the model {len(self.blocks)}")
+        self._check_ids(input_ids, cache)
         if labels is not None and labels.shape != input_ids.shape:
             raise ValueError(f"CausalLM: labels must have input_ids' shape {tuple(input_ids.shape)}, "
                              f"got {tuple(labels.shape)}")
-        h = self.embed(input_ids)
-        ckpt = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
-        for i, (block, kind) in enumerate(zip(self.blocks, self.kinds)):
-            if ckpt:
-                sidx = seq_idx if kind in MIXER_KINDS else None
-                h = checkpoint(block, h, seq_idx=sidx, use_reentrant=False)
-            elif kind in MIXER_KINDS:
-                h = block(h, seq_idx=seq_idx, state=None if cache is None else cache.states[i])
-            else:
-                h = block(h)
+        h = self._hidden(input_ids, seq_idx, cache)
         aux = self._aux_loss() if "moe" in self.kinds else None
         if self.fused_loss and labels is not None and not last_logits_only:
             return self._fused_loss(h, labels, aux)
@@ -316,6 +326,53 @@ class CausalLM(nn.Module):
                 loss = loss + aux
         return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux)
 
+    def _hidden(self, input_ids: torch.Tensor, seq_idx: torch.Tensor | None,
+                cache: ModelCache | None) -> torch.Tensor:
+        """The last block's output h (b, t, D), before the final norm."""
+        h = self.embed(input_ids)
+        ckpt = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
+        for i, (block, kind) in enumerate(zip(self.blocks, self.kinds)):
+            if ckpt:
+                sidx = seq_idx if kind in MIXER_KINDS else None
+                h = checkpoint(block, h, seq_idx=sidx, use_reentrant=False)
+            elif kind in MIXER_KINDS:
+                h = block(h, seq_idx=seq_idx, state=None if cache is None else cache.states[i])
+            else:
+                h = block(h)
+        return h
+
+    @torch.no_grad()
+    def argmax_tokens(self, input_ids: torch.Tensor, *, chunk_size: int = 1024) -> torch.Tensor:
+        """argmax_v logits[b, t, v] (b, t) long, computed ``chunk_size`` positions at a time, so the
+        (b, t, V) logits never exist at once (recall evals at 16K tokens would otherwise need
+        b * 16K * V floats)."""
+        if input_ids.ndim != 2:
+            raise ValueError(f"CausalLM: input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        self._check_ids(input_ids, None)
+        h = self._hidden(input_ids, None, None)
+        out = torch.empty(input_ids.shape, dtype=torch.long, device=input_ids.device)
+        for i in range(0, h.shape[1], chunk_size):
+            out[:, i : i + chunk_size] = self.lm_head(self.norm(h[:, i : i + chunk_size])).argmax(-1)
+        return out
+
+    def _check_ids(self, input_ids: torch.Tensor, cache: ModelCache | None) -> None:
+        """Refuse ids the embedding would misread: not integers, on another device, outside [0, vocab), or
+        (without a cache) longer than max_seq_len. One min/max reduction (a sync) per call."""
+        if input_ids.dtype not in (torch.long, torch.int32, torch.int16, torch.int8, torch.uint8):
+            raise ValueError(f"CausalLM: input_ids must be integer token ids, got dtype {input_ids.dtype}")
+        if input_ids.device != self.embed.weight.device:
+            raise ValueError(f"CausalLM: input_ids are on {input_ids.device} but the model is on "
+                             f"{self.embed.weight.device}; move one with .to()")
+        if cache is None and input_ids.shape[1] > self.config.max_seq_len:
+            raise ValueError(f"CausalLM: {input_ids.shape[1]} tokens exceed max_seq_len="
+                             f"{self.config.max_seq_len}; shorten the input or raise max_seq_len")
+        if input_ids.numel() and not torch.compiler.is_compiling():
+            lo, hi = torch.aminmax(input_ids)
+            lo, hi = int(lo), int(hi)
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ValueError(f"CausalLM: token ids must be in [0, {self.config.vocab_size}), got "
+                                 f"{lo if lo < 0 else hi}")
+
     def _fused_loss(self, h: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor | None) -> CausalLMOutput:
         """Loss of the final hidden states h (b, t, D) without logits: position i predicts labels[i + 1]."""
         from transmamba.ops.cross_entropy import linear_cross_entropy
@@ -332,6 +389,9 @@ class CausalLM(nn.Module):
         """Decode one token per row: input_ids (b,) long -> logits (b, V); updates `cache` in place."""
         if input_ids.ndim != 1:
             raise ValueError(f"CausalLM.step: input_ids must be (batch,), got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype.is_floating_point or input_ids.device != self.embed.weight.device:
+            raise ValueError(f"CausalLM.step: input_ids must be integer ids on {self.embed.weight.device}, "
+                             f"got {input_ids.dtype} on {input_ids.device}")
         h = self.embed(input_ids)
         for block, state in zip(self.blocks, cache.states):
             h = block.step(h, state)
@@ -426,39 +486,60 @@ class CausalLM(nn.Module):
         """Load a model written by `save_pretrained`, or an HF transformers / mamba_ssm directory (detected
         from config.json; see `transmamba.interop`). Missing, unexpected or wrongly shaped tensors raise
         ValueError naming each tensor (and both shapes)."""
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
+        from transmamba.errors import MismatchError, UntrustedFileError
         from transmamba.interop import detect_format, load_pretrained
 
         src = Path(directory)
+        if src.is_dir() and not (src / CONFIG_NAME).is_file():  # a `transmamba train` run folder
+            from transmamba.training.checkpoint import resolve_checkpoint
+
+            src = resolve_checkpoint(src, flag="from_pretrained:")
         if (src / CONFIG_NAME).is_file() and detect_format(src) != "native":
             model = load_pretrained(src, dtype=dtype)  # in the checkpoint's dtype unless `dtype` is given
-            return model if device is None else model.to(device=device)
+            model = model if device is None else model.to(device=device)
+            return model.eval()
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (src / name).is_file():
                 raise FileNotFoundError(f"from_pretrained: {src / name} not found")
-        config = ModelConfig.load(src / CONFIG_NAME)
+        try:
+            config = ModelConfig.load(src / CONFIG_NAME)
+        except (ValueError, TypeError) as err:
+            raise MismatchError(f"{src / CONFIG_NAME} is not a valid model config: {err}") from None
+        # Shapes first, from the safetensors header and a model on the meta device (no memory), so a config
+        # asking for sizes the file does not hold fails before anything is allocated.
+        weights = src / WEIGHTS_NAME
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                got = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as err:  # safetensors' own error type: a truncated or malformed header
+            raise UntrustedFileError(f"{weights} is not a readable safetensors file ({err})") from None
+        with torch.device("meta"):
+            expected = cls(config)._expected_shapes()
+        problems = _shape_problems(expected, got)
+        if problems:
+            raise MismatchError(f"{weights} does not fit this model:\n  " + "\n  ".join(problems))
         model = cls(config)
-        tensors = load_file(str(src / WEIGHTS_NAME))
-        model.load_checkpoint_tensors(tensors, source=str(src / WEIGHTS_NAME))
+        tensors = load_file(str(weights))
+        model.load_checkpoint_tensors(tensors, source=str(weights))
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
-        return model
+        return model.eval()  # as Hugging Face: ready for inference; call .train() to fine-tune
+
+    def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        if self.config.tie_embeddings:
+            expected.pop("lm_head.weight", None)
+        return expected
 
     def load_checkpoint_tensors(self, tensors: dict[str, torch.Tensor], *, source: str = "checkpoint"):
         """Check names and shapes against this model (every problem listed), then load."""
-        expected = dict(self.state_dict())
-        if self.config.tie_embeddings:
-            expected.pop("lm_head.weight", None)
-        problems = []
-        for k in sorted(set(expected) - set(tensors)):
-            problems.append(f"missing tensor {k!r} (model expects shape {tuple(expected[k].shape)})")
-        for k in sorted(set(tensors) - set(expected)):
-            problems.append(f"unexpected tensor {k!r} of shape {tuple(tensors[k].shape)}")
-        for k in sorted(set(tensors) & set(expected)):
-            if tuple(tensors[k].shape) != tuple(expected[k].shape):
-                problems.append(f"tensor {k!r} has shape {tuple(tensors[k].shape)} in the checkpoint but the "
-                                f"model expects {tuple(expected[k].shape)}")
+        from transmamba.errors import MismatchError
+
+        problems = _shape_problems(self._expected_shapes(),
+                                   {k: tuple(v.shape) for k, v in tensors.items()})
         if problems:
-            raise ValueError(f"{source} does not fit this model:\n  " + "\n  ".join(problems))
+            raise MismatchError(f"{source} does not fit this model:\n  " + "\n  ".join(problems))
         self.load_state_dict(tensors, strict=False)

@@ -32,12 +32,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from transmamba.errors import UsageError
+
 STATE_FILE = "trainer_state.json"
 STEP_PREFIX = "step-"
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(UsageError, RuntimeError):
+    """A checkpoint that is missing, incomplete, or does not fit (one line; exit code 2 in the CLI)."""
 
 
 def _test_pause() -> None:
@@ -270,6 +272,46 @@ def find_checkpoint(run_dir: str | Path, which: str = "last") -> Path | None:
     return done[-1] if done else None
 
 
+def resolve_checkpoint(path: str | Path, *, flag: str = "--checkpoint") -> Path:
+    """The folder to load from ``path``: a checkpoint folder (config.json beside the weights) as given, or a
+    ``transmamba train`` run folder's ``last`` checkpoint (``<run>/last``, else its newest complete step)."""
+    p = Path(path)
+    hint = ("pass a checkpoint folder (config.json + model.safetensors) or a `transmamba train` run folder "
+            "(its last checkpoint is used)")
+    if not p.exists():
+        raise CheckpointError(f"{flag} {p}: no such folder; {hint}")
+    if not p.is_dir():
+        raise CheckpointError(f"{flag} {p} is a file, not a folder; {hint}")
+    if (p / "config.json").is_file():
+        return p
+    try:
+        found = find_checkpoint(p)
+    except OSError:
+        found = None
+    if found is not None and (found / "config.json").is_file():
+        return found
+    raise CheckpointError(f"{flag} {p} holds no config.json and no complete checkpoint (no last/ or "
+                          f"checkpoints/step-*/); {hint}")
+
+
+def safe_torch_load(path: Path, **kw) -> Any:
+    """``torch.load(weights_only=True)``; a file holding anything but tensors and plain containers (a pickled
+    object, which could run code) is refused in one line."""
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol notes: the refusal below says it all
+            return torch.load(path, weights_only=True, **kw)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError, TypeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "Weights only load failed" in str(err) or isinstance(err, pickle.UnpicklingError):
+            reason = "it holds pickled objects other than tensors, which are never unpickled"
+        raise CheckpointError(f"{path}: refused to load: {reason}; re-save the checkpoint with "
+                              "`transmamba train` (tensors only)") from None
+
+
 def load_checkpoint(
     folder: str | Path,
     *,
@@ -285,11 +327,11 @@ def load_checkpoint(
         raise CheckpointError(f"{folder} is not a complete checkpoint (no {STATE_FILE} or model.safetensors)")
     load_model_weights(model, folder)
     if optimizer is not None:
-        state = torch.load(folder / "optimizer.pt", map_location=map_location, weights_only=True)
+        state = safe_torch_load(folder / "optimizer.pt", map_location=map_location)
         optimizer.load_state_dict(state)
     if scheduler is not None and (folder / "scheduler.pt").is_file():
-        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+        scheduler.load_state_dict(safe_torch_load(folder / "scheduler.pt"))
     if restore_rng and (folder / "rng.pt").is_file():
-        set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
+        set_rng_state(safe_torch_load(folder / "rng.pt"))
     with open(folder / STATE_FILE, encoding="utf-8") as f:
         return json.load(f)

@@ -11,12 +11,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any
 
+from transmamba.errors import UsageError
 
-class ConfigError(ValueError):
+
+class ConfigError(UsageError, ValueError):
     """A configuration key or value that cannot be used."""
 
 
@@ -30,6 +33,9 @@ def _f(default, help: str, **kw):  # noqa: A002 - dataclass field with a help st
 class TrainConfig:
     # what to train on
     preset: str = _f("transmamba-tiny", "model preset (see `transmamba info`)")
+    task: str = _f("text", "text (--data) | phonebook | mqar | selective-copy: a recall task's generated "
+                   "rows, scored later by `transmamba eval TASK`; --vocab-size: the model vocabulary")
+    task_rows: int = _f(20000, "--task: training rows generated (fresh ones until this many steps' worth)")
     data: str | None = _f(None, "text file, folder of .txt/.md, .jsonl or .parquet (default: Shakespeare)")
     text_field: str = _f("text", "JSONL field / Parquet column holding the text")
     vocab_size: int = _f(4096, "BPE vocabulary size of the tokenizer trained on the data")
@@ -76,25 +82,54 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        """Every value in range (the message names the key, the value and the allowed range)."""
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(msg)
+
+        for name in TrainConfig.field_names():  # types first (a YAML `batch_size: true` is not 1)
+            value, tp = getattr(self, name), _base_type(field_type(name))
+            if value is None and _base_type(field_type(name)) is not field_type(name):
+                continue
+            if tp is int:
+                need(isinstance(value, int) and not isinstance(value, bool),
+                     f"{name} must be a whole number, got {value!r}")
+            elif tp is float:
+                need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                     f"{name} must be a finite number, got {value!r}")
         positive = ("vocab_size", "seq_len", "batch_size", "grad_accum", "max_steps", "log_every")
         for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.seq_len < 2:
-            raise ConfigError(f"seq_len must be at least 2, got {self.seq_len}")
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.parallel not in ("ddp", "fsdp"):
-            raise ConfigError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
-        if self.dtype not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
-        if not isinstance(self.model, dict):
-            raise ConfigError(f"model must be a mapping of ModelConfig overrides, got {self.model!r}")
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "threads", "seed"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        need(self.seq_len >= 2, f"seq_len must be at least 2, got {self.seq_len}")
+        need(self.vocab_size <= 2**22, f"vocab_size must be <= {2**22}, got {self.vocab_size}")
+        need(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(0 <= self.min_lr_ratio <= 1,
+             f"min_lr_ratio must be in [0, 1] (the final lr as a fraction of --lr), got {self.min_lr_ratio}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            need(0 <= getattr(self, name) < 1, f"{name} must be in [0, 1), got {getattr(self, name)}")
+        need(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
+        need(self.aux_loss_coef is None or self.aux_loss_coef >= 0,
+             f"aux_loss_coef must be >= 0, got {self.aux_loss_coef}")
+        need(self.task in ("text", "phonebook", "mqar", "selective-copy"),
+             f"task must be text, phonebook, mqar or selective-copy, got {self.task!r}")
+        need(self.task == "text" or self.data is None,
+             "--data is for --task text; a recall task generates its rows")
+        need(1 <= self.task_rows <= 1_000_000, f"task_rows must be in [1, 1000000], got {self.task_rows}")
+        need(self.parallel in ("ddp", "fsdp"), f"parallel must be ddp or fsdp, got {self.parallel!r}")
+        need(self.dtype in ("auto", "fp32", "bf16"), f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+        need(self.device == "auto" or self.device == "cpu" or self.device.startswith(("cuda", "mps")),
+             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        need(isinstance(self.model, dict),
+             f"model must be a mapping of ModelConfig overrides, got {self.model!r}")
+        try:
+            self.out_dir.format(preset=self.preset)
+        except (KeyError, IndexError, ValueError) as err:
+            raise ConfigError(f"out_dir {self.out_dir!r}: only {{preset}} may appear in braces ({err})"
+                              ) from None
 
     @property
     def run_dir(self) -> Path:
@@ -171,6 +206,8 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
     if isinstance(value, str) and optional and value.lower() in ("none", "null"):
         return None
     try:
+        if isinstance(value, bool) and base is not bool:
+            raise ValueError(value)  # YAML `batch_size: true` is not 1
         if base is bool:
             if isinstance(value, bool):
                 return value
@@ -184,10 +221,21 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
                 raise ValueError(value)
             if isinstance(value, str):
                 value = float(value) if any(c in value for c in ".eE") else int(value)
+                if isinstance(value, float) and not value.is_integer():  # --max-steps 2.5 is not 2
+                    raise ValueError(value)
+            if not isinstance(value, (int, float)):
+                raise TypeError(value)
             return int(value)
         if base is float:
-            return float(value)
+            if not isinstance(value, (int, float, str)):
+                raise TypeError(value)
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError(value)
+            return value
         if base is str:
+            if not isinstance(value, (str, int, float)):
+                raise TypeError(value)
             return str(value)
         if base is dict or typing.get_origin(base) is dict:
             if not isinstance(value, dict):
@@ -195,7 +243,9 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
             return dict(value)
     except (TypeError, ValueError):
         tname = getattr(base, "__name__", str(base))
-        raise ConfigError(f"{name} must be {tname}, got {value!r}") from None
+        what = {"int": "a whole number", "float": "a finite number", "bool": "true or false"}.get(tname,
+                                                                                                   tname)
+        raise ConfigError(f"{name} must be {what}, got {value!r}") from None
     return value
 
 

@@ -42,6 +42,7 @@ from transmamba.training.checkpoint import (
     _write_json,
     prune,
     rng_state,
+    safe_torch_load,
     set_rng_state,
     step_dir_name,
 )
@@ -185,9 +186,9 @@ def load_sharded_checkpoint(
     else:
         set_model_state_dict(model, state["model"])
     if scheduler is not None and (folder / "scheduler.pt").is_file():
-        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+        scheduler.load_state_dict(safe_torch_load(folder / "scheduler.pt"))
     if restore_rng and (folder / "rng.pt").is_file():
-        set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
+        set_rng_state(safe_torch_load(folder / "rng.pt"))
     with open(folder / STATE_FILE, encoding="utf-8") as f:
         return json.load(f)
 

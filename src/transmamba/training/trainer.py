@@ -32,8 +32,9 @@ import torch
 from torch import nn
 
 from transmamba.data.packing import PackedLoader, TextData, iter_eval_batches, prepare_text_data
+from transmamba.errors import RunError
 from transmamba.training import distributed as dist_mod
-from transmamba.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from transmamba.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, step_dir_name
 from transmamba.training.config import ConfigError, TrainConfig, unknown_key_message
 from transmamba.training.metrics import MetricsLogger, bits_per_byte, plot_curves
 from transmamba.training.optim import build_optimizer, build_scheduler
@@ -44,8 +45,52 @@ from transmamba.training.sharded_checkpoint import (
 )
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RunError, RuntimeError):
     """The run cannot go on (non-finite loss, a model that cannot take the data...)."""
+
+
+class TrainingInterrupted(RunError):
+    """SIGINT / SIGTERM during training: a checkpoint was saved at ``step`` (exit code 130 in the CLI)."""
+
+    exit_code = 130
+
+    def __init__(self, step: int, checkpoint: Path | None, signum: int | None = None) -> None:
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
+        super().__init__(f"interrupted at step {step}; saved checkpoint {checkpoint}")
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run>/.lock`` for the life of a run: a second process training into the
+    same folder (two ``--resume`` runs) is refused instead of interleaving steps. The kernel releases the
+    lock when the process dies, so a crash never leaves a stale lock."""
+
+    def __init__(self, run_dir: Path) -> None:
+        import fcntl
+        import os
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / ".lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise ConfigError(
+                f"another process (pid {other}) is training into {run_dir}; wait for it to finish or stop "
+                "it, or choose another --out-dir"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        import fcntl
+        import os
+
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
 
 @dataclasses.dataclass
@@ -97,8 +142,8 @@ def build_lm(cfg: TrainConfig, vocab_size: int) -> nn.Module:
         overrides["aux_loss_coef"] = cfg.aux_loss_coef
     try:
         mcfg = get_preset(cfg.preset, **overrides)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    except (ValueError, TypeError) as err:  # a value of the wrong type compares or multiplies badly
+        raise ConfigError(f"model override: {err}; check the --model.KEY values' types") from None
     if cfg.seq_len > mcfg.max_seq_len:
         raise ConfigError(
             f"seq_len={cfg.seq_len} is longer than the model's max_seq_len={mcfg.max_seq_len} "
@@ -107,7 +152,11 @@ def build_lm(cfg: TrainConfig, vocab_size: int) -> nn.Module:
         )
     from transmamba.models.lm import CausalLM
 
-    return CausalLM(mcfg)
+    try:
+        return CausalLM(mcfg)
+    except (ValueError, TypeError) as err:  # an override of the wrong type (e.g. --model.d_ff true)
+        raise ConfigError(f"cannot build {cfg.preset!r} with the model overrides {cfg.model}: {err}"
+                          ) from None
 
 
 def _uses_bf16(device: torch.device, dtype: str) -> bool:
@@ -146,6 +195,8 @@ class Trainer:
         self._data = data
         self._log = log or print
         self.bar = None
+        self.last_good: Path | None = None
+        self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ helpers
     def log(self, msg: str) -> None:
@@ -156,15 +207,39 @@ class Trainer:
         else:
             self._log(msg)
 
+    def _last_good_text(self) -> str:
+        last = self.last_good
+        return f"the last good checkpoint is {last}" if last else "no checkpoint was written before it"
+
     def _check_finite(self, value: float, what: str, step: int) -> None:
         bad = not math.isfinite(value)
         if dist_mod.any_flag(bad, self.info, self.device):
-            last = find_checkpoint(self.run_dir) if self.run_dir.exists() else None
-            where = f"the last good checkpoint is {last}" if last else "no checkpoint was written before it"
             raise TrainingError(
-                f"{what} became {value} at step {step}; stopped before updating the weights, {where}. "
-                "Try a lower --lr, a smaller --grad_clip, or --dtype fp32."
+                f"{what} became {value} at step {step}; stopped before updating the weights; "
+                f"{self._last_good_text()} (weights and held-out loss checked finite). "
+                "Try a lower --lr, a smaller --grad-clip, or --dtype fp32."
             )
+
+    @torch.no_grad()
+    def _healthy(self, model: nn.Module) -> tuple[bool, str]:
+        """Whether the weights are all finite and the loss on the held batch (the first validation batch,
+        fixed for the run) is finite: the test a checkpoint passes before it is written and named good."""
+        for name, p in model.named_parameters():
+            if not bool(torch.isfinite(p).all()):
+                return False, f"parameter {name} holds non-finite values"
+        batch = self.held_batch
+        was_training = model.training
+        model.eval()
+        try:
+            with _autocast(self.device, self.cfg.dtype):
+                out = model(batch["input_ids"].to(self.device), seq_idx=batch["seq_idx"].to(self.device),
+                            labels=batch["labels"].to(self.device))
+            loss = _scalar(out.loss)
+        finally:
+            model.train(was_training)
+        if not math.isfinite(loss):
+            return False, f"the loss on the held batch is {loss}"
+        return True, ""
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -206,12 +281,20 @@ class Trainer:
         t_start = time.perf_counter()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        from transmamba.commands._args import check_device
+
+        check_device(cfg.device)
         self.device = dist_mod.local_device(cfg.device)
         self.info = dist_mod.init_distributed(self.device)
         self.run_dir = cfg.run_dir
+        lock = None
         try:
+            if self.info.is_main:
+                lock = RunLock(self.run_dir)
             return self._fit(t_start)
         finally:
+            if lock is not None:
+                lock.release()
             if self.bar is not None:
                 self.bar.close()
                 self.bar = None
@@ -242,8 +325,17 @@ class Trainer:
         cfg, info, device = self.cfg, self.info, self.device
         seed_everything(cfg.seed)
         resume_from = self._resume_point()
+        if resume_from is not None:  # before anything is built: another architecture is refused at once
+            self._check_resume_config(resume_from)
 
         # ---- data (the checkpoint's tokenizer on resume, so token ids cannot drift)
+        if self._data is None and cfg.task != "text":
+            from transmamba.training.recall_data import prepare_recall_data
+
+            rows = min(cfg.task_rows, cfg.batch_size * cfg.grad_accum * cfg.max_steps * info.world_size)
+            self._data = prepare_recall_data(cfg.task, seq_len=cfg.seq_len, vocab_size=cfg.vocab_size,
+                                             train_rows=max(rows, cfg.batch_size * info.world_size),
+                                             seed=cfg.seed)
         if self._data is None:
             tok_path = cfg.tokenizer
             if resume_from is not None and (resume_from / "tokenizer.json").is_file():
@@ -258,6 +350,10 @@ class Trainer:
             if info.enabled and info.is_main:
                 dist_mod.barrier(info)
         self.data = data = self._data
+        if len(data.val):
+            self.held_batch = next(iter(iter_eval_batches(data.val, min(cfg.batch_size, len(data.val)), 1)))
+        else:
+            self.held_batch = data.train.batch([0])
         s = data.stats
         self.log(
             f"data: {s.get('train_documents', '?')} train / {s.get('val_documents', '?')} val documents, "
@@ -297,6 +393,7 @@ class Trainer:
                 state = load_checkpoint(resume_from, model=raw_model, optimizer=optimizer,
                                         scheduler=scheduler, map_location=device)
             step, best = int(state["step"]), state.get("best_val_loss")
+            self.last_good = resume_from
             tokens_seen, evals = int(state.get("tokens", 0)), list(state.get("evals", []))
             t_start -= float(state.get("elapsed_s", 0.0))  # elapsed time continues across restarts
             loader.load_state_dict(state["data"])
@@ -322,6 +419,12 @@ class Trainer:
 
         def checkpoint(is_best: bool) -> None:
             nonlocal last_ckpt, best_ckpt
+            ok, why = self._healthy(raw_model)
+            if dist_mod.any_flag(not ok, info, device):
+                raise TrainingError(
+                    f"the model at step {step} failed the checkpoint check ({why or 'on another rank'}); "
+                    f"not saved; {self._last_good_text()}. Try a lower --lr or a smaller --grad-clip."
+                )
             kwargs = dict(
                 step=step, model=raw_model, optimizer=optimizer, scheduler=scheduler,
                 trainer_state={"best_val_loss": best, "tokens": tokens_seen, "evals": evals,
@@ -329,10 +432,18 @@ class Trainer:
                                "data": loader.state_dict(), "world_size": info.world_size},
                 train_config=cfg.to_dict(), tokenizer=data.tokenizer, is_best=is_best,
             )
-            if sharded:  # collective: every rank writes its shards
-                last_ckpt = save_sharded_checkpoint(self.run_dir, **kwargs)
-            elif info.is_main:
-                last_ckpt = save_checkpoint(self.run_dir, **kwargs)
+            try:
+                if sharded:  # collective: every rank writes its shards
+                    last_ckpt = save_sharded_checkpoint(self.run_dir, **kwargs)
+                elif info.is_main:
+                    last_ckpt = save_checkpoint(self.run_dir, **kwargs)
+            except OSError as err:
+                raise TrainingError(
+                    f"could not write the step-{step} checkpoint under {self.run_dir}: "
+                    f"{err.strerror or err}{f' ({err.filename})' if err.filename else ''}; "
+                    f"{self._last_good_text()} and is intact; free space or fix permissions, then --resume"
+                ) from None
+            self.last_good = last_ckpt
             if is_best and info.is_main:
                 best_ckpt = last_ckpt
             dist_mod.barrier(info)
@@ -343,6 +454,7 @@ class Trainer:
             self.bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
         t_last, tok_last = time.perf_counter(), tokens_seen
         on_step = getattr(raw_model, "on_train_step", None)  # a model's per-step hook (distillation schedule)
+        restore_signals = self._catch_stop_signals()
         while step < cfg.max_steps:
             # ---- one optimizer step
             if on_step is not None:
@@ -398,6 +510,13 @@ class Trainer:
                 checkpoint(is_best)
             if self.stop_at is not None and step >= self.stop_at:
                 break  # simulated interruption (tests): as if the process died right after this step
+            if dist_mod.any_flag(self._stop_signal is not None, info, device):
+                if last_ckpt is None or last_ckpt.name != step_dir_name(step):
+                    checkpoint(False)  # the current step, atomically (save_checkpoint)
+                metrics.close()
+                restore_signals()
+                raise TrainingInterrupted(step, last_ckpt, self._stop_signal)
+        restore_signals()
 
         metrics.close()
         if self.bar is not None:
@@ -414,6 +533,64 @@ class Trainer:
             last_checkpoint=last_ckpt, best_checkpoint=best_ckpt, wall_s=time.perf_counter() - t_start,
             tokens=tokens_seen, stats=dict(data.stats), is_main=info.is_main,
         )
+
+    def _catch_stop_signals(self) -> Callable[[], None]:
+        """SIGINT / SIGTERM during the loop set a flag; the loop finishes the step, saves a checkpoint at it
+        and stops (`TrainingInterrupted`). A second signal interrupts at once (the previous checkpoint stays
+        intact: saves are atomic). Returns the function that restores the previous handlers."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {}
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            self.log(f"received {signal.Signals(signum).name}: saving a checkpoint after this step "
+                     "(send it again to stop at once)")
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+
+        def restore() -> None:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+            previous.clear()
+
+        return restore
+
+    def _check_resume_config(self, folder: Path) -> None:
+        """Resume continues the *same* run: a different architecture (preset or model overrides, or the
+        tokenizer settings that size the vocabulary) is refused; other changed settings are listed."""
+        path = folder / "train_config.json"
+        if not path.is_file():
+            return
+        import json
+
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            return
+        now = self.cfg.to_dict()
+        arch_keys = ("preset", "model", "vocab_size", "tokenizer")
+        arch = [k for k in arch_keys if k in saved and saved[k] != now.get(k)]
+        ignore = {"resume", "overwrite", "progress", "threads", "tensorboard", "cache_dir", "device",
+                  "out_dir", *arch_keys}
+        other = [k for k in sorted(now) if k not in ignore and k in saved and saved[k] != now[k]]
+        if arch:
+            diffs = ", ".join(f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in arch)
+            raise ConfigError(
+                f"--resume would continue {folder} with a different architecture ({diffs}); pass the "
+                f"original settings, or train into another --out-dir"
+            )
+        if other:
+            diffs = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in other)
+            self.log(f"warning: resuming with changed settings ({diffs}); the data order and learning-rate "
+                     "schedule follow the new values from here, so the curve will differ from an "
+                     "uninterrupted run")
 
     def _probe(self, model: nn.Module) -> None:
         """One row of seq_len through the model, so a length it cannot take fails now, clearly."""
