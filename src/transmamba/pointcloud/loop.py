@@ -14,6 +14,7 @@ report the best epoch); a checkpoint is written atomically after every epoch wit
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -51,6 +52,7 @@ class TrainConfig:
     grad_clip: float | None = 10.0
     seed: int = 0
     eval_every: int = 1  # epochs between test evaluations (the last epoch is always evaluated)
+    precise_bn_batches: int = 16  # training batches that re-estimate BatchNorm statistics before each eval
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +72,31 @@ def accuracy_metrics(cm: torch.Tensor) -> dict:
     has = support > 0
     macc = float((cm.diag()[has] / support[has]).mean()) * 100 if has.any() else float("nan")
     return {"oa": oa, "macc": macc}
+
+
+@torch.no_grad()
+def recompute_bn_stats(model: nn.Module, batches) -> int:
+    """Replace every BatchNorm's running mean/variance by their plain average over ``batches`` (forward
+    passes in training mode, no gradients): "precise BN". In short runs the default exponential average
+    (momentum 0.1) still mixes in statistics of much earlier weights, and evaluation-mode predictions lag
+    far behind the training ones. Returns the number of batches used."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average
+    was = model.training
+    model.train()
+    n = 0
+    for pts in batches:
+        model(pts)
+        n += 1
+    for bn, mom in zip(bns, momenta):
+        bn.momentum = mom
+    model.train(was)
+    return n
 
 
 @torch.no_grad()
@@ -189,6 +216,19 @@ def train_classifier(
         head = f"epoch {epoch}: ce {rec.get('train_ce', float('nan')):.3f} train acc {rec['train_acc']:.1f}%"
         last = epoch == cfg.epochs or (max_steps is not None and step >= max_steps)
         if epoch % cfg.eval_every == 0 or last:
+            if cfg.precise_bn_batches:
+                bn_batches = data.train.batches(
+                    cfg.batch_size,
+                    num_points=num_points,
+                    shuffle=True,
+                    drop_last=True,
+                    generator=gen,
+                    augmentation=data.augmentation,
+                    resample=True,
+                )
+                recompute_bn_stats(
+                    model, (p.to(device) for p, _ in itertools.islice(bn_batches, cfg.precise_bn_batches))
+                )
             ev = evaluate(
                 model, data.test, num_points=num_points, batch_size=max(64, cfg.batch_size), device=device
             )

@@ -95,10 +95,16 @@ class PoinTrambaConfig:
     proj_dim: int = 256  # GLR projection width
     head_hidden: int = 256
     head_dropout: float = 0.5
+    head_norm: str = "batch"  # batch (the paper's) | layer
     glr_scale: float = 64.0  # InfoNCE logit scale (1 / temperature)
 
     def __post_init__(self):
-        for name, allowed in (("ordering", ORDERINGS), ("pooling", POOLINGS), ("mixer", MIXERS)):
+        for name, allowed in (
+            ("ordering", ORDERINGS),
+            ("pooling", POOLINGS),
+            ("mixer", MIXERS),
+            ("head_norm", ("batch", "layer")),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"PoinTrambaConfig: {name} {getattr(self, name)!r} not in {allowed}")
         for name in ("num_classes", "num_groups", "group_size", "dim", "intra_depth", "intra_heads", "depth"):
@@ -310,18 +316,24 @@ class PoinTramba(nn.Module):
         self.blocks = nn.ModuleList([InterBlock(cfg, cfg.drop_path) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(D)
         H = cfg.head_hidden
+        norm = nn.BatchNorm1d if cfg.head_norm == "batch" else nn.LayerNorm
         self.head = nn.Sequential(
             nn.Linear(D, H),
-            nn.BatchNorm1d(H),
+            norm(H),
             nn.ReLU(),
             nn.Dropout(cfg.head_dropout),
             nn.Linear(H, H),
-            nn.BatchNorm1d(H),
+            norm(H),
             nn.ReLU(),
             nn.Dropout(cfg.head_dropout),
             nn.Linear(H, cfg.num_classes),
         )
         self.global_proj = _BNMlp(D, 128 if cfg.proj_dim >= 128 else cfg.proj_dim, cfg.proj_dim)
+        # scores start near 0.5, inside clamp(s, 0, 1)'s linear range: importance pooling begins as a scaled
+        # mean and both the pooling and the score loss can move every score (a score that starts below 0
+        # gets no gradient through the clamp, and with all of a cloud's scores there its feature is 0)
+        nn.init.normal_(self.score_mlp.fc2.weight, std=0.02)
+        nn.init.constant_(self.score_mlp.fc2.bias, 0.5)
 
     # ------------------------------------------------------------------------------------------ pieces
     def group_tokens(self, points: torch.Tensor, fps_start=None) -> tuple[torch.Tensor, torch.Tensor]:
