@@ -307,18 +307,18 @@ def _local_feature(p: np.ndarray, centre: np.ndarray, kind: str, rng: np.random.
     """Apply one surface feature of ``kind`` around unit vector ``centre`` to sphere points p (P, 3)."""
     cosang = p @ centre  # (P,)
     ang = np.arccos(np.clip(cosang, -1, 1))
-    w = 0.32  # angular radius of a feature (rad): ~2.5% of the sphere
+    w = 0.5  # angular radius of a feature (rad): ~6% of the sphere
     radial = np.ones(len(p))
     inside = ang < w
     g = np.exp(-((ang / (0.5 * w)) ** 2))
     if kind == "bump":
-        radial += 0.35 * g
+        radial += 0.5 * g
     elif kind == "dent":
-        radial -= 0.3 * g
+        radial -= 0.4 * g
     elif kind == "spike":
-        radial += np.where(inside, 0.6 * (1 - ang / w), 0.0)
+        radial += np.where(inside, 0.8 * (1 - ang / w), 0.0)
     elif kind == "ridge":
-        radial += 0.25 * np.exp(-(((ang - 0.6 * w) / (0.15 * w)) ** 2))
+        radial += 0.35 * np.exp(-(((ang - 0.6 * w) / (0.15 * w)) ** 2))
     elif kind == "hole":
         radial = np.where(inside, np.nan, radial)  # dropped below, the points re-drawn elsewhere
     elif kind == "flat":
@@ -327,14 +327,14 @@ def _local_feature(p: np.ndarray, centre: np.ndarray, kind: str, rng: np.random.
         # a short straight trench through the centre
         ax = np.cross(centre, _unit(rng, 1)[0])
         ax /= np.linalg.norm(ax)
-        radial -= np.where(inside, 0.25 * np.exp(-(((p @ ax) / 0.05) ** 2)), 0.0)
+        radial -= np.where(inside, 0.35 * np.exp(-(((p @ ax) / 0.08) ** 2)), 0.0)
     elif kind == "double-bump":
         off = np.cross(centre, _unit(rng, 1)[0])
-        off = off / np.linalg.norm(off) * 0.18
+        off = off / np.linalg.norm(off) * 0.25
         for c in (centre + off, centre - off):
             c = c / np.linalg.norm(c)
             a = np.arccos(np.clip(p @ c, -1, 1))
-            radial += 0.3 * np.exp(-((a / 0.1) ** 2))
+            radial += 0.4 * np.exp(-((a / 0.15) ** 2))
     return p * radial[:, None]
 
 
