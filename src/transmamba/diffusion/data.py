@@ -4,8 +4,8 @@ optional text conditioning through a local text encoder, optional latent space t
 Pixels are scaled to [−1, 1] (x = 2·p − 1 for p ∈ [0, 1]). Digits: the 1,797 8×8 images (values 0…16) of
 ``sklearn.datasets.load_digits``, divided by 16 and resized bilinearly (antialiased) to ``image_size``;
 label = the digit. Folder: every image under the path (png, jpg, jpeg, bmp, gif, webp); images in
-sub-folders take the sub-folder's name as class, images directly in the folder are one class; each is centre-cropped to a
-square and resized; single-channel unless some image has colour (``channels`` overrides).
+sub-folders take the sub-folder's name as class, images directly in the folder are one class; each is
+centre-cropped to a square and resized; single-channel unless some image has colour (``channels`` overrides).
 
 Text mode: each class's caption ("a handwritten digit seven"; for a folder the sub-folder name with "_"/"-" as
 spaces, or ``captions.txt`` lines ``class<TAB>caption``) is encoded once by a Hugging Face encoder read from a
