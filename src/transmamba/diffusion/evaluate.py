@@ -104,7 +104,7 @@ def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
         raise ValueError("frechet_distance: need at least 2 rows on each side")
     f1, f2 = f1.astype(np.float64), f2.astype(np.float64)
     mu1, mu2 = f1.mean(0), f2.mean(0)
-    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    s1, s2 = np.atleast_2d(np.cov(f1, rowvar=False)), np.atleast_2d(np.cov(f2, rowvar=False))
     d = float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * _sqrtm_psd_product_trace(s1, s2))
     return max(d, 0.0)
 
