@@ -6,7 +6,7 @@
 Models: Dimba (``--d-model``, ``--depth`` attention blocks each followed by one BiMamba block, Mamba-1) and
 the attention-only (DiT/PixArt) and Mamba-only (DiS-style) networks with the depth that matches its parameter
 count (``equal_params_config``). Inputs: 4-channel latents of side ``size`` (patch 2: T = (size/2)² tokens),
-class-conditional, batch ``--batch``. One training step = forward, diffusion loss (ε-MSE + VLB), backward, AdamW.
+class-conditional, batch ``--batch``. A training step: forward, loss (ε-MSE + VLB), backward, AdamW.
 
 Memory: on CUDA the peak of ``torch.cuda.max_memory_allocated`` over one training step after warm-up (weights,
 gradients, AdamW state and activations); on the CPU the same parts counted exactly: parameter bytes × 4
