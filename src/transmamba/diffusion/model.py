@@ -568,7 +568,7 @@ class Dimba(nn.Module):
         gh, gw = x.shape[2] // cfg.patch_size, x.shape[3] // cfg.patch_size
         h = self.x_embedder(x).flatten(2).transpose(1, 2)  # (b, T, D)
         if (gh, gw) == (cfg.grid, cfg.grid):
-            h = h + self.pos_embed.to(h.dtype)
+            h = h + self.pos_embed.to(h)
         else:  # another resolution: a square grid's embedding, or an error for non-square
             if gh != gw:
                 raise ValueError(f"Dimba: non-square token grid {gh}x{gw} at a size other than the config's")
