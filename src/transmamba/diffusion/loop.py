@@ -44,9 +44,9 @@ __all__ = [
 class TrainConfig:
     """Training settings; the defaults are the CPU recipe of ``transmamba diffuse train`` (docs)."""
 
-    steps: int = 2000
+    steps: int = 1200
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup: int = 100
     lr_schedule: str = "cosine"  # "cosine" | "constant"
     min_lr_ratio: float = 0.1
