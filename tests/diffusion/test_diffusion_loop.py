@@ -92,7 +92,7 @@ def test_lr_schedule_warmup_and_cosine():
     cfg = TrainConfig(steps=100, lr=1e-3, warmup=10, min_lr_ratio=0.1)
     assert lr_at(cfg, 0) == pytest.approx(1e-4) and lr_at(cfg, 9) == pytest.approx(1e-3)
     assert lr_at(cfg, 10) == pytest.approx(1e-3) and lr_at(cfg, 100) == pytest.approx(1e-4)
-    assert lr_at(TrainConfig(lr_schedule="constant", warmup=0), 50) == pytest.approx(1e-3)
+    assert lr_at(TrainConfig(lr=1e-3, lr_schedule="constant", warmup=0), 50) == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig(lr_schedule="step")
 
