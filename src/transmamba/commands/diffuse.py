@@ -27,6 +27,8 @@ from pathlib import Path
 DESCRIPTION = __doc__
 
 # Settings that differ between the CPU recipe and the paper's (--paper); None flags take these.
+# --paper: Dimba-L/2 shape and schedule from the paper; lr 2e-5 and batch 256 are PixArt-α's, the step count a
+# placeholder for "long" (set --steps).
 _CPU = {
     "preset": "dimba-tiny",
     "image_size": 8,
