@@ -184,3 +184,15 @@ def test_diffuse_cli_train_sample_eval_and_errors(tmp_path, capsys):
     assert main(["diffuse", "sample", "--checkpoint", str(tmp_path / "nope")]) == 2
     with pytest.raises(SystemExit, match="--steps must be >= 1"):
         main(["diffuse", "train", "--steps", "0", "--out", str(tmp_path / "y")])
+
+
+def test_diffuse_help_lists_the_sampling_flags(capsys):
+    from transmamba.cli import main
+
+    for action in ("train", "sample", "eval"):
+        with pytest.raises(SystemExit):
+            main(["diffuse", action, "--help"])
+        out = capsys.readouterr().out
+        assert "--cfg-scale" in out
+        if action != "train":
+            assert "--steps" in out and "--seed" in out and "--checkpoint" in out
