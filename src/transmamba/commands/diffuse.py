@@ -11,7 +11,7 @@ diffusers AutoencoderKL folder) trains in its latent space.
 
 Defaults are the CPU recipe (docs/diffusion.md): the digits at their own 8x8, patch 2 (16 tokens), the
 dimba-tiny network (d_model 128, 2 attention blocks each followed by one bidirectional Mamba-1 block),
-epsilon prediction with a cosine ("squaredcos_cap_v2") noise schedule, 1200 AdamW steps of batch 64 at lr 2e-3
+epsilon prediction with a cosine ("squaredcos_cap_v2") noise schedule, 1200 AdamW steps of batch 64 at lr 3e-3
 with warmup and cosine decay, EMA, DPM-Solver 20 steps with guidance 3. --paper switches to the paper's
 recipe (dimba-l/2, linear betas, learned variance, patch 2, CFG 4.5); explicit flags win over both.
 """
@@ -34,7 +34,7 @@ _CPU = {
     "image_size": 8,
     "beta_schedule": "squaredcos_cap_v2",
     "cfg_scale": 3.0,
-    "lr": 2e-3,
+    "lr": 3e-3,
     "steps": 1200,
     "batch_size": 64,
 }
@@ -203,7 +203,7 @@ def register(subparsers) -> None:
         dest="lr",
         type=float,
         default=None,
-        help="peak learning rate (default 2e-3)",
+        help="peak learning rate (default 3e-3)",
     )
     r.add_argument("--warmup", type=int, default=100, help="linear warmup steps (default 100)")
     r.add_argument(

@@ -46,7 +46,7 @@ class TrainConfig:
 
     steps: int = 1200
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 3e-3
     warmup: int = 100
     lr_schedule: str = "cosine"  # "cosine" | "constant"
     min_lr_ratio: float = 0.1
