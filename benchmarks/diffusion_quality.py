@@ -21,7 +21,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 
-def run_one(arch: str, seed: int, steps: int, device: str, preset: str, per_class: int, mixer: str) -> dict:
+def run_one(
+    arch: str, seed: int, steps: int, device: str, preset: str, per_class: int, mixer: str, lr: float | None
+) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -36,7 +38,7 @@ def run_one(arch: str, seed: int, steps: int, device: str, preset: str, per_clas
     torch.manual_seed(seed)
     model = Dimba(cfg).to(device)
     data.x = data.x.to(device)
-    tc = TrainConfig(steps=steps, seed=seed, sample_every=0, checkpoint_every=0)
+    tc = TrainConfig(steps=steps, seed=seed, sample_every=0, checkpoint_every=0, **({"lr": lr} if lr else {}))
     t0 = time.time()
     with tempfile.TemporaryDirectory() as run:
         ema, _ = train_diffusion(model, data, tc, run, log=None)
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="dimba-tiny")
     p.add_argument("--mixer", default="mamba1")
     p.add_argument("--per-class", type=int, default=50)
+    p.add_argument("--lr", type=float, default=None, help="peak lr (default: TrainConfig's, the CPU recipe)")
     p.add_argument("--jobs", type=int, default=9)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -81,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with ProcessPoolExecutor(max_workers=min(args.jobs, len(jobs)), mp_context=mp.get_context("spawn")) as ex:
         futs = [
-            ex.submit(run_one, a, s, args.steps, args.device, args.preset, args.per_class, args.mixer)
+            ex.submit(
+                run_one, a, s, args.steps, args.device, args.preset, args.per_class, args.mixer, args.lr
+            )
             for a, s in jobs
         ]
         for f in futs:
