@@ -178,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                 except torch.OutOfMemoryError:
                     r = {"tokens": (size // 2) ** 2, "size": size, "error": "out of memory"}
                     torch.cuda.empty_cache()
+                except RuntimeError as err:  # keep the other cases; the message goes in the table
+                    r = {"tokens": (size // 2) ** 2, "size": size, "error": f"error: {str(err)[:120]}"}
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
                 r.update(
                     device=dev.type,
                     arch=arch,
