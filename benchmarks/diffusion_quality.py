@@ -89,8 +89,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             for a, s in jobs
         ]
-        for f in futs:
-            r = f.result()
+        for (a, s), f in zip(jobs, futs, strict=True):
+            try:
+                r = f.result()
+            except Exception as err:  # one failing run must not lose the others
+                print(json.dumps({"arch": a, "seed": s, "error": str(err)[:300]}), flush=True)
+                continue
             rows.append(r)
             print(json.dumps(r), flush=True)
     lines = [
@@ -99,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for a in archs:
         rs = [r for r in rows if r["arch"] == a]
+        if not rs:
+            lines.append(f"| {a} | | | 0 | failed | | |")
+            continue
         acc = [r["class_accuracy"] for r in rs]
         fd = [r["frechet_distance"] for r in rs]
 
