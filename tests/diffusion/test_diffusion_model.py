@@ -120,6 +120,9 @@ def test_shapes_and_every_parameter_gets_a_gradient(kw):
 def test_layer_layout_follows_the_ratio():
     kinds = [type(m).__name__ for m in Dimba(tiny(depth=2, mamba_per_attention=3)).layers]
     assert kinds == ["DimbaBlock"] + ["MambaBlock"] * 3 + ["DimbaBlock"] + ["MambaBlock"] * 3
+    kinds = [type(m).__name__ for m in Dimba(tiny(depth=4, attention_per_mamba=2)).layers]  # 2:1
+    assert kinds == ["DimbaBlock", "DimbaBlock", "MambaBlock"] * 2
+    assert tiny(depth=4, attention_per_mamba=2, mamba_per_attention=3).n_mamba_blocks == 6
     assert [type(m).__name__ for m in Dimba(tiny(arch="attention")).layers] == ["DimbaBlock"] * 2
     assert [type(m).__name__ for m in Dimba(tiny(arch="mamba")).layers] == ["AdaMambaBlock"] * 2
 

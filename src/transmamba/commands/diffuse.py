@@ -154,7 +154,15 @@ def register(subparsers) -> None:
         dest="mamba_per_attention",
         type=int,
         default=None,
-        help="K in attention:Mamba = 1:K (default 1)",
+        help="K in attention:Mamba = M:K: K BiMamba blocks after an attention block (default 1)",
+    )
+    m.add_argument(
+        "--attention-ratio",
+        "--attention_ratio",
+        dest="attention_per_mamba",
+        type=int,
+        default=None,
+        help="M in attention:Mamba = M:K: the Mamba blocks follow every M-th attention block (default 1)",
     )
     m.add_argument(
         "--equal-params",
@@ -335,6 +343,7 @@ def _train(args) -> int:
             "patch_size",
             "d_state",
             "mamba_per_attention",
+            "attention_per_mamba",
             "learn_sigma",
         )
         if getattr(args, k) is not None

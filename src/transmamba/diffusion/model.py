@@ -18,8 +18,9 @@ DimbaBlock i (PixArt's block; its own learned table E_i (6, D) is added to the s
     h = h + CrossAttn(h, c)                                 queries h, keys/values the condition tokens
     h = h + α₂ ⊙ MLP(LN(h) ⊙ (1 + γ₂) + β₂)               GELU(tanh) MLP, ratio 4
 
-BiMamba block (after each attention block; `mamba_per_attention` = K of them, the ratio attention:Mamba = 1:K;
-no timestep or condition input, as in the paper):
+BiMamba blocks (K = `mamba_per_attention` of them after every M-th attention block, M =
+`attention_per_mamba`: the ratio attention:Mamba = M:K, the paper's 1:1 by default; no timestep or condition
+input, as in the paper):
 
     h = h + BiMamba(RMSNorm(h)),   BiMamba(u) = M_f(u) + flip(M_b(flip(u)))
 
@@ -94,7 +95,8 @@ class DimbaConfig:
     n_heads: int = 16
     mlp_ratio: float = 4.0
     arch: str = "dimba"
-    mamba_per_attention: int = 1  # K in attention:Mamba = 1:K (dimba only)
+    mamba_per_attention: int = 1  # K in attention:Mamba = M:K (dimba only)
+    attention_per_mamba: int = 1  # M: the K Mamba blocks follow every M-th attention block
     mixer: str = "mamba1"
     d_state: int = 16
     d_conv: int = 4
@@ -127,6 +129,8 @@ class DimbaConfig:
             raise ValueError(f"DimbaConfig: d_model {self.d_model} not divisible by n_heads {self.n_heads}")
         if self.d_model % 4:
             raise ValueError(f"DimbaConfig: d_model {self.d_model} must be a multiple of 4 (2-D sin-cos)")
+        if self.attention_per_mamba < 1:
+            raise ValueError(f"DimbaConfig: attention_per_mamba must be >= 1, got {self.attention_per_mamba}")
         if self.mamba_per_attention < 0:
             raise ValueError(f"DimbaConfig: mamba_per_attention must be >= 0, got {self.mamba_per_attention}")
         if self.cond_dim is None and self.num_classes < 1:
@@ -149,7 +153,7 @@ class DimbaConfig:
     @property
     def n_mamba_blocks(self) -> int:
         if self.arch == "dimba":
-            return self.depth * self.mamba_per_attention
+            return (self.depth // self.attention_per_mamba) * self.mamba_per_attention
         return self.depth if self.arch == "mamba" else 0
 
     def to_dict(self) -> dict:
@@ -484,12 +488,12 @@ class Dimba(nn.Module):
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))  # adaLN-single shared projection
         self.cond_embedder = ConditionEmbedder(cfg)
         layers: list[nn.Module] = []
-        for _ in range(cfg.depth):
+        for i in range(cfg.depth):
             if cfg.arch == "mamba":
                 layers.append(AdaMambaBlock(cfg))
                 continue
             layers.append(DimbaBlock(d, cfg.n_heads, cfg.mlp_ratio))
-            if cfg.arch == "dimba":
+            if cfg.arch == "dimba" and (i + 1) % cfg.attention_per_mamba == 0:
                 layers.extend(MambaBlock(cfg) for _ in range(cfg.mamba_per_attention))
         self.layers = nn.ModuleList(layers)
         self.final_layer = FinalLayer(d, cfg.patch_size, cfg.out_channels)
