@@ -52,8 +52,8 @@ def main() -> None:
                     mod.weight.normal_(0.0, model.config.init_std)
     print(f"{spec.label} pattern={model.config.pattern} params={model.num_parameters()} "
           f"ln(n_values)={math.log(args.vocab // 2):.3f} ln(pairs)={math.log(args.pairs):.3f}", flush=True)
-    res = mqar.train(model, seq_len=args.seq_len, n_pairs=args.pairs, steps=args.steps, lr=args.lr,
-                     batch_size=args.batch, vocab_size=args.vocab, seed=args.seed, log_every=args.log_every,
+    data = mqar.mqar_stream(args.seq_len, args.pairs, args.batch, vocab_size=args.vocab)
+    res = mqar.train(model, data, steps=args.steps, lr=args.lr, seed=args.seed, log_every=args.log_every,
                      on_log=lambda r: print(f"  step {r['step']:>5} acc {r['accuracy']:.3f} "
                                             f"loss {r['loss']:.3f}  {r['seconds']:.0f}s", flush=True))
     test = mqar.evaluate(model, mqar.test_batches(1000, args.seq_len, args.pairs, vocab_size=args.vocab))

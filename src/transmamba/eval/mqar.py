@@ -302,15 +302,24 @@ class TrainResult:
     curve: list[dict]
 
 
+def mqar_stream(seq_len: int, n_pairs: int, batch_size: int, *, vocab_size: int = ZOOLOGY_VOCAB,
+                device=None, **kw) -> Callable[[torch.Generator], MQARBatch]:
+    """A batch maker for :func:`train`: fresh Zoology MQAR rows from the generator it is handed."""
+    check_mqar(seq_len, n_pairs, vocab_size)
+
+    def make(gen: torch.Generator) -> MQARBatch:
+        return zoology_mqar(batch_size, seq_len, n_pairs, vocab_size=vocab_size, generator=gen,
+                            device=device, **kw)
+
+    return make
+
+
 def train(
     model,
+    make_batch: Callable[[torch.Generator], MQARBatch],
     *,
-    seq_len: int,
-    n_pairs: int,
     steps: int,
     lr: float,
-    batch_size: int,
-    vocab_size: int = ZOOLOGY_VOCAB,
     weight_decay: float = ZOOLOGY_WEIGHT_DECAY,
     seed: int = 0,
     device: torch.device | str = "cpu",
@@ -318,12 +327,12 @@ def train(
     log_every: int = 50,
     early_stop: float | None = ZOOLOGY_EARLY_STOP,
     time_limit_s: float | None = None,
-    train_pairs: Callable[[int], int] | None = None,
     on_log: Callable[[dict], None] | None = None,
-    **data_kw,
 ) -> TrainResult:
-    """Train `model` on fresh Zoology MQAR rows: AdamW(lr, weight_decay on every parameter, as Zoology),
-    cosine from lr to 0 over `steps`, no warmup, no clipping (Zoology's loop), loss on answers only.
+    """Train `model` on `make_batch(generator)` batches (anything with input_ids and CausalLM-style labels,
+    e.g. :func:`mqar_stream` or a PhoneBook `SyntheticBatch`): AdamW(lr, weight_decay on every parameter,
+    as Zoology), cosine from lr to 0 over `steps`, no warmup, no clipping (Zoology's loop), loss on the
+    labelled positions only.
 
     Stops early when the accuracy over the last 5 training batches before a log point exceeds `early_stop`
     (Zoology stops at 99 % validation accuracy; fresh rows make training accuracy a held-out measure),
@@ -345,9 +354,7 @@ def train(
     step = 0
     last = {"accuracy": 0.0, "loss": float("nan")}
     for step in range(1, steps + 1):
-        n = train_pairs(step) if train_pairs else n_pairs
-        batch = zoology_mqar(batch_size, seq_len, n, vocab_size=vocab_size, generator=gen, device=device,
-                             **data_kw)
+        batch = make_batch(gen)
         with _autocast(device, autocast_dtype):
             logits, tgt = answer_logits(model, batch)
             loss = F.cross_entropy(logits.float(), tgt)
