@@ -6,6 +6,12 @@
 Prints the training curve (accuracy and loss on fresh rows every --log-every steps) and the test accuracy
 on 1 000 seeded rows. `--init legacy` re-initialises every Mamba-2/TransMamba in_proj with N(0, 0.02),
 the init CausalLM used to give them (see docs/reproduction.md, "Diagnosis").
+
+    python experiments/mqar_diagnose.py --influence [--seq-len 256]
+
+prints, at initialisation, how strongly the last position's final hidden state depends on the token
+embedding `dist` positions back (mean over 4 rows of ||d<h_T, g> / d emb_{T-dist}||, g random): the signal
+a query receives from its key-value pair at that distance before training, per family.
 """
 
 from __future__ import annotations
@@ -17,6 +23,42 @@ import math
 import torch
 
 from transmamba.eval import mqar
+
+
+def influence(model, seq_len: int, dists=(1, 4, 16, 64, 128, 254)) -> dict[int, float]:
+    """{dist: mean gradient norm of a random projection of h[:, T-1] w.r.t. the embedding at T-1-dist}."""
+    from transmamba.models.pattern import MIXER_KINDS
+
+    ids = torch.randint(1, model.config.vocab_size, (4, seq_len))
+    emb = model.embed(ids).detach().requires_grad_(True)
+    h = emb
+    for block, kind in zip(model.blocks, model.kinds):
+        h = block(h, seq_idx=None, state=None) if kind in MIXER_KINDS else block(h)
+    t = seq_len - 1
+    (h[:, t] * torch.randn_like(h[:, t])).sum().backward()
+    norms = emb.grad.norm(dim=-1).mean(0)
+    return {d: float(norms[t - d]) for d in dists if d < seq_len}
+
+
+def run_influence(seq_len: int) -> None:
+    cases = [("attention **", mqar.ModelSpec("attention", 64), False),
+             ("tm-attn TT P=T", mqar.ModelSpec("transmamba", 64, transpoints=(1.0, 1.0)), False),
+             ("mamba2 MM", mqar.ModelSpec("mamba2", 64), False),
+             ("mamba2 MM, in_proj N(0,0.02)", mqar.ModelSpec("mamba2", 64), True)]
+    for name, spec, legacy in cases:
+        torch.manual_seed(0)
+        model = mqar.build_model(spec, vocab_size=mqar.ZOOLOGY_VOCAB, seq_len=seq_len, seed=0)
+        if legacy:
+            _legacy_init(model)
+        row = influence(model, seq_len)
+        print(f"{name:30s} " + "  ".join(f"{d:>4}: {v:.1e}" for d, v in row.items()), flush=True)
+
+
+def _legacy_init(model) -> None:
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if name.endswith("in_proj") and isinstance(mod, torch.nn.Linear):
+                mod.weight.normal_(0.0, model.config.init_std)
 
 
 def main() -> None:
@@ -38,18 +80,19 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--influence", action="store_true", help="print the at-init influence table and exit")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.influence:
+        run_influence(args.seq_len if args.seq_len != 64 else 256)
+        return
     tp = tuple(float(x) for x in args.transpoints.split(",")) if args.transpoints else None
     spec = mqar.ModelSpec(args.family, args.d_model, mlp=args.mlp, n_heads=args.n_heads,
                           rope_theta=args.rope_theta, transpoints=tp,
                           qkv_bias=not args.no_qkv_bias)
     model = mqar.build_model(spec, vocab_size=args.vocab, seq_len=args.seq_len, seed=args.seed)
     if args.init == "legacy":
-        with torch.no_grad():
-            for name, mod in model.named_modules():
-                if name.endswith("in_proj") and isinstance(mod, torch.nn.Linear):
-                    mod.weight.normal_(0.0, model.config.init_std)
+        _legacy_init(model)
     print(f"{spec.label} pattern={model.config.pattern} params={model.num_parameters()} "
           f"ln(n_values)={math.log(args.vocab // 2):.3f} ln(pairs)={math.log(args.pairs):.3f}", flush=True)
     data = mqar.mqar_stream(args.seq_len, args.pairs, args.batch, vocab_size=args.vocab)
