@@ -107,3 +107,23 @@ def test_recall_sweep_smoke(tmp_path):
     assert swap["swapped"]["fractions"] == [0.25, 0.75] and swap["all-ssm"]["fractions"] == [0.0, 0.0]
     assert {r["model"] for r in rows if r["stage"] == "phonebook"} == {"attention", "mamba2", "tm-fall"}
     assert "Gate" in (tmp_path / "recall_sweep.md").read_text() and (tmp_path / "mqar_vs_width.png").is_file()
+
+
+def test_eval_cli_zoology_layout(tmp_path, capsys):
+    from transmamba import cli
+    from transmamba.models.config import ModelConfig
+    from transmamba.models.lm import CausalLM
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=300, d_model=16, pattern="T-M-", d_state=8, headdim=8, transpoints=[24])
+    CausalLM(cfg).save_pretrained(str(tmp_path / "ck"))
+    out = tmp_path / "r.json"
+    rc = cli.main(["eval", "mqar", "--checkpoint", str(tmp_path / "ck"), "--layout", "zoology", "--lengths",
+                   "64", "128", "--n-rows", "8", "--device", "cpu", "--json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())["results"]
+    assert [(r["length"], r["n_pairs"], r["n_answers"]) for r in res] == [(64, 4, 32), (128, 8, 64)]
+    assert all(0 <= r["accuracy"] <= 1 for r in res) and "pairs" in capsys.readouterr().out
+    rc = cli.main(["eval", "mqar", "--checkpoint", str(tmp_path / "ck"), "--layout", "zoology", "--lengths",
+                   "64", "--n-pairs", "40", "--device", "cpu"])
+    assert rc == 2 and "n_pairs=40" in capsys.readouterr().err

@@ -382,3 +382,27 @@ def train(
             if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
                 break
     return TrainResult(step, time.perf_counter() - t0, last["accuracy"], last["loss"], stopped, curve)
+
+
+def zoology_pairs(seq_len: int) -> int:
+    """Zoology's number of pairs for a Figure 2 sequence length (64: 4, 128: 8, 256: 16, 512: 64); other
+    lengths: seq_len / 8 (512's ratio), at least 1."""
+    return dict(ZOOLOGY_SETTINGS).get(seq_len, max(1, seq_len // 8))
+
+
+def evaluate_lengths(model, lengths, *, n_pairs: int | None = None, n_rows: int = ZOOLOGY_TEST_ROWS,
+                     seed: int = 1234, batch_size: int = 250, vocab_size: int | None = None,
+                     power_a: float = ZOOLOGY_POWER_A, random_non_queries: bool = False) -> list[dict]:
+    """Zoology MQAR accuracy of a trained `CausalLM` at each sequence length (fresh seeded rows; pairs
+    from :func:`zoology_pairs` unless `n_pairs`). One dict per length: length, n_pairs, accuracy, loss,
+    n_answers, chance (1 / number of values)."""
+    vocab = int(vocab_size or model.config.vocab_size)
+    device = next(model.parameters()).device
+    rows = []
+    for i, length in enumerate(lengths):
+        n = n_pairs or zoology_pairs(int(length))
+        tests = test_batches(n_rows, int(length), n, vocab_size=vocab, seed=seed + i, batch_size=batch_size,
+                             device=device, power_a=power_a, random_non_queries=random_non_queries)
+        res = evaluate(model, tests)
+        rows.append({"length": int(length), "n_pairs": n, **res, "chance": 1 / (vocab - vocab // 2)})
+    return rows
