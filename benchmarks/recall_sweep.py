@@ -1,7 +1,7 @@
 """TransMamba's recall claim by Zoology's protocol: MQAR accuracy vs width per family, and PhoneBook.
 
-    python benchmarks/recall_sweep.py --out OUT                 # full sweep, ~8 min on one H200
-    python benchmarks/recall_sweep.py --out OUT --quick         # one setting, fewer models
+    python benchmarks/recall_sweep.py --out OUT                 # full sweep, 480 s on one H200
+    python benchmarks/recall_sweep.py --out OUT --quick         # seq 256 / 16 pairs only, 240 s
     python benchmarks/recall_sweep.py --out OUT --smoke         # CPU, tiny, < 30 s (tested in the suite)
 
 Everything runs in one process, in this order (each stage writes JSON lines to OUT/recall_sweep.jsonl as
@@ -25,10 +25,16 @@ its JSON line. Then `report` writes OUT/recall_sweep.md (tables) and OUT/mqar_vs
 Figure 2 format: one panel per setting, accuracy vs d_model, one line per model, mean and min-max over
 seeds).
 
+Full plan: MQAR at (seq_len, pairs) = (256, 16) and (1024, 128), d_model 64/128/256/512, 5 models, 3
+seeds, plus PhoneBook; --settings / --widths / --models / --seeds / --budget-s change it.
+
 Models (all `transmamba.CausalLM`, 2 mixer layers, no MLP, as Zoology's Figure 2; see
 `transmamba.eval.mqar.ModelSpec`): attention `**` (RoPE, one head, q/k/v biases), mamba2 `MM`, hybrid
-`M*`, tm-attn `TT` with both TransPoints past the row (attention path only), tm-rise `TT` with
-TransPoints at [T/4, 3T/4], tm-fall at [3T/4, T/4] (inside the row: queries late in the row use the SSM).
+`M*`, tm-attn `TT` with both TransPoints past the row (attention path only), tm-fall `TT` with
+TransPoints at [3T/4, T/4] and tm-rise at [T/4, 3T/4] (inside the row: queries late in the row use the
+SSM; tm-fall's swap at evaluation is tm-rise's schedule). PhoneBook models: 4 mixer layers, each followed
+by a SwiGLU MLP, 4 attention heads (a phone number sits 2-3 tokens after its name, so the first layers need
+heads at several offsets).
 """
 
 from __future__ import annotations
@@ -55,19 +61,21 @@ MODELS = {
 SWAPS = {"trained": None, "swapped": "reverse", "all-attention": (1.0, 1.0), "all-ssm": (0.0, 0.0)}
 
 PLANS = {
-    "full": dict(settings=((256, 16), (512, 64), (1024, 128)), widths=(64, 128, 256, 512),
-                 models=tuple(MODELS), seeds=(0, 1, 2), lrs=mqar.ZOOLOGY_LRS[1:], test_rows=1000,
-                 phonebook=True, budget_s=480.0, max_steps=3000, min_steps=100, gate_steps=2000),
+    "full": dict(settings=((256, 16), (1024, 128)), widths=(64, 128, 256, 512),
+                 models=("attention", "mamba2", "hybrid", "tm-attn", "tm-fall"), seeds=(0, 1, 2),
+                 lrs=mqar.ZOOLOGY_LRS[1:], test_rows=1000, phonebook=True, budget_s=480.0, max_steps=4000,
+                 min_steps=100, gate_steps=2000),
     "quick": dict(settings=((256, 16),), widths=(64, 128, 256, 512),
                   models=("attention", "mamba2", "hybrid", "tm-attn", "tm-fall"), seeds=(0, 1, 2),
-                  lrs=mqar.ZOOLOGY_LRS[1:], test_rows=1000, phonebook=True, budget_s=240.0,
-                  max_steps=2000, min_steps=100, gate_steps=1500),
+                  lrs=mqar.ZOOLOGY_LRS[1:], test_rows=1000, phonebook=False, budget_s=240.0,
+                  max_steps=3000, min_steps=100, gate_steps=1500),
     "smoke": dict(settings=((32, 4),), widths=(16, 32), models=tuple(MODELS), seeds=(0,), lrs=(3e-3,),
                   test_rows=32, phonebook=True, budget_s=20.0, max_steps=3, min_steps=2, gate_steps=3),
 }
 SMOKE_VOCAB = 128
 GATE = (64, 4, 64)  # seq_len, n_pairs, d_model: Zoology's easiest point
-PHONEBOOK = dict(n_entries=16, name_len=1, number_len=2, n_queries=4, vocab_size=256, n_layers=4, d_model=128)
+PHONEBOOK = dict(n_entries=16, name_len=1, number_len=2, n_queries=4, vocab_size=256, n_layers=4, d_model=128,
+                 n_heads=4)
 
 
 # ----------------------------------------------------------------------------------------------- running
@@ -101,8 +109,9 @@ class Sweep:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def spec(self, name: str, d_model: int, n_layers: int = 2, mlp: bool = False) -> mqar.ModelSpec:
-        return mqar.ModelSpec(d_model=d_model, n_layers=n_layers, mlp=mlp, name=name,
+    def spec(self, name: str, d_model: int, n_layers: int = 2, mlp: bool = False,
+             n_heads: int = 1) -> mqar.ModelSpec:
+        return mqar.ModelSpec(d_model=d_model, n_layers=n_layers, mlp=mlp, name=name, n_heads=n_heads,
                               **{**MODELS[name], "transpoints": _points(MODELS[name], n_layers)})
 
     def measure(self, model, make_batch, key) -> float:
@@ -231,13 +240,14 @@ class Sweep:
 
         pb = dict(PHONEBOOK)
         if self.args.smoke:
-            pb.update(n_entries=4, n_queries=2, vocab_size=64, n_layers=2, d_model=16)
+            pb.update(n_entries=4, n_queries=2, vocab_size=64, n_layers=2, d_model=16, n_heads=2)
         seeds = (0,) if self.args.smoke else (0, 1, 2)
         left = len(self.plan["models"]) * len(seeds)
         bs = 8 if self.args.smoke else 128
         for seed in seeds:
             for name in self.plan["models"]:
-                spec = self.spec(name, pb["d_model"], n_layers=pb["n_layers"], mlp=True)
+                spec = self.spec(name, pb["d_model"], n_layers=pb["n_layers"], mlp=True,
+                                 n_heads=pb["n_heads"])
                 row_len = 1 + pb["n_entries"] * (pb["name_len"] + pb["number_len"] + 2) + pb["n_queries"] * (
                     pb["name_len"] + pb["number_len"] + 3)
                 model = mqar.build_model(spec, vocab_size=pb["vocab_size"], seq_len=row_len,
@@ -431,7 +441,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder (recall_sweep.jsonl, .md, mqar_vs_width.png)")
     mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="one MQAR setting (seq 256, 16 pairs), 5 models")
+    mode.add_argument("--quick", action="store_true",
+                      help="one MQAR setting (seq 256, 16 pairs), no PhoneBook, 240 s")
     mode.add_argument("--smoke", action="store_true", help="CPU, tiny models and rows, seconds (a test)")
     mode.add_argument("--report", action="store_true", help="only rebuild the report from OUT's jsonl")
     ap.add_argument("--budget-s", type=float, default=None,
