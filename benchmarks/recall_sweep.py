@@ -74,7 +74,8 @@ PLANS = {
 }
 SMOKE_VOCAB = 128
 GATE = (64, 4, 64)  # seq_len, n_pairs, d_model: Zoology's easiest point
-PHONEBOOK = dict(n_entries=16, name_len=1, number_len=2, n_queries=4, vocab_size=256, n_layers=4, d_model=128,
+PHONEBOOK_WEIGHT = 3  # a PhoneBook run gets three MQAR runs' time: it leaves chance later (a phase change)
+PHONEBOOK = dict(n_entries=8, name_len=1, number_len=2, n_queries=4, vocab_size=256, n_layers=4, d_model=128,
                  n_heads=4)
 
 
@@ -143,8 +144,10 @@ class Sweep:
         self.step_time[key] = sorted(times)[1]
         return self.step_time[key]
 
-    def steps_for(self, sec_per_step: float, runs_left: int, cap: int | None = None) -> int:
-        share = max(0.0, self.left()) / max(1, runs_left)
+    def steps_for(self, sec_per_step: float, runs_left: float, cap: int | None = None,
+                  weight: float = 1.0) -> int:
+        """Steps that fit in `weight` shares of the time left, `runs_left` shares in all."""
+        share = max(0.0, self.left()) * weight / max(1.0, runs_left)
         hi = cap or self.plan["max_steps"]
         return int(min(hi, max(self.plan["min_steps"], share / max(sec_per_step, 1e-6))))
 
@@ -214,7 +217,7 @@ class Sweep:
     def main_runs(self) -> int:
         p = self.plan
         return len(p["settings"]) * len(p["widths"]) * len(p["models"]) * len(p["seeds"]) + (
-            3 * len(p["models"]) if p["phonebook"] and not self.args.no_phonebook else 0)
+            PHONEBOOK_WEIGHT * 3 * len(p["models"]) if p["phonebook"] and not self.args.no_phonebook else 0)
 
     def main(self, lrs: dict[str, float]) -> None:
         p = self.plan
@@ -242,7 +245,7 @@ class Sweep:
         if self.args.smoke:
             pb.update(n_entries=4, n_queries=2, vocab_size=64, n_layers=2, d_model=16, n_heads=2)
         seeds = (0,) if self.args.smoke else (0, 1, 2)
-        left = len(self.plan["models"]) * len(seeds)
+        left = PHONEBOOK_WEIGHT * len(self.plan["models"]) * len(seeds)
         bs = 8 if self.args.smoke else 128
         for seed in seeds:
             for name in self.plan["models"]:
@@ -261,7 +264,7 @@ class Sweep:
 
                 try:
                     sps = self.measure(model, make, ("pb", name))
-                    steps = self.steps_for(sps, left)
+                    steps = self.steps_for(sps, left, weight=PHONEBOOK_WEIGHT)
                     res = mqar.train(model, make, steps=steps, lr=lrs.get(name, 1e-3), seed=seed,
                                      device=self.device, autocast_dtype=self.dtype, log_every=min(50, steps))
                     test = phonebook(self.plan["test_rows"], pb["n_entries"], name_len=pb["name_len"],
@@ -278,7 +281,7 @@ class Sweep:
                                 "chance_number": 0.1 ** pb["number_len"], "curve": res.curve})
                 except Exception as err:
                     self.write({"stage": "phonebook", "model": name, "seed": seed, "error": repr(err)[:400]})
-                left -= 1
+                left -= PHONEBOOK_WEIGHT
                 del model
 
 
