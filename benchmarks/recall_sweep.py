@@ -16,7 +16,7 @@ it goes, so a run cut short still leaves every finished point):
    swapped at evaluation (layer order reversed: attention-first <-> SSM-first), as pure attention and as
    pure SSM.
 4. phonebook: the same families on a PhoneBook small enough for 4-layer models to learn
-   (`transmamba.data.synthetic.phonebook`), 3 seeds, at the LR chosen for MQAR.
+   (`transmamba.data.synthetic.phonebook`), 3 seeds, one learning rate (--phonebook-lr) for all.
 
 Time: `--budget-s` is the wall clock of the whole call. Before each run its step count is set from the
 measured time per step of that model and the budget left divided by the runs left (at most --max-steps,
@@ -265,7 +265,7 @@ class Sweep:
                 try:
                     sps = self.measure(model, make, ("pb", name))
                     steps = self.steps_for(sps, left, weight=PHONEBOOK_WEIGHT)
-                    res = mqar.train(model, make, steps=steps, lr=lrs.get(name, 1e-3), seed=seed,
+                    res = mqar.train(model, make, steps=steps, lr=self.args.phonebook_lr, seed=seed,
                                      device=self.device, autocast_dtype=self.dtype, log_every=min(50, steps))
                     test = phonebook(self.plan["test_rows"], pb["n_entries"], name_len=pb["name_len"],
                                      number_len=pb["number_len"], n_queries=pb["n_queries"],
@@ -274,7 +274,7 @@ class Sweep:
                     ev = mqar.evaluate(model, [tb], autocast_dtype=self.dtype)
                     exact = _exact_numbers(model, tb, pb["number_len"], self.dtype)
                     self.write({"stage": "phonebook", "task": "phonebook", "model": name,
-                                "family": spec.family, **pb, "seed": seed, "lr": lrs.get(name, 1e-3),
+                                "family": spec.family, **pb, "seed": seed, "lr": self.args.phonebook_lr,
                                 "steps": res.steps, "sec_per_step": round(sps, 5),
                                 "train_accuracy": res.train_accuracy, "digit_accuracy": ev["accuracy"],
                                 "number_exact_match": exact, "chance_digit": 0.1,
@@ -370,6 +370,7 @@ def report(out: Path) -> str:
             st = sorted(r["steps"] for r in sub if r["model"] == name)
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {st[len(st) // 2]} |")
         lines.append("")
+        lines += ordering_lines(sub, widths)
         swaps = [r for r in sub if "schedule_eval" in r]
         if swaps:
             lines += [f"TransMamba schedule swapped at evaluation (seq {seq}, {n} pairs; mean accuracy % "
@@ -405,6 +406,30 @@ def report(out: Path) -> str:
     if main:
         plot(main, out / "mqar_vs_width.png")
     return text
+
+
+def ordering_lines(sub: list[dict], widths: list[int]) -> list[str]:
+    """The family ordering of one setting (mean accuracy over widths and seeds) and, per width, whether
+    each TransMamba model matches attention (seed ranges overlap) or by how much it differs."""
+    acc = {}
+    for r in sub:
+        acc.setdefault(r["model"], {}).setdefault(r["d_model"], []).append(100 * r["test_accuracy"])
+    means = {m: sum(sum(v) for v in by_w.values()) / sum(len(v) for v in by_w.values())
+             for m, by_w in acc.items()}
+    order = sorted(means, key=lambda m: -means[m])
+    out = ["Ordering (mean over widths and seeds): " + " > ".join(f"{m} {means[m]:.1f}" for m in order), ""]
+    if "attention" in acc:
+        for m in [m for m in order if m.startswith("tm-")]:
+            cells = []
+            for w in widths:
+                a, t = acc["attention"].get(w), acc[m].get(w)
+                if not a or not t:
+                    continue
+                overlap = min(t) <= max(a) and min(a) <= max(t)
+                d = sum(t) / len(t) - sum(a) / len(a)
+                cells.append(f"d {w}: {d:+.1f}" + (" (ranges overlap)" if overlap else ""))
+            out += [f"{m} minus attention, points: " + "; ".join(cells), ""]
+    return out
 
 
 def plot(main: list[dict], path: Path) -> None:
@@ -461,6 +486,8 @@ def main(argv=None) -> int:
                     help="MQAR settings, e.g. 256:16 512:64 1024:128")
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
     ap.add_argument("--no-phonebook", action="store_true", help="skip the PhoneBook stage")
+    ap.add_argument("--phonebook-lr", type=float, default=1e-3,
+                    help="learning rate of every PhoneBook run (default 1e-3; 4-layer models with MLPs)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.report:

@@ -341,7 +341,8 @@ def train(
     device = torch.device(device)
     gen = torch.Generator(device=device)
     gen.manual_seed(1_000_003 * (seed + 1))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
+                            fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     model.train()
