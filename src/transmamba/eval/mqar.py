@@ -192,7 +192,7 @@ def pattern_for(spec: ModelSpec) -> str:
     elif spec.family == "hybrid":
         if L < 2:
             raise ValueError("mqar: a hybrid needs n_layers >= 2 (one attention layer among Mamba-2 layers)")
-        top = L // 2 if L > 2 else 1  # one attention layer: 2 layers -> M*, 4 -> MM*M
+        top = L // 2  # one attention layer: 2 layers -> M*, 4 -> MM*M
         mixers = "".join("*" if i == top else "M" for i in range(L))
     else:
         raise ValueError(f"mqar: unknown family {spec.family!r}; expected one of {FAMILIES}")
