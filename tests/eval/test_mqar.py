@@ -127,3 +127,15 @@ def test_eval_cli_zoology_layout(tmp_path, capsys):
     rc = cli.main(["eval", "mqar", "--checkpoint", str(tmp_path / "ck"), "--layout", "zoology", "--lengths",
                    "64", "--n-pairs", "40", "--device", "cpu"])
     assert rc == 2 and "n_pairs=40" in capsys.readouterr().err
+
+
+def test_diagnose_script_smoke(capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("mqar_diagnose", ROOT / "experiments" / "mqar_diagnose.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for argv in (["--vocab", "128", "--seq-len", "32", "--d-model", "16", "--steps", "2", "--log-every", "1"],
+                 ["--task", "phonebook", "--mlp", "--n-heads", "2", "--d-model", "16", "--steps", "2",
+                  "--batch", "4", "--log-every", "1"]):
+        monkeypatch.setattr("sys.argv", ["mqar_diagnose.py", *argv])
+        mod.main()
+        assert "test" in capsys.readouterr().out
