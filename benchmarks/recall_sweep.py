@@ -205,8 +205,13 @@ class Sweep:
         for name in p["models"]:
             for lr in lrs:
                 # the LR sweep gets a share as if it were main runs: runs_left counts everything still to do
-                row = self.run_mqar("lr", name, d, seq, n, lr, 0, runs_left=runs + main_runs)
-                runs -= 1
+                try:
+                    row = self.run_mqar("lr", name, d, seq, n, lr, 0, runs_left=runs + main_runs)
+                except Exception as err:  # e.g. an op that fails under bf16: record it, keep sweeping
+                    self.write({"stage": "lr", "model": name, "lr": lr, "error": repr(err)[:400]})
+                    continue
+                finally:
+                    runs -= 1
                 score = (row["test_accuracy"], -row["test_loss"])
                 if name not in best or score > best[name][0]:
                     best[name] = (score, lr)
