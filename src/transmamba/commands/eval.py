@@ -1,7 +1,7 @@
 """`transmamba eval`: score a saved checkpoint on recall tasks or on held-out text.
 
     transmamba eval phonebook      --checkpoint DIR [--lengths 128 256 512] [--generate]
-    transmamba eval mqar           --checkpoint DIR [--lengths ...]
+    transmamba eval mqar           --checkpoint DIR [--lengths ...] [--layout zoology [--n-pairs N]]
     transmamba eval selective-copy --checkpoint DIR [--lengths ...]
     transmamba eval perplexity     --checkpoint DIR --data PATH [--seq-len 256]
 
@@ -61,6 +61,13 @@ def register(subparsers) -> None:
                            help="also greedy-generate each number (the decode path) and report exact match")
         if task == "selective-copy":
             p.add_argument("--n-tokens", type=int_arg(1, 4096), default=8, help="data tokens to copy per row")
+        if task == "mqar":
+            p.add_argument("--layout", choices=("library", "zoology"), default="library",
+                           help="library: `transmamba.data.synthetic.mqar` rows; zoology: Zoology's MQAR "
+                                "(`transmamba.eval.mqar`: power-law query gaps, answers not in the input)")
+            p.add_argument("--n-pairs", type=int_arg(1, 4096), default=None,
+                           help="zoology layout: key-value pairs per row (default: Zoology's for the "
+                                "length, 64:4 128:8 256:16 512:64, else length/8)")
         p.set_defaults(func=_run_recall)
     p = tasks.add_parser("perplexity", help="loss and perplexity on a text corpus",
                          description="Mean next-token loss over non-overlapping windows of --data.")
@@ -126,6 +133,8 @@ def _run_recall(args) -> int:
     model = load_model(args)
     for length in args.lengths:
         _check_length(model, length, "--lengths")
+    if getattr(args, "layout", "library") == "zoology":
+        return _run_zoology_mqar(args, model)
     kw = {}
     if args.eval_task == "phonebook":
         kw = {"name_len": args.name_len, "number_len": args.number_len}
@@ -191,6 +200,26 @@ def warn_if_chance(task: str, rows: list[dict]) -> bool:
         )
         return True
     return False
+
+
+def _run_zoology_mqar(args, model) -> int:
+    from transmamba.eval.mqar import check_mqar, evaluate_lengths, zoology_pairs
+
+    for length in args.lengths:
+        try:
+            check_mqar(length, args.n_pairs or zoology_pairs(length), model.config.vocab_size)
+        except ValueError as err:
+            raise UsageError(f"--layout zoology: {err}") from None
+    rows = evaluate_lengths(model, args.lengths, n_pairs=args.n_pairs, n_rows=args.n_rows, seed=args.seed,
+                            batch_size=args.batch_size)
+    print(f"mqar (zoology layout)  checkpoint={args.checkpoint}  transpoints={_transpoints(model)}")
+    print(f"{'length':>7} {'pairs':>6} {'accuracy':>9} {'loss':>8} {'chance':>8}")
+    for r in rows:
+        print(f"{r['length']:>7} {r['n_pairs']:>6} {r['accuracy']:>9.4f} {r['loss']:>8.3f} "
+              f"{r['chance']:>8.5f}")
+    _emit(args, {"task": "mqar", "layout": "zoology", "checkpoint": str(args.checkpoint),
+                 "transpoints": _transpoints(model), "results": rows})
+    return 0
 
 
 def _transpoints(model):

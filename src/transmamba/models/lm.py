@@ -15,6 +15,10 @@ projections that write into the residual stream (mixers' `out_proj`/`o_proj`, ML
 std = init_std / sqrt(2 * n_layers), where n_layers counts mixer+MLP pairs the GPT-2 way, i.e. 2 * n_layers
 = the number of residual sub-layers = len(pattern). Mixers keep their own special inits (Mamba's A_log,
 dt_bias, D, conv1d, and Mamba-1's dt_proj) and the MoE router keeps N(0, init_std) like other linears.
+The `in_proj` of Mamba-2 / TransMamba mixers keeps torch's default Linear init (uniform, std
+1/sqrt(3 d_model)), as mamba_ssm's and HF's Mamba-2 language models do: its output feeds products
+(C·B x on the SSM path, softmax(C·B) x on the attention path), and N(0, 0.02) instead makes them
+~(0.02 √(3 d_model))² smaller at small widths (1/13 at d_model 64); see docs/reproduction.md, Diagnosis.
 
 Checkpoints: `save_pretrained(dir)` writes config.json and model.safetensors (no pickle), each through a
 temporary file and os.replace, so a crash never leaves a half-written file under the final name.
@@ -193,12 +197,20 @@ class CausalLM(nn.Module):
     # ---- construction helpers ------------------------------------------------------------------
     @torch.no_grad()
     def reset_parameters(self) -> None:
+        from transmamba import layers as L
+
         std = self.config.init_std
         out_std = std / math.sqrt(len(self.kinds))  # = std / sqrt(2 * n_layers), GPT-2's n_layers
         nn.init.normal_(self.embed.weight, mean=0.0, std=std)
+        ssm_in = {id(m.in_proj) for m in self.modules() if isinstance(m, L.Mamba2)}  # Mamba-2 and T mixers
         for name, module in self.named_modules():
             last = name.rsplit(".", 1)[-1]
             if not isinstance(module, nn.Linear) or last in KEEP_INIT_NAMES or module is self.lm_head:
+                continue
+            if id(module) in ssm_in:  # torch's default init (mamba_ssm's), bias 0
+                module.reset_parameters()
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
                 continue
             nn.init.normal_(module.weight, mean=0.0, std=out_std if last in RESIDUAL_OUT_NAMES else std)
             if module.bias is not None and not getattr(module.bias, "_no_reinit", False):
