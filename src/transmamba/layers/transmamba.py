@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from transmamba.layers.mamba2 import Mamba2
 from transmamba.layers.shared_prefix import share_prefix
 from transmamba.layers.ssm_state import TransMambaState
+from transmamba.ops.attention import last_dim_contiguous
 from transmamba.ops.checks import check_shape
 from transmamba.ops.conv import causal_conv1d_update
 from transmamba.ops.ssd import ssd, ssd_final_state, ssd_step
@@ -143,7 +144,10 @@ class TransMamba(Mamba2):
             else:
                 qpos = torch.arange(q_start, q_start + tq, device=q.device)
                 mask = torch.arange(tk, device=q.device)[None, :] <= qpos[:, None]  # (tq, tk)
-        qg, kg, vg = q.transpose(1, 2), k.transpose(1, 2).to(q.dtype), vg.to(q.dtype)
+        # (b, g, t, ·) with a unit-stride last dim: q / k / v built from the conv output of a prefill with a
+        # state come out as views of (b, conv_dim, t), last-dim stride t, which fused SDPA kernels refuse
+        qg, kg, vg = (last_dim_contiguous(a) for a in (q.transpose(1, 2), k.transpose(1, 2).to(q.dtype),
+                                                       vg.to(q.dtype)))
         width = vg.shape[-1]
         if width != n and qg.is_cuda and tq > 1:  # training / prefill (decode steps keep the padded path)
             out = _sdpa_cudnn_unpadded(qg, kg, vg, mask, causal, 1.0 / math.sqrt(n))
