@@ -10,7 +10,10 @@
    it through the model: `model.step`, or with `cuda_graph` the static step replayed from CUDA graphs
    (`inference/static_decode.py`; same logits up to rounding, sampling stays outside the graph). A row
    that emits a stop token is finished: it keeps the stop token, gets `pad_token_id` afterwards, and the
-   loop ends when every row has finished or after `max_new_tokens`.
+   loop ends when every row has finished or after `max_new_tokens`. The loop stays on the device (no host
+   sync per token): tokens and stop flags live in device buffers read back at the end, "has every row
+   finished?" is asked every STOP_CHECK_EVERY tokens (every token with a streamer), and greedy CUDA-graph
+   decoding without a streamer replays GRAPH_CHUNK steps, sampling included, per graph launch.
 
 The streamer, if given, is called after every step as `streamer(tokens, active)`: tokens (b,) long are
 this step's tokens in the caller's row order, active (b,) bool says which rows produced a real token.
@@ -29,6 +32,8 @@ from transmamba.inference.static_decode import StaticDecoder, graph_supported
 
 Streamer = Callable[[torch.Tensor, torch.Tensor], None]
 GRAPH_MIN_TOKENS = 8  # cuda_graph="auto": shorter runs do not repay a capture
+STOP_CHECK_EVERY = 16  # without a streamer: tokens between two host reads of "has every row stopped?"
+GRAPH_CHUNK = 16  # greedy CUDA-graph decoding: steps captured into one graph
 GRAPH_CHOICES = {"auto": None, "on": True, "off": False, None: None, True: True, False: False}
 
 
@@ -161,6 +166,13 @@ def generate(
 
 def _decode(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, stops, seed, streamer, pad,
             use_graph=False):
+    """The decode loop, kept on the device: tokens go into a (b, max_new_tokens) buffer, stop tokens set a
+    device flag per row, and the host reads them back once at the end. Without a streamer the loop asks
+    whether every row has finished only every STOP_CHECK_EVERY tokens (steps past that point produce
+    padding, which is dropped: the result is the same as checking every step); with one it checks every
+    step, as the streamer sees every token anyway. With CUDA graphs, greedy decoding without a streamer
+    replays GRAPH_CHUNK steps (sampling and bookkeeping included) per graph launch where the TransPoint
+    signature allows (`StaticDecoder.run_chunk`), single captured steps elsewhere."""
     b = len(prompts)
     new_tokens: list[list[int]] = [[] for _ in range(b)]
     if max_new_tokens == 0:
@@ -171,26 +183,50 @@ def _decode(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, s
     order_t = torch.tensor(order, dtype=torch.long, device=device)
     stops = stops.to(device)
     generator = make_generator(seed, device)
-    finished = torch.zeros(b, dtype=torch.bool, device=device)  # in cache row order
-    if use_graph:
-        step_fn = StaticDecoder(model, cache, cuda_graph=True).step
-    else:
-        step_fn = lambda t: model.step(t, cache)  # noqa: E731
-    for step in range(max_new_tokens):
-        nxt = sample_next(logits, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
-                          generator=generator)
+    # device-side loop state, in cache row order (persistent buffers: a captured chunk writes into them)
+    finished = torch.zeros(b, dtype=torch.bool, device=device)
+    tokens = torch.full((b, max_new_tokens), pad, dtype=torch.long, device=device)
+    col = torch.zeros(1, dtype=torch.long, device=device)  # the next column of `tokens`
+    pad_t = torch.full((b,), pad, dtype=torch.long, device=device)
+
+    def advance(step_logits: torch.Tensor) -> torch.Tensor:
+        """Sample the next token of every row from logits (b, V), record it (padding for finished rows)
+        and update the finished flags; device work only. -> the tokens to feed the model (b,)."""
+        nxt = sample_next(step_logits.float(), greedy=greedy, temperature=temperature, top_k=top_k,
+                          top_p=top_p, generator=generator)
         active = ~finished
-        nxt = torch.where(active, nxt, torch.full_like(nxt, pad))
-        for r, (tok, live) in enumerate(zip(nxt.tolist(), active.tolist())):  # one sync per step
-            if live:
-                new_tokens[order[r]].append(tok)
-        if streamer is not None:
-            tokens_caller = torch.empty_like(nxt).index_copy_(0, order_t, nxt)
-            active_caller = torch.empty_like(active).index_copy_(0, order_t, active)
-            streamer(tokens_caller, active_caller)
+        nxt = torch.where(active, nxt, pad_t)
+        tokens.index_copy_(1, col, nxt[:, None])
+        col.add_(1)
         if stops.numel():
-            finished |= active & torch.isin(nxt, stops)
-        if bool(finished.all()) or step == max_new_tokens - 1:
-            break
-        logits = step_fn(nxt).float()
+            finished.logical_or_(active & torch.isin(nxt, stops))
+        if streamer is not None:
+            streamer(torch.empty_like(nxt).index_copy_(0, order_t, nxt),
+                     torch.empty_like(active).index_copy_(0, order_t, active))
+        return nxt
+
+    dec = StaticDecoder(model, cache, cuda_graph=True) if use_graph else None
+    chunks = dec is not None and greedy and streamer is None
+    check_every = 1 if streamer is not None else STOP_CHECK_EVERY
+    nxt = advance(logits)
+    made, checked = 1, 0
+    while made < max_new_tokens:
+        if stops.numel() and made - checked >= check_every:
+            checked = made
+            if bool(finished.all()):
+                break
+        if chunks and max_new_tokens - made >= GRAPH_CHUNK and dec.chunk_room(GRAPH_CHUNK):
+            out = dec.run_chunk(nxt, GRAPH_CHUNK, advance)
+            if out is not None:
+                nxt, made = out, made + GRAPH_CHUNK
+                continue
+            chunks = False
+        step_logits = dec.step(nxt) if dec is not None else model.step(nxt, cache)
+        nxt = advance(step_logits)
+        made += 1
+    rows = tokens[:, :made].tolist()  # the one read-back of the tokens
+    stop_set = set(stops.tolist())
+    for r, row in enumerate(rows):
+        end = next((i + 1 for i, t in enumerate(row) if t in stop_set), len(row))
+        new_tokens[order[r]] = row[:end]
     return new_tokens

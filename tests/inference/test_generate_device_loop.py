@@ -1,0 +1,150 @@
+"""`generate`'s device-side decode loop (tokens in a device buffer, stop flags read back every few steps,
+chunks of CUDA-graph steps) gives exactly what the plain per-step loop gives."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from transmamba.inference.generate import generate, prefill
+from transmamba.inference.sampling import make_generator, sample_next
+from transmamba.inference.static_decode import StaticDecoder
+from transmamba.models.config import ModelConfig
+from transmamba.models.lm import CausalLM
+
+SMALL = dict(vocab_size=53, d_model=32, n_heads=4, n_kv_heads=2, d_ff=48, d_state=8, headdim=8, ngroups=2,
+             chunk_size=4, max_seq_len=128)
+
+
+def _model(seed: int = 0, device: str = "cpu") -> CausalLM:
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return CausalLM(ModelConfig(pattern="T-*-MT-", transpoints=[5, 9], **SMALL)).eval()
+
+
+def reference_loop(model, prompts, n, *, greedy, stops, seed=None, streamer=None, **kw):
+    """The executable spec: sample, record while the row is live, stop a row at a stop token (kept),
+    end when every row has stopped or after n tokens; `model.step` between tokens."""
+    cache, logits, order = prefill(model, prompts, max(map(len, prompts)) + n)
+    gen = make_generator(seed, logits.device)
+    out = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    with torch.no_grad():
+        for step in range(n):
+            nxt = sample_next(logits, greedy=greedy, generator=gen, **kw)
+            toks = nxt.tolist()
+            live = [not d for d in done]
+            nxt = torch.tensor([t if a else stops[0] if stops else 0 for t, a in zip(toks, live)])
+            if streamer is not None:
+                caller_t = [0] * len(prompts)
+                caller_a = [False] * len(prompts)
+                for r, i in enumerate(order):
+                    caller_t[i], caller_a[i] = int(nxt[r]), live[r]
+                streamer(torch.tensor(caller_t), torch.tensor(caller_a))
+            for r, (t, a) in enumerate(zip(toks, live)):
+                if a:
+                    out[order[r]].append(t)
+                    done[r] = t in stops
+            if all(done) or step == n - 1:
+                break
+            logits = model.step(nxt, cache).float()
+    return [p + o for p, o in zip(prompts, out)]
+
+
+PROMPTS = [[1, 2, 3], [4], [5, 6, 7, 8, 9, 10], [11, 12]]
+
+
+@pytest.mark.parametrize("n", [1, 7, 40])
+def test_greedy_equals_reference(n):
+    model = _model()
+    ref = reference_loop(model, PROMPTS, n, greedy=True, stops=[])
+    assert generate(model, PROMPTS, n, greedy=True) == ref
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+@pytest.mark.parametrize("pick", [2, 20, "first"])
+def test_stop_tokens_equal_reference(greedy, pick):
+    """Rows stop at different steps (stop ids taken from the free-running continuation, so they do occur);
+    the loop reads the flags only every 16 tokens, and the result is the same. "first": every row stops at
+    its first token, so the loop must end early."""
+    model = _model(1)
+    kw = {} if greedy else dict(top_k=10, top_p=0.9, temperature=0.7, seed=3)
+    seed = kw.pop("seed", None)
+    free = reference_loop(model, PROMPTS, 40, greedy=greedy, stops=[], seed=seed, **kw)
+    cont = [f[len(p):] for f, p in zip(free, PROMPTS)]
+    stops = sorted({c[0] for c in cont}) if pick == "first" else [cont[0][pick]]
+    ref = reference_loop(model, PROMPTS, 40, greedy=greedy, stops=stops, seed=seed, **kw)
+    assert any(len(r) - len(p) < 40 for r, p in zip(ref, PROMPTS))  # some row did stop early
+    got = generate(model, PROMPTS, 40, greedy=greedy, stop_tokens=stops, seed=seed, **kw)
+    assert got == ref
+
+
+def test_sampled_with_seed_and_streamer_equal_reference():
+    model = _model(2)
+    seen_ref, seen = [], []
+    ref = reference_loop(model, PROMPTS, 20, greedy=False, stops=[7], seed=11, top_p=0.8,
+                         streamer=lambda t, a: seen_ref.append((t.tolist(), a.tolist())))
+    got = generate(model, PROMPTS, 20, seed=11, top_p=0.8, stop_tokens=[7],
+                   streamer=lambda t, a: seen.append((t.tolist(), a.tolist())))
+    assert got == ref and seen == seen_ref
+
+
+def test_tensor_output_padding_unchanged():
+    model = _model(3)
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    ref = reference_loop(model, ids.tolist(), 12, greedy=True, stops=[9])
+    out = generate(model, ids, 12, greedy=True, stop_tokens=[9], pad_token_id=0)
+    width = max(len(r) for r in ref)
+    assert out.tolist() == [r + [0] * (width - len(r)) for r in ref]
+
+
+@pytest.mark.gpu
+def test_chunked_graph_generate_equals_eager_gpu():
+    """Greedy CUDA-graph generate, long enough for chunks of captured steps between the TransPoints,
+    against eager generate (fp32: identical argmax)."""
+    model = _model(4, device="cuda")
+    prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9, 10]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        graph = generate(model, prompts, 80, greedy=True, cuda_graph=True)
+    assert graph == generate(model, prompts, 80, greedy=True, cuda_graph=False)
+
+
+@pytest.mark.gpu
+def test_run_chunk_equals_single_steps_gpu():
+    model = _model(5, device="cuda")
+    prompts = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [3] * 12]  # past both TransPoints: one signature
+    k = 8
+
+    def run(chunked: bool):
+        cache, logits, _ = prefill(model, prompts, 12 + 3 * k + 4)
+        dec = StaticDecoder(model, cache, cuda_graph=True)
+        toks = []
+        nxt = logits.argmax(-1)
+        for _ in range(2):  # eager step of the signature, then its single-step capture
+            nxt = dec.step(nxt).argmax(-1)
+            toks.append(nxt)
+        if chunked:
+            buf = torch.zeros(2, 2 * k, dtype=torch.long, device="cuda")
+            col = torch.zeros(1, dtype=torch.long, device="cuda")
+
+            def body(lg):
+                t = lg.argmax(-1)
+                buf.index_copy_(1, col, t[:, None])
+                col.add_(1)
+                return t
+
+            for _ in range(2):
+                assert dec.chunk_room(k)
+                nxt = dec.run_chunk(nxt, k, body)
+            assert dec.chunk_replays == 2
+            toks += list(buf.T)
+        else:
+            for _ in range(2 * k):
+                nxt = dec.step(nxt).argmax(-1)
+                toks.append(nxt)
+        return torch.stack(toks).tolist(), dec.positions
+
+    assert run(True) == run(False)
