@@ -148,3 +148,22 @@ def test_run_chunk_equals_single_steps_gpu():
         return torch.stack(toks).tolist(), dec.positions
 
     assert run(True) == run(False)
+
+
+def test_chunk_room_boundaries():
+    """A chunk of k steps may not carry a row to its TransPoint (positions p .. p+k-1 must stay < P for a
+    row before P), nor past a KV buffer; and it needs graphs on with the signature already captured."""
+    model = _model(6)  # TransPoints 5 and 9
+    cache, _, _ = prefill(model, [[1, 2], [3, 4, 5]], 20)  # rows at positions 2 and 3
+    dec = StaticDecoder(model, cache)
+    assert not dec.chunk_room(1)  # graphs off
+    from transmamba.inference.static_step import layer_modes
+
+    dec.cuda_graph = True  # the bookkeeping alone (nothing is captured here)
+    assert not dec.chunk_room(1)  # signature not captured yet
+    dec.graph_modes = layer_modes(model, dec.positions)
+    assert dec.chunk_room(2)  # the row at 3 reaches position 4 < 5
+    assert not dec.chunk_room(3)  # ... and 5 = P with 3 steps
+    dec.positions = [10, 11]  # past both TransPoints (chunk_room converts the rows), KV buffers of 20
+    dec.graph_modes = layer_modes(model, dec.positions)
+    assert dec.chunk_room(9) and not dec.chunk_room(10)  # the attention buffer holds positions < 20

@@ -199,7 +199,7 @@ def _decode(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, s
         tokens.index_copy_(1, col, nxt[:, None])
         col.add_(1)
         if stops.numel():
-            finished.logical_or_(active & torch.isin(nxt, stops))
+            finished.logical_or_(active & (nxt[:, None] == stops).any(-1))  # (b, n_stops) compare
         if streamer is not None:
             streamer(torch.empty_like(nxt).index_copy_(0, order_t, nxt),
                      torch.empty_like(active).index_copy_(0, order_t, active))
