@@ -33,7 +33,8 @@ from transmamba.inference.static_decode import StaticDecoder, graph_supported
 Streamer = Callable[[torch.Tensor, torch.Tensor], None]
 GRAPH_MIN_TOKENS = 8  # cuda_graph="auto": shorter runs do not repay a capture
 STOP_CHECK_EVERY = 16  # without a streamer: tokens between two host reads of "has every row stopped?"
-GRAPH_CHUNK = 16  # greedy CUDA-graph decoding: steps captured into one graph
+GRAPH_CHUNK = 16  # greedy CUDA-graph decoding: steps captured into one graph (0: single captured steps)
+CHUNK_MIN_TOKENS = 64  # ... only for runs this long: capturing a chunk costs about a chunk of eager steps
 GRAPH_CHOICES = {"auto": None, "on": True, "off": False, None: None, True: True, False: False}
 
 
@@ -172,7 +173,8 @@ def _decode(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, s
     padding, which is dropped: the result is the same as checking every step); with one it checks every
     step, as the streamer sees every token anyway. With CUDA graphs, greedy decoding without a streamer
     replays GRAPH_CHUNK steps (sampling and bookkeeping included) per graph launch where the TransPoint
-    signature allows (`StaticDecoder.run_chunk`), single captured steps elsewhere."""
+    signature allows (`StaticDecoder.run_chunk`), single captured steps elsewhere, for runs of at least
+    CHUNK_MIN_TOKENS tokens (the chunk's capture is paid in every call)."""
     b = len(prompts)
     new_tokens: list[list[int]] = [[] for _ in range(b)]
     if max_new_tokens == 0:
@@ -206,7 +208,8 @@ def _decode(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, s
         return nxt
 
     dec = StaticDecoder(model, cache, cuda_graph=True) if use_graph else None
-    chunks = dec is not None and greedy and streamer is None
+    chunks = (dec is not None and greedy and streamer is None and GRAPH_CHUNK > 0
+              and max_new_tokens >= CHUNK_MIN_TOKENS)
     check_every = 1 if streamer is not None else STOP_CHECK_EVERY
     nxt = advance(logits)
     made, checked = 1, 0
