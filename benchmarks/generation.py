@@ -10,8 +10,8 @@ hybrid of the same shape with 2 attention mixers in 12) and each prompt shape co
     ttft_s              median wall time of generate(ids, max_new_tokens=1): prefill + the first token
     generate_tok_s      batch * n / (median time of generate(n + 1 new tokens) - ttft_s): decode tokens/s
                         through `model.generate` (greedy, do_sample=False, the default cuda_graph="auto")
-    generate_single_tok_s   the same with chunks of captured steps turned off (GRAPH_CHUNK = 0): single
-                        captured steps, each followed by the device-side sampling (CUDA only)
+    generate_chunked_tok_s  the same with chunks of 16 captured steps forced on (CHUNK_MIN_TOKENS = 0; by
+                        default only runs of >= 256 tokens use them): the A/B of the chunks (CUDA only)
     step_tok_s          batch * n / time of n replays of the captured static step (`StaticDecoder`,
                         CUDA graph) on a cache prefilled with the same prompts: the decode floor generate
                         can reach; generate_frac = generate_tok_s / step_tok_s
@@ -155,24 +155,24 @@ def run_case(model, ctx: int, b: int, n: int, reps: int, bw: float | None) -> di
     dec = max(full - ttft, 1e-9)
     row.update(ttft_s=ttft, generate_s=full, generate_tok_s=b * n / dec, ms_per_token=dec / n * 1e3,
                sdpa_warnings=warn)
-    if model.device.type == "cuda":  # A/B: the same calls with single captured steps instead of chunks
+    if model.device.type == "cuda":  # A/B: the same calls with chunks of captured steps forced on
         import transmamba.inference.generate as gen_mod
 
-        chunk = gen_mod.GRAPH_CHUNK
-        gen_mod.GRAPH_CHUNK = 0
+        least = gen_mod.CHUNK_MIN_TOKENS
+        gen_mod.CHUNK_MIN_TOKENS = 0
         try:
             timed_generate(model, ids, n + 1)
-            single = median([timed_generate(model, ids, n + 1)[0] for _ in range(reps)])
+            chunked = median([timed_generate(model, ids, n + 1)[0] for _ in range(reps)])
         finally:
-            gen_mod.GRAPH_CHUNK = chunk
-        row["generate_single_tok_s"] = b * n / max(single - ttft, 1e-9)
+            gen_mod.CHUNK_MIN_TOKENS = least
+        row["generate_chunked_tok_s"] = b * n / max(chunked - ttft, 1e-9)
     if model.device.type == "cuda":
         row.update(prefill_peak_GB=pre_peak, peak_GB=peak)
     step_s, nbytes = captured_step(model, ids, n)
     row.update(step_tok_s=b * n / step_s, step_ms=step_s / n * 1e3, **nbytes)
     row["generate_frac"] = row["generate_tok_s"] / row["step_tok_s"]
-    if "generate_single_tok_s" in row:
-        row["generate_single_frac"] = row["generate_single_tok_s"] / row["step_tok_s"]
+    if "generate_chunked_tok_s" in row:
+        row["generate_chunked_frac"] = row["generate_chunked_tok_s"] / row["step_tok_s"]
     if bw:
         row["bound_ms"] = nbytes["total_bytes"] / (bw * 1e9) * 1e3
         row["bound_frac"] = row["bound_ms"] / row["ms_per_token"]
@@ -181,7 +181,7 @@ def run_case(model, ctx: int, b: int, n: int, reps: int, bw: float | None) -> di
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| model | context x batch | generate tok/s | single-step generate tok/s | captured step tok/s | "
+    head = ("| model | context x batch | generate tok/s | chunked generate tok/s | captured step tok/s | "
             "generate / step | ms/token | bound ms | TTFT (s) | prefill peak GB | peak GB |")
     lines = [head, "|" + "---|" * 11]
     f = lambda r, k, fmt: format(r[k], fmt) if isinstance(r.get(k), (int, float)) else "-"  # noqa: E731
@@ -191,7 +191,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['model']} | {r['context']} x {r['batch']} | {why} |")
             continue
         lines.append(f"| {r['model']} | {r['context']} x {r['batch']} | {f(r, 'generate_tok_s', ',.0f')} | "
-                     f"{f(r, 'generate_single_tok_s', ',.0f')} | {f(r, 'step_tok_s', ',.0f')} | "
+                     f"{f(r, 'generate_chunked_tok_s', ',.0f')} | {f(r, 'step_tok_s', ',.0f')} | "
                      f"{f(r, 'generate_frac', '.2f')} | "
                      f"{f(r, 'ms_per_token', '.3f')} | {f(r, 'bound_ms', '.3f')} | {f(r, 'ttft_s', '.3f')} | "
                      f"{f(r, 'prefill_peak_GB', '.1f')} | {f(r, 'peak_GB', '.1f')} |")

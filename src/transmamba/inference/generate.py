@@ -34,7 +34,9 @@ Streamer = Callable[[torch.Tensor, torch.Tensor], None]
 GRAPH_MIN_TOKENS = 8  # cuda_graph="auto": shorter runs do not repay a capture
 STOP_CHECK_EVERY = 16  # without a streamer: tokens between two host reads of "has every row stopped?"
 GRAPH_CHUNK = 16  # greedy CUDA-graph decoding: steps captured into one graph (0: single captured steps)
-CHUNK_MIN_TOKENS = 64  # ... only for runs this long: capturing a chunk costs about a chunk of eager steps
+# ... only for runs this long: capturing a chunk costs the host time of GRAPH_CHUNK eager steps in every call
+# (the cache, so the graph's addresses, is new each call), repaid only where the host is the bottleneck
+CHUNK_MIN_TOKENS = 256
 GRAPH_CHOICES = {"auto": None, "on": True, "off": False, None: None, True: True, False: False}
 
 
