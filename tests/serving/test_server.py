@@ -29,13 +29,14 @@ NAME = "transmamba-tiny"
 EOS = 256
 
 
-@pytest.fixture(scope="module")
-def served():
+def _serve(device: str = "cpu", cuda_graph: bool = False):
+    """A server for transmamba-tiny on `device` in a thread -> (base url, engine, reference model, stop)."""
     torch.manual_seed(0)
-    model = CausalLM.from_preset(NAME, init_std=0.5).eval()
+    model = CausalLM.from_preset(NAME, init_std=0.5).to(device).eval()
     reference = copy.deepcopy(model)  # the test's own copy: the served model belongs to the batcher thread
     limits = Limits(max_tokens=48, max_prompt_tokens=64, max_body_bytes=4096)
-    engine = Engine(model, ByteTokenizer(model.config.vocab_size), name=NAME, limits=limits, max_batch=8)
+    engine = Engine(model, ByteTokenizer(model.config.vocab_size), name=NAME, limits=limits, max_batch=8,
+                    cuda_graph=cuda_graph)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -47,10 +48,20 @@ def served():
     while not server.started:
         assert time.time() < deadline, "the server did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", engine, reference
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+
+    def stop():
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+    return f"http://127.0.0.1:{port}", engine, reference, stop
+
+
+@pytest.fixture(scope="module")
+def served():
+    base, engine, reference, stop = _serve()
+    yield base, engine, reference
+    stop()
 
 
 def _expected(model, prompt: list[int], n: int, points=None, **kw) -> list[int]:
@@ -83,7 +94,21 @@ async def _stream(client, url: str, body: dict) -> tuple[list[int], str, dict]:
 
 
 def test_concurrent_streams_equal_generate(served):
-    base, engine, reference = served
+    _check_concurrent_streams(*served)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_concurrent_streams_equal_generate_gpu(cuda_graph):
+    """The same on CUDA (fp32): the batcher decodes through the static step, optionally CUDA graphs."""
+    base, engine, reference, stop = _serve("cuda", cuda_graph)
+    try:
+        _check_concurrent_streams(base, engine, reference)
+    finally:
+        stop()
+
+
+def _check_concurrent_streams(base, engine, reference):
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 256, (int(n),), generator=g).tolist() for n in (3, 7, 7, 12, 5, 20, 9, 1)]
     lengths = [24, 16, 30, 8, 24, 12, 20, 24]
