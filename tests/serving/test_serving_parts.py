@@ -85,3 +85,20 @@ def test_serve_command_parses():
     args = build_parser().parse_args(["serve", "--preset", "transmamba-tiny", "--port", "0",
                                       "--max-kv-bytes", "1000"])
     assert args.preset == "transmamba-tiny" and args.max_kv_bytes == 1000 and callable(args.func)
+
+
+def test_batcher_takes_jobs_first_come_first_served():
+    """Jobs join the running batch in arrival order up to the first job with another schedule."""
+    from transmamba.serving.batcher import Batcher
+    from transmamba.serving.protocol import GenerationRequest
+
+    model = CausalLM.from_preset("transmamba-tiny").eval()
+    batcher = Batcher(model, ByteTokenizer(512), max_batch=3)  # not started: _take is called by hand
+    req = GenerationRequest(prompt_ids=[1], max_tokens=1, greedy=True)
+    a, b = (0, 4, 8, 16), (0, 0, 0, 0)
+    jobs = [batcher.submit(req, p, lambda ev: None) for p in (a, a, b, a, a, a)]
+    jobs[1].cancel()
+    assert batcher._take(None, 0) == [jobs[0]]  # stops at the first job of schedule b
+    assert batcher._take(a, 1) == []  # the running batch (schedule a) drains before b
+    assert batcher._take(None, 0) == [jobs[2]]
+    assert batcher._take(None, 0) == jobs[3:6]  # max_batch 3

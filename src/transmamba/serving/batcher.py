@@ -20,8 +20,8 @@ So each row sees the same prefill, the same sampling calls and the same step mat
 its prompt alone; only the floating-point rounding of batched matmuls can differ.
 
 TransPoints are per layer, not per row, so rows with different schedules cannot share a cache: a job whose
-schedule differs from the running batch's waits until that batch drains (first come, first served among
-schedules). Events passed to `emit`:
+schedule differs from the running batch's waits until that batch drains, and jobs that arrive after it wait
+behind it whatever their schedule (first come, first served, so no schedule starves). Events passed to `emit`:
     ("token", token_id, text_delta)     text_delta may be "" (held back: partial UTF-8 or a possible stop)
     ("done", finish_reason, text_delta) finish_reason "stop" (EOS or a stop string) or "length"
     ("error", message, "")              the step failed; the job is over
@@ -159,7 +159,15 @@ class Batcher:
             if key is None:
                 key = self._pending[0].points
             room = self.max_batch - running
-            taken = [j for j in self._pending if j.points == key and not j.cancelled][:room]
+            # First come, first served: take jobs in arrival order up to the first one with another schedule;
+            # it waits for this batch to drain, and the jobs behind it wait for it.
+            taken = []
+            for j in self._pending:
+                if j.cancelled:
+                    continue
+                if len(taken) == room or j.points != key:
+                    break
+                taken.append(j)
             for j in taken:
                 self._pending.remove(j)
             return taken
@@ -214,7 +222,7 @@ class Batcher:
                 first = (str(err).splitlines() or [""])[0]
                 msg = f"generation failed: {type(err).__name__}: {first}"
                 traceback.print_exc()
-                for j in jobs + new:
+                for j in dict.fromkeys(jobs + new):  # (new jobs may already be in jobs)
                     if j.finish_reason is None:
                         j.emit(("error", msg, ""))
                 jobs, cache, logits, step_fn = [], None, None, None
