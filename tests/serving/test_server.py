@@ -2,8 +2,9 @@
 
 Every streamed token sequence is compared with `model.generate` on the same prompt alone (same seed for the
 sampled request). The server batches the requests together, so the only difference is the rounding of
-batched matmuls; the model is built with init_std 0.5 so its logits are sharp (top-2 gaps far above fp32
-rounding, ~1e-6 relative) and the argmax / the multinomial draw cannot flip between the two runs.
+batched matmuls; the model is built with init_std 0.5 so its logits are sharp (the smallest top-2 gap along
+these greedy continuations is 7e-4 of the largest logit, against fp32 rounding of ~1e-6 relative) and the
+argmax / the multinomial draw cannot flip between the two runs.
 """
 
 from __future__ import annotations
@@ -64,12 +65,12 @@ def served():
     stop()
 
 
-def _expected(model, prompt: list[int], n: int, points=None, **kw) -> list[int]:
+def _expected(model, prompt: list[int], n: int, points=None, graph: str = "off", **kw) -> list[int]:
     m = model
     if points is not None:
         m = copy.deepcopy(model)
         m.set_transpoints(list(points))
-    out = m.generate([prompt], n, stop_tokens=[EOS], cuda_graph="off", **kw)[0]
+    out = m.generate([prompt], n, stop_tokens=[EOS], cuda_graph=graph, **kw)[0]
     return out[len(prompt):]
 
 
@@ -103,12 +104,13 @@ def test_concurrent_streams_equal_generate_gpu(cuda_graph):
     """The same on CUDA (fp32): the batcher decodes through the static step, optionally CUDA graphs."""
     base, engine, reference, stop = _serve("cuda", cuda_graph)
     try:
-        _check_concurrent_streams(base, engine, reference)
+        # the server decodes CUDA rows through the static step: compare with generate's static-step path
+        _check_concurrent_streams(base, engine, reference, graph="on")
     finally:
         stop()
 
 
-def _check_concurrent_streams(base, engine, reference):
+def _check_concurrent_streams(base, engine, reference, graph: str = "off"):
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 256, (int(n),), generator=g).tolist() for n in (3, 7, 7, 12, 5, 20, 9, 1)]
     lengths = [24, 16, 30, 8, 24, 12, 20, 24]
@@ -126,7 +128,7 @@ def _check_concurrent_streams(base, engine, reference):
     for i, ((ids, text, last), body) in enumerate(zip(results, bodies)):
         kw = (dict(greedy=True) if body["temperature"] == 0
               else dict(temperature=0.8, top_k=40, top_p=0.95, seed=1234))
-        want = _expected(reference, body["prompt"], body["max_tokens"], **kw)
+        want = _expected(reference, body["prompt"], body["max_tokens"], graph=graph, **kw)
         assert ids == want, f"request {i}: streamed {ids}, generate gave {want}"
         assert last["choices"][0]["finish_reason"] == ("stop" if want[-1] == EOS else "length")
         assert last["usage"]["completion_tokens"] == len(want)
