@@ -10,6 +10,10 @@ hybrid of the same shape with 2 attention mixers in 12) and each prompt shape co
     ttft_s              median wall time of generate(ids, max_new_tokens=1): prefill + the first token
     generate_tok_s      batch * n / (median time of generate(n + 1 new tokens) - ttft_s): decode tokens/s
                         through `model.generate` (greedy, do_sample=False, the default cuda_graph="auto")
+                        after a warm-up call of the same shape, so the calls reuse the decode workspace
+                        (cache buffers + CUDA graphs, `inference.generate`) as repeated calls do
+    generate_cold_tok_s     one call after `release_decode_workspace`: a new cache, an eager step and a
+                        capture per TransPoint signature inside the timing (a first call at a new shape)
     generate_chunked_tok_s  the same with chunks of 16 captured steps forced on (CHUNK_MIN_TOKENS = 0; by
                         default only runs of >= 256 tokens use them): the A/B of the chunks (CUDA only)
     step_tok_s          batch * n / time of n replays of the captured static step (`StaticDecoder`,
@@ -32,6 +36,7 @@ shape (kernel compilation, graph capture, allocator growth); medians over --reps
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import platform
 import sys
@@ -138,27 +143,32 @@ def median(xs: list[float]) -> float:
 
 
 def run_case(model, ctx: int, b: int, n: int, reps: int, bw: float | None) -> dict[str, Any]:
+    gen_mod = importlib.import_module("transmamba.inference.generate")  # (the package's is the function)
     gen = torch.Generator().manual_seed(ctx + b)
     ids = torch.randint(0, model.config.vocab_size, (b, ctx), generator=gen).to(model.device)
     row: dict[str, Any] = {}
-    timed_generate(model, ids, n + 1)  # warm-up at this shape
+    gen_mod.release_decode_workspace(model)  # no cache kept from another shape in the prefill's peak
+    timed_generate(model, ids, 1)  # warm-up of the prefill at this shape
     ttfts, fulls, pre_peak, peak, warn = [], [], 0.0, 0.0, 0
     for _ in range(reps):
         sec, pk, w = timed_generate(model, ids, 1)
         ttfts.append(sec)
         pre_peak, warn = max(pre_peak, pk or 0.0), max(warn, w)
-    for _ in range(reps):
+    ttft = median(ttfts)
+    timed_generate(model, ids, n + 1)  # warm-up: kernels of the decode, and the workspace with its graphs
+    for _ in range(reps):  # calls that reuse the workspace (the same shape as the warm-up)
         sec, pk, _ = timed_generate(model, ids, n + 1)
         fulls.append(sec)
         peak = max(peak, pk or 0.0)
-    ttft, full = median(ttfts), median(fulls)
+    full = median(fulls)
     dec = max(full - ttft, 1e-9)
     row.update(ttft_s=ttft, generate_s=full, generate_tok_s=b * n / dec, ms_per_token=dec / n * 1e3,
                sdpa_warnings=warn)
-    if model.device.type == "cuda":  # A/B: the same calls with chunks of captured steps forced on
-        import transmamba.inference.generate as gen_mod
-
-        least = gen_mod.CHUNK_MIN_TOKENS
+    if model.device.type == "cuda":
+        gen_mod.release_decode_workspace(model)  # a first call at this shape: new cache, eager step, captures
+        cold = timed_generate(model, ids, n + 1)[0]
+        row["generate_cold_tok_s"] = b * n / max(cold - ttft, 1e-9)
+        least = gen_mod.CHUNK_MIN_TOKENS  # A/B: the same calls with chunks of captured steps forced on
         gen_mod.CHUNK_MIN_TOKENS = 0
         try:
             timed_generate(model, ids, n + 1)
@@ -166,13 +176,13 @@ def run_case(model, ctx: int, b: int, n: int, reps: int, bw: float | None) -> di
         finally:
             gen_mod.CHUNK_MIN_TOKENS = least
         row["generate_chunked_tok_s"] = b * n / max(chunked - ttft, 1e-9)
-    if model.device.type == "cuda":
         row.update(prefill_peak_GB=pre_peak, peak_GB=peak)
+    gen_mod.release_decode_workspace(model)
     step_s, nbytes = captured_step(model, ids, n)
     row.update(step_tok_s=b * n / step_s, step_ms=step_s / n * 1e3, **nbytes)
-    row["generate_frac"] = row["generate_tok_s"] / row["step_tok_s"]
-    if "generate_chunked_tok_s" in row:
-        row["generate_chunked_frac"] = row["generate_chunked_tok_s"] / row["step_tok_s"]
+    for name in ("generate", "generate_cold", "generate_chunked"):
+        if f"{name}_tok_s" in row:
+            row[f"{name}_frac"] = row[f"{name}_tok_s"] / row["step_tok_s"]
     if bw:
         row["bound_ms"] = nbytes["total_bytes"] / (bw * 1e9) * 1e3
         row["bound_frac"] = row["bound_ms"] / row["ms_per_token"]
@@ -181,9 +191,10 @@ def run_case(model, ctx: int, b: int, n: int, reps: int, bw: float | None) -> di
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| model | context x batch | generate tok/s | chunked generate tok/s | captured step tok/s | "
-            "generate / step | ms/token | bound ms | TTFT (s) | prefill peak GB | peak GB |")
-    lines = [head, "|" + "---|" * 11]
+    head = ("| model | context x batch | generate tok/s | first-call tok/s | chunked tok/s | "
+            "captured step tok/s | generate / step | ms/token | bound ms | TTFT (s) | prefill peak GB | "
+            "peak GB |")
+    lines = [head, "|" + "---|" * 12]
     f = lambda r, k, fmt: format(r[k], fmt) if isinstance(r.get(k), (int, float)) else "-"  # noqa: E731
     for r in rows:
         if "error" in r or "skipped" in r:
@@ -191,7 +202,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['model']} | {r['context']} x {r['batch']} | {why} |")
             continue
         lines.append(f"| {r['model']} | {r['context']} x {r['batch']} | {f(r, 'generate_tok_s', ',.0f')} | "
-                     f"{f(r, 'generate_chunked_tok_s', ',.0f')} | {f(r, 'step_tok_s', ',.0f')} | "
+                     f"{f(r, 'generate_cold_tok_s', ',.0f')} | {f(r, 'generate_chunked_tok_s', ',.0f')} | "
+                     f"{f(r, 'step_tok_s', ',.0f')} | "
                      f"{f(r, 'generate_frac', '.2f')} | "
                      f"{f(r, 'ms_per_token', '.3f')} | {f(r, 'bound_ms', '.3f')} | {f(r, 'ttft_s', '.3f')} | "
                      f"{f(r, 'prefill_peak_GB', '.1f')} | {f(r, 'peak_GB', '.1f')} |")

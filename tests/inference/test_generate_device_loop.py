@@ -3,6 +3,7 @@ chunks of CUDA-graph steps) gives exactly what the plain per-step loop gives."""
 
 from __future__ import annotations
 
+import importlib
 import warnings
 
 import pytest
@@ -104,7 +105,7 @@ def test_tensor_output_padding_unchanged():
 def test_chunked_graph_generate_equals_eager_gpu(monkeypatch):
     """Greedy CUDA-graph generate with chunks of captured steps between the TransPoints (forced on for this
     80-token run) against eager generate (fp32: identical argmax)."""
-    import transmamba.inference.generate as gen_mod
+    gen_mod = importlib.import_module("transmamba.inference.generate")  # the package re-exports generate()
 
     monkeypatch.setattr(gen_mod, "CHUNK_MIN_TOKENS", 0)
     model = _model(4, device="cuda")
@@ -170,3 +171,35 @@ def test_chunk_room_boundaries():
     dec.positions = [10, 11]  # past both TransPoints (chunk_room converts the rows), KV buffers of 20
     dec.graph_modes = layer_modes(model, dec.positions)
     assert dec.chunk_room(9) and not dec.chunk_room(10)  # the attention buffer holds positions < 20
+
+
+def test_workspace_reuse_equals_fresh_cache(monkeypatch):
+    """Calls whose prompts have one length keep the cache buffers and the decoder between calls (for CUDA
+    graphs); run on the CPU through the same code (static step, no graphs): repeated calls with new prompts
+    of the same shape, then another shape, then different TransPoints give what `model.step` decoding on a
+    fresh cache gives. init_std 0.5 makes the logits sharp (top-2 gaps far above the static step's 1e-5
+    rounding difference from `model.step`), so greedy tokens are equal."""
+    gen_mod = importlib.import_module("transmamba.inference.generate")  # the package re-exports generate()
+
+    torch.manual_seed(7)
+    model = CausalLM(ModelConfig(pattern="T-*-MT-", transpoints=[5, 9], init_std=0.5, **SMALL)).eval()
+    monkeypatch.setattr(gen_mod, "_WORKSPACE_ON_CPU", True)
+    made = []
+    real = gen_mod.StaticDecoder
+    monkeypatch.setattr(gen_mod, "StaticDecoder", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    gen = torch.Generator().manual_seed(0)
+    runs = [((3, 4), 20, None), ((3, 4), 20, None), ((3, 7), 17, None), ((3, 4), 20, None),
+            ((2, 6), 30, None), ((2, 6), 30, [3, 0])]
+    for (b, n), new, points in runs:
+        if points is not None:
+            model.set_transpoints(points)
+        ids = torch.randint(0, 53, (b, n), generator=gen)
+        monkeypatch.setattr(gen_mod, "_WORKSPACE_ON_CPU", True)
+        got = generate(model, ids, new, greedy=True, stop_tokens=[7])
+        monkeypatch.setattr(gen_mod, "_WORKSPACE_ON_CPU", False)
+        assert torch.equal(got, generate(model, ids, new, greedy=True, stop_tokens=[7]))
+    # one decoder per key (batch, prompt + new tokens, TransPoints): 3 x 24 serves the first four calls
+    # (prompts of 4 and 7 tokens), then 2 x 36, then 2 x 36 with new TransPoints
+    assert len(made) == 3
+    gen_mod.release_decode_workspace(model)
+    assert model not in gen_mod._WORKSPACES

@@ -53,7 +53,7 @@ def graph_supported(model) -> tuple[bool, str]:
 class StaticDecoder:
     """See the module docstring. `model.step`'s contract: step(ids (b,) long) -> logits (b, V)."""
 
-    def __init__(self, model, cache, *, cuda_graph: bool = False):
+    def __init__(self, model, cache, *, cuda_graph: bool = False, keep_graphs: bool = False):
         if cuda_graph:
             ok, why = graph_supported(model)
             if not ok:
@@ -61,14 +61,11 @@ class StaticDecoder:
         if len(cache) != len(model.blocks):
             raise ValueError(f"StaticDecoder: cache has {len(cache)} layers, the model {len(model.blocks)}")
         self.model, self.cache, self.cuda_graph = model, cache, bool(cuda_graph)
-        self.positions: list[int] = [int(p) for p in cache.seqlen_offset.tolist()]
-        self.converted: dict[int, list[bool]] = {}
-        for i, (kind, state) in enumerate(zip(model.kinds, cache.states)):
-            if kind == "transmamba":
-                if state.transpoint != model.mixer(i).transpoint:
-                    raise ValueError(f"StaticDecoder: layer {i}'s state was made for transpoint "
-                                     f"{state.transpoint}, the layer has {model.mixer(i).transpoint}")
-                self.converted[i] = [bool(c) for c in state.converted.tolist()]
+        # keep_graphs: graphs of earlier signatures are kept (not freed), and the fully converted layers'
+        # KV buffers too, so that a later run over the same cache buffers (`reset`) replays them
+        self.keep_graphs = bool(keep_graphs)
+        self.saved_graphs: dict[tuple, tuple] = {}  # signature -> (graph, its logits buffer)
+        self._read_rows()
         self.consts = step_constants(model)  # A = -exp(A_log), RoPE frequencies: read from the weights once
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_modes: tuple | None = None
@@ -87,6 +84,30 @@ class StaticDecoder:
     @property
     def batch_size(self) -> int:
         return len(self.positions)
+
+    def _read_rows(self) -> None:
+        """Positions and converted flags of the rows, read from the cache (one device sync)."""
+        self.positions: list[int] = [int(p) for p in self.cache.seqlen_offset.tolist()]
+        self.converted: dict[int, list[bool]] = {}
+        for i, (kind, state) in enumerate(zip(self.model.kinds, self.cache.states)):
+            if kind == "transmamba":
+                if state.transpoint != self.model.mixer(i).transpoint:
+                    raise ValueError(f"StaticDecoder: layer {i}'s state was made for transpoint "
+                                     f"{state.transpoint}, the layer has {self.model.mixer(i).transpoint}")
+                self.converted[i] = [bool(c) for c in state.converted.tolist()]
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Start a new run on the same cache buffers, refilled in place by a new prefill (rows at new
+        positions): re-read the rows, refresh the step constants in place (the weights may have been updated
+        in place) and keep the captured graphs (with keep_graphs), which read the same buffers."""
+        if self.graph is not None and self.keep_graphs:
+            self.saved_graphs[self.graph_modes] = (self.graph, self._logits)
+        self.graph = self.graph_modes = self.eager_modes = None
+        self.chunk_graph = self.chunk_key = self._chunk_out = None
+        self._read_rows()
+        for i, t in step_constants(self.model).items():
+            self.consts[i].copy_(t)
 
     # ---- host-side bookkeeping -----------------------------------------------------------------------
     def _check_room(self) -> None:
@@ -123,10 +144,15 @@ class StaticDecoder:
         self._convert_due()
         modes = layer_modes(self.model, self.positions)
         if self.graph is not None and modes != self.graph_modes:
-            self.graph = self.graph_modes = None  # never replayed again: positions only grow
+            if self.keep_graphs:  # a later run (`reset`) may see this signature again
+                self.saved_graphs[self.graph_modes] = (self.graph, self._logits)
+            self.graph = self.graph_modes = None  # never replayed again in this run: positions only grow
+        if self.graph is None and modes in self.saved_graphs:
+            self.graph, self._logits = self.saved_graphs.pop(modes)
+            self.graph_modes = modes
         if self.chunk_key is not None and modes != self.chunk_key[0]:
             self.chunk_graph = self.chunk_key = self._chunk_out = None
-        if self.graph is None:
+        if self.graph is None and not self.keep_graphs:
             self._drop_converted_caches()
         if not self.cuda_graph:
             out = static_step(self.model, ids, self.cache, modes, self.consts)
@@ -178,7 +204,8 @@ class StaticDecoder:
         key = (self.graph_modes, k)
         if self.chunk_key != key:
             self.chunk_graph = self.chunk_key = None
-            self._drop_converted_caches()
+            if not self.keep_graphs:
+                self._drop_converted_caches()
             if self._chunk_ids is None:
                 self._chunk_ids = torch.empty_like(ids)
             self._chunk_ids.copy_(ids)
@@ -193,6 +220,7 @@ class StaticDecoder:
             except RuntimeError as err:  # no chunks from now on; the caller goes on step by step
                 self.cuda_graph = False
                 self.graph = self.graph_modes = None
+                self.saved_graphs.clear()
                 self.capture_error = repr(err)
                 warnings.warn(f"StaticDecoder: capturing {k} steps failed, decoding without graphs: "
                               f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}",
@@ -243,6 +271,7 @@ class StaticDecoder:
         except RuntimeError as err:  # capture recorded nothing that ran: go on without graphs
             self.capture_error = repr(err)
             self.cuda_graph = False
+            self.saved_graphs.clear()
             if saved is not None:  # a failed capture can leave the default generator in capture mode
                 try:
                     rng.graphsafe_set_state(saved)
