@@ -228,3 +228,21 @@ def test_workspace_graph_reuse_equals_eager_gpu():
     assert torch.equal(generate(model, ids, 20, cuda_graph=True, **kw),
                        generate(model, ids, 20, cuda_graph=False, **kw))
     gen_mod.release_decode_workspace(model)
+
+
+def test_workspace_does_not_keep_its_model_alive(monkeypatch):
+    """The per-model workspace (a WeakKeyDictionary entry) goes away with its model: nothing in it holds the
+    model, so a model's cache and graphs are freed when the model is."""
+    import gc
+    import weakref
+
+    gen_mod = importlib.import_module("transmamba.inference.generate")
+    monkeypatch.setattr(gen_mod, "_WORKSPACE_ON_CPU", True)
+    model = _model(9)
+    generate(model, [[1, 2, 3], [4, 5, 6]], 6, greedy=True)
+    assert model in gen_mod._WORKSPACES
+    ref = weakref.ref(model)
+    n = len(gen_mod._WORKSPACES)
+    del model
+    gc.collect()
+    assert ref() is None and len(gen_mod._WORKSPACES) == n - 1

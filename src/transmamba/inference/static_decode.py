@@ -32,6 +32,7 @@ and graphs hold the weights' addresses).
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import torch
 
@@ -60,7 +61,10 @@ class StaticDecoder:
                 raise ValueError(f"StaticDecoder: cuda_graph=True is not possible: {why}")
         if len(cache) != len(model.blocks):
             raise ValueError(f"StaticDecoder: cache has {len(cache)} layers, the model {len(model.blocks)}")
-        self.model, self.cache, self.cuda_graph = model, cache, bool(cuda_graph)
+        # a weak reference: `generate` keeps decoders in a per-model WeakKeyDictionary, whose values must not
+        # keep their model (and so themselves) alive
+        self._model_ref = weakref.ref(model)
+        self.cache, self.cuda_graph = cache, bool(cuda_graph)
         # keep_graphs: graphs of earlier signatures are kept (not freed), and the fully converted layers'
         # KV buffers too, so that a later run over the same cache buffers (`reset`) replays them
         self.keep_graphs = bool(keep_graphs)
@@ -80,6 +84,13 @@ class StaticDecoder:
         self._chunk_ids = None
         self._chunk_out = None
         self.chunk_replays = 0
+
+    @property
+    def model(self):
+        model = self._model_ref()
+        if model is None:
+            raise ReferenceError("StaticDecoder: its model has been freed")
+        return model
 
     @property
     def batch_size(self) -> int:
