@@ -246,3 +246,21 @@ def test_workspace_does_not_keep_its_model_alive(monkeypatch):
     del model
     gc.collect()
     assert ref() is None and len(gen_mod._WORKSPACES) == n - 1
+
+
+def test_busy_workspace_falls_back_to_own_cache(monkeypatch):
+    """While one call holds the model's workspace (another thread), a second call decodes on a cache of
+    its own instead of sharing the buffers, with the same result."""
+    gen_mod = importlib.import_module("transmamba.inference.generate")
+    monkeypatch.setattr(gen_mod, "_WORKSPACE_ON_CPU", True)
+    model = _model(10)
+    prompts = [[1, 2, 3], [4, 5, 6]]
+    first = generate(model, prompts, 8, greedy=True)
+    ws = gen_mod._WORKSPACES[model]
+    assert ws.lock.acquire(blocking=False)  # as if another call were running
+    try:
+        assert generate(model, prompts, 8, greedy=True) == first
+        assert gen_mod._WORKSPACES[model] is ws
+    finally:
+        ws.lock.release()
+    assert generate(model, prompts, 8, greedy=True) == first

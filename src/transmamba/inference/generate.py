@@ -22,6 +22,7 @@ this step's tokens in the caller's row order, active (b,) bool says which rows p
 from __future__ import annotations
 
 import dataclasses
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -102,6 +103,7 @@ class _Workspace:
     cache: ModelCache
     decoder: StaticDecoder | None = None
     kv: dict[int, tuple] = dataclasses.field(default_factory=dict)  # TransMamba KV buffers, by layer
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)  # held by the call using it
 
     def refill(self) -> None:
         """Every row back to position 0 for a new prefill into the same buffers: offsets, conv and SSM
@@ -132,18 +134,25 @@ def release_decode_workspace(model) -> None:
     _WORKSPACES.pop(model, None)
 
 
-def _workspace(model, batch: int, max_len: int) -> _Workspace:
-    """The model's workspace for this key, refilled; a new one (the old one freed first) otherwise."""
+def _workspace(model, batch: int, max_len: int) -> _Workspace | None:
+    """The model's workspace for this key, refilled; a new one (the old one freed first) otherwise; None
+    while another thread's call is using the model's workspace (that call then decodes on its own cache).
+    The returned workspace is locked: release `ws.lock` when done."""
     key = _workspace_key(model, batch, max_len)
     ws = _WORKSPACES.get(model)
-    if ws is not None and ws.key == key and ws.decoder is not None and ws.decoder.capture_error is None:
-        ws.refill()
-        return ws
-    release_decode_workspace(model)
+    if ws is not None:
+        if not ws.lock.acquire(blocking=False):
+            return None
+        if ws.key == key and ws.decoder is not None and ws.decoder.capture_error is None:
+            ws.refill()
+            return ws
+        release_decode_workspace(model)
+        ws.lock.release()
     cache = model.init_cache(batch, max_len)
     kv = {i: tuple(getattr(s, n) for n in _KV_FIELDS) for i, s in enumerate(cache.states)
           if getattr(s, "kv_B", None) is not None}
     ws = _Workspace(key=key, cache=cache, kv=kv)
+    ws.lock.acquire()
     _WORKSPACES[model] = ws
     return ws
 
@@ -253,6 +262,23 @@ def _decode(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, s
     ws = None
     if (use_graph or _WORKSPACE_ON_CPU) and len({len(p) for p in prompts}) == 1:  # one prefill group
         ws = _workspace(model, b, max_len)
+    if ws is None:
+        return _decode_on(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, stops, seed,
+                          streamer, pad, use_graph, None)
+    try:
+        return _decode_on(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, stops, seed,
+                          streamer, pad, use_graph, ws)
+    finally:
+        ws.lock.release()
+
+
+def _decode_on(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, stops, seed, streamer, pad,
+               use_graph, ws):
+    """`_decode` on the workspace `ws` (its cache and decoder), or on a fresh cache when ws is None."""
+    b = len(prompts)
+    new_tokens: list[list[int]] = [[] for _ in range(b)]
+    max_len = max(len(p) for p in prompts) + max_new_tokens
+    if ws is not None:
         cache, order = ws.cache, list(range(b))
         ids = torch.tensor(prompts, dtype=torch.long, device=model.device)
         logits = model(ids, cache=cache, last_logits_only=True).logits[:, -1].float()
