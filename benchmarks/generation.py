@@ -25,7 +25,8 @@ hybrid of the same shape with 2 attention mixers in 12) and each prompt shape co
                         bandwidth; bound_frac = bound_ms / ms_per_token (batch 1 is the latency case)
     prefill_peak_GB     torch.cuda.max_memory_allocated over the ttft call (weights included)
     peak_GB             the same over the full generate call
-    sdpa_warnings       PyTorch warnings raised during the prefill (e.g. a fused attention kernel refused)
+    sdpa_warnings       PyTorch attention warnings raised during a prefill (e.g. a fused kernel refused; the
+                        most in one call, the first call of the shape included)
 
 Timing is wall clock with the device synchronised at both ends, after one untimed warm-up call of the same
 shape (kernel compilation, graph capture, allocator growth); medians over --reps calls. Cases past
@@ -148,8 +149,8 @@ def run_case(model, ctx: int, b: int, n: int, reps: int, bw: float | None) -> di
     ids = torch.randint(0, model.config.vocab_size, (b, ctx), generator=gen).to(model.device)
     row: dict[str, Any] = {}
     gen_mod.release_decode_workspace(model)  # no cache kept from another shape in the prefill's peak
-    timed_generate(model, ids, 1)  # warm-up of the prefill at this shape
-    ttfts, fulls, pre_peak, peak, warn = [], [], 0.0, 0.0, 0
+    warn = timed_generate(model, ids, 1)[2]  # warm-up of the prefill (a warning may be issued only once)
+    ttfts, fulls, pre_peak, peak = [], [], 0.0, 0.0
     for _ in range(reps):
         sec, pk, w = timed_generate(model, ids, 1)
         ttfts.append(sec)
