@@ -427,7 +427,7 @@ def scan_floor(b, l, d, n, ceil, elt=2) -> dict[str, float]:
 def _scan_op_layout(row, layout, b, d, l, n, args) -> None:
     """Time ours (and, in the (b, d, l) layout, the torch references) at one shape; fills `row`."""
     from transmamba.ops.selective_scan import selective_scan_chunked, selective_scan_ref
-    from transmamba.ops.triton.selective_scan import selective_scan_triton
+    from transmamba.ops.selective_scan.triton import selective_scan_triton
 
     u, delta, A, B, C, D, z, bias = _scan_inputs(b, d, l, n, channel_last=layout != "bdl")
     leaves = [u, delta, A, B, C, D, z, bias]
@@ -485,7 +485,7 @@ def run_scan_op(args) -> list[dict[str, Any]]:
 @case("scan-decode", "one Mamba-1 decode step (state update + output): ours vs mamba_ssm vs torch, batch 1/16/64")
 def run_scan_decode(args) -> list[dict[str, Any]]:
     from transmamba.ops.selective_scan import selective_state_update
-    from transmamba.ops.triton.selective_scan import selective_state_update_triton
+    from transmamba.ops.selective_scan.triton import selective_state_update_triton
 
     ceil = ceilings()
     peer = load_mamba_ssm()

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from scan_tune import _inputs
     from torch.profiler import ProfilerActivity, profile
 
-    from transmamba.ops.triton.selective_scan import selective_scan_triton
+    from transmamba.ops.selective_scan.triton import selective_scan_triton
 
     b, l, d, n = args.batch, args.seqlen, args.dim, args.dstate
     u, delta, A, B, C, D, z, bias = _inputs(b, d, l, n, args.channel_last)

@@ -1,4 +1,4 @@
-"""Sweep the Triton selective scan's launch settings (`ops/triton/selective_scan.py: CONFIG`) at one shape.
+"""Sweep the Triton selective scan's launch settings (`ops/selective_scan/triton.py: CONFIG`) at one shape.
 
     python experiments/scan_tune.py --batch 4 --seqlen 4096 --dim 2048 \\
         --configs '[{}, {"tile": {"TT": 64}}, {"fwd": {"BD": 4}}]'
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     sys.path.insert(0, str(ROOT / "src"))
-    from transmamba.ops.triton import selective_scan as S
+    from transmamba.ops.selective_scan import triton as S
 
     b, l, d, n = args.batch, args.seqlen, args.dim, args.dstate
     u, delta, A, B, C, D, z, bias = _inputs(b, d, l, n, args.channel_last)

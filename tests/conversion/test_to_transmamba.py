@@ -98,7 +98,7 @@ def test_non_transformer_refused():
 
 def test_hf_llama_loads_and_converts(tmp_path):
     transformers = pytest.importorskip("transformers")
-    from transmamba.conversion.hf_llama import load_hf_llama
+    from transmamba.conversion.teacher import load_teacher
 
     cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
@@ -110,7 +110,7 @@ def test_hf_llama_loads_and_converts(tmp_path):
             if "norm" in n:
                 p.uniform_(0.5, 1.5)
     hf.save_pretrained(tmp_path / "llama")
-    teacher = load_hf_llama(tmp_path / "llama")
+    teacher, _ = load_teacher(tmp_path / "llama")
     ids = torch.randint(0, 300, (2, 29))
     with torch.no_grad():
         ref = hf(ids).logits

@@ -9,7 +9,7 @@ from transmamba.ops.attention import (
     attention_reference,
     cached_attention,
     causal_attention,
-    rope_positions,
+    position_in_document,
 )
 
 
@@ -51,7 +51,7 @@ def test_rope_matches_complex_rotation_and_positions():
     rot = xc * torch.polar(torch.ones(2, 5, 1, 4), pos[:, :, None, None] * freqs)
     torch.testing.assert_close(out, torch.cat([rot.real, rot.imag], -1))
     torch.testing.assert_close(apply_rope(x, torch.arange(5)), apply_rope(x, torch.arange(5).expand(2, 5)))
-    assert rope_positions(torch.tensor([[0, 0, 1, 1, 1, 4]])).tolist() == [[0, 1, 0, 1, 2, 0]]
+    assert position_in_document(torch.tensor([[0, 0, 1, 1, 1, 4]])).tolist() == [[0, 1, 0, 1, 2, 0]]
 
 
 def test_rope_attention_matches_reference_and_is_relative():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from transmamba.ops.selective_scan import selective_scan_chunked, selective_scan_ref
-from transmamba.ops.selective_scan_chunked import auto_chunk, scan_states
+from transmamba.ops.selective_scan.chunked import auto_chunk, scan_states
 
 
 def _inputs(b, d, n, l, g, *, dtype=torch.float32, seed=0):

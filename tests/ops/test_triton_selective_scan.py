@@ -99,7 +99,7 @@ def run_case(impl, ref, t, seq_idx, softplus=True):
 def step_case(device, dtype, b, d, n, g, gen=None):
     """The Triton decode step (out of place and in place) against the torch step; returns rel errors."""
     from transmamba.ops.selective_scan import selective_state_update
-    from transmamba.ops.triton.selective_scan import selective_state_update_triton
+    from transmamba.ops.selective_scan.triton import selective_state_update_triton
 
     def r(*s):
         return torch.randn(*s, generator=gen).to(device)
@@ -138,7 +138,7 @@ GPU_CASES = [
 @pytest.mark.parametrize("case", GPU_CASES)
 def test_selective_scan_triton_gpu(case, dtype):
     from transmamba.ops.selective_scan import selective_scan_ref
-    from transmamba.ops.triton.selective_scan import selective_scan_triton
+    from transmamba.ops.selective_scan.triton import selective_scan_triton
 
     b, d, l, n, g, ndocs, wz, wd, wi, cl = case
     gen = torch.Generator().manual_seed(hash(case) % 1000)
@@ -147,30 +147,6 @@ def test_selective_scan_triton_gpu(case, dtype):
     seq = random_seq_idx(b, l, ndocs, gen).cuda() if ndocs else None
     err = run_case(selective_scan_triton, selective_scan_ref, t, seq)
     print(case, dtype, {k: f"{v:.2e}" for k, v in err.items()})
-    tol = 1e-4 if dtype == torch.float32 else 3e-2
-    bad = {k: v for k, v in err.items() if not v <= tol}
-    assert not bad, f"errors over tolerance: {bad} (all: {err})"
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("case", [GPU_CASES[1], GPU_CASES[3]])
-def test_selective_scan_triton_time_major_gpu(case, dtype, monkeypatch):
-    """The time-major kernels (CONFIG["kernels"]["nmajor"] = 0) on two of the cases above."""
-    from transmamba.ops.selective_scan import selective_scan_ref
-    from transmamba.ops.triton import selective_scan as S
-
-    monkeypatch.setitem(S.CONFIG, "kernels", dict(nmajor=0))
-    monkeypatch.setitem(S.CONFIG, "tile", dict(TT=16))
-    monkeypatch.setitem(S.CONFIG, "fwd", dict(BD=8, warps=4, stages=1))
-    monkeypatch.setitem(S.CONFIG, "bwd", dict(BD=8, warps=4, stages=1))
-    b, d, l, n, g, ndocs, wz, wd, wi, cl = case
-    gen = torch.Generator().manual_seed(7)
-    t = make_inputs(b, d, l, n, g, device="cuda", dtype=dtype, with_z=wz, with_D=wd, with_init=wi,
-                    channel_last=cl, gen=gen)
-    seq = random_seq_idx(b, l, ndocs, gen).cuda() if ndocs else None
-    err = run_case(S.selective_scan_triton, selective_scan_ref, t, seq)
-    print("time-major", case, dtype, {k: f"{v:.2e}" for k, v in err.items()})
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     bad = {k: v for k, v in err.items() if not v <= tol}
     assert not bad, f"errors over tolerance: {bad} (all: {err})"
@@ -234,8 +210,8 @@ _INTERP_SCRIPT = textwrap.dedent(
     sys.path.insert(0, os.environ["TM_TEST_DIR"])
     from test_triton_selective_scan import make_inputs, random_seq_idx, run_case, step_case
     from transmamba.ops.selective_scan import selective_scan_ref
-    from transmamba.ops.triton import selective_scan as S
-    from transmamba.ops.triton.selective_scan import selective_scan_triton
+    from transmamba.ops.selective_scan import triton as S
+    from transmamba.ops.selective_scan.triton import selective_scan_triton
     # small tiles: several tiles per row, several channel blocks, partial blocks
     S.CONFIG["tile"]["TT"] = 8
     S.CONFIG["fwd"]["BD"] = 4
@@ -256,13 +232,9 @@ _INTERP_SCRIPT = textwrap.dedent(
     S.CONFIG["fwd"]["prefetch"] = 1  # and the forward's next-tile prefetch
     t = make_inputs(2, 6, 29, 4, 0, device="cpu", dtype=torch.float32, gen=gen)
     out["segments"] = run_case(selective_scan_triton, selective_scan_ref, t, random_seq_idx(2, 29, 2, gen))
-    # the other kernel layout (time-major tiles), on similar cases (segments still on)
-    S.CONFIG["kernels"]["nmajor"] = 0
-    S.CONFIG["fwd"]["prefetch"] = 0
-    t = make_inputs(2, 6, 29, 5, 0, device="cpu", dtype=torch.float32, gen=gen)
-    out["time_major"] = run_case(selective_scan_triton, selective_scan_ref, t, random_seq_idx(2, 29, 2, gen))
+    # segments with grouped B/C and no z (prefetch off: grouped channel blocks do not prefetch)
     t = make_inputs(1, 6, 17, 4, 3, device="cpu", dtype=torch.float32, with_z=False, gen=gen)
-    out["time_major_groups"] = run_case(selective_scan_triton, selective_scan_ref, t, None, softplus=False)
+    out["segments_groups"] = run_case(selective_scan_triton, selective_scan_ref, t, None, softplus=False)
     out["step"] = step_case("cpu", torch.float32, 2, 6, 5, 2, gen=gen)
     out["step"].pop("same_tensor")
     print("RESULT" + json.dumps(out))
@@ -282,8 +254,8 @@ def interpreter_results():
     return json.loads(line[len("RESULT"):])
 
 
-INTERP_CASES = ["z_D_init", "groups_seq_idx", "groups_split_block", "segments", "time_major",
-                "time_major_groups", "step"]
+INTERP_CASES = ["z_D_init", "groups_seq_idx", "groups_split_block", "segments", "segments_groups",
+                "step"]
 
 
 @pytest.mark.parametrize("case", INTERP_CASES)

@@ -3,12 +3,12 @@
     transmamba distill --teacher runs/transformer-tiny --target V9 --max-steps 300
     transmamba distill --teacher path/to/hf-llama --seq-len 512 --target "[0, 64, 128, 256]"
 
-The teacher (a run or checkpoint folder written by `transmamba train`, or an HF Llama/Mistral directory with
-its tokenizer.json) is converted with every TransPoint at --seq-len (the student starts equal to the
-teacher); each layer's TransPoint then moves linearly to its --target over --lower-steps optimizer steps
-while the student learns KL(teacher || student) (+ optional CE and hidden-state terms). Every training flag
-of `transmamba train` applies (data, steps, lr, checkpoints, --resume, progress, plots); checkpoints are
-student checkpoints that `generate`, `eval` and `plan` read.
+The teacher (a run or checkpoint folder written by `transmamba train`, or an HF Llama/Qwen2/Mistral
+directory with its tokenizer.json) is converted with every TransPoint at --seq-len (the student starts
+equal to the teacher); each layer's TransPoint then moves linearly to its --target over --lower-steps
+optimizer steps while the student learns KL(teacher || student) (+ optional CE and hidden-state terms).
+Every training flag of `transmamba train` applies (data, steps, lr, checkpoints, --resume, progress,
+plots); checkpoints are student checkpoints that `generate`, `eval` and `plan` read.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def register(subparsers) -> None:
                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("distillation")
     g.add_argument("--teacher", required=True, metavar="DIR",
-                   help="teacher: run/checkpoint folder of a '*-' model, or an HF Llama/Mistral directory")
+                   help="teacher: run/checkpoint folder of a '*-' model, "
+                   "or an HF Llama/Qwen2/Mistral directory")
     g.add_argument("--target", default="V9", metavar="SCHEDULE",
                    help="final TransPoints: a named schedule scaled to --seq-len (V1..V9), or a JSON list "
                    "with one P per layer, e.g. '[0, 64, 128, 256]' (default: V9)")

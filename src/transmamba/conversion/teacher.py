@@ -1,12 +1,17 @@
 """Find and load a Transformer teacher: a run folder or checkpoint folder written here, or an HF
-Llama/Mistral directory. Returns the model (fp32, eval mode) and the path of its tokenizer.json."""
+Llama/Qwen2/Mistral directory (read by `transmamba.interop.hf`).
+Returns the model (fp32, eval mode) and the path of its tokenizer.json."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import torch
+
 from transmamba.conversion.to_transmamba import ConversionError
+
+TEACHER_TYPES = ("llama", "qwen2", "mistral")  # HF model types whose layers are all attention + MLP
 
 
 def checkpoint_folder(path: str | Path) -> Path:
@@ -25,15 +30,18 @@ def checkpoint_folder(path: str | Path) -> Path:
 
 
 def load_teacher(path: str | Path):
-    """(model, tokenizer_path or None) for a library or HF Llama/Mistral checkpoint."""
+    """(model, tokenizer_path or None) for a library or HF Llama/Qwen2/Mistral checkpoint."""
     from transmamba.models.lm import CausalLM
 
     folder = checkpoint_folder(path)
     cfg = json.loads((folder / "config.json").read_text())
     if "model_type" in cfg:  # an HF transformers directory
-        from transmamba.conversion.hf_llama import load_hf_llama
+        from transmamba.interop.hf import load_hf
 
-        model = load_hf_llama(folder)
+        if cfg["model_type"] not in TEACHER_TYPES:
+            raise ConversionError(f"{folder}: model_type {cfg['model_type']!r} is not a Transformer teacher; "
+                                  f"supported: {', '.join(TEACHER_TYPES)}")
+        model = load_hf(folder, dtype=torch.float32).eval()
     else:
         model = CausalLM.from_pretrained(folder).eval()
     tok = folder / "tokenizer.json"

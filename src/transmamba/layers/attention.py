@@ -29,7 +29,7 @@ from transmamba.ops.attention import (
     attention_decode,
     cached_attention,
     causal_attention,
-    rope_positions,
+    position_in_document,
 )
 from transmamba.ops.checks import check_divides, check_shape
 
@@ -105,7 +105,8 @@ class Attention(nn.Module):
             check_shape("Attention", "seq_idx", seq_idx, (b, t))
         q, k, v = self._qkv(hidden)
         if state is None and self.rope and self.rope_dim != self.head_dim:
-            pos = rope_positions(seq_idx) if seq_idx is not None else torch.arange(t, device=hidden.device)
+            pos = (position_in_document(seq_idx) if seq_idx is not None
+                   else torch.arange(t, device=hidden.device))
             q, k = self.rotate(q, pos), self.rotate(k, pos)
             out = causal_attention(q, k, v, seq_idx=seq_idx)
         elif state is None:
@@ -118,7 +119,7 @@ class Attention(nn.Module):
                 pos = offset[:, None] + torch.arange(t, device=hidden.device)  # (b, t)
                 if seq_idx is not None:  # later documents restart at 0; the first continues the cache
                     first_doc = seq_idx == seq_idx[:, :1]
-                    pos = torch.where(first_doc, pos, rope_positions(seq_idx))
+                    pos = torch.where(first_doc, pos, position_in_document(seq_idx))
                 q, k = self.rotate(q, pos), self.rotate(k, pos)
             state.write(k, v)
             if fresh:  # every row starts at 0: causal attention over the new keys, no mask, so flash runs

@@ -21,27 +21,11 @@ import math
 import torch
 from torch import nn
 
+from transmamba.layers.norm import RMSNormGated
 from transmamba.layers.ssm_state import Mamba2State
 from transmamba.ops.checks import check_shape
 from transmamba.ops.conv import causal_conv1d, causal_conv1d_split, causal_conv1d_update
-from transmamba.ops.norm import gated_rms_norm
 from transmamba.ops.ssd import ssd, ssd_step
-
-
-class GatedRMSNorm(nn.Module):
-    """RMSNorm over groups of `group_size` channels, optionally gated by silu(z) before the norm.
-
-    Holds only `weight` (d,), so its state-dict key is mamba_ssm's `norm.weight`.
-    """
-
-    def __init__(self, d: int, eps: float = 1e-5, group_size: int | None = None, device=None, dtype=None):
-        super().__init__()
-        self.eps = eps
-        self.group_size = group_size
-        self.weight = nn.Parameter(torch.ones(d, device=device, dtype=dtype))
-
-    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        return gated_rms_norm(x, z, self.weight, self.eps, self.group_size, norm_before_gate=False)
 
 
 def _positive_int(op: str, name: str, value) -> int:
@@ -134,7 +118,7 @@ class Mamba2(nn.Module):
         self.D = nn.Parameter(torch.empty(self.nheads, **fk))
         for p in (self.dt_bias, self.A_log, self.D):
             p._no_weight_decay = True
-        self.norm = GatedRMSNorm(d_inner, eps=norm_eps, group_size=d_inner // ngroups, **fk)
+        self.norm = RMSNormGated(d_inner, eps=norm_eps, group_size=d_inner // ngroups, **fk)
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias, **fk)
         self.reset_ssm_parameters()
 
@@ -308,4 +292,4 @@ class Mamba2(nn.Module):
         )
 
 
-__all__ = ["Mamba2", "GatedRMSNorm"]
+__all__ = ["Mamba2"]

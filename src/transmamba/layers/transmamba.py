@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from transmamba.layers.mamba2 import Mamba2
 from transmamba.layers.shared_prefix import share_prefix
 from transmamba.layers.ssm_state import TransMambaState
-from transmamba.ops.attention import last_dim_contiguous
+from transmamba.ops.attention import last_dim_contiguous, position_in_document
 from transmamba.ops.checks import check_shape
 from transmamba.ops.conv import causal_conv1d_update
 from transmamba.ops.ssd import ssd, ssd_final_state, ssd_step
@@ -31,16 +31,6 @@ def _check_transpoint(op: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{op}: transpoint must be a non-negative int, got {value!r}")
     return int(value)
-
-
-def position_in_document(seq_idx: torch.Tensor) -> torch.Tensor:
-    """(b, t) non-decreasing document ids -> (b, t) long: each token's position from its document's start."""
-    b, t = seq_idx.shape
-    idx = torch.arange(t, device=seq_idx.device).expand(b, t)
-    starts = torch.ones_like(seq_idx, dtype=torch.bool)
-    starts[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
-    start_pos = torch.cummax(torch.where(starts, idx, torch.zeros_like(idx)), dim=1).values
-    return idx - start_pos
 
 
 _CUDNN_UNPADDED: dict[tuple, bool] = {}  # (device, dtype, d_qk, d_v, masked) -> cuDNN took it

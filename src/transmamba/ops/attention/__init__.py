@@ -26,7 +26,7 @@ from transmamba.ops.checks import check_divides, check_shape
 __all__ = [
     "decode_attention",
     "apply_rope",
-    "rope_positions",
+    "position_in_document",
     "causal_attention",
     "cached_attention",
     "attention_decode",
@@ -42,8 +42,9 @@ _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")
 # ----------------------------------------------------------------------------------------------------------
 
 
-def rope_positions(seq_idx: torch.Tensor) -> torch.Tensor:
-    """Positions that restart at 0 at every document start: seq_idx (b, t) -> (b, t) long."""
+def position_in_document(seq_idx: torch.Tensor) -> torch.Tensor:
+    """Each token's position from its document's start (RoPE positions, TransPoint tests): seq_idx (b, t)
+    non-decreasing document ids -> (b, t) long."""
     b, t = seq_idx.shape
     idx = torch.arange(t, device=seq_idx.device).expand(b, t)
     start = torch.ones_like(seq_idx, dtype=torch.bool)
@@ -97,7 +98,7 @@ def _resolve_rope(rope, b: int, t: int, seq_idx, device) -> torch.Tensor | None:
         return None
     if rope is True:
         if seq_idx is not None:
-            return rope_positions(seq_idx)
+            return position_in_document(seq_idx)
         return torch.arange(t, device=device)
     if isinstance(rope, torch.Tensor):
         return rope

@@ -1,13 +1,41 @@
 # ruff: noqa: E501  (kernel code reads better with long index expressions on one line)
-"""Selective-scan forward and backward kernels with n-major tiles (TT, n, BD): the same algorithm, formulas and
-arguments as `selective_scan_kernels.py` (see its docstring), another register layout.
+"""Triton kernels of Mamba-1's selective scan (S6): forward, backward and the decode step. Launchers are in
+`triton.py`.
 
-With BD fastest, Triton's default layout puts BD on min(BD, 32) lanes and the rest of the warp on n, so each
-thread holds several n values of one channel: the sums over n (y, du, ddelta) run mostly inside a thread
-(BD = 8: 4 n per thread, 2 shuffle rounds instead of 4), at the price of more registers per thread. The
-entering state (forward) and the carry (backward) are folded into the first / last token of a tile, so the
-scans' running products are dead code in the full passes. Chosen with `CONFIG["kernels"]["nmajor"]` in
-`selective_scan.py`.
+Per batch row, channel d, state index n, token t (Δ_t = softplus(delta_t + bias) or delta_t + bias):
+
+    a_t = exp(Δ_t A[d, n]) · keep_t          keep_t = 0 where a new document starts (seq_idx), else 1
+    b_t = Δ_t u_t B_t[n]
+    h_t = a_t h_{t-1} + b_t                  h_{-1} = initial state (or 0)
+    y_t = Σ_n C_t[n] h_t[n] + D u_t,         out_t = y_t · silu(z_t)
+
+One program owns (batch row, BD channels, time segment) and walks time in tiles of TT tokens; the state h
+(BD, N) stays in registers. Inside a tile the recurrence is one `tl.associative_scan` over time on (TT, N, BD)
+tensors of affine maps x -> a x + b: (a1, b1) then (a2, b2) composes to (a1 a2, b1 a2 + b2). The tiles are
+n-major, BD fastest: Triton's default layout puts BD on min(BD, 32) lanes and the rest of the warp on n,
+so each thread holds several n of one channel and the sums over n (y, du, ddelta) run mostly inside a
+thread (BD = 8: 4 n per thread, 2 shuffle rounds). The entering state (forward) and the carry (backward)
+are folded into the first / last token of a tile. The state entering every tile is written out (CKPT,
+fp32, N/TT values per token and channel) so the backward can restart any tile.
+
+Few rows and long sequences leave too few programs; time is then also split into segments: a state-only
+pass gives each segment's map h -> P h + H from a zero state, a small sequential pass over the segments
+(`seg_pass_kernel`) gives the state entering each, and the full pass runs all segments in parallel from
+those. The backward does the same right to left for dL/dh (a carry-only reverse pass).
+
+Backward (dout given; g_t = dL/dh_t, G = dL/dh_final):
+
+    dy_t   = dout_t · silu(z_t),   dz_t = dout_t · y_t · silu'(z_t),   silu'(z) = σ(z) (1 + z (1 - σ(z)))
+    g_t    = C_t dy_t + a_{t+1} g_{t+1},    g_{L-1} = C_{L-1} dy_{L-1} + G   (a reverse scan per tile; the
+             carry between tiles is g at the tile's first token, multiplied by a_{t+1} loaded at t + 1)
+    r_t    = g_t (h_t - b_t) = g_t a_t h_{t-1}                   gradient w.r.t. the log decay Δ_t A
+    du_t   = Δ_t Σ_n g_t B_t + D dy_t
+    dΔ_t   = Σ_n A r_t + u_t Σ_n g_t B_t;   ddelta_t = dΔ_t · σ(delta_t + bias) with softplus (else dΔ_t)
+    dA     = Σ_{b,t} Δ_t r_t;   dD = Σ_{b,t} dy_t u_t;   dbias = Σ_{b,t} ddelta_t;   dinit = a_0 g_0
+    dB_t   = Σ_{d of the group} g_t Δ_t u_t;   dC_t = Σ_{d of the group} dy_t h_t      (atomic adds, fp32)
+
+Each backward program walks its tiles in reverse, recomputing the tile's states from the checkpoint with the
+same forward scan; dA, dD, dbias come out as per-(row, channel) partial sums, reduced in torch.
 """
 
 from __future__ import annotations
@@ -15,7 +43,81 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from transmamba.ops.triton.selective_scan_kernels import _compose, _delta
+
+@triton.jit
+def _compose(a1, b1, a2, b2):
+    """(a1, b1) then (a2, b2) for affine maps x -> a x + b (scan order: earlier first)."""
+    return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
+def _delta(raw, bias, SOFTPLUS: tl.constexpr):
+    v = raw + bias
+    if SOFTPLUS:
+        v = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))))
+    return v
+
+
+@triton.jit
+def seg_pass_kernel(
+    P, H, INIT, E, size, nseg,
+    HAS_INIT: tl.constexpr, REVERSE: tl.constexpr, BS: tl.constexpr,
+):
+    """Carry states across segments. P, H, E (b, nseg, size), INIT (b, size), all fp32; grid (b, cdiv(size, BS)).
+    Forward: E_0 = INIT (or 0), E_{s+1} = P_s E_s + H_s. REVERSE: E_{nseg-1} = INIT (or 0),
+    E_{s-1} = P_s E_s + H_s."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BS + tl.arange(0, BS)
+    mask = offs < size
+    if HAS_INIT:
+        e = tl.load(INIT + pid_b * size + offs, mask=mask, other=0.0)
+    else:
+        e = tl.zeros([BS], dtype=tl.float32)
+    for k in range(0, nseg):
+        s = nseg - 1 - k if REVERSE else k
+        o = (pid_b * nseg + s) * size + offs
+        tl.store(E + o, e, mask=mask)
+        e = tl.load(P + o, mask=mask, other=0.0) * e + tl.load(H + o, mask=mask, other=0.0)
+
+
+@triton.jit
+def scan_step_kernel(
+    STATE, X, DT, A, BM, CM, DPTR, Z, BIAS, Y, NEW,
+    dim, dstate, dpg,
+    s_s_b, s_s_d, s_s_n, s_x_b, s_dt_b, s_b_b, s_b_g, s_c_b, s_c_g, s_z_b, s_n_b, s_n_d, s_n_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BD: tl.constexpr, BN: tl.constexpr,
+):
+    """One token: h' = exp(Δ A) h + Δ x B, y = Σ_n C h' + D x, y *= silu(z). Grid (b, cdiv(dim, BD)).
+    STATE/NEW (b, dim, n) with strides (NEW may alias STATE), X/DT/Z/Y (b, dim) unit stride in dim (Y
+    contiguous), B/C (b, g, n) unit stride in n."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    mask_d = offs_d < dim
+    offs_n = tl.arange(0, BN)
+    mask_n = offs_n < dstate
+    md_n = mask_d[:, None] & mask_n[None, :]
+    dt = tl.load(DT + pid_b * s_dt_b + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(BIAS + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if SOFTPLUS:
+        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
+    x = tl.load(X + pid_b * s_x_b + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    A_blk = tl.load(A + offs_d[:, None] * dstate + offs_n[None, :], mask=md_n, other=0.0).to(tl.float32)
+    grp = offs_d // dpg
+    bv = tl.load(BM + pid_b * s_b_b + grp[:, None] * s_b_g + offs_n[None, :], mask=md_n, other=0.0).to(tl.float32)
+    cv = tl.load(CM + pid_b * s_c_b + grp[:, None] * s_c_g + offs_n[None, :], mask=md_n, other=0.0).to(tl.float32)
+    s = tl.load(STATE + pid_b * s_s_b + offs_d[:, None] * s_s_d + offs_n[None, :] * s_s_n, mask=md_n, other=0.0).to(tl.float32)
+    s = tl.exp(dt[:, None] * A_blk) * s + (dt * x)[:, None] * bv
+    tl.store(NEW + pid_b * s_n_b + offs_d[:, None] * s_n_d + offs_n[None, :] * s_n_n, s.to(NEW.dtype.element_ty), mask=md_n)
+    y = tl.sum(s * cv, axis=1)
+    if HAS_D:
+        y += x * tl.load(DPTR + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_Z:
+        zz = tl.load(Z + pid_b * s_z_b + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        y = y * zz * tl.sigmoid(zz)
+    tl.store(Y + pid_b * dim + offs_d, y.to(Y.dtype.element_ty), mask=mask_d)
+
 
 LOG2E = tl.constexpr(1.4426950408889634)
 

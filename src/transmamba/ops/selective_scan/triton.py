@@ -2,7 +2,7 @@
 `selective_state_update_triton` (one decode token, optionally in place).
 
 Same arguments and results as `transmamba.ops.selective_scan.selective_scan_ref` (the sequential torch
-recurrence is the spec); the recurrence and the backward formulas are in `selective_scan_kernels.py`.
+recurrence is the spec); the recurrence and the backward formulas are in `triton_kernels.py`.
 Forward: one launch (two more when time is split into segments); each program owns (batch row, BD
 channels, time segment), walks time in tiles of TT tokens with the state (BD, n) in registers and one
 `tl.associative_scan` per tile, and saves the state entering every tile (fp32 (b, l/TT, d, n): n/TT
@@ -21,20 +21,17 @@ from __future__ import annotations
 import torch
 import triton
 
-from transmamba.ops.triton import selective_scan_kernels as K
-from transmamba.ops.triton import selective_scan_kernels_nm as KN
+from transmamba.ops.selective_scan import triton_kernels as K
+from transmamba.ops.selective_scan.args import _check_args
+from transmamba.ops.selective_scan.chunked import selective_scan_chunked
 
 __all__ = ["selective_scan_triton", "selective_state_update_triton", "CONFIG"]
 
 # Launch settings. TT (tokens per tile) is shared by forward and backward: the forward checkpoints the
-# state at every tile start. `experiments/scan_tune.py` sweeps them.
+# state at every tile start. `experiments/scan_tune.py` sweeps them. The n-major (TT, n, BD) tiles won
+# against time-major (TT, BD, n) ones on an H100 at b=4, L=4096, d=2048, n=16, bf16: fwd 0.75 vs 1.48 ms,
+# fwd+bwd 3.4 vs 10.8 ms (docs/performance.md); the time-major kernels were removed.
 CONFIG: dict[str, dict[str, int]] = {
-    # nmajor=1: the (TT, n, BD) kernels of selective_scan_kernels_nm.py: BD on the lanes of one warp and
-    # several n per thread. nmajor=0: the (TT, BD, n) kernels of selective_scan_kernels.py: n on 16 lanes,
-    # BD = 2 x warps. Measured on an H100 at b=4, L=4096, d=2048, n=16, bf16 (docs/performance.md):
-    # n-major TT=8, BD=8, 1 warp: fwd 0.75 ms, fwd+bwd 3.4 ms; time-major TT=16, BD=8, 4 warps: 1.48 /
-    # 10.8 ms.
-    "kernels": dict(nmajor=1),
     "tile": dict(TT=8),  # TT = 16: fwd+bwd 5.2 ms (n-major); TT >= 32 spills registers
     # stages > 1: software-pipelined tile loads (tl.range); prefetch=1 (n-major, one group per channel
     # block): the next tile's loads are issued before the current tile's arithmetic (H100: fwd
@@ -48,11 +45,6 @@ CONFIG: dict[str, dict[str, int]] = {
     # fwd 0.75 -> 0.90 ms, so it is kept for fewer warps than that.
     "seg": dict(warps=1024, min_tiles=16),
 }
-
-
-def _k():
-    """The forward/backward kernel module picked by CONFIG["kernels"]."""
-    return KN if CONFIG["kernels"].get("nmajor") else K
 
 
 def _p2(v: int, lo: int = 1) -> int:
@@ -111,7 +103,6 @@ def _seg_pass(cfg, P, H, init, reverse):
 def _fwd(u, delta, A, B4, C4, D, z, bias, softplus, seq_idx, init, store_ckpt):
     c = CONFIG["fwd"]
     cfg = _Cfg(u, A, B4, seq_idx, min(c["BD"], _p2(u.shape[1])), c["warps"])
-    kern = _k()
     dev = u.device
     y = torch.empty_like(u)
     final = torch.empty(cfg.b, cfg.d, cfg.n, device=dev, dtype=torch.float32)
@@ -124,25 +115,23 @@ def _fwd(u, delta, A, B4, C4, D, z, bias, softplus, seq_idx, init, store_ckpt):
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus),
                  HAS_SEQ=cfg.has_seq, SAME_GROUP=cfg.same_group, BD=cfg.BD, BN=cfg.BN, TT=cfg.TT,
                  STAGES=c.get("stages", 1), num_warps=c["warps"])
+    pf = dict(PREFETCH=bool(c.get("prefetch", 0)) and cfg.same_group)
     h0 = init.view(cfg.b, 1, cfg.d, cfg.n) if init is not None else None
     if cfg.nseg > 1:  # state-only pass per segment, then carry across segments
         P = torch.empty(cfg.b, cfg.nseg, cfg.d, cfg.n, device=dev, dtype=torch.float32)
         H = torch.empty_like(P)
-        pf = dict(PREFETCH=bool(c.get("prefetch", 0)) and cfg.same_group) if kern is KN else {}
-        kern.scan_fwd_kernel[cfg.grid()](*args, final, y, final, final, P, H, *tail, HAS_H0=False,
-                                         STORE_CKPT=False, STATE_ONLY=True, **flags, **pf)
+        K.scan_fwd_kernel[cfg.grid()](*args, final, y, final, final, P, H, *tail, HAS_H0=False,
+                                      STORE_CKPT=False, STATE_ONLY=True, **flags, **pf)
         h0 = _seg_pass(cfg, P, H, init, reverse=False)
-    pf = dict(PREFETCH=bool(c.get("prefetch", 0)) and cfg.same_group) if kern is KN else {}
-    kern.scan_fwd_kernel[cfg.grid()](*args, h0 if h0 is not None else final, y, final, ckpt, final, final,
-                                     *tail, HAS_H0=h0 is not None, STORE_CKPT=store_ckpt, STATE_ONLY=False,
-                                     **flags, **pf)
+    K.scan_fwd_kernel[cfg.grid()](*args, h0 if h0 is not None else final, y, final, ckpt, final, final,
+                                  *tail, HAS_H0=h0 is not None, STORE_CKPT=store_ckpt, STATE_ONLY=False,
+                                  **flags, **pf)
     return y, final, (ckpt if store_ckpt else None)
 
 
 def _bwd(dout, dfinal, u, delta, A, B4, C4, D, z, bias, softplus, seq_idx, ckpt):
     c = CONFIG["bwd"]
     cfg = _Cfg(u, A, B4, seq_idx, min(c["BD"], _p2(u.shape[1])), c["warps"])
-    kern = _k()
     dev = u.device
     du = torch.empty_like(u)
     ddelta = torch.empty_like(delta)
@@ -167,11 +156,11 @@ def _bwd(dout, dfinal, u, delta, A, B4, C4, D, z, bias, softplus, seq_idx, ckpt)
     if cfg.nseg > 1:  # carry-only reverse pass per segment, then carry across segments (right to left)
         P = torch.empty(cfg.b, cfg.nseg, cfg.d, cfg.n, device=dev, dtype=torch.float32)
         Gs = torch.empty_like(P)
-        kern.scan_bwd_kernel[cfg.grid()](*args, dinit, *outs, P, Gs, *tail, HAS_G0=False, CARRY_ONLY=True,
-                                         **flags)
+        K.scan_bwd_kernel[cfg.grid()](*args, dinit, *outs, P, Gs, *tail, HAS_G0=False, CARRY_ONLY=True,
+                                      **flags)
         g0 = _seg_pass(cfg, P, Gs, dfinal, reverse=True)
-    kern.scan_bwd_kernel[cfg.grid()](*args, g0 if g0 is not None else dinit, *outs, dinit, dinit, *tail,
-                                     HAS_G0=g0 is not None, CARRY_ONLY=False, **flags)
+    K.scan_bwd_kernel[cfg.grid()](*args, g0 if g0 is not None else dinit, *outs, dinit, dinit, *tail,
+                                  HAS_G0=g0 is not None, CARRY_ONLY=False, **flags)
     return du, ddelta, dA_part.sum((0, 1)), dB, dC, dD_part.sum((0, 1)), dz, dbias_part.sum((0, 1)), dinit
 
 
@@ -226,12 +215,10 @@ def selective_scan_triton(
     """Mamba-1 selective scan on the GPU; arguments and results as `transmamba.ops.selective_scan`.
     Differentiable in u, delta, A, B, C, D, z, delta_bias and initial_state. Returns y (b, d, l) in u's dtype
     [, last_state (b, d, n) fp32]."""
-    from transmamba.ops import selective_scan as S
-
     if u.dtype == torch.float64 or u.shape[-1] == 0:  # fp64 references and empty inputs stay in torch
-        return S.selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                        return_last_state, seq_idx, initial_state=initial_state)
-    S._check_args("selective_scan_triton", u, delta, A, B, C, D, z, delta_bias, seq_idx, initial_state)
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                      return_last_state, seq_idx, initial_state=initial_state)
+    _check_args("selective_scan_triton", u, delta, A, B, C, D, z, delta_bias, seq_idx, initial_state)
     y, last = _ScanFunction.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx,
                                   bool(delta_softplus))
     return (y, last) if return_last_state else y

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ScanFunction", "scan_states", "auto_chunk"]
+from transmamba.ops.selective_scan.args import _cdt, _check_args, _effective_delta, _finish, _grouped
+
+__all__ = ["ScanFunction", "scan_states", "auto_chunk", "selective_scan_chunked"]
 
 # Elements of one (b, d, M, n) working tensor the automatic chunk length aims for (16 MiB in fp32); about
 # eight such tensors are alive at once in the backward.
@@ -195,3 +197,52 @@ class ScanFunction(torch.autograd.Function):
             _put(du, t0, t1, gB * ch.dt.reshape(m, b, g, r))
         return (du.reshape(b, d, l), ddt.reshape(b, d, l), dA.reshape(d, n), dB, dC, None,
                 g_next.reshape(b, d, n), None)
+
+
+def selective_scan_chunked(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    seq_idx: torch.Tensor | None = None,
+    *,
+    initial_state: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+):
+    """The scan chunk by chunk with a custom backward; fp32 inside (fp64 inputs stay fp64).
+
+    The recurrence runs in `ScanFunction` (above): the forward keeps one state per
+    chunk of `chunk_size` tokens, the backward recomputes each chunk's states from it. Memory is
+    O(b·d·l + b·d·n·(l / chunk + chunk)) instead of several (b, d, l, n) tensors. The bias / softplus of Δ,
+    the D skip and the gate are elementwise and stay in autograd. chunk_size None picks the largest power of
+    two in [16, 256] with b·d·n·chunk ≤ 2^22. Arguments as `selective_scan`.
+    """
+    _check_args("selective_scan_chunked", u, delta, A, B, C, D, z, delta_bias, seq_idx, initial_state)
+    b, d, l = u.shape
+    n = A.shape[1]
+    if chunk_size is None:
+        chunk_size = auto_chunk(b, d, n, l)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"selective_scan_chunked: chunk_size must be a positive int, got {chunk_size!r}")
+    ct = _cdt(u)
+    uf = u.to(ct)
+    dt = _effective_delta(delta, delta_bias, delta_softplus).to(ct)  # (b, d, l)
+    Bg, Cg = _grouped(B).to(ct), _grouped(C).to(ct)  # (b, g, n, l)
+    h0 = u.new_zeros(b, d, n, dtype=ct) if initial_state is None else initial_state.to(ct)
+    if l == 0:
+        y = uf.new_zeros(b, d, 0)
+        out = _finish(y, uf, D, z, u.dtype)
+        return (out, h0) if return_last_state else out
+    keep = None
+    if seq_idx is not None:
+        keep = torch.ones(b, l, dtype=ct, device=u.device)
+        keep[:, 1:] = (seq_idx[:, 1:] == seq_idx[:, :-1]).to(ct)  # 0 where a new document starts
+    y, last = ScanFunction.apply(uf, dt, A.to(ct), Bg, Cg, keep, h0, chunk_size)
+    out = _finish(y, uf, D, z, u.dtype)
+    return (out, last) if return_last_state else out
