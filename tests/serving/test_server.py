@@ -242,3 +242,42 @@ def test_bad_chat_and_unknown_route(served):
         assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
         r = client.get("/v1/nothing")
         assert r.status_code == 404 and "Not Found" in r.json()["error"]["message"]
+
+
+def test_disconnected_clients_free_their_rows():
+    """A client that goes away (a non-streaming request timing out, a stream closed after two events) has
+    its row dropped long before its 48 tokens: steps are slowed to 50 ms, so the whole request would take
+    2.4 s; the client leaves after 0.3 s (or two events) and the server looks every 0.5 s."""
+    base, engine, _, stop = _serve()
+    real = engine.batcher._step_fn
+
+    def slow_step_fn(cache):
+        fn = real(cache)
+
+        def step(ids):
+            time.sleep(0.05)
+            return fn(ids)
+
+        return step
+
+    engine.batcher._step_fn = slow_step_fn
+    body = {"prompt": "abc", "max_tokens": 48, "temperature": 0}
+    try:
+        for stream in (False, True):
+            start = engine.batcher.steps
+            with httpx.Client(base_url=base, timeout=httpx.Timeout(0.3)) as client:
+                if stream:
+                    with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+                        lines = r.iter_lines()
+                        next(lines), next(lines)  # then close the connection
+                else:
+                    with pytest.raises(httpx.ReadTimeout):
+                        client.post("/v1/completions", json=body)
+            deadline = time.time() + 10
+            while engine.batcher.running or engine.batcher.pending:
+                assert time.time() < deadline, "the row of a disconnected client was never dropped"
+                time.sleep(0.05)
+            ran = engine.batcher.steps - start
+            assert ran < 40, f"stream={stream}: the row ran {ran} of its 47 steps"
+    finally:
+        stop()

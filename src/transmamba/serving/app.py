@@ -35,6 +35,8 @@ from transmamba.serving.protocol import (
     parse_request,
 )
 
+DISCONNECT_POLL_S = 0.5  # non-streaming requests: how often to check whether the client is still there
+
 
 class Engine:
     """The model, its tokenizer, the request bounds and the batcher (started by the app's lifespan)."""
@@ -129,7 +131,8 @@ def create_app(engine: Engine):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": engine.name, "pending": engine.batcher.pending}
+        return {"status": "ok", "model": engine.name, "running": engine.batcher.running,
+                "pending": engine.batcher.pending}
 
     @app.get("/v1/models")
     async def models():
@@ -154,9 +157,20 @@ def create_app(engine: Engine):
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         text, finish = [], None
+        checked = loop.time()
         try:
             while True:
-                kind, value, delta = await queue.get()
+                try:
+                    kind, value, delta = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    kind = None
+                if loop.time() - checked >= DISCONNECT_POLL_S:  # still someone to answer?
+                    checked = loop.time()
+                    if await request.is_disconnected():  # no: free the row
+                        job.cancel()
+                        return _json_error(499, "the client closed the connection")
+                if kind is None:
+                    continue
                 if kind == "error":
                     return _json_error(500, str(value), kind="server_error")
                 text.append(delta)

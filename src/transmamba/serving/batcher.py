@@ -112,6 +112,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self.steps = 0  # decode steps run (for tests and load reports)
         self.max_rows_seen = 0  # the largest batch one step has decoded
+        self.running = 0  # rows in the running batch
 
     # ---- submission (any thread) -------------------------------------------------------------------
     def submit(self, req: GenerationRequest, points: tuple[int, ...], emit: Callable[[Event], None]) -> Job:
@@ -209,6 +210,7 @@ class Batcher:
                         jobs = [jobs[i] for i in keep]
                         cache = cache.select(keep) if keep else None
                         step_fn = None
+                    self.running = len(jobs)
                     if not jobs:
                         logits = None
                         continue
@@ -226,6 +228,7 @@ class Batcher:
                     if j.finish_reason is None:
                         j.emit(("error", msg, ""))
                 jobs, cache, logits, step_fn = [], None, None, None
+                self.running = 0
 
     def _step_fn(self, cache: ModelCache):
         model = self.model
