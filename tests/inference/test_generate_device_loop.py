@@ -264,3 +264,16 @@ def test_busy_workspace_falls_back_to_own_cache(monkeypatch):
     finally:
         ws.lock.release()
     assert generate(model, prompts, 8, greedy=True) == first
+
+
+def test_workspace_made_in_inference_mode_is_not_reused_outside(monkeypatch):
+    """Tensors made under torch.inference_mode() cannot be updated in place outside it, so a workspace
+    made there is not reused by a call outside (and the calls agree)."""
+    gen_mod = importlib.import_module("transmamba.inference.generate")
+    monkeypatch.setattr(gen_mod, "_WORKSPACE_ON_CPU", True)
+    model = _model(11)
+    with torch.inference_mode():
+        inside = generate(model, [[1, 2, 3]], 10, greedy=True)
+    assert generate(model, [[1, 2, 3]], 10, greedy=True) == inside
+    with torch.inference_mode():
+        assert generate(model, [[1, 2, 3]], 10, greedy=True) == inside
