@@ -59,6 +59,27 @@ class ModelCache:
     def layer_nbytes(self) -> list[int]:
         return [0 if s is None else s.nbytes() for s in self.states]
 
+    def select(self, rows: torch.Tensor | list[int]) -> ModelCache:
+        """A new cache holding only `rows` (indices into the batch, in that order); the inverse of `stack`.
+
+        Every tensor of a layer state has the batch as dim 0, so each is indexed along it; a TransMamba
+        layer whose kept rows have all converted drops its KV cache (`drop_cache_if_done`)."""
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        states: list[LayerState | None] = []
+        for s in self.states:
+            if s is None:
+                states.append(None)
+                continue
+            i = idx.to(s.seqlen_offset.device)
+            changes = {f.name: getattr(s, f.name)[i] for f in dataclasses.fields(s)
+                       if isinstance(getattr(s, f.name), torch.Tensor)}
+            new = dataclasses.replace(s, **changes)
+            drop = getattr(new, "drop_cache_if_done", None)
+            if drop is not None:
+                drop()
+            states.append(new)
+        return ModelCache(states)
+
     @classmethod
     def stack(cls, caches: list[ModelCache]) -> ModelCache:
         """Merge caches of separately prefilled prompts into one batch, layer by layer (LayerState.stack)."""

@@ -10,7 +10,10 @@
    it through the model: `model.step`, or with `cuda_graph` the static step replayed from CUDA graphs
    (`inference/static_decode.py`; same logits up to rounding, sampling stays outside the graph). A row
    that emits a stop token is finished: it keeps the stop token, gets `pad_token_id` afterwards, and the
-   loop ends when every row has finished or after `max_new_tokens`.
+   loop ends when every row has finished or after `max_new_tokens`. The loop stays on the device (no host
+   sync per token): tokens and stop flags live in device buffers read back at the end, "has every row
+   finished?" is asked every STOP_CHECK_EVERY tokens (every token with a streamer), and greedy CUDA-graph
+   decoding without a streamer replays GRAPH_CHUNK steps, sampling included, per graph launch.
 
 The streamer, if given, is called after every step as `streamer(tokens, active)`: tokens (b,) long are
 this step's tokens in the caller's row order, active (b,) bool says which rows produced a real token.
@@ -18,7 +21,10 @@ this step's tokens in the caller's row order, active (b,) bool says which rows p
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -29,6 +35,11 @@ from transmamba.inference.static_decode import StaticDecoder, graph_supported
 
 Streamer = Callable[[torch.Tensor, torch.Tensor], None]
 GRAPH_MIN_TOKENS = 8  # cuda_graph="auto": shorter runs do not repay a capture
+STOP_CHECK_EVERY = 16  # without a streamer: tokens between two host reads of "has every row stopped?"
+GRAPH_CHUNK = 16  # greedy CUDA-graph decoding: steps captured into one graph (0: single captured steps)
+# ... only for runs this long: capturing a chunk costs the host time of GRAPH_CHUNK eager steps in every call
+# (the cache, so the graph's addresses, is new each call), repaid only where the host is the bottleneck
+CHUNK_MIN_TOKENS = 256
 GRAPH_CHOICES = {"auto": None, "on": True, "off": False, None: None, True: True, False: False}
 
 
@@ -88,6 +99,82 @@ def _resolve_graph(model, cuda_graph, max_new_tokens: int) -> bool:
     if choice and not ok:
         raise ValueError(f"generate: cuda_graph=True is not possible: {why}")
     return choice
+
+
+# ---- a decode workspace kept between calls -----------------------------------------------------------------
+# CUDA graphs read fixed addresses, so a graph captured for one call's cache is useless to the next call,
+# which makes its own cache: every call paid an eager step and a capture per TransPoint signature (about two
+# eager steps of host time; transmamba-400m's eager static step takes 7.6 ms on the H200, against ~0.1 s for
+# 128 tokens at batch 16). Calls whose prompts all have one length keep one workspace per model instead —
+# the cache buffers and the decoder with its graphs, as mamba_ssm's generation keeps its graph cache on the
+# model — keyed by what the graphs bake in (batch, max_len, dtype, device, TransPoints, the weights'
+# addresses) and by whether inference mode is on. A later call with the same key prefills into the same
+# buffers and replays the same graphs. The workspace holds its cache's memory between calls (a later call
+# with another key replaces it); `release_decode_workspace(model)` frees it.
+_WORKSPACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> _Workspace
+_WORKSPACE_ON_CPU = False  # tests: the workspace path (static step, no graphs) on CPU models too
+_KV_FIELDS = ("kv_B", "kv_x", "kv_dt")
+
+
+@dataclasses.dataclass(eq=False)
+class _Workspace:
+    key: tuple
+    cache: ModelCache
+    decoder: StaticDecoder | None = None
+    kv: dict[int, tuple] = dataclasses.field(default_factory=dict)  # TransMamba KV buffers, by layer
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)  # held by the call using it
+
+    def refill(self) -> None:
+        """Every row back to position 0 for a new prefill into the same buffers: offsets, conv and SSM
+        states zeroed, TransMamba rows unconverted (P > 0) with their KV buffers back (a prefill drops them
+        when every row converts). Attention / TransMamba KV contents stay: only positions a row has
+        written are ever read."""
+        for i, s in enumerate(self.cache.states):
+            if s is None:
+                continue
+            for f in dataclasses.fields(s):
+                t = getattr(s, f.name)
+                if isinstance(t, torch.Tensor) and f.name not in ("k", "v", *_KV_FIELDS, "converted"):
+                    t.zero_()
+            if i in self.kv:
+                s.kv_B, s.kv_x, s.kv_dt = self.kv[i]
+            if hasattr(s, "converted"):
+                s.converted.fill_(s.transpoint == 0)
+
+
+def _workspace_key(model, batch: int, max_len: int) -> tuple:
+    # inference mode too: tensors made under torch.inference_mode() cannot be updated in place outside it
+    return (batch, max_len, model.dtype, str(model.device), torch.is_inference_mode_enabled(),
+            tuple(layer.transpoint for layer in model.transmamba_layers()),
+            tuple(p.data_ptr() for p in model.parameters()))
+
+
+def release_decode_workspace(model) -> None:
+    """Free the decode cache and CUDA graphs `generate` keeps for `model` between calls (if any)."""
+    _WORKSPACES.pop(model, None)
+
+
+def _workspace(model, batch: int, max_len: int) -> _Workspace | None:
+    """The model's workspace for this key, refilled; a new one (the old one freed first) otherwise; None
+    while another thread's call is using the model's workspace (that call then decodes on its own cache).
+    The returned workspace is locked: release `ws.lock` when done."""
+    key = _workspace_key(model, batch, max_len)
+    ws = _WORKSPACES.get(model)
+    if ws is not None:
+        if not ws.lock.acquire(blocking=False):
+            return None
+        if ws.key == key and ws.decoder is not None and ws.decoder.capture_error is None:
+            ws.refill()
+            return ws
+        release_decode_workspace(model)
+        ws.lock.release()
+    cache = model.init_cache(batch, max_len)
+    kv = {i: tuple(getattr(s, n) for n in _KV_FIELDS) for i, s in enumerate(cache.states)
+          if getattr(s, "kv_B", None) is not None}
+    ws = _Workspace(key=key, cache=cache, kv=kv)
+    ws.lock.acquire()
+    _WORKSPACES[model] = ws
+    return ws
 
 
 @torch.no_grad()
@@ -180,36 +267,100 @@ def generate(
 
 def _decode(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, stops, seed, streamer, pad,
             use_graph=False):
+    """The decode loop, kept on the device: tokens go into a (b, max_new_tokens) buffer, stop tokens set a
+    device flag per row, and the host reads them back once at the end. Without a streamer the loop asks
+    whether every row has finished only every STOP_CHECK_EVERY tokens (steps past that point produce
+    padding, which is dropped: the result is the same as checking every step); with one it checks every
+    step, as the streamer sees every token anyway. With CUDA graphs, greedy decoding without a streamer
+    replays GRAPH_CHUNK steps (sampling and bookkeeping included) per graph launch where the TransPoint
+    signature allows (`StaticDecoder.run_chunk`), single captured steps elsewhere, for runs of at least
+    CHUNK_MIN_TOKENS tokens (the chunk's capture is paid in every call)."""
     b = len(prompts)
     new_tokens: list[list[int]] = [[] for _ in range(b)]
     if max_new_tokens == 0:
         return new_tokens
     max_len = max(len(p) for p in prompts) + max_new_tokens
-    cache, logits, order = prefill(model, prompts, max_len)
+    ws = None
+    if (use_graph or _WORKSPACE_ON_CPU) and len({len(p) for p in prompts}) == 1:  # one prefill group
+        ws = _workspace(model, b, max_len)
+    if ws is None:
+        return _decode_on(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, stops, seed,
+                          streamer, pad, use_graph, None)
+    try:
+        return _decode_on(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, stops, seed,
+                          streamer, pad, use_graph, ws)
+    finally:
+        ws.lock.release()
+
+
+def _decode_on(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, stops, seed, streamer, pad,
+               use_graph, ws):
+    """`_decode` on the workspace `ws` (its cache and decoder), or on a fresh cache when ws is None."""
+    b = len(prompts)
+    new_tokens: list[list[int]] = [[] for _ in range(b)]
+    max_len = max(len(p) for p in prompts) + max_new_tokens
+    if ws is not None:
+        cache, order = ws.cache, list(range(b))
+        ids = torch.tensor(prompts, dtype=torch.long, device=model.device)
+        logits = model(ids, cache=cache, last_logits_only=True).logits[:, -1].float()
+    else:
+        cache, logits, order = prefill(model, prompts, max_len)
     device = logits.device
     order_t = torch.tensor(order, dtype=torch.long, device=device)
     stops = stops.to(device)
     generator = make_generator(seed, device)
-    finished = torch.zeros(b, dtype=torch.bool, device=device)  # in cache row order
-    if use_graph:
-        step_fn = StaticDecoder(model, cache, cuda_graph=True).step
-    else:
-        step_fn = lambda t: model.step(t, cache)  # noqa: E731
-    for step in range(max_new_tokens):
-        nxt = sample_next(logits, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
-                          generator=generator)
+    # device-side loop state, in cache row order (persistent buffers: a captured chunk writes into them)
+    finished = torch.zeros(b, dtype=torch.bool, device=device)
+    tokens = torch.full((b, max_new_tokens), pad, dtype=torch.long, device=device)
+    col = torch.zeros(1, dtype=torch.long, device=device)  # the next column of `tokens`
+    pad_t = torch.full((b,), pad, dtype=torch.long, device=device)
+
+    def advance(step_logits: torch.Tensor) -> torch.Tensor:
+        """Sample the next token of every row from logits (b, V), record it (padding for finished rows)
+        and update the finished flags; device work only. -> the tokens to feed the model (b,)."""
+        nxt = sample_next(step_logits.float(), greedy=greedy, temperature=temperature, top_k=top_k,
+                          top_p=top_p, generator=generator)
         active = ~finished
-        nxt = torch.where(active, nxt, torch.full_like(nxt, pad))
-        for r, (tok, live) in enumerate(zip(nxt.tolist(), active.tolist())):  # one sync per step
-            if live:
-                new_tokens[order[r]].append(tok)
-        if streamer is not None:
-            tokens_caller = torch.empty_like(nxt).index_copy_(0, order_t, nxt)
-            active_caller = torch.empty_like(active).index_copy_(0, order_t, active)
-            streamer(tokens_caller, active_caller)
+        nxt = torch.where(active, nxt, pad_t)
+        tokens.index_copy_(1, col, nxt[:, None])
+        col.add_(1)
         if stops.numel():
-            finished |= active & torch.isin(nxt, stops)
-        if bool(finished.all()) or step == max_new_tokens - 1:
-            break
-        logits = step_fn(nxt).float()
+            finished.logical_or_(active & (nxt[:, None] == stops).any(-1))  # (b, n_stops) compare
+        if streamer is not None:
+            streamer(torch.empty_like(nxt).index_copy_(0, order_t, nxt),
+                     torch.empty_like(active).index_copy_(0, order_t, active))
+        return nxt
+
+    if ws is not None:
+        if ws.decoder is None:
+            ws.decoder = StaticDecoder(model, cache, cuda_graph=use_graph, keep_graphs=True)
+        else:
+            ws.decoder.reset()
+        dec = ws.decoder
+    else:
+        dec = StaticDecoder(model, cache, cuda_graph=True) if use_graph else None
+    chunks = (dec is not None and greedy and streamer is None and GRAPH_CHUNK > 0
+              and max_new_tokens >= CHUNK_MIN_TOKENS)
+    check_every = 1 if streamer is not None else STOP_CHECK_EVERY
+    nxt = advance(logits)
+    made, checked = 1, 0
+    while made < max_new_tokens:
+        if stops.numel() and made - checked >= check_every:
+            checked = made
+            if bool(finished.all()):
+                break
+        if chunks and max_new_tokens - made >= GRAPH_CHUNK and dec.chunk_room(GRAPH_CHUNK):
+            out = dec.run_chunk(nxt, GRAPH_CHUNK, advance)
+            if out is not None:
+                nxt, made = out, made + GRAPH_CHUNK
+                continue
+            chunks = False
+        step_logits = dec.step(nxt) if dec is not None else model.step(nxt, cache)
+        nxt = advance(step_logits)
+        made += 1
+    rows = tokens[:, :made].tolist()  # the one read-back of the tokens
+    stop_set = set(stops.tolist())
+    for r, row in enumerate(rows):
+        end = next((i + 1 for i, t in enumerate(row) if t in stop_set), len(row))
+        new_tokens[order[r]] = row[:end]
     return new_tokens

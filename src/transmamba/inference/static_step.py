@@ -105,6 +105,7 @@ def _ssd_step_into(state: torch.Tensor, x, dt, A, B, C, D, dt_bias, dt_softplus:
 def _fused_ok(layer, state) -> bool:
     """Whether `ops/ssm_decode/triton.py` can run this Mamba-2 / TransMamba layer's SSM step."""
     return (_triton_inplace(state.ssm_state) and layer.D.dim() == 1 and layer.d_conv >= 2
+            and layer.conv_activation == "silu"  # the fused kernel applies SiLU after the conv
             and layer.norm.group_size == layer.d_inner // layer.ngroups
             and getattr(layer, "dt_limit", None) is None and layer.conv1d.bias is not None)
 
@@ -162,7 +163,7 @@ def mamba2_step(layer, hidden: torch.Tensor, state, A: torch.Tensor | None = Non
         return skinny_linear(y, layer.out_proj, reduce=_reduce(layer.out_proj))
     z, xbc, dt = layer.split_proj(zxbcdt)
     xbc, conv_new = causal_conv1d_update(xbc, state.conv_state, layer.conv_weight(), layer.conv1d.bias,
-                                         activation="silu")
+                                         activation=layer.conv_activation)
     state.conv_state.copy_(conv_new)
     x, B, C = layer.split_xbc(xbc)
     dt, dt_bias, dt_softplus = layer.dt_args(dt)  # dt_limit, when the layer has one, applied here
@@ -177,7 +178,10 @@ def transmamba_step(tm, hidden: torch.Tensor, state, mode: str,
     """TransMamba layer, one token per row, in `mode` ("attn" | "ssm" | "mixed"): hidden (b, D) -> (b, D).
 
     attn:  K = B, V = x, dt of this token stored at slot seqlen_offset[row]; y = softmax(C·K/√N) V (+ D x),
-           ungated RMSNorm.   ssm: S' = exp(dt A) S + dt x Bᵀ, y = S' C + D x, gated RMSNorm.
+           ungated RMSNorm. The layer's options apply as in `TransMamba.step`: attn_rope rotates C at the
+           row's position and every cached B at its slot's, attn_d_skip / attn_norm drop the D skip / the
+           norm, conv_activation None skips the SiLU after the conv.
+    ssm:   S' = exp(dt A) S + dt x Bᵀ, y = S' C + D x, gated RMSNorm.
     mixed: both for every row; a row at or past P keeps the SSM result and the new SSM state (its KV write
     goes to the last slot, which it never reads again), a row before P the attention result.
     """
@@ -190,7 +194,7 @@ def transmamba_step(tm, hidden: torch.Tensor, state, mode: str,
         return skinny_linear(y, tm.out_proj, reduce=_reduce(tm.out_proj))
     z, xbc, dt = tm.split_proj(zxbcdt)
     xbc, conv_new = causal_conv1d_update(xbc, state.conv_state, tm.conv_weight(), tm.conv1d.bias,
-                                         activation="silu")
+                                         activation=tm.conv_activation)
     state.conv_state.copy_(conv_new)
     x, B, C = tm.split_xbc(xbc)  # (b, h, p), (b, g, n), (b, g, n)
     pos = state.seqlen_offset
@@ -207,7 +211,15 @@ def transmamba_step(tm, hidden: torch.Tensor, state, mode: str,
         state.kv_dt[rows, slot] = dt.to(state.kv_dt.dtype)
         g, h, p = tm.ngroups, tm.nheads, tm.headdim
         values = state.kv_x.reshape(b, cap, g, (h // g) * p)  # a group's heads as one value of width r·p
-        att = decode_attention(C.to(state.kv_B.dtype), state.kv_B, values, (pos + 1).clamp(max=cap),
+        q, keys = C.to(state.kv_B.dtype), state.kv_B
+        if tm.attn_rope:  # as TransMamba.step: the cache keeps B unrotated (the converter needs it), so every
+            # key is rotated at its slot's position each step and the query at the row's position
+            from transmamba.ops.attention import apply_rope
+
+            idx = torch.arange(tm.d_state // 2, device=hidden.device, dtype=torch.float32)
+            q = _rope(q, pos, tm.rope_base ** (-idx * 2.0 / tm.d_state))
+            keys = apply_rope(keys, torch.arange(cap, device=hidden.device), tm.rope_base).to(keys.dtype)
+        att = decode_attention(q, keys, values, (pos + 1).clamp(max=cap),
                                scale=1.0 / math.sqrt(tm.d_state))  # (b, g, r·p)
         y_att = tm._attention_out(att.reshape(b, h, p).to(x.dtype), x)
     if mode != "attn":

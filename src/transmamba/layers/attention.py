@@ -114,6 +114,7 @@ class Attention(nn.Module):
         else:
             self._check_state(state, b)
             offset = state.seqlen_offset
+            fresh = seq_idx is None and t > 1 and not bool(offset.any())  # (the write below syncs anyway)
             if self.rope:
                 pos = offset[:, None] + torch.arange(t, device=hidden.device)  # (b, t)
                 if seq_idx is not None:  # later documents restart at 0; the first continues the cache
@@ -121,8 +122,11 @@ class Attention(nn.Module):
                     pos = torch.where(first_doc, pos, position_in_document(seq_idx))
                 q, k = self.rotate(q, pos), self.rotate(k, pos)
             state.write(k, v)
-            end = int((offset + t).max())
-            out = cached_attention(q, state.k[:, :end], state.v[:, :end], offset, seq_idx=seq_idx)
+            if fresh:  # every row starts at 0: causal attention over the new keys, no mask, so flash runs
+                out = causal_attention(q, k, v)
+            else:
+                end = int((offset + t).max())
+                out = cached_attention(q, state.k[:, :end], state.v[:, :end], offset, seq_idx=seq_idx)
             state.seqlen_offset += t
         return self.o_proj(out.reshape(b, t, self.n_heads * self.head_dim))
 

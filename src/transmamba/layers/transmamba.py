@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from transmamba.layers.mamba2 import Mamba2
 from transmamba.layers.shared_prefix import share_prefix
 from transmamba.layers.ssm_state import TransMambaState
-from transmamba.ops.attention import position_in_document
+from transmamba.ops.attention import last_dim_contiguous, position_in_document
 from transmamba.ops.checks import check_shape
 from transmamba.ops.conv import causal_conv1d_update
 from transmamba.ops.ssd import ssd, ssd_final_state, ssd_step
@@ -134,7 +134,10 @@ class TransMamba(Mamba2):
             else:
                 qpos = torch.arange(q_start, q_start + tq, device=q.device)
                 mask = torch.arange(tk, device=q.device)[None, :] <= qpos[:, None]  # (tq, tk)
-        qg, kg, vg = q.transpose(1, 2), k.transpose(1, 2).to(q.dtype), vg.to(q.dtype)
+        # (b, g, t, ·) with a unit-stride last dim: q / k / v built from the conv output of a prefill with a
+        # state come out as views of (b, conv_dim, t), last-dim stride t, which fused SDPA kernels refuse
+        qg, kg, vg = (last_dim_contiguous(a) for a in (q.transpose(1, 2), k.transpose(1, 2).to(q.dtype),
+                                                       vg.to(q.dtype)))
         width = vg.shape[-1]
         if width != n and qg.is_cuda and tq > 1:  # training / prefill (decode steps keep the padded path)
             out = _sdpa_cudnn_unpadded(qg, kg, vg, mask, causal, 1.0 / math.sqrt(n))
@@ -294,39 +297,47 @@ class TransMamba(Mamba2):
         self._check_tm_state(state, b)
         z, x, B, C, dt, conv_final = self.project_and_conv(hidden, None, state.conv_state)
         state.conv_state.copy_(conv_final)
-        y = hidden.new_empty(b, t, self.d_inner)
         offsets = state.seqlen_offset
-        for o in torch.unique(offsets).tolist():  # rows at the same position are processed together
-            rows = (offsets == o).nonzero().squeeze(1)
-            y[rows] = self._prefill_rows(state, rows, int(o), z[rows], x[rows], B[rows], C[rows], dt[rows])
+        starts = torch.unique(offsets).tolist()
+        if len(starts) == 1:  # all rows at one position (a fresh cache): no row-gathered copies of z, x, B, C
+            y = self._prefill_rows(state, None, int(starts[0]), z, x, B, C, dt)
+        else:
+            y = hidden.new_empty(b, t, self.d_inner)
+            for o in starts:  # rows at the same position are processed together
+                rows = (offsets == o).nonzero().squeeze(1)
+                y[rows] = self._prefill_rows(state, rows, int(o), z[rows], x[rows], B[rows], C[rows],
+                                             dt[rows])
         state.seqlen_offset += t
         state.drop_cache_if_done()
         return self.out_proj(y)
 
     def _prefill_rows(self, state, rows, o, z, x, B, C, dt) -> torch.Tensor:
-        """Rows `rows`, all at position o, consume t tokens: [o, P) by attention, [max(o, P), o+t) by SSD."""
+        """Rows `rows` (long indices, or None for every row: views instead of gathered copies), all at
+        position o, consume t tokens: [o, P) by attention, [max(o, P), o+t) by SSD."""
         P, t = state.transpoint, x.shape[1]
         n_att = max(0, min(P - o, t))
+        idx = slice(None) if rows is None else rows
         parts = []
         if n_att > 0:
             end = o + n_att
             state.ensure_capacity(end)
-            state.kv_B[rows, o:end] = B[:, :n_att].to(state.kv_B.dtype)
-            state.kv_x[rows, o:end] = x[:, :n_att].to(state.kv_x.dtype)
-            state.kv_dt[rows, o:end] = dt[:, :n_att].to(state.kv_dt.dtype)
+            state.kv_B[idx, o:end] = B[:, :n_att].to(state.kv_B.dtype)
+            state.kv_x[idx, o:end] = x[:, :n_att].to(state.kv_x.dtype)
+            state.kv_dt[idx, o:end] = dt[:, :n_att].to(state.kv_dt.dtype)
             q = self._rotate(C[:, :n_att], torch.arange(o, end, device=C.device))
-            k = self._rotate(state.kv_B[rows, :end], torch.arange(end, device=C.device))
-            att = self._attend(q, k, state.kv_x[rows, :end], q_start=o)
+            k = self._rotate(state.kv_B[idx, :end], torch.arange(end, device=C.device))
+            att = self._attend(q, k, state.kv_x[idx, :end], q_start=o)
             parts.append(self._attention_out(att, x[:, :n_att]))
         if n_att < t:
-            todo = rows[~state.converted[rows]]
+            all_rows = torch.arange(state.batch_size, device=x.device) if rows is None else rows
+            todo = all_rows[~state.converted[idx]]
             if todo.numel():
                 self._convert_rows(state, todo)
             y, final = self._ssd(x[:, n_att:], dt[:, n_att:], B[:, n_att:], C[:, n_att:],
-                                 initial_state=state.ssm_state[rows], return_final_state=True)
-            state.ssm_state[rows] = final.to(state.ssm_state.dtype)
+                                 initial_state=state.ssm_state[idx], return_final_state=True)
+            state.ssm_state[idx] = final.to(state.ssm_state.dtype)
             parts.append(self._ssm_out(y, z[:, n_att:]))
-        return torch.cat(parts, dim=1)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def step(self, hidden: torch.Tensor, state: TransMambaState) -> torch.Tensor:
         """One token per row: hidden (b, D) -> (b, D). Rows before P decode with attention against their KV

@@ -31,6 +31,7 @@ __all__ = [
     "cached_attention",
     "attention_decode",
     "attention_reference",
+    "last_dim_contiguous",
 ]
 
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
@@ -123,10 +124,17 @@ def _check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_le
     return b, t, hq, dh
 
 
+def last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """t itself when its last dimension has stride 1, else a contiguous copy. SDPA's fused kernels (flash,
+    memory-efficient, cuDNN) refuse any other q / k / v and PyTorch falls back to the math kernel, which
+    materialises the (t x s) score matrix; the other dimensions may have any strides."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
 def _sdpa(q, k, v, mask, is_causal, scale):
     """q (b, t, hq, dh), k/v (b, s, hkv, dh) -> (b, t, hq, dh) through SDPA."""
     hq, hkv = q.shape[2], k.shape[2]
-    qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (b, h, t, dh)
+    qh, kh, vh = (last_dim_contiguous(x.transpose(1, 2)) for x in (q, k, v))  # (b, h, t, dh)
     kwargs = {}
     if hq != hkv:
         if _SDPA_HAS_GQA:
