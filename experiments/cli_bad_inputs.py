@@ -1,6 +1,6 @@
 """Feed every `transmamba` command the mistakes a new user makes; print a before/after markdown table.
 
-    python experiments/cli_bad_inputs.py --before /work/main/src --after src [--jobs 2] [--out table.md]
+    python experiments/cli_bad_inputs.py --before OLD/src --after src [--jobs 2] [--out table.md]
 
 Each case runs `python -m transmamba ...` in a fresh process with PYTHONPATH set to one source tree, in a
 scratch folder, and records the exit code and the last line on stderr. A case is classified:

@@ -11,7 +11,7 @@ on stderr and an exit code:
     1   the run could not finish (`errors.RunError`: non-finite loss, disk full, interrupted and saved)
     2   a usage error (`errors.UsageError` and its subclasses, argparse errors, a missing or unreadable
         file, a device that is not there)
-    70  an internal error (a bug): one line, the traceback with TRANSMAMBA_DEBUG=1
+    70  an internal error (a bug): one line, the traceback with `python -X dev -m transmamba ...`
     130 interrupted (Ctrl-C) outside training
 
 Warnings print as one `warning: ...` line each.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import importlib
-import os
 import sys
 import warnings
 
@@ -99,7 +98,7 @@ def report(err: BaseException, prog: str = "transmamba") -> int:
     else:
         code = EXIT_INTERNAL
         msg = (f"internal error: {type(err).__name__}: {err} (a bug: please report it with the command; "
-               "TRANSMAMBA_DEBUG=1 shows the traceback)")
+               "python -X dev -m transmamba ... shows the traceback)")
     print(f"{prog}: error: {_unprefixed(one_line(msg), prog)}", file=sys.stderr)
     return code
 
@@ -114,7 +113,7 @@ def _unprefixed(msg: str, prog: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = bool(os.environ.get("TRANSMAMBA_DEBUG"))
+    debug = bool(sys.flags.dev_mode)
     with warnings.catch_warnings():
         if not debug:
             warnings.showwarning = _show_warning
