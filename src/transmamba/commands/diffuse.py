@@ -24,6 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+from transmamba.commands._args import float_arg, int_arg
+
+_COUNT = int_arg(1, 1 << 30)  # sizes, steps, counts: a whole number >= 1
+_NONNEG = int_arg(0, 1 << 30)  # seeds, warm-up lengths, "0 = off" intervals
+
 DESCRIPTION = __doc__
 
 # Settings that differ between the CPU recipe and the paper's (--paper); None flags take these.
@@ -64,7 +69,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, *, train: bool) -> None:
         "--cfg-scale",
         "--cfg_scale",
         dest="cfg_scale",
-        type=float,
+        type=float_arg(0),
         default=None,
         help="classifier-free guidance scale s in u + s(c - u) (1: no guidance)"
         + (" (default 3; 4.5 with --paper)" if train else " (default: the training run's)"),
@@ -72,7 +77,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, *, train: bool) -> None:
     g.add_argument(
         "--sample-steps" if train else "--steps",
         dest="sample_steps",
-        type=int,
+        type=_COUNT,
         default=20,
         help="sampler steps (default 20)",
     )
@@ -83,7 +88,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, *, train: bool) -> None:
         help="dpm-solver: DPM-Solver++ order 2 (default); ddpm: ancestral, uses a learned variance",
     )
     if not train:
-        g.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+        g.add_argument("--seed", type=_NONNEG, default=0, help="noise seed (default 0)")
 
 
 def register(subparsers) -> None:
@@ -107,13 +112,13 @@ def register(subparsers) -> None:
         "--image-size",
         "--image_size",
         dest="image_size",
-        type=int,
+        type=_COUNT,
         default=None,
         help="side of the square training images in pixels (default 8, the digits' own; 32 with --paper)",
     )
     d.add_argument(
         "--channels",
-        type=int,
+        type=_COUNT,
         choices=[1, 3],
         default=None,
         help="image channels (default: 1 for digits / grayscale folders, else 3)",
@@ -152,7 +157,7 @@ def register(subparsers) -> None:
         "--mamba-ratio",
         "--mamba_ratio",
         dest="mamba_per_attention",
-        type=int,
+        type=_COUNT,
         default=None,
         help="K in attention:Mamba = M:K: K BiMamba blocks after an attention block (default 1)",
     )
@@ -160,7 +165,7 @@ def register(subparsers) -> None:
         "--attention-ratio",
         "--attention_ratio",
         dest="attention_per_mamba",
-        type=int,
+        type=_COUNT,
         default=None,
         help="M in attention:Mamba = M:K: the Mamba blocks follow every M-th attention block (default 1)",
     )
@@ -195,12 +200,12 @@ def register(subparsers) -> None:
         action="store_true",
         help="the paper's recipe (dimba-l/2, linear betas, learned variance, patch 2): needs a GPU",
     )
-    r.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1200)")
+    r.add_argument("--steps", type=_COUNT, default=None, help="optimizer steps (default 1200)")
     r.add_argument(
         "--batch-size",
         "--batch_size",
         dest="batch_size",
-        type=int,
+        type=_COUNT,
         default=None,
         help="batch size (default 64)",
     )
@@ -209,13 +214,13 @@ def register(subparsers) -> None:
         "--learning-rate",
         "--learning_rate",
         dest="lr",
-        type=float,
+        type=float_arg(0, lo_open=True),
         default=None,
         help="peak learning rate (default 3e-3)",
     )
-    r.add_argument("--warmup", type=int, default=100, help="linear warmup steps (default 100)")
+    r.add_argument("--warmup", type=_NONNEG, default=100, help="linear warmup steps (default 100)")
     r.add_argument(
-        "--ema-decay", dest="ema_decay", type=float, default=0.995, help="EMA decay (default 0.995)"
+        "--ema-decay", dest="ema_decay", type=float_arg(0, 1), default=0.995, help="EMA decay (default 0.995)"
     )
     r.add_argument(
         "--beta-schedule",
@@ -227,25 +232,25 @@ def register(subparsers) -> None:
     r.add_argument(
         "--sample-every",
         dest="sample_every",
-        type=int,
+        type=_NONNEG,
         default=500,
         help="write a sample grid PNG every N steps (default 500)",
     )
     r.add_argument(
         "--checkpoint-every",
         dest="checkpoint_every",
-        type=int,
+        type=_NONNEG,
         default=500,
         help="atomic checkpoint every N steps (default 500)",
     )
     r.add_argument(
         "--eval-per-class",
         dest="eval_per_class",
-        type=int,
+        type=_NONNEG,
         default=50,
         help="after training, score N samples per class with the classifier (0: skip; default 50)",
     )
-    r.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    r.add_argument("--seed", type=_NONNEG, default=0, help="seed (default 0)")
     r.add_argument("--out", default="runs/dimba-digits", help="run folder (default runs/dimba-digits)")
     r.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     r.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda")
@@ -268,7 +273,7 @@ def register(subparsers) -> None:
     s.add_argument(
         "--prompt", default=None, help="text mode: one caption to draw (needs the run's text encoder)"
     )
-    s.add_argument("--per-class", dest="per_class", type=int, default=4, help="rows of the grid (default 4)")
+    s.add_argument("--per-class", dest="per_class", type=_COUNT, default=4, help="grid rows (default 4)")
     s.add_argument("--out", default="samples.png", help="PNG path (default samples.png)")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda")
     _add_sampling_args(s, train=False)
@@ -282,7 +287,7 @@ def register(subparsers) -> None:
     )
     e.add_argument("--checkpoint", required=True, help="run folder (or its model/ folder)")
     e.add_argument(
-        "--per-class", dest="per_class", type=int, default=50, help="samples per class (default 50)"
+        "--per-class", dest="per_class", type=_COUNT, default=50, help="samples per class (default 50)"
     )
     e.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda")

@@ -28,6 +28,11 @@ from pathlib import Path
 
 import torch
 
+from transmamba.commands._args import float_arg, int_arg
+
+_COUNT = int_arg(1, 1 << 30)  # sizes, steps, counts: a whole number >= 1
+_NONNEG = int_arg(0, 1 << 30)  # seeds, warm-up lengths, "0 = off" intervals
+
 DESCRIPTION = __doc__
 
 # Settings that differ between the CPU defaults and the paper's recipe (--paper).
@@ -63,20 +68,20 @@ def _add_data_args(p: argparse.ArgumentParser, *, for_eval: bool = False) -> Non
         default=None,
         help="ScanObjectNN variant: hardest (PB_T50_RS, default), objectbg (OBJ_BG), objectonly (OBJ_ONLY)",
     )
-    g.add_argument("--limit", type=int, default=None, help="read only the first N clouds of each split")
+    g.add_argument("--limit", type=_COUNT, default=None, help="read only the first N clouds of each split")
     if for_eval:
         return
     g.add_argument(
         "--num-points",
         "--npoints",
         dest="num_points",
-        type=int,
+        type=_COUNT,
         default=None,
         help="points per cloud (default: the preset's, 256 tiny / 1024 paper)",
     )
-    g.add_argument("--num-classes", type=int, default=8, help="synthetic data sets: classes (default 8)")
-    g.add_argument("--train-size", type=int, default=480, help="synthetic: training clouds (default 480)")
-    g.add_argument("--test-size", type=int, default=240, help="synthetic: test clouds (default 240)")
+    g.add_argument("--num-classes", type=_COUNT, default=8, help="synthetic data sets: classes (default 8)")
+    g.add_argument("--train-size", type=_COUNT, default=480, help="synthetic: training clouds (default 480)")
+    g.add_argument("--test-size", type=_COUNT, default=240, help="synthetic: test clouds (default 240)")
     g.add_argument(
         "--augmentation",
         choices=AUGMENTATIONS,
@@ -124,13 +129,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the all-attention model of the same size (attention blocks instead of Mamba, FPS order)",
     )
-    g.add_argument("--groups", "--num-group", dest="groups", type=int, default=None, help="FPS centres G")
-    g.add_argument("--group-size", type=int, default=None, help="neighbours per group K")
-    g.add_argument("--dim", "--trans-dim", dest="dim", type=int, default=None, help="token width")
-    g.add_argument("--depth", type=int, default=None, help="inter-group blocks")
+    g.add_argument("--groups", "--num-group", dest="groups", type=_COUNT, default=None, help="FPS centres G")
+    g.add_argument("--group-size", type=_COUNT, default=None, help="neighbours per group K")
+    g.add_argument("--dim", "--trans-dim", dest="dim", type=_COUNT, default=None, help="token width")
+    g.add_argument("--depth", type=_COUNT, default=None, help="inter-group blocks")
     g.add_argument(
         "--transpoint",
-        type=int,
+        type=_NONNEG,
         default=None,
         help="--mixer transmamba: tokens before it use attention (default: the number of groups)",
     )
@@ -138,7 +143,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--threads", type=_COUNT, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--quiet", action="store_true", help="print only the final metrics")
 
 
@@ -161,12 +166,12 @@ def register(subparsers) -> None:
     _add_model_args(t)
     g = t.add_argument_group("training")
     g.add_argument("--paper", action="store_true", help="the paper's model and recipe (GPU)")
-    g.add_argument("--epochs", type=int, default=None, help=f"epochs (default {_LAPTOP['epochs']})")
+    g.add_argument("--epochs", type=_COUNT, default=None, help=f"epochs (default {_LAPTOP['epochs']})")
     g.add_argument(
         "--batch-size",
         "--batch_size",
         dest="batch_size",
-        type=int,
+        type=_COUNT,
         default=None,
         help=f"clouds per step (default {_LAPTOP['batch_size']})",
     )
@@ -174,18 +179,18 @@ def register(subparsers) -> None:
         "--lr",
         "--learning-rate",
         dest="lr",
-        type=float,
+        type=float_arg(0, lo_open=True),
         default=None,
         help=f"peak AdamW learning rate (default {_LAPTOP['lr']})",
     )
-    g.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
+    g.add_argument("--weight-decay", type=float_arg(0), default=0.05, help="AdamW weight decay (default .05)")
     g.add_argument(
-        "--warmup-epochs", type=float, default=None, help="linear warm-up epochs before the cosine"
+        "--warmup-epochs", type=float_arg(0), default=None, help="linear warm-up epochs before the cosine"
     )
     g.add_argument(
-        "--seed", type=int, default=0, help="seed of the model, the batches and the synthetic data"
+        "--seed", type=_NONNEG, default=0, help="seed of the model, the batches and the synthetic data"
     )
-    g.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke tests)")
+    g.add_argument("--max-steps", type=_COUNT, default=None, help="stop after N optimizer steps (smoke)")
     t.add_argument(
         "--out",
         default=None,
