@@ -203,3 +203,14 @@ def checkpoint_arg(path: str | Path, flag: str = "--checkpoint") -> Path:
     from transmamba.training.checkpoint import resolve_checkpoint
 
     return resolve_checkpoint(path, flag=flag)
+
+
+def set_schedule(model, text: str, flag: str = "--transpoints") -> list[int]:
+    """A TransPoint schedule typed on a command line (`transmamba.models.schedules.parse_schedule`: a name,
+    a comma list or a JSON list) set on `model`; a bad one is a one-line UsageError naming `flag`."""
+    from transmamba.models.schedules import parse_schedule
+
+    try:
+        return model.set_transpoints(parse_schedule(text))
+    except ValueError as err:
+        raise UsageError(f"{flag} {text.strip()!r}: {one_line(err)}") from None

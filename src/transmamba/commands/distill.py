@@ -14,7 +14,6 @@ plots); checkpoints are student checkpoints that `generate`, `eval` and `plan` r
 from __future__ import annotations
 
 import argparse
-import json
 
 from transmamba.commands._args import float_arg, int_arg
 from transmamba.commands.train import (
@@ -53,17 +52,10 @@ def register(subparsers) -> None:
 
 def parse_target(text: str, n_layers: int, seq_len: int) -> list[int]:
     from transmamba.conversion.to_transmamba import ConversionError
-    from transmamba.models.schedules import resolve_schedule
+    from transmamba.models.schedules import parse_schedule, resolve_schedule
 
-    text = text.strip()
-    if text.startswith("["):
-        try:
-            points = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConversionError(f"--target {text!r} is not a JSON list: {err}") from None
-    else:
-        points = text
     try:
+        points = parse_schedule(text)
         return resolve_schedule(points, n_layers, train_len=seq_len if isinstance(points, str) else None)
     except ValueError as err:
         raise ConversionError(f"--target: {err}") from None

@@ -104,14 +104,14 @@ def checkpoint_dir(path) -> Path:
 
 def load_model(args):
     """The checkpoint's CausalLM in eval mode on the chosen device, schedule swapped if asked."""
-    from transmamba.commands.generate import set_transpoints_arg
+    from transmamba.commands._args import set_schedule
     from transmamba.models.lm import CausalLM
 
     device = _device(args.device)
     ckpt = checkpoint_dir(args.checkpoint)
     model = CausalLM.from_pretrained(str(ckpt)).to(device).eval()
     if args.transpoints:
-        set_transpoints_arg(model, args.transpoints)
+        set_schedule(model, args.transpoints)
     return model
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from transmamba.commands._args import check_device, checkpoint_arg, float_arg, int_arg
+from transmamba.commands._args import check_device, checkpoint_arg, float_arg, int_arg, set_schedule
 from transmamba.errors import UsageError, one_line
 
 EOS = "<|endoftext|>"
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(f"cannot load {directory}: {one_line(err)}") from None
     if args.transpoints:
-        set_transpoints_arg(model, args.transpoints)
+        set_schedule(model, args.transpoints)
     if args.cuda_graph == "on":
         from transmamba.inference.static_decode import graph_supported
 
@@ -137,13 +137,3 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write("\n")
     return 0
 
-
-def set_transpoints_arg(model, text: str) -> list[int]:
-    """``--transpoints``: a schedule name (V1..V9) or comma-separated ints, one per T layer, each within
-    the model's max_seq_len; a bad value is a one-line UsageError."""
-    sched = text.strip()
-    try:
-        points = [int(x) for x in sched.split(",") if x.strip()] if sched[:1].isdigit() else sched
-        return model.set_transpoints(points)
-    except ValueError as err:
-        raise UsageError(f"--transpoints {sched!r}: {one_line(err)}") from None

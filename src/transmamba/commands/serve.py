@@ -83,11 +83,13 @@ def load_model(args: argparse.Namespace):
             raise SystemExit(f"serve: --preset {args.preset!r}: {err}") from None
         name = args.model_name or args.preset
     if args.transpoints:
-        sched = args.transpoints.strip()
+        from transmamba.commands._args import set_schedule
+        from transmamba.errors import UsageError
+
         try:
-            model.set_transpoints([int(x) for x in sched.split(",")] if sched[0].isdigit() else sched)
-        except ValueError as err:
-            raise SystemExit(f"serve: --transpoints {sched!r}: {err}") from None
+            set_schedule(model, args.transpoints)
+        except UsageError as err:
+            raise SystemExit(f"serve: {err}") from None
     try:
         tokenizer = load_tokenizer(tok_path, model.config.vocab_size)
     except (FileNotFoundError, ValueError) as err:

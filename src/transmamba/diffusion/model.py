@@ -103,7 +103,7 @@ class DimbaConfig:
     expand: int = 2
     headdim: int = 64  # Mamba-2 / TransMamba head size
     transpoint: int = 0  # TransMamba: tokens before it use attention
-    chunk_size: int = 64  # Mamba-2 / TransMamba SSD chunk (speed only)
+    chunk_size: int = 64  # SSD chunk (speed only): the CPU's fastest, measured by experiments/ssd_cpu.py
     learn_sigma: bool = True
     num_classes: int = 1000
     cond_dim: int | None = None

@@ -25,7 +25,7 @@ from transmamba.layers.norm import RMSNormGated
 from transmamba.layers.ssm_state import Mamba2State
 from transmamba.ops.checks import check_shape
 from transmamba.ops.conv import causal_conv1d, causal_conv1d_split, causal_conv1d_update
-from transmamba.ops.ssd import ssd, ssd_step
+from transmamba.ops.ssd import DEFAULT_CHUNK_SIZE, ssd, ssd_step
 
 
 def _positive_int(op: str, name: str, value) -> int:
@@ -55,7 +55,7 @@ class Mamba2(nn.Module):
         dt_min: float = 0.001,
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
-        chunk_size: int = 256,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
         norm_eps: float = 1e-5,
         bias: bool = False,
         conv_bias: bool = True,

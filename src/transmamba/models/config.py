@@ -24,6 +24,7 @@ from typing import Any
 
 from transmamba.models import pattern as pattern_mod
 from transmamba.models.schedules import resolve_schedule
+from transmamba.ops.ssd.args import DEFAULT_CHUNK_SIZE
 
 MLP_ACTS = ("swiglu", "gelu", "relu2")
 
@@ -52,7 +53,7 @@ class ModelConfig:
     expand: int = 2
     ngroups: int = 1
     d_conv: int = 4
-    chunk_size: int = 64
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # SSD chunk length (speed only; the op's default)
     # Mamba-2 / Mamba-1 mixers (`M`, `T`, `S`): in_proj/out_proj biases, the conv bias, and the clamp
     # [low, high] on Mamba-2's dt = softplus(dt + dt_bias) (None: no clamp; HF's time_step_limit)
     ssm_bias: bool = False

@@ -18,7 +18,7 @@ Three implementations:
   chunk, keeps only the state entering each chunk, and recomputes a chunk's states in the backward
   (`chunked.py`). Memory O(b·d·l + b·d·n·(l/chunk + chunk)), never
   (b, d, l, n). (Its predecessor ran all chunks at once under plain autograd and kept several (b, d, l, n)
-  tensors; benchmarks/scan_memory_cpu.py measures both.)
+  tensors; experiments/scan_memory_cpu.py measures both.)
 * the Triton kernel `transmamba.ops.selective_scan.triton.selective_scan_triton` for CUDA tensors, when
   present.
 

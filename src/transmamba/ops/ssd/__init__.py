@@ -29,12 +29,12 @@ import torch
 
 from transmamba.ops import backend
 from transmamba.ops._callable_module import make_module_callable
-from transmamba.ops.ssd.args import check_ssd_args, check_step_args
+from transmamba.ops.ssd.args import DEFAULT_CHUNK_SIZE, check_ssd_args, check_step_args
 from transmamba.ops.ssd.chunked import ssd_chunked, ssd_final_state_chunked
 from transmamba.ops.ssd.naive import ssd_naive, ssd_step_naive
 
 __all__ = [
-    "ssd", "ssd_naive", "ssd_chunked", "ssd_step", "ssd_step_naive", "ssd_final_state",
+    "DEFAULT_CHUNK_SIZE", "ssd", "ssd_naive", "ssd_chunked", "ssd_step", "ssd_step_naive", "ssd_final_state",
     "ssd_final_state_chunked",
 ]
 
@@ -74,7 +74,7 @@ def ssd(
     B: torch.Tensor,
     C: torch.Tensor,
     *,
-    chunk_size: int = 256,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     D: torch.Tensor | None = None,
     z: torch.Tensor | None = None,
     dt_bias: torch.Tensor | None = None,
@@ -137,7 +137,7 @@ def ssd_final_state(
     dt_softplus: bool = False,
     initial_state: torch.Tensor | None = None,
     seq_idx: torch.Tensor | None = None,
-    chunk_size: int = 256,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     impl: str = "auto",
 ) -> torch.Tensor:
     """The Memory Converter: SSD's state after the last token of x, computed without any output (no C).

@@ -18,6 +18,11 @@ import torch.nn.functional as F
 
 from transmamba.ops.checks import check_divides, check_shape
 
+# The SSD chunk length every generic default refers to (the op, the Mamba-2 / TransMamba layer, ModelConfig):
+# Mamba-2's own default. Results do not depend on it beyond rounding order; it is a speed knob. On the CPU
+# the dispatch in `transmamba.ops.ssd` caps it at 64 (the fastest chunk length there).
+DEFAULT_CHUNK_SIZE = 256
+
 
 @dataclass(frozen=True)
 class SSDDims:

@@ -24,7 +24,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from transmamba.ops.ssd.args import check_ssd_args, compute_dtype, effective_dt, skip_and_gate
+from transmamba.ops.ssd.args import (
+    DEFAULT_CHUNK_SIZE,
+    check_ssd_args,
+    compute_dtype,
+    effective_dt,
+    skip_and_gate,
+)
 
 
 def _pad_seq(t: torch.Tensor, length: int, value: float | None = None) -> torch.Tensor:
@@ -113,7 +119,7 @@ def ssd_chunked(
     B: torch.Tensor,
     C: torch.Tensor,
     *,
-    chunk_size: int = 256,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     D: torch.Tensor | None = None,
     z: torch.Tensor | None = None,
     dt_bias: torch.Tensor | None = None,
@@ -177,7 +183,7 @@ def ssd_final_state_chunked(
     dt_softplus: bool = False,
     initial_state: torch.Tensor | None = None,
     seq_idx: torch.Tensor | None = None,
-    chunk_size: int = 256,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> torch.Tensor:
     """The Memory Converter: SSD's state after the last token of x, without computing any output (no C).
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from transmamba.ops.ssd.args import (
+    DEFAULT_CHUNK_SIZE,
     check_ssd_args,
     check_step_args,
     compute_dtype,
@@ -43,7 +44,7 @@ def ssd_naive(
     B: torch.Tensor,
     C: torch.Tensor,
     *,
-    chunk_size: int = 256,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     D: torch.Tensor | None = None,
     z: torch.Tensor | None = None,
     dt_bias: torch.Tensor | None = None,

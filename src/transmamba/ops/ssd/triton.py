@@ -33,6 +33,7 @@ import triton
 
 from transmamba.ops.ssd import triton_kernels as K
 from transmamba.ops.ssd import triton_kernels_fused as KF
+from transmamba.ops.ssd.args import DEFAULT_CHUNK_SIZE
 
 __all__ = ["ssd_triton", "ssd_final_state_triton", "ssd_step_triton", "CONFIG"]
 
@@ -385,7 +386,7 @@ def ssd_triton(
     B: torch.Tensor,
     C: torch.Tensor,
     *,
-    chunk_size: int = 256,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     D: torch.Tensor | None = None,
     z: torch.Tensor | None = None,
     dt_bias: torch.Tensor | None = None,
@@ -422,7 +423,7 @@ def ssd_final_state_triton(
     dt_softplus: bool = False,
     initial_state: torch.Tensor | None = None,
     seq_idx: torch.Tensor | None = None,
-    chunk_size: int = 256,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> torch.Tensor:
     """The Memory Converter on the GPU: the state (b, h, p, n) fp32 after x, without any output tokens.
     Three launches (chunk cumsum, chunk states, state passing); not differentiable."""

@@ -1,7 +1,7 @@
 """Sample quality at equal parameters over seeds: Dimba vs attention-only (DiT/PixArt) vs Mamba-only (DiS).
 
-    python benchmarks/diffusion_quality.py --device cuda --seeds 0,1,2 --steps 1200 --out DIR
-    python benchmarks/diffusion_quality.py --device cpu --seeds 0 --steps 50      # a quick check
+    python experiments/diffusion_quality.py --device cuda --seeds 0,1,2 --steps 1200 --out DIR
+    python experiments/diffusion_quality.py --device cpu --seeds 0 --steps 50      # a quick check
 
 Every (arch, seed) trains the CPU recipe of ``transmamba diffuse train`` (digits 8×8, the ``--preset``
 network; the baselines take the depth that matches its parameter count) for ``--steps`` steps, then scores

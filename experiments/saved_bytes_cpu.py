@@ -1,6 +1,6 @@
 """What autograd keeps for backward, per token, on the CPU paths the CLI trains with by default.
 
-    python benchmarks/saved_bytes_cpu.py
+    python experiments/saved_bytes_cpu.py
 
 Counts the distinct storages autograd saves (`torch.autograd.graph.saved_tensors_hooks`) during one forward
 at 1K and at 2K tokens and prints the difference per token, in units of one d_inner-wide fp32 activation

@@ -1,8 +1,8 @@
 """TransMamba's recall claim by Zoology's protocol: MQAR accuracy vs width per family, and PhoneBook.
 
-    python benchmarks/recall_sweep.py --out OUT                 # full sweep, 480 s on one H200
-    python benchmarks/recall_sweep.py --out OUT --quick         # seq 256 / 16 pairs only, 240 s
-    python benchmarks/recall_sweep.py --out OUT --smoke         # CPU, tiny, < 30 s (tested in the suite)
+    python experiments/recall_sweep.py --out OUT                 # full sweep, 480 s on one H200
+    python experiments/recall_sweep.py --out OUT --quick         # seq 256 / 16 pairs only, 240 s
+    python experiments/recall_sweep.py --out OUT --smoke         # CPU, tiny, < 30 s (tested in the suite)
 
 Everything runs in one process, in this order (each stage writes JSON lines to OUT/recall_sweep.jsonl as
 it goes, so a run cut short still leaves every finished point):

@@ -1,6 +1,6 @@
 """Training throughput per GPU under torchrun: FSDP2 or DDP, one preset, one sequence length.
 
-    torchrun --nproc-per-node N benchmarks/distributed_scaling.py --preset transmamba-400m \\
+    torchrun --nproc-per-node N experiments/distributed_scaling.py --preset transmamba-400m \\
         --seq-len 8192 --parallel fsdp --out OUT/scaling.jsonl
 
 Each rank trains on its own random token rows (batch ``--batch`` rows of ``--seq-len`` per GPU, so 8K tokens

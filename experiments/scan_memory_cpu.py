@@ -2,7 +2,7 @@
 Hugging Face transformers' Mamba slow path as a peer), a Mambaformer and jamba-small, before and after the
 memory-bounded scan.
 
-    python benchmarks/scan_memory_cpu.py --out runs/scan-memory-cpu [--before REV] [--threads 1]
+    python experiments/scan_memory_cpu.py --out runs/scan-memory-cpu [--before REV] [--threads 1]
         [--cases scan,mamba1-layer,mambaformer,jamba-small,jamba-small-20] [--lengths 256,1024,4096,16384]
 
 Every measurement runs in its own child process (this machine is shared, so only per-process numbers mean
