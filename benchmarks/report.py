@@ -1,14 +1,17 @@
 # ruff: noqa: E501  (report strings and table rows read better unwrapped)
-"""The report of a suite run (`DIR/targets.md`) and its per-case files, computed from `DIR/targets.json`.
+"""What a benchmark run writes, and the report of a suite.
 
-Every number in the report is read from the rows; the performance targets are the only constants here
+Per case: `<out>/<case>.json` (rows + metadata), `.csv` (every key), and where one is defined a markdown table
+`.md` (`TABLES`) and a plot `.png` (`PLOTS`). A suite's report `<out>/targets.md` is computed from
+`<out>/targets.json`: every number is read from the rows; the performance targets are the only constants here
 (`TARGETS`), and each target row says: value, target, met / missed / not measured, and for a miss the
 shortfall factor (how many times better the value must get: value / target for "at most" targets,
-target / value for "at least" ones).
+target / value for "at least" ones). Nothing here needs a GPU.
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,8 +60,8 @@ def case_meta(data: dict[str, Any], case: str) -> dict[str, Any]:
     return meta
 
 
-def write_case_files(data: dict[str, Any], out: Path, write_outputs: Callable[..., None]) -> None:
-    """DIR/<case>.json/.csv/.png for every case with rows (through the runner's `write_outputs`)."""
+def write_case_files(data: dict[str, Any], out: Path) -> None:
+    """DIR/<case>.json/.csv/.md/.png for every case of a suite with rows."""
     for case, rows in case_rows(data).items():
         if case == "decode":
             rows = with_decode_ratios(rows)
@@ -361,7 +364,7 @@ def build_report(data: dict[str, Any]) -> str:
     warm = case_rows(data).get("peer-warm", [])
     if warm:
         w = warm[0]
-        parts += [f"Kernel compilation before timing (unit peer-warm, `benchmarks/peer_warm.py`): "
+        parts += [f"Kernel compilation before timing (unit peer-warm, `benchmarks/cases/ops.py`): "
                   f"{fmt(w.get('seconds'), '.0f')} s in all; probe {fmt(w.get('probe_s'), '.0f')} s; "
                   f"{w.get('workers')} worker processes" + (f", exit codes {w.get('returncodes')}"
                                                             if w.get("returncodes") else "")
@@ -377,7 +380,7 @@ def build_report(data: dict[str, Any]) -> str:
     parts += ["## Targets", "", tmd, ""]
     parts += ["## (a) Op level", "",
               f"### SSD ({_ssd_shape(rows.get('ssd-op', []))}), ms", "",
-              "fla = `chunk_simple_gla(q=C, k=dt·B, v=x, g=dt·A, scale=1)` (`benchmarks/peer_ops.py`), timed on "
+              "fla = `chunk_simple_gla(q=C, k=dt·B, v=x, g=dt·A, scale=1)` (`benchmarks/cases/ops.py`), timed on "
               "the mapped inputs, without the D skip; SDPA = causal attention, 16 heads × 128, bf16, same token "
               "count.", ""]
     parts += [_section(_ssd_md, rows, "ssd-op"), "", "![ssd-op](ssd-op.png)", ""]
@@ -398,3 +401,188 @@ def build_report(data: dict[str, Any]) -> str:
               _section(_sweep_md, rows, "transpoint-sweep"), "",
               "![transpoint-sweep](transpoint-sweep.png)", ""]
     return "\n".join(parts)
+
+
+# ---- the domain cases' tables ----------------------------------------------------------------------------
+
+
+def _generation_md(rows: list[dict[str, Any]]) -> str:
+    head = ("| model | context x batch | generate tok/s | first-call tok/s | chunked tok/s | "
+            "captured step tok/s | generate / step | ms/token | bound ms | TTFT (s) | prefill peak GB | "
+            "peak GB |")
+    lines = [head, "|" + "---|" * 12]
+    f = lambda r, k, fmt: format(r[k], fmt) if isinstance(r.get(k), (int, float)) else "-"  # noqa: E731
+    for r in rows:
+        if "error" in r or "skipped" in r:
+            why = r.get("error") or r["skipped"]
+            lines.append(f"| {r['model']} | {r['context']} x {r['batch']} | {why} |")
+            continue
+        lines.append(f"| {r['model']} | {r['context']} x {r['batch']} | {f(r, 'generate_tok_s', ',.0f')} | "
+                     f"{f(r, 'generate_cold_tok_s', ',.0f')} | {f(r, 'generate_chunked_tok_s', ',.0f')} | "
+                     f"{f(r, 'step_tok_s', ',.0f')} | "
+                     f"{f(r, 'generate_frac', '.2f')} | "
+                     f"{f(r, 'ms_per_token', '.3f')} | {f(r, 'bound_ms', '.3f')} | {f(r, 'ttft_s', '.3f')} | "
+                     f"{f(r, 'prefill_peak_GB', '.1f')} | {f(r, 'peak_GB', '.1f')} |")
+    return "\n".join(lines)
+
+
+def _diffusion_md(rows: list[Row]) -> str:
+    lines = [[r["device"], r["arch"], f"{r['params'] / 1e6:.1f}", r["tokens"], r["batch"],
+              *([r["error"], "", ""] if "error" in r else
+                [f"{r['memory_gib']:.3f}", f"{r['train_img_s']:.1f}", f"{r['forward_img_s']:.1f}"])] for r in rows]
+    return table(["device", "arch", "params (M)", "tokens", "batch", "train-step memory (GiB)", "train img/s",
+                  "forward img/s"], lines)
+
+
+def _pointcloud_md(rows: list[Row]) -> str:
+    lines = [[f"{r.get('gpu', 'cpu')} (b {r['batch']})", r["groups"],
+              f"{'PoinTramba' if r['model'] == 'paper' else 'all-attention'} ({r['depth']} blocks)",
+              f"{r['parameters'] / 1e6:.2f}", r["tokens"], f"{r['infer_clouds_per_s']:.1f}",
+              f"{r['train_step_ms']:.1f}", f"{r.get('peak_mem_mib', r.get('peak_rss_mib')):.0f}"]
+             for r in rows if "error" not in r]
+    txt = table(["device", "G", "model", "params (M)", "tokens", "infer clouds/s", "train step ms", "peak MiB"], lines)
+    errs = [f"- {r['device']} G {r['groups']} {r['model']}: {r['error']}" for r in rows if "error" in r]
+    return "\n".join([txt, *errs])
+
+
+def _serve_md(rows: list[Row]) -> str:
+    return table(["clients", "largest batch", "requests/s", "tokens/s", "p50 latency (s)", "p99 latency (s)",
+                  "p50 TTFT (s)", "p99 TTFT (s)"],
+                 [[r["concurrency"], r.get("largest_batch", "-"), f"{r['requests_per_s']:.2f}",
+                   f"{r['tokens_per_s']:.0f}", f"{r['p50_latency_s']:.3f}", f"{r['p99_latency_s']:.3f}",
+                   f"{r['p50_ttft_s']:.3f}", f"{r['p99_ttft_s']:.3f}"] for r in rows])
+
+
+TABLES: dict[str, Callable[[list[Row]], str]] = {
+    "ssd-op": _ssd_md, "scan-op": _scan_md, "ssd-decode": _step_md, "scan-decode": _step_md,
+    "train-step": _train_md, "transpoint-sweep": _sweep_md, "decode": _decode_md,
+    "generation": _generation_md, "diffusion-scaling": _diffusion_md, "pointcloud": _pointcloud_md,
+    "serve-load": _serve_md,
+}
+
+
+# ---- plots and files -------------------------------------------------------------------------------------
+
+
+def plot_decode(rows: list[dict[str, Any]], ax_pair, batches=(1, 16, 64)) -> None:
+    """Left: graph tokens/s vs context per model and batch; right: fraction of the bandwidth bound."""
+    ax1, ax2 = ax_pair
+    styles = {1: ":", 16: "-", 64: "--"}
+    models = []
+    for r in rows:
+        if r.get("model") not in models:
+            models.append(r["model"])
+    for i, model in enumerate(models):
+        color = f"C{i}"
+        for b in batches:
+            pts = [(r["context"], r["graph_tokens_per_s"], r["graph_frac_of_bound"]) for r in rows
+                   if r.get("model") == model and r.get("batch") == b and "graph_tokens_per_s" in r]
+            if not pts:
+                continue
+            xs, ys, fs = zip(*pts)
+            ax1.plot(xs, ys, "o" + styles.get(b, "-"), color=color, label=f"{model} b={b}", ms=3)
+            ax2.plot(xs, fs, "o" + styles.get(b, "-"), color=color, ms=3)
+    for ax in (ax1, ax2):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context (tokens)")
+    ax1.set_yscale("log")
+    ax1.set_ylabel("decode tokens/s (CUDA graph)")
+    ax2.set_ylabel("fraction of the bandwidth bound")
+    ax2.set_ylim(0, 1.05)
+    ax1.legend(fontsize=6, ncol=2)
+
+
+
+def write_outputs(name: str, rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -> None:
+    """<out>/<name>.json (meta + rows), .csv, and the case's .md table and .png plot where it has them."""
+    from benchmarks.common import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{name}.json", {"meta": meta, "rows": rows})
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(out / f"{name}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    try:
+        if name in TABLES:
+            (out / f"{name}.md").write_text(TABLES[name](rows) + "\n")
+        plot(name, rows, out, meta)
+    except Exception as err:  # noqa: BLE001 - a table or plot never fails a run
+        print(f"table / plot {name}: {err!r}")
+
+
+def plot(name: str, rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    title = f"{name} on {meta.get('gpu', '?')}"
+    if name == "ssd-op":
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, kind in zip(axes, ("fwd", "fwdbwd")):
+            for i, (impl, style) in enumerate((("ours", "o-"), ("mamba_ssm", "s--"), ("fla", "d-."), ("sdpa", "v-"),
+                                               ("torch_chunked", "^:"))):
+                pts = [(r["L"], r[f"{impl}_{kind}_ms"]) for r in rows if f"{impl}_{kind}_ms" in r]
+                if pts:
+                    ax.plot(*zip(*pts), style, color=f"C{i}",
+                            label={"sdpa": "SDPA causal 16x128", "fla": "fla simple_gla"}.get(impl, impl))
+            ax.plot([r["L"] for r in rows], [r[f"{kind}_floor_ms"] for r in rows], "k-", lw=0.8, label="floor")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("sequence length L (batch = 32K / L)")
+            ax.set_ylabel("ms")
+            ax.set_title(f"SSD {kind}")
+            ax.legend(fontsize=7)
+    elif name == "scan-op":
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, kind in zip(axes, ("fwd", "fwdbwd")):
+            for impl, style in (("ours", "o-"), ("ours_channel_last", "o--"), ("torch_chunked", "^:"),
+                                ("torch_sequential", "x:")):
+                pts = [(r["L"], r[f"{impl}_{kind}_ms"]) for r in rows if f"{impl}_{kind}_ms" in r]
+                if pts:
+                    ax.plot(*zip(*pts), style, label=impl)
+            ax.plot([r["L"] for r in rows], [r[f"{kind}_floor_ms"] for r in rows], "k-", lw=0.8, label="floor")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel(f"sequence length L (batch = {rows[0]['L'] * rows[0]['batch']} / L)")
+            ax.set_ylabel("ms")
+            ax.set_title(f"Mamba-1 selective scan {kind}")
+            ax.legend(fontsize=7)
+    elif name == "train-step":
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for model in dict.fromkeys(r["model"] for r in rows):
+            pts = sorted((r["T"], r["tokens_per_s"], r.get("mfu_spec") or r["mfu"]) for r in rows
+                         if r["model"] == model and "mfu" in r)
+            if pts:
+                axes[0].plot([p[0] for p in pts], [p[1] / 1e3 for p in pts], "o-", label=model)
+                axes[1].plot([p[0] for p in pts], [100 * p[2] for p in pts], "o-", label=model)
+        for ax, lab in zip(axes, ("training K tokens/s", "MFU % (model FLOPs / datasheet bf16 peak)")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel(f"sequence length T ({rows[0].get('batch', 1) * rows[0]['T']} tokens per step)"
+                          if rows and "batch" in rows[0] else "sequence length T")
+            ax.set_ylabel(lab)
+            ax.legend(fontsize=7)
+    elif name == "transpoint-sweep":
+        fig, ax = plt.subplots(figsize=(7, 4))
+        pts = sorted((int(r["model"][2:]), r["step_ms"]) for r in rows
+                     if r["model"].startswith("P=") and "step_ms" in r)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="TransMamba, constant P (all layers)")
+        for r, style in zip([r for r in rows if not r["model"].startswith("P=") and "step_ms" in r], ("--", ":")):
+            ax.axhline(r["step_ms"], ls=style, color="k" if style == "--" else "gray", label=r["model"])
+        ax.set_xlabel("TransPoint P (T = 8192; P = 0: all SSM, P = 8192: all attention)")
+        ax.set_ylabel("training step ms")
+        ax.legend(fontsize=8)
+    elif name == "decode":
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        plot_decode(rows, axes)
+    else:
+        return
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=110)
+    plt.close(fig)

@@ -9,9 +9,9 @@ import time
 
 import torch
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"))
-from decode_bench import EXTRA, _build, decode_models, fill_cache  # noqa: E402
-from run import HYBRID_400M_PATTERN  # noqa: E402
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+from benchmarks.cases.models import EXTRA, decode_models, fill_cache  # noqa: E402
+from benchmarks.common import build_lm  # noqa: E402
 
 
 def main(label: str, ctx: int, b: int, steps: int = 5) -> None:
@@ -19,8 +19,8 @@ def main(label: str, ctx: int, b: int, steps: int = 5) -> None:
 
     from transmamba.inference.static_decode import StaticDecoder
 
-    preset, over = next((p, o) for lab, p, o in decode_models(HYBRID_400M_PATTERN) if lab == label)
-    model = _build(preset, over, ctx + EXTRA)
+    preset, over = next((p, o) for lab, p, o in decode_models() if lab == label)
+    model = build_lm(preset, over, ctx + EXTRA)
     cache = model.init_cache(b, ctx + EXTRA)
     fill_cache(model, cache, ctx)
     ids = torch.randint(0, 1000, (b,), device="cuda")

@@ -1,6 +1,6 @@
 # ruff: noqa: E501, B023  (closures are called inside the loop iteration that builds them)
 """GPU studies behind the kernels' launch settings and design choices: profiles and sweeps that reach into the
-kernels (not part of the benchmark registry). They register extra cases on `benchmarks/run.py`'s runner:
+kernels (not part of the benchmark registry). They register extra cases on the benchmark runner (`benchmarks/run.py`):
 
     python experiments/gpu_studies.py --cases ssd-profile,ssd-tune --out runs/studies
     python experiments/gpu_studies.py --cases train-profile,sdpa-backends,conv-op --out runs/studies
@@ -25,18 +25,15 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import (  # noqa: E402
-    TRAIN_MODELS,
-    _nograd,
-    _ssd_inputs,
-    _train_model,
-    bench_ms,
-    case,
-    load_mamba_ssm,
-    main,
-    rel,
-)
+sys.path[:0] = [str(ROOT), str(ROOT / "src")]
+from benchmarks.cases import case, option  # noqa: E402
+from benchmarks.cases.models import TRAIN_MODELS, _train_model  # noqa: E402
+from benchmarks.cases.ops import _ssd_inputs  # noqa: E402
+from benchmarks.common import bench_ms, load_mamba_ssm, rel  # noqa: E402
+from benchmarks.common import nograd as _nograd  # noqa: E402
+from benchmarks.run import main  # noqa: E402
+
+option("--profile-T", type=int, default=8192, help="train-profile / sdpa-backends sequence length")
 
 
 @case("ssd-profile", "per-kernel times of one SSD fwd+bwd (ours and mamba_ssm), L = 8192, batch 4")

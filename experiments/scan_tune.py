@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _inputs(b, d, l, n, channel_last):
-    """bf16 u, delta, z, B, C and fp32 A, D, delta_bias (as benchmarks/run.py's scan-op)."""
+    """bf16 u, delta, z, B, C and fp32 A, D, delta_bias (as the scan-op case, benchmarks/cases/ops.py)."""
     dev, bf = "cuda", torch.bfloat16
 
     def seq3(c, scale=1.0, shift=0.0):

@@ -1,4 +1,8 @@
-"""`transmamba bench`: the command finds the checkout's runner and lists its cases (no GPU needed)."""
+"""`transmamba bench`: the command finds the checkout's runner (benchmarks/run.py), lists its cases, hands its
+options on, and rebuilds a suite's report without a GPU. The benchmarks themselves are not the package: only
+this smoke test touches them."""
+
+import json
 
 from transmamba.cli import main
 
@@ -6,7 +10,8 @@ from transmamba.cli import main
 def test_bench_list(capsys):
     assert main(["bench", "--list"]) == 0
     out = capsys.readouterr().out
-    for name in ("ceilings", "ssd-op", "ssd-decode", "train-step", "decode", "transpoint-sweep"):
+    for name in ("ceilings", "ssd-op", "ssd-decode", "train-step", "decode", "transpoint-sweep", "generation",
+                 "pointcloud", "diffusion-scaling", "serve-load"):
         assert name in out
 
 
@@ -23,22 +28,21 @@ def test_bench_options_reach_the_runner(monkeypatch, capsys):
     assert "need a CUDA GPU" in capsys.readouterr().err
 
 
-def test_runner_writes_json_csv_png(tmp_path):
-    """The runner's output step on made-up rows (no GPU): JSON with meta, CSV with every key, a PNG."""
-    import importlib.util
-    import json
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
-    spec = importlib.util.spec_from_file_location("tm_runner_test", path)
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
-    rows = [{"L": L, "ours_fwd_ms": 1.0, "mamba_ssm_fwd_ms": 1.2, "fwd_floor_ms": 0.2, "ours_fwdbwd_ms": 5.0,
-             "fwdbwd_floor_ms": 0.6} for L in (1024, 2048)]
-    runner.write_outputs("ssd-op", rows, tmp_path, {"gpu": "none", "command": "test"})
-    data = json.loads((tmp_path / "ssd-op.json").read_text())
-    assert data["meta"]["command"] == "test" and len(data["rows"]) == 2
-    assert (tmp_path / "ssd-op.csv").read_text().splitlines()[0].startswith("L,")
-    assert (tmp_path / "ssd-op.png").stat().st_size > 1000
-    floor = runner.ssd_floor(1, 32768, 64, 64, 1, 128, 256, {"copy_GBps": 3000.0, "bf16_TFLOPs": 750.0})
-    assert abs(floor["fwd_bytes"] - 562036736) < 1 and floor["fwd_floor_ms"] > 0.18
+def test_bench_report_only(tmp_path):
+    """`--suite targets --report-only` rebuilds OUT/targets.md and the case files from OUT/targets.json."""
+    ssd = [{"L": 1024, "batch": 32, "fwd_floor_ms": 0.2, "fwdbwd_floor_ms": 0.6,
+            "ours_fwd_ms": 0.3, "ours_fwdbwd_ms": 2.0, "mamba_ssm_fwd_ms": 1.3, "mamba_ssm_fwdbwd_ms": 5.0}]
+    train = [{"model": m, "T": 8192, "batch": 4, "step_ms": 400.0, "tokens_per_s": v, "mfu": 0.4}
+             for m, v in (("transmamba-400m", 80e3), ("transformer-400m-eq", 40e3))]
+    proc = {"id": 1, "pid": 1, "command": "python benchmarks/run.py --suite targets", "units": []}
+    units = {"ssd-op": {"case": "ssd-op", "status": "done", "process": 1, "rows": ssd},
+             "train-step-a": {"case": "train-step", "status": "done", "process": 1, "rows": train},
+             "decode-a": {"case": "decode", "status": "failed", "process": 1, "error": "boom"}}
+    data = {"suite": "targets", "meta": {"gpu": "Test GPU"}, "processes": [proc], "units": units}
+    (tmp_path / "targets.json").write_text(json.dumps(data))
+    assert main(["bench", "--suite", "targets", "--out", str(tmp_path), "--report-only"]) == 0
+    md = (tmp_path / "targets.md").read_text()
+    for s in ("## Targets", "Test GPU", "met", "not run"):
+        assert s in md, s
+    rows = json.loads((tmp_path / "train-step.json").read_text())["rows"]
+    assert len(rows) == 2 and (tmp_path / "ssd-op.csv").read_text().startswith("L,")

@@ -1,4 +1,4 @@
-"""`transmamba bench`: run the GPU benchmark cases of `benchmarks/run.py` (a checkout's runner).
+"""`transmamba bench`: run the benchmark cases of `benchmarks/run.py` (a checkout's runner).
 
     transmamba bench --list
     transmamba bench --cases ceilings,ssd-op --out runs/bench
@@ -8,13 +8,15 @@
 The runner lives in the source checkout (`benchmarks/run.py`, beside `src/`), not in the installed package;
 this command finds it from the current directory or from the package's source location, or takes
 `--runner PATH`. The options below are handed to the runner as given (see `--list` and
-`python benchmarks/run.py --help`). Needs a CUDA GPU (and triton) for every case.
+`python benchmarks/run.py --help`, which also lists the options of the point-cloud, diffusion, generation
+and serving cases). The kernel, training and decode cases need a CUDA GPU (and triton).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 from pathlib import Path
 
 from transmamba.commands._args import float_arg, int_arg
@@ -22,18 +24,16 @@ from transmamba.errors import UsageError
 
 # options handed to benchmarks/run.py when given (names, types and meaning are the runner's)
 _PASS_THROUGH = [
-    ("--cases", str, "comma-separated cases, e.g. ceilings,ssd-op,ssd-decode,train-step,decode"),
-    ("--out", str, "folder for the JSON/CSV/PNG results"),
+    ("--cases", str, "comma-separated cases, e.g. ceilings,ssd-op,ssd-decode,train-step,decode,generation"),
+    ("--out", str, "folder for the JSON/CSV/MD/PNG results"),
     ("--lengths", str, "ssd-op sequence lengths, comma-separated"),
     ("--tokens", int, "ssd-op tokens per call (batch = tokens / L)"),
     ("--torch-max-len", int, "ssd-op: run the torch reference up to this L"),
     ("--train-lengths", str, "train-step sequence lengths, comma-separated"),
     ("--train-tokens", int, "train-step tokens per step"),
-    ("--train-rep-ms", int, "train-step: milliseconds of timed repeats"),
     ("--decode-contexts", str, "decode context lengths, comma-separated"),
     ("--decode-batches", str, "decode batch sizes, comma-separated"),
     ("--decode-target-ms", float, "decode: wall-clock ms spent on each timing"),
-    ("--decode-new-tokens", int, "decode-generate: new tokens timed"),
     ("--suite", str, "run a whole suite in one process (targets: every headline number, OUT/targets.*)"),
     ("--time-budget", float, "--suite: seconds this process may take (later units wait for a --resume run)"),
     ("--suite-units", str, "--suite: only these units, comma-separated"),
@@ -70,6 +70,7 @@ def _run(args: argparse.Namespace) -> int:
     if runner.suffix != ".py" or spec is None or spec.loader is None:
         raise UsageError(f"--runner {runner} is not a Python file; pass the checkout's benchmarks/run.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses in the runner look their module up there
     try:
         spec.loader.exec_module(module)
     except Exception as err:  # the runner is outside the package: any failure to load it is the path's
