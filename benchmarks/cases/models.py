@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import statistics
 import time
 import traceback
@@ -77,6 +76,7 @@ option("--tm-full-ssd", default="auto", choices=["auto", "on", "off"],
        help="train-*: TransMamba training path (off = converter + suffix SSD, the inference path)")
 option("--decode-contexts", default="4096,8192,16384,32768,65536,131072", help="decode context lengths")
 option("--decode-batches", default="1,16,64", help="decode batch sizes")
+option("--decode-models", default="", help="decode: only these models (comma-separated labels; default all)")
 option("--decode-target-ms", type=float, default=150.0,
        help="decode: wall-clock ms to spend on each timing (steps = target / first step)")
 option("--gen-models", default="transmamba,transformer,hybrid", help="generation: comma-separated labels")
@@ -198,10 +198,10 @@ def run_transpoint_sweep(args) -> list[dict[str, Any]]:
 # ---- decode step ---------------------------------------------------------------------------------------
 
 
-def decode_models() -> list[tuple[str, str, dict]]:
+def decode_models(only: str = "") -> list[tuple[str, str, dict]]:
     """(label, preset, overrides): the transmamba-400m-sized models, the transformer first (the ratios need
-    it), Mamba-2 last (the least needed if time runs out); DECODE_BENCH_MODELS picks a subset (quick runs)."""
-    only = [m for m in os.environ.get("DECODE_BENCH_MODELS", "").split(",") if m]
+    it), Mamba-2 last (the least needed if time runs out); `only` (comma-separated labels) picks a subset."""
+    only = [m for m in only.split(",") if m]
     models = [("transformer-400m-eq", "transformer-400m-eq", {}), ("transmamba-400m", "transmamba-400m", {}),
               ("mamba2-hybrid-400m", "mamba2-400m", {"pattern": HYBRID_400M_PATTERN}),
               ("mamba2-400m", "mamba2-400m", {})]
@@ -324,11 +324,12 @@ def check_against_eager(model, ctx: int = 1024, b: int = 2, steps: int = 4) -> f
     return worst
 
 
-def decode_rows(contexts: list[int], batches: list[int], bw_GBps: float, target_ms: float = 150.0, log=print) -> list[dict[str, Any]]:
+def decode_rows(contexts: list[int], batches: list[int], bw_GBps: float, target_ms: float = 150.0, log=print,
+                models: str = "") -> list[dict[str, Any]]:
     from transmamba.inference.cache import cache_bytes_per_sequence
 
     rows: list[dict[str, Any]] = []
-    for label, preset, over in decode_models():
+    for label, preset, over in decode_models(models):
         try:
             model = build_lm(preset, over, max(contexts) + EXTRA)
         except Exception as err:  # noqa: BLE001
@@ -372,7 +373,7 @@ def decode_rows(contexts: list[int], batches: list[int], bw_GBps: float, target_
 def run_decode(args) -> list[dict[str, Any]]:
     return decode_rows([int(v) for v in args.decode_contexts.split(",")],
                        [int(v) for v in args.decode_batches.split(",")], ceilings()["copy_GBps"],
-                       target_ms=args.decode_target_ms)
+                       target_ms=args.decode_target_ms, models=args.decode_models)
 
 
 # ---- generation ------------------------------------------------------------------------------------------
