@@ -196,10 +196,6 @@ def show(row: dict[str, Any], prefix: str = "") -> None:
           flush=True)
 
 
-def error_text(err: BaseException, n: int = 300) -> str:
-    return repr(err)[:n]
-
-
 _MACHINE_PATH = re.compile(r"(?<![\w.])/(?:root|work|farm|home|tmp|usr|opt|scratch)(?:/[^\s\"'\\:,()]+)+")
 
 

@@ -521,36 +521,24 @@ def plot(name: str, rows: list[dict[str, Any]], out: Path, meta: dict[str, Any])
     import matplotlib.pyplot as plt
 
     title = f"{name} on {meta.get('gpu', '?')}"
-    if name == "ssd-op":
+    if name in ("ssd-op", "scan-op"):
+        ssd = name == "ssd-op"
+        impls = ((("ours", "o-"), ("mamba_ssm", "s--"), ("fla", "d-."), ("sdpa", "v-"), ("torch_chunked", "^:"))
+                 if ssd else (("ours", "o-"), ("ours_channel_last", "o--"), ("torch_chunked", "^:"),
+                              ("torch_sequential", "x:")))
+        labels = {"sdpa": "SDPA causal 16x128", "fla": "fla simple_gla"}
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for ax, kind in zip(axes, ("fwd", "fwdbwd")):
-            for i, (impl, style) in enumerate((("ours", "o-"), ("mamba_ssm", "s--"), ("fla", "d-."), ("sdpa", "v-"),
-                                               ("torch_chunked", "^:"))):
+            for i, (impl, style) in enumerate(impls):
                 pts = [(r["L"], r[f"{impl}_{kind}_ms"]) for r in rows if f"{impl}_{kind}_ms" in r]
                 if pts:
-                    ax.plot(*zip(*pts), style, color=f"C{i}",
-                            label={"sdpa": "SDPA causal 16x128", "fla": "fla simple_gla"}.get(impl, impl))
-            ax.plot([r["L"] for r in rows], [r[f"{kind}_floor_ms"] for r in rows], "k-", lw=0.8, label="floor")
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("sequence length L (batch = 32K / L)")
-            ax.set_ylabel("ms")
-            ax.set_title(f"SSD {kind}")
-            ax.legend(fontsize=7)
-    elif name == "scan-op":
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for ax, kind in zip(axes, ("fwd", "fwdbwd")):
-            for impl, style in (("ours", "o-"), ("ours_channel_last", "o--"), ("torch_chunked", "^:"),
-                                ("torch_sequential", "x:")):
-                pts = [(r["L"], r[f"{impl}_{kind}_ms"]) for r in rows if f"{impl}_{kind}_ms" in r]
-                if pts:
-                    ax.plot(*zip(*pts), style, label=impl)
+                    ax.plot(*zip(*pts), style, color=f"C{i}", label=labels.get(impl, impl))
             ax.plot([r["L"] for r in rows], [r[f"{kind}_floor_ms"] for r in rows], "k-", lw=0.8, label="floor")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel(f"sequence length L (batch = {rows[0]['L'] * rows[0]['batch']} / L)")
             ax.set_ylabel("ms")
-            ax.set_title(f"Mamba-1 selective scan {kind}")
+            ax.set_title(f"{'SSD' if ssd else 'Mamba-1 selective scan'} {kind}")
             ax.legend(fontsize=7)
     elif name == "train-step":
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))

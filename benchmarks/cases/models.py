@@ -20,33 +20,12 @@ and batch b:
    every fixed-size state read and written once. frac = bound / measured time.
 Combinations whose cache would not fit next to the weights in `MEM_LIMIT` bytes are skipped and listed.
 
-generation: `model.generate` against the captured decode step, prefill time and memory. For each model (bf16; TransMamba-400M, the Transformer with its non-embedding parameter count, a Mamba-2
-hybrid of the same shape with 2 attention mixers in 12) and each prompt shape context x batch (random ids):
-
-    ttft_s              median wall time of generate(ids, max_new_tokens=1): prefill + the first token
-    generate_tok_s      batch * n / (median time of generate(n + 1 new tokens) - ttft_s): decode tokens/s
-                        through `model.generate` (greedy, do_sample=False, the default cuda_graph="auto")
-                        after a warm-up call of the same shape, so the calls reuse the decode workspace
-                        (cache buffers + CUDA graphs, `inference.generate`) as repeated calls do
-    generate_cold_tok_s     one call after `release_decode_workspace`: a new cache, an eager step and a
-                        capture per TransPoint signature inside the timing (a first call at a new shape)
-    generate_chunked_tok_s  the same with chunks of 16 captured steps forced on (CHUNK_MIN_TOKENS = 0; by
-                        default only runs of >= 256 tokens use them): the A/B of the chunks (CUDA only)
-    step_tok_s          batch * n / time of n replays of the captured static step (`StaticDecoder`,
-                        CUDA graph) on a cache prefilled with the same prompts: the decode floor generate
-                        can reach; generate_frac = generate_tok_s / step_tok_s
-    ms_per_token        decode ms per generated token of one row (1e3 * (full - ttft) / n)
-    bound_ms            bytes one decode step must move (every weight but the embedding table once, the KV /
-                        state bytes read and written: `step_bytes`) / measured copy
-                        bandwidth; bound_frac = bound_ms / ms_per_token (batch 1 is the latency case)
-    prefill_peak_GB     torch.cuda.max_memory_allocated over the ttft call (weights included)
-    peak_GB             the same over the full generate call
-    sdpa_warnings       PyTorch attention warnings raised during a prefill (e.g. a fused kernel refused; the
-                        most in one call, the first call of the shape included)
-
+generation: `model.generate` as users meet it (greedy, the default `cuda_graph="auto"`) against the captured
+static step, with TTFT, the bandwidth bound and prefill / peak memory, for TransMamba-400M, the Transformer
+with its non-embedding parameter count and a Mamba-2 hybrid of the same shape (2 attention mixers in 12), at
+each prompt shape context x batch (random ids). Every column is defined in docs/generation.md ("Method").
 Timing is wall clock with the device synchronised at both ends, after one untimed warm-up call of the same
-shape (kernel compilation, graph capture, allocator growth); medians over --gen-reps calls. Cases past
---gen-time-budget seconds are skipped and listed.
+shape; medians over --gen-reps calls. Cases past --gen-time-budget seconds are skipped and listed.
 """
 
 from __future__ import annotations

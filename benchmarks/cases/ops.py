@@ -266,40 +266,6 @@ def _ssd_op_sdpa(row, tokens: int, l: int, heads: int = 16, dim: int = 128) -> N
     torch.cuda.empty_cache()
 
 
-@case("ssd-accuracy", "bf16 SSD: ours and mamba_ssm against the fp64 torch reference, fwd and grads")
-def run_ssd_accuracy(args) -> list[dict[str, Any]]:
-    from transmamba.ops.ssd.chunked import ssd_chunked
-    from transmamba.ops.ssd.triton import ssd_triton
-
-    peer = load_mamba_ssm()
-    h, p, g, n, Q = 64, 64, 1, 128, 256
-    rows = []
-    for b, l in ((2, 4096),):
-        x, dt, A, B, C, D, dt_bias = _ssd_inputs(b, l, h, p, g, n)
-        leaves = [x, dt, A, B, C, D, dt_bias]
-        for t in leaves:
-            t.requires_grad_()
-        dy = torch.randn_like(x)
-        kw = dict(chunk_size=Q, D=D, dt_bias=dt_bias, dt_softplus=True)
-        ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
-        yr = ssd_chunked(*ref_leaves[:5], chunk_size=Q, D=ref_leaves[5], dt_bias=ref_leaves[6], dt_softplus=True)
-        gr = torch.autograd.grad(yr, ref_leaves, dy.double())
-        impls = {"ours": lambda: ssd_triton(x, dt, A, B, C, **kw)}
-        if peer is not None:
-            impls["mamba_ssm"] = lambda: peer["chunk_scan_combined"](x, dt, A, B, C, **kw)
-        for name, fn in impls.items():
-            y = fn()
-            gs = torch.autograd.grad(y, leaves, dy)
-            row = {"impl": name, "batch": b, "L": l, "y": rel(y, yr)}
-            for nm, a, r in zip(["dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias"], gs, gr):
-                row[nm] = rel(a, r)
-            print(json.dumps({k: (f"{v:.2e}" if isinstance(v, float) else v) for k, v in row.items()}))
-            rows.append(row)
-        del yr, gr, ref_leaves
-        torch.cuda.empty_cache()
-    return rows
-
-
 @case("ssd-decode", "one SSD decode step per layer: ours vs mamba_ssm vs torch, batch 1/16")
 def run_ssd_decode(args) -> list[dict[str, Any]]:
     from transmamba.ops.ssd import ssd_step
