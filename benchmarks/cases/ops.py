@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.cases import case, option
-from benchmarks.common import ROOT, bench_ms, ceilings, load_fla, load_mamba_ssm, nograd, rel, show
+from benchmarks.common import ROOT, bench_ms, ceilings, load_fla, load_mamba_ssm, nograd, rel, show, wall_ms
 
 option("--lengths", default="1024,2048,4096,8192,16384,32768", help="ssd-op / scan-op sequence lengths")
 option("--tokens", type=int, default=32768, help="ssd-op tokens per call (batch = tokens / L)")
@@ -142,11 +142,7 @@ def run_ssd_op(args) -> list[dict[str, Any]]:
 
 def _first_call_s(fn) -> float:
     """Seconds of one synchronised call (the first call of a shape: Triton compile / autotune included)."""
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return wall_ms(fn, 1, "cuda") / 1e3
 
 
 def _ssd_op_row(l, args, peer, fla, ceil, ssd_triton, ssd_chunked) -> dict[str, Any]:
