@@ -2,7 +2,7 @@
 
     python experiments/recall_sweep.py --out OUT                 # full sweep, 480 s on one H200
     python experiments/recall_sweep.py --out OUT --quick         # seq 256 / 16 pairs only, 240 s
-    python experiments/recall_sweep.py --out OUT --smoke         # CPU, tiny, < 30 s (tested in the suite)
+    python experiments/recall_sweep.py --out OUT --smoke         # CPU, tiny, < 30 s (a check of the script)
 
 Everything runs in one process, in this order (each stage writes JSON lines to OUT/recall_sweep.jsonl as
 it goes, so a run cut short still leaves every finished point):
@@ -476,7 +476,7 @@ def main(argv=None) -> int:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",
                       help="one MQAR setting (seq 256, 16 pairs), no PhoneBook, 240 s")
-    mode.add_argument("--smoke", action="store_true", help="CPU, tiny models and rows, seconds (a test)")
+    mode.add_argument("--smoke", action="store_true", help="CPU, tiny models and rows, seconds")
     mode.add_argument("--report", action="store_true", help="only rebuild the report from OUT's jsonl")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="wall-clock seconds for the whole call (default: full 480, quick 240, smoke 20)")
