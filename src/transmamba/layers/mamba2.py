@@ -25,7 +25,8 @@ from transmamba.layers.norm import RMSNormGated
 from transmamba.layers.ssm_state import Mamba2State
 from transmamba.ops.checks import check_shape
 from transmamba.ops.conv import causal_conv1d, causal_conv1d_split, causal_conv1d_update
-from transmamba.ops.ssd import DEFAULT_CHUNK_SIZE, ssd, ssd_step
+from transmamba.ops.ssd import ssd, ssd_step
+from transmamba.ops.ssd.args import DEFAULT_CHUNK_SIZE
 
 
 def _positive_int(op: str, name: str, value) -> int:
