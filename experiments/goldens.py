@@ -244,7 +244,8 @@ def record_ops(rec: Recorder, device: str, dtype, tag: str) -> None:
                    v_cache=_rand(3, 50, 2, 16, gen=gen)), device, dtype, grad=False)
     lengths = torch.tensor([1, 17, 50], device=device)
     with torch.no_grad():
-        rec.put(f"{tag}/attention_decode", ops.attention_decode(**t, lengths=lengths))
+        if hasattr(ops, "attention_decode"):  # the SDPA decode op, deleted for `decode_attention` (one op)
+            rec.put(f"{tag}/attention_decode", ops.attention_decode(**t, lengths=lengths))
         dec = _find("transmamba.ops.decode_attention:decode_attention",
                     "transmamba.ops.attention:decode_attention")
         rec.put(f"{tag}/decode_attention", dec(t["q"], t["k_cache"], t["v_cache"], lengths))

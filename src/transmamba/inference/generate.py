@@ -7,8 +7,8 @@
    per-layer states are merged with `LayerState.stack` (`ModelCache.stack`). Every row keeps its own
    position (`seqlen_offset`), so attention RoPE, KV masks and TransMamba's TransPoints stay per row.
 2. Decode. Each step samples one token per row from the last logits (`inference/sampling.py`) and feeds
-   it through the model: `model.step`, or with `cuda_graph` the static step replayed from CUDA graphs
-   (`inference/static_decode.py`; same logits up to rounding, sampling stays outside the graph). A row
+   it through the model: `model.step`, eagerly or with `cuda_graph` captured in CUDA graphs and replayed
+   (`inference/static_decode.py`; the same step, sampling stays outside the graph). A row
    that emits a stop token is finished: it keeps the stop token, gets `pad_token_id` afterwards, and the
    loop ends when every row has finished or after `max_new_tokens`. The loop stays on the device (no host
    sync per token): tokens and stop flags live in device buffers read back at the end, "has every row
@@ -104,7 +104,7 @@ def _resolve_graph(model, cuda_graph, max_new_tokens: int) -> bool:
 # ---- a decode workspace kept between calls -----------------------------------------------------------------
 # CUDA graphs read fixed addresses, so a graph captured for one call's cache is useless to the next call,
 # which makes its own cache: every call paid an eager step and a capture per TransPoint signature (about two
-# eager steps of host time; transmamba-400m's eager static step takes 7.6 ms on the H200, against ~0.1 s for
+# eager steps of host time; transmamba-400m's eager step takes 7.6 ms on the H200, against ~0.1 s for
 # 128 tokens at batch 16). Calls whose prompts all have one length keep one workspace per model instead —
 # the cache buffers and the decoder with its graphs, as mamba_ssm's generation keeps its graph cache on the
 # model — keyed by what the graphs bake in (batch, max_len, dtype, device, TransPoints, the weights'
@@ -112,7 +112,7 @@ def _resolve_graph(model, cuda_graph, max_new_tokens: int) -> bool:
 # buffers and replays the same graphs. The workspace holds its cache's memory between calls (a later call
 # with another key replaces it); `release_decode_workspace(model)` frees it.
 _WORKSPACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> _Workspace
-_WORKSPACE_ON_CPU = False  # tests: the workspace path (static step, no graphs) on CPU models too
+_WORKSPACE_ON_CPU = False  # tests: the workspace path (StaticDecoder, no graphs) on CPU models too
 _KV_FIELDS = ("kv_B", "kv_x", "kv_dt")
 
 
@@ -226,7 +226,7 @@ def generate(
     stop_tokens: ids that end a row (kept in its output).
     seed: seeds a private torch.Generator (None: the global RNG).
     pad_token_id: fills finished rows in a tensor result (default: the first stop token, else 0).
-    cuda_graph: decode through CUDA graphs of the static step. "auto" (default; also None): on a CUDA
+    cuda_graph: decode through CUDA graphs of `model.step`. "auto" (default; also None): on a CUDA
         device when `graph_supported(model)` and max_new_tokens >= GRAPH_MIN_TOKENS; a CUDA model that
         cannot be captured (MoE layers) decodes eagerly with a one-line RuntimeWarning; CPU models decode
         eagerly without one. "on" / True: required, a ValueError where impossible. "off" / False:
