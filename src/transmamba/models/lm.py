@@ -448,8 +448,9 @@ class CausalLM(nn.Module):
         captured in a CUDA graph (`inference.static_decode.StaticDecoder`); TransMamba rows at or past their
         TransPoint must already be converted and every row needs room in the KV buffers (the decoder sees
         to both). None (eager use): the positions are read from the cache (a device sync), attention rows
-        are checked for room and each TransMamba layer converts the rows that reached P and picks its mode
-        itself (`TransMamba.prepare_step`). consts: `step_constants()` (recomputed per step when None).
+        are checked for room and each TransMamba layer converts the rows that reached P
+        (`TransMamba.prepare_step`), then the modes follow from the positions. consts: `step_constants()`
+        (recomputed per step when None).
         """
         if input_ids.ndim != 1:
             raise ValueError(f"CausalLM.step: input_ids must be (batch,), got shape {tuple(input_ids.shape)}")
@@ -458,8 +459,8 @@ class CausalLM(nn.Module):
                              f"got {input_ids.dtype} on {input_ids.device}")
         if len(cache) != len(self.blocks):
             raise ValueError(f"CausalLM.step: cache has {len(cache)} layers, the model {len(self.blocks)}")
-        if modes is None:
-            self._check_room(cache)
+        if modes is None:  # eager: the bookkeeping a decoder does on the host, here from the device
+            modes = self._prepare_step(cache)
         elif len(modes) != len(self.blocks):
             raise ValueError(f"CausalLM.step: {len(modes)} modes for {len(self.blocks)} layers")
         consts = {} if consts is None else consts
@@ -468,23 +469,27 @@ class CausalLM(nn.Module):
         for i, (block, kind, state) in enumerate(zip(blocks, self.kinds, cache.states)):
             kw = consts.get(i, {})
             if kind == "transmamba":
-                kw = {**kw, "mode": None if modes is None else modes[i]}
+                kw = {**kw, "mode": modes[i]}
             if kind in _STEP_PARTIAL_KINDS:  # output projections may return split-K partials (add_norm sums)
                 kw = {**kw, "reduce": False}
             delta = block.mixer_step(n, state, **kw)
             h, n = add_norm(h, delta, blocks[i + 1].norm if i + 1 < len(blocks) else self.norm)
         return skinny_linear(n, self.lm_head)
 
-    def _check_room(self, cache: ModelCache) -> None:
-        """Eager decoding: every row has a free slot in each attention layer's KV buffer (one device sync)."""
-        top = None
+    def _prepare_step(self, cache: ModelCache) -> tuple[str, ...]:
+        """Eager decoding: read the rows' positions (one device sync), check that every row has a free slot in
+        each attention layer's KV buffer, let each TransMamba layer convert its rows that reached P
+        (`TransMamba.prepare_step`), and return the step's modes (`layer_modes`)."""
+        positions = cache.seqlen_offset.tolist()
+        top = max(positions, default=0)
         for i, (kind, state) in enumerate(zip(self.kinds, cache.states)):
-            if kind == "attention":
-                top = int(state.seqlen_offset.max()) if top is None else top
-                if top >= state.max_len:
-                    raise ValueError(f"CausalLM.step: a row is at position {top} but layer {i}'s KV buffer "
-                                     f"holds max_len={state.max_len} positions; make the cache with a larger "
-                                     "max_len")
+            if kind == "attention" and top >= state.max_len:
+                raise ValueError(f"CausalLM.step: a row is at position {top} but layer {i}'s KV buffer holds "
+                                 f"max_len={state.max_len} positions; make the cache with a larger max_len")
+        for block, kind, state in zip(self.blocks, self.kinds, cache.states):
+            if kind == "transmamba":
+                block.mixer.prepare_step(state, positions)
+        return self.layer_modes(positions)
 
     def generate(
         self,
