@@ -367,9 +367,10 @@ class TransMamba(Mamba2):
         self._check_tm_state(state, state.batch_size)
         positions = state.seqlen_offset.tolist() if positions is None else positions
         P = state.transpoint
-        rows = ((state.seqlen_offset >= P) & ~state.converted).nonzero().squeeze(1)
-        if rows.numel():
-            self.convert_rows(state, rows)
+        if state.kv_B is not None and any(p >= P for p in positions):  # (no cache left: all converted)
+            rows = ((state.seqlen_offset >= P) & ~state.converted).nonzero().squeeze(1)
+            if rows.numel():
+                self.convert_rows(state, rows)
         before = [p for p in positions if p < P]
         if before:
             state.ensure_capacity(max(before) + 1)

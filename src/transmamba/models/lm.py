@@ -477,9 +477,12 @@ class CausalLM(nn.Module):
         return skinny_linear(n, self.lm_head)
 
     def _prepare_step(self, cache: ModelCache) -> tuple[str, ...]:
-        """Eager decoding: read the rows' positions (one device sync), check that every row has a free slot in
-        each attention layer's KV buffer, let each TransMamba layer convert its rows that reached P
-        (`TransMamba.prepare_step`), and return the step's modes (`layer_modes`)."""
+        """Eager decoding: read the rows' positions (one device sync, only with attention or TransMamba
+        layers), check that every row has a free slot in each attention layer's KV buffer, let each
+        TransMamba layer convert its rows that reached P (`TransMamba.prepare_step`), and return the step's
+        modes (`layer_modes`)."""
+        if not {"attention", "transmamba"} & set(self.kinds):
+            return tuple(self.kinds)
         positions = cache.seqlen_offset.tolist()
         top = max(positions, default=0)
         for i, (kind, state) in enumerate(zip(self.kinds, cache.states)):
