@@ -282,7 +282,7 @@ def record_models(rec: Recorder, device: str, dtype, tag: str, *, graphs: bool =
         torch.manual_seed(0)
         model = CausalLM.from_preset(name).to(device=device, dtype=dtype)
         if model.transmamba_layers():
-            model.set_transpoints([0, 12, 30, 200])  # the last past every position used here
+            model.set_transpoints([0, 12, 30, model.config.max_seq_len])  # the last: all attention
         V = model.config.vocab_size
         gen = torch.Generator().manual_seed(1)
         ids = torch.randint(0, V, (2, 48), generator=gen).to(device)
