@@ -5,6 +5,7 @@
     python experiments/goldens.py record  --target interpret --out runs/goldens/before   # Triton interpreter
     python experiments/goldens.py record  --target cuda      --out runs/goldens/before   # on a GPU
     python experiments/goldens.py compare runs/goldens/before runs/goldens/after
+    python experiments/goldens.py compare runs/goldens/before runs/goldens/after --unified-step
 
 Targets:
 - cpu: every public op through its default dispatch (CPU tensors: the torch paths) forward and backward,
@@ -21,6 +22,13 @@ Targets:
 (how it was made); `compare` reports, per name, whether the two recordings are bit-identical (torch.equal) or
 the largest absolute difference, and exits 1 if anything differs or is missing. Inputs are made on the CPU
 from seeded generators, so two recordings see the same inputs on any machine.
+
+`--unified-step` compares a recording made after the decode paths became one (`model.step` is the static
+step, `ops.attention_decode` deleted) with one made before: each `.../step<i>` of the after-run must equal
+the before-run's `.../static<i>` bit for bit (the kept path); the largest difference from the before-run's
+old eager `.../step<i>` is printed; `generate.eager` (decoded by `model.step`) is compared with the
+before-run's `generate.eager` and reported, not counted (greedy tokens may flip where the old eager step's
+logits differed); the deleted `attention_decode` is expected to be missing.
 
 Kernels are looked up by name in the places they have lived (`_find`), so the same script records before
 and after files move.
@@ -244,7 +252,8 @@ def record_ops(rec: Recorder, device: str, dtype, tag: str) -> None:
                    v_cache=_rand(3, 50, 2, 16, gen=gen)), device, dtype, grad=False)
     lengths = torch.tensor([1, 17, 50], device=device)
     with torch.no_grad():
-        rec.put(f"{tag}/attention_decode", ops.attention_decode(**t, lengths=lengths))
+        if hasattr(ops, "attention_decode"):  # the SDPA decode op, deleted for `decode_attention` (one op)
+            rec.put(f"{tag}/attention_decode", ops.attention_decode(**t, lengths=lengths))
         dec = _find("transmamba.ops.decode_attention:decode_attention",
                     "transmamba.ops.attention:decode_attention")
         rec.put(f"{tag}/decode_attention", dec(t["q"], t["k_cache"], t["v_cache"], lengths))
@@ -433,7 +442,20 @@ def record(target: str, out: Path) -> None:
     print(f"goldens: {len(rec.out)} tensors -> {out / (target + '.pt')} ({meta['seconds']} s)")
 
 
-def compare(before: Path, after: Path) -> int:
+def _unified_step_ref(key: str):
+    """With --unified-step: (the before-run's key to compare `key` with, whether a difference counts)."""
+    import re
+
+    if re.search(r"/step\d+$", key):
+        return re.sub(r"/step(\d+)$", r"/static\1", key), True
+    if key.endswith("/generate.eager"):
+        return key, False
+    return key, True
+
+
+def compare(before: Path, after: Path, unified_step: bool = False) -> int:
+    import re
+
     import torch
 
     bad = 0
@@ -448,20 +470,30 @@ def compare(before: Path, after: Path) -> int:
             continue
         b = torch.load(after / fname, weights_only=True)
         same = differ = 0
+        old_step = 0.0  # --unified-step: largest difference of the new step from the old eager step
         for k in sorted(set(a) | set(b)):
-            if k not in a or k not in b:
+            ref, counts = _unified_step_ref(k) if unified_step else (k, True)
+            if unified_step and k in a and k not in b and k.endswith("/attention_decode"):
+                print(f"  {fname} {k}: deleted op (expected)")
+            elif ref not in a or k not in b:
                 print(f"  {fname} {k}: only in {'before' if k in a else 'after'}")
                 differ += 1
-            elif a[k].shape != b[k].shape or a[k].dtype != b[k].dtype:
-                print(f"  {fname} {k}: shape/dtype {tuple(a[k].shape)} {a[k].dtype} -> {tuple(b[k].shape)} {b[k].dtype}")
+            elif a[ref].shape != b[k].shape or a[ref].dtype != b[k].dtype:
+                print(f"  {fname} {k}: shape/dtype {tuple(a[ref].shape)} {a[ref].dtype} -> {tuple(b[k].shape)} {b[k].dtype}")
                 differ += 1
-            elif torch.equal(a[k], b[k]) or (a[k].is_floating_point() and torch.equal(a[k].isnan(), b[k].isnan())
-                                             and torch.equal(a[k].nan_to_num(), b[k].nan_to_num())):
+            elif torch.equal(a[ref], b[k]) or (a[ref].is_floating_point() and torch.equal(a[ref].isnan(), b[k].isnan())
+                                               and torch.equal(a[ref].nan_to_num(), b[k].nan_to_num())):
                 same += 1
             else:
-                diff = (a[k].double() - b[k].double()).abs().max().item()
-                print(f"  {fname} {k}: max |diff| {diff:.3e}")
-                differ += 1
+                diff = (a[ref].double() - b[k].double()).abs().max().item()
+                print(f"  {fname} {k}{'' if ref == k else ' vs before ' + ref}: max |diff| {diff:.3e}"
+                      + ("" if counts else " (reported, not counted)"))
+                differ += counts
+                same += not counts
+            if unified_step and ref != k and k in a and k in b:
+                old_step = max(old_step, (a[k].double() - b[k].double()).abs().max().item())
+        if unified_step and any(re.search(r"/step\d+$", k) for k in b):
+            print(f"  {fname}: the step's logits differ from the old eager step's by at most {old_step:.3e}")
         noise = before / fname.replace(".pt", ".repeat.json")
         if differ and noise.exists():
             print(f"  (run-to-run differences of the before-run itself: {noise})")
@@ -480,11 +512,13 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compare", help="compare two recording folders (exit 1 if anything differs)")
     c.add_argument("before", type=Path)
     c.add_argument("after", type=Path)
+    c.add_argument("--unified-step", action="store_true",
+                   help="after-run's step<i> against the before-run's static<i> (see the module docstring)")
     args = ap.parse_args(argv)
     if args.cmd == "record":
         record(args.target, args.out)
         return 0
-    return compare(args.before, args.after)
+    return compare(args.before, args.after, args.unified_step)
 
 
 if __name__ == "__main__":

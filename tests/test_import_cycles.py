@@ -5,7 +5,12 @@ A module's top-level imports (not those inside functions, which run later) defin
 is a module, else to `transmamba.a`. Importing a package runs its `__init__`, so an edge into a package's
 submodule also implies an edge to each enclosing package. The graph must have no cycle (a package's
 `__init__` importing its own submodules is not a cycle: submodules do not need their package's
-`__init__` to have finished)."""
+`__init__` to have finished).
+
+Beyond that, one layering rule is checked at every level (imports inside functions included): `inference`
+(cache bookkeeping, generation, CUDA-graph capture) never imports `models`; it drives any model through its
+decode interface (`step`, `layer_modes`, `step_constants`). `models` may import `inference` only inside
+functions (`init_cache`, `generate`), so neither direction can close a cycle at run time."""
 
 from __future__ import annotations
 
@@ -104,7 +109,7 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_graph_sees_the_package():
     graph = import_graph()
     assert len(graph) > 50
-    assert {"transmamba.inference.cache", "transmamba.models.config"} <= graph["transmamba.models.lm"]
+    assert {"transmamba.layers.norm", "transmamba.models.config"} <= graph["transmamba.models.lm"]
     assert "transmamba.ops.backend" in graph["transmamba.ops.ssd"]  # `from transmamba.ops import backend`
 
 
@@ -115,3 +120,29 @@ def test_cycle_finder_finds_a_cycle():
 def test_no_import_cycles():
     cycles = find_cycles(import_graph())
     assert not cycles, f"import cycles among top-level imports: {cycles}"
+
+
+def imports_anywhere(path: Path) -> set[str]:
+    """Every absolute `transmamba...` module name imported anywhere in `path` (functions included)."""
+    out: set[str] = set()
+    for n in ast.walk(ast.parse(path.read_text())):
+        if isinstance(n, ast.Import):
+            out.update(a.name for a in n.names)
+        elif isinstance(n, ast.ImportFrom) and n.module and not n.level:
+            out.update(f"{n.module}.{a.name}" for a in n.names)
+    return {m for m in out if m.startswith("transmamba")}
+
+
+def test_inference_never_imports_models():
+    files = sorted((SRC / "transmamba" / "inference").rglob("*.py"))
+    assert files
+    bad = {str(f.relative_to(SRC)): sorted(m for m in imports_anywhere(f)
+                                           if m.startswith("transmamba.models")) for f in files}
+    assert not any(bad.values()), f"inference modules importing models: {bad}"
+
+
+def test_models_import_inference_only_inside_functions():
+    graph = import_graph()
+    bad = {m: sorted(e for e in edges if e.startswith("transmamba.inference"))
+           for m, edges in graph.items() if m.startswith("transmamba.models")}
+    assert not any(bad.values()), f"models modules importing inference at import time: {bad}"

@@ -94,3 +94,21 @@ def test_model_cache_stack_and_analytic_bytes():
     bookkeeping = sum(t.numel() * t.element_size() for s in caches[1].states if s is not None
                       for t in s.tensors() if t.dtype in (torch.long, torch.bool))
     assert measured - bookkeeping == analytic
+
+
+def test_on_step_sees_the_cache_after_prefill_and_every_step(model):
+    """on_step(cache) after the prefill and after each of the n - 1 steps (the last token is not fed): the
+    positions advance by one, the TransMamba layers (P = 3, 6) convert and free their KV caches on the way,
+    and the tokens are those generated without an observer."""
+    prompts = [[1, 2], [4, 5]]
+    seen = []
+
+    def watch(cache):
+        tm = [s for s in cache.states if hasattr(s, "converted")]
+        seen.append((cache.seqlen_offset.tolist(), [s.kv_B is None for s in tm], cache.nbytes()))
+
+    out = generate(model, prompts, 8, seed=1, on_step=watch)
+    assert out == generate(model, prompts, 8, seed=1)
+    assert [s[0] for s in seen] == [[p, p] for p in range(2, 10)]
+    assert seen[0][1] == [False, False] and seen[-1][1] == [True, True]
+    assert seen[-1][2] < seen[0][2]

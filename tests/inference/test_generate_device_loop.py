@@ -161,24 +161,22 @@ def test_chunk_room_boundaries():
     cache, _, _ = prefill(model, [[1, 2], [3, 4, 5]], 20)  # rows at positions 2 and 3
     dec = StaticDecoder(model, cache)
     assert not dec.chunk_room(1)  # graphs off
-    from transmamba.inference.static_step import layer_modes
-
     dec.cuda_graph = True  # the bookkeeping alone (nothing is captured here)
     assert not dec.chunk_room(1)  # signature not captured yet
-    dec.graph_modes = layer_modes(model, dec.positions)
+    dec.graph_modes = model.layer_modes(dec.positions)
     assert dec.chunk_room(2)  # the row at 3 reaches position 4 < 5
     assert not dec.chunk_room(3)  # ... and 5 = P with 3 steps
     dec.positions = [10, 11]  # past both TransPoints (chunk_room converts the rows), KV buffers of 20
-    dec.graph_modes = layer_modes(model, dec.positions)
+    dec.graph_modes = model.layer_modes(dec.positions)
     assert dec.chunk_room(9) and not dec.chunk_room(10)  # the attention buffer holds positions < 20
 
 
 def test_workspace_reuse_equals_fresh_cache(monkeypatch):
     """Calls whose prompts have one length keep the cache buffers and the decoder between calls (for CUDA
-    graphs); run on the CPU through the same code (static step, no graphs): repeated calls with new prompts
+    graphs); run on the CPU through the same code (StaticDecoder, no graphs): repeated calls with new prompts
     of the same shape, then another shape, then different TransPoints give what `model.step` decoding on a
-    fresh cache gives. init_std 0.5 makes the logits sharp (top-2 gaps far above the static step's 1e-5
-    rounding difference from `model.step`), so greedy tokens are equal."""
+    fresh cache gives. init_std 0.5 makes the logits sharp (top-2 gaps far above the rounding differences
+    of KV buffers of other lengths), so greedy tokens are equal."""
     gen_mod = importlib.import_module("transmamba.inference.generate")  # the package re-exports generate()
 
     torch.manual_seed(7)

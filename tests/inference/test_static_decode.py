@@ -1,5 +1,6 @@
-"""The static decode step (`inference/static_step.py`, `static_decode.py`) against `CausalLM.step`, and the
-CUDA-graph `generate()` against eager generation (GPU tests, skipped without one)."""
+"""`StaticDecoder` (the host-side cache bookkeeping around `CausalLM.step`, and its CUDA-graph capture and
+replay) against the eager step, and the CUDA-graph `generate()` against eager generation (GPU tests, skipped
+without one). The step itself is tested against the full forward in tests/models/test_step.py."""
 
 import importlib.util
 import os
@@ -13,7 +14,6 @@ import torch
 
 from transmamba.inference.generate import generate, prefill
 from transmamba.inference.static_decode import StaticDecoder
-from transmamba.inference.static_step import layer_modes
 from transmamba.models.config import ModelConfig
 from transmamba.models.lm import CausalLM
 
@@ -45,7 +45,9 @@ def _model(pattern, points, seed, dtype=torch.float32, device="cpu"):
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_static_step_equals_step(case):
+def test_decoder_equals_eager_step(case):
+    """The decoder's host bookkeeping (conversions, modes, freed caches) runs the same step as the eager
+    `model.step`, so the logits are identical bit for bit."""
     pattern, points, lengths = CASES[case]
     model = _model(pattern, points, seed=case)
     gen = torch.Generator().manual_seed(case)
@@ -57,12 +59,12 @@ def test_static_step_equals_step(case):
     seen = set()
     with torch.no_grad():
         for _ in range(steps):
-            modes = layer_modes(model, dec.positions)
+            modes = model.layer_modes(dec.positions)
             seen.update(m for m, k in zip(modes, model.kinds) if k == "transmamba")
             ids = torch.randint(0, 53, (len(prompts),), generator=gen)
             ref = model.step(ids, ref_cache)
             out = dec.step(ids)
-            assert (out - ref).abs().max().item() <= 1e-5
+            assert torch.equal(out, ref)
     assert torch.equal(cache.seqlen_offset, ref_cache.seqlen_offset)
     if case == 0:
         assert seen == {"attn", "mixed", "ssm"}
@@ -120,7 +122,7 @@ def test_cuda_graph_generate_equals_eager_gpu(case):
 
 @pytest.mark.gpu
 def test_cuda_graph_replays_equal_static_eager_bf16_gpu():
-    """bf16: graph replays launch the same kernels as the eager static step, so logits are identical."""
+    """bf16: graph replays launch the same kernels as the step run eagerly, so logits are identical."""
     pattern, points, lengths = CASES[0]
     model = _model(pattern, points, seed=1, dtype=torch.bfloat16, device="cuda")
     prompts = [list(range(3, n + 3)) for n in lengths]
@@ -166,11 +168,11 @@ def test_cuda_graph_auto_gpu(monkeypatch):
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_cuda_graph_failed_capture_falls_back_gpu(monkeypatch, where):
     """A capture that raises (before any kernel is recorded, or after the whole step is) falls back to the
-    eager static step with a warning: generate() still returns the eager result, and the CUDA RNG works
+    step run eagerly with a warning: generate() still returns the eager result, and the CUDA RNG works
     afterwards (a failed capture must not leave the default generator in capture mode)."""
-    import transmamba.inference.static_decode as sd
-
-    real = sd.static_step
+    pattern, points, lengths = CASES[0]
+    model = _model(pattern, points, seed=0, device="cuda")
+    real = model.step
 
     def failing(*args, **kwargs):
         capturing = torch.cuda.is_current_stream_capturing()
@@ -181,12 +183,10 @@ def test_cuda_graph_failed_capture_falls_back_gpu(monkeypatch, where):
             raise RuntimeError("injected capture failure (after)")
         return out
 
-    pattern, points, lengths = CASES[0]
-    model = _model(pattern, points, seed=0, device="cuda")
     prompts = [list(range(1, n + 1)) for n in lengths]
     ref_greedy = generate(model, prompts, 16, greedy=True, cuda_graph="off")
     ref_sampled = generate(model, prompts, 16, seed=3, top_k=20, cuda_graph="off")
-    monkeypatch.setattr(sd, "static_step", failing)
+    monkeypatch.setattr(model, "step", failing)  # what the decoder captures
     with pytest.warns(RuntimeWarning, match="capture failed") as rec:
         out = generate(model, prompts, 16, greedy=True, cuda_graph="on")
     assert out == ref_greedy
@@ -204,14 +204,15 @@ def test_cuda_graph_failed_capture_falls_back_gpu(monkeypatch, where):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("split,act", [(None, "swiglu"), (2, "gelu"), (2, "relu2")])
-def test_static_step_skinny_gemm_fp32_gpu(monkeypatch, split, act):
-    """The static step with every linear through the Triton skinny GEMM (fp32, forced) against
-    `CausalLM.step` on the GPU; split=2 forces split-K everywhere, so the output projections hand their
-    partial sums to the add + RMSNorm kernel and the MLP's GELU runs in the reduction."""
+def test_step_skinny_gemm_fp32_gpu(monkeypatch, split, act):
+    """The step with every linear through the Triton skinny GEMM (fp32, forced) against the same step with
+    nn.Linear (fp32's default) on the GPU; split=2 forces split-K everywhere, so the output projections hand
+    their partial sums to the add + RMSNorm kernel and the MLP's GELU runs in the reduction."""
     import transmamba.ops.skinny_linear as sl
     import transmamba.ops.triton.skinny_gemm as sg
 
-    monkeypatch.setattr(sl, "DTYPES", (torch.bfloat16, torch.float16, torch.float32))  # fp32 too
+    base = sl.DTYPES
+    monkeypatch.setattr(sl, "DTYPES", base)  # restored after the test
     if split:
         cfg = {"BN": 16, "BK": 16, "split": split, "num_warps": 4, "num_stages": 2}
         monkeypatch.setattr(sg, "skinny_config", lambda *a: dict(cfg))
@@ -228,28 +229,11 @@ def test_static_step_skinny_gemm_fp32_gpu(monkeypatch, split, act):
     with torch.no_grad():
         for _ in range(steps):
             ids = torch.randint(0, 53, (len(prompts),), device="cuda", generator=gen)
+            sl.DTYPES = base  # fp32 through nn.Linear
             ref = model.step(ids, ref_cache)
+            sl.DTYPES = (*base, torch.float32)  # fp32 through the skinny GEMM too
             out = dec.step(ids)
             assert float((out - ref).norm() / ref.norm()) < 1e-5
-
-
-def test_static_step_without_precomputed_constants():
-    from transmamba.inference.static_step import static_step, step_constants
-
-    model = _model("T*M-", [3], seed=4)
-    prompts = [[1, 2], [3, 4, 5, 6]]
-    c1, _, _ = prefill(model, prompts, 10)
-    c2, _, _ = prefill(model, prompts, 10)
-    ids = torch.tensor([7, 8])
-    with torch.no_grad():
-        for _ in range(3):  # rows at 2 and 4 against P = 3: mixed, then ssm after a conversion
-            positions = c1.seqlen_offset.tolist()
-            assert layer_modes(model, positions)[0] in ("mixed", "ssm")
-            if layer_modes(model, positions)[0] == "ssm":
-                break
-            a = static_step(model, ids, c1, layer_modes(model, positions))
-            b = static_step(model, ids, c2, layer_modes(model, positions), step_constants(model))
-            assert torch.equal(a, b)
 
 
 _SKINNY_INTERP = textwrap.dedent(
@@ -259,7 +243,8 @@ _SKINNY_INTERP = textwrap.dedent(
     sys.path.insert(0, "tests/inference")
     import transmamba.ops.skinny_linear as sl
     import transmamba.ops.triton.skinny_gemm as sg
-    sl.skinny_enabled = lambda x, w: True  # the Triton path on CPU tensors (interpreter)
+    plain = sl.skinny_enabled  # False on CPU tensors: nn.Linear
+    forced = lambda x, w: True  # the Triton path on CPU tensors (interpreter)
     sg.skinny_config = lambda *a: {"BN": 16, "BK": 16, "split": 2, "num_warps": 4, "num_stages": 2}
     from test_static_decode import CASES, SMALL
     from transmamba.inference.generate import prefill
@@ -277,7 +262,10 @@ _SKINNY_INTERP = textwrap.dedent(
     with torch.no_grad():
         for _ in range(3):
             ids = torch.randint(0, 53, (len(prompts),))
-            ref, out = model.step(ids, c1), dec.step(ids)
+            sl.skinny_enabled = plain
+            ref = model.step(ids, c1)
+            sl.skinny_enabled = forced
+            out = dec.step(ids)
             worst = max(worst, float((out - ref).norm() / ref.norm()))
     print("RESULT", worst)
     """
@@ -285,9 +273,10 @@ _SKINNY_INTERP = textwrap.dedent(
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-def test_static_step_skinny_split_k_interpreter():
-    """The static step with every linear through the skinny GEMM split over K (GELU in the reduction, output
-    projections' partials summed by the add + RMSNorm kernel), fp32 under TRITON_INTERPRET=1."""
+def test_step_skinny_split_k_interpreter():
+    """The step with every linear through the skinny GEMM split over K (GELU in the reduction, output
+    projections' partials summed by the add + RMSNorm kernel) against nn.Linear, fp32 under
+    TRITON_INTERPRET=1."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "-c", _SKINNY_INTERP], capture_output=True, text=True, env=env,
@@ -295,3 +284,26 @@ def test_static_step_skinny_split_k_interpreter():
     assert proc.returncode == 0, proc.stderr[-4000:]
     worst = float([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1].split()[1])
     assert worst < 1e-5
+
+
+def test_generate_through_the_decoder_equals_eager_for_converted_model():
+    """generate() through StaticDecoder (what CUDA decoding runs) equals the eager model.step loop, for a
+    Transformer converted to TransMamba (RoPE on the attention path, no norm, no D skip, no conv
+    activation)."""
+    torch.manual_seed(4)
+    model = CausalLM(ModelConfig(pattern="T-*T", transpoints=[5, 8], tm_attn_rope=True, tm_attn_norm=False,
+                                 tm_attn_d_skip=False, tm_conv_activation="none", **SMALL)).eval()
+    prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9, 10]]
+    eager = generate(model, prompts, 12, greedy=True, cuda_graph="off")
+    cache, logits, order = prefill(model, prompts, 6 + 12)
+    dec = StaticDecoder(model, cache)
+    toks = logits.argmax(-1)
+    out = [[t] for t in toks.tolist()]
+    with torch.no_grad():
+        for _ in range(11):
+            toks = dec.step(toks).argmax(-1)
+            for r, t in enumerate(toks.tolist()):
+                out[r].append(t)
+    static = [prompts[i] + out[r] for r, i in enumerate(order)]
+    static = [static[order.index(i)] for i in range(len(prompts))]
+    assert static == eager

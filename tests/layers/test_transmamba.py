@@ -177,3 +177,41 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="seq_idx"):
         seq_idx = torch.zeros(1, 3, dtype=torch.long)
         tm(torch.randn(1, 3, 16), seq_idx=seq_idx, state=tm.init_state(1, max_len=3))
+
+
+@pytest.mark.parametrize("mode", ["attn", "ssm", "mixed"])
+def test_step_in_a_fixed_mode_equals_eager_step(mode):
+    """`step(mode=...)` (static: the caller converted the rows past P) gives what the eager `step` (which
+    converts and picks the mode itself) gives, bit for bit, with every option of a converted Transformer
+    on."""
+    _, tm = pair(ngroups=2, transpoint=5, conv_activation=None)
+    tm.attn_rope, tm.attn_norm, tm.attn_d_skip = True, False, False
+    lengths = {"attn": [1, 3], "ssm": [6, 7], "mixed": [2, 6]}[mode]
+    hidden = torch.randn(2, 8, 16)
+    states = []
+    with torch.no_grad():
+        for _ in range(2):
+            rows = []
+            for r, n in enumerate(lengths):  # each row prefilled to its own length
+                rows.append(tm.init_state(1, max_len=16))
+                tm(hidden[r:r + 1, :n], state=rows[-1])
+            states.append(TransMambaState.stack(rows))
+        ref_state, state = states
+        assert tm.step_mode(state.seqlen_offset.tolist()) == mode
+        due = [r for r, n in enumerate(lengths) if n >= 5 and not bool(state.converted[r])]
+        if due:
+            tm.convert_rows(state, torch.tensor(due))
+        x = torch.randn(2, 16)
+        assert torch.equal(tm.step(x, state, mode=mode), tm.step(x, ref_state))
+
+
+def test_step_mode_errors():
+    _, tm = pair(transpoint=2)
+    state = tm.init_state(1, max_len=4)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        tm.step(torch.randn(1, 16), state, mode="fast")
+    with torch.no_grad():
+        tm(torch.randn(1, 3, 16), state=state)  # past P: converted, KV cache freed
+    assert state.kv_B is None
+    with pytest.raises(ValueError, match="needs the KV cache"):
+        tm.step(torch.randn(1, 16), state, mode="attn")

@@ -5,11 +5,13 @@ import torch
 
 from transmamba.ops.attention import (
     apply_rope,
-    attention_decode,
     attention_reference,
     cached_attention,
     causal_attention,
+    decode_attention,
     position_in_document,
+    rope_decode,
+    rope_frequencies,
 )
 
 
@@ -70,12 +72,19 @@ def test_decode_and_cached_prefill_against_full():
     kc[:, :9], vc[:, :9] = k, v
     for t in range(9):
         lengths = torch.tensor([t + 1, t + 1])
-        torch.testing.assert_close(attention_decode(q[:, t], kc, vc, lengths), full[:, t])
+        torch.testing.assert_close(decode_attention(q[:, t], kc, vc, lengths), full[:, t])
     # rows with different lengths: row 1 holds only 4 tokens
-    out = attention_decode(q[:, 3], kc, vc, torch.tensor([9, 4]))
+    out = decode_attention(q[:, 3], kc, vc, torch.tensor([9, 4]))
     torch.testing.assert_close(out[1], full[1, 3])
     # prefill 4 new tokens after 5 cached ones
     torch.testing.assert_close(cached_attention(q[:, 5:], kc, vc, torch.tensor([5, 5])), full[:, 5:])
+
+
+def test_rope_decode_is_apply_rope_for_one_token():
+    x = torch.randn(3, 4, 8)
+    pos = torch.tensor([0, 5, 17])
+    ref = apply_rope(x[:, None], pos[:, None], 500.0)[:, 0]  # (b, 1, h, dh) at positions (b, 1)
+    torch.testing.assert_close(rope_decode(x, pos, rope_frequencies(8, 500.0)), ref, atol=0, rtol=0)
 
 
 def test_cached_attention_seq_idx():
@@ -101,8 +110,8 @@ def test_errors():
         apply_rope(q, torch.arange(8))
     with pytest.raises(ValueError, match="head_dim must be even"):
         apply_rope(torch.randn(1, 2, 1, 3), torch.arange(2))
-    with pytest.raises(ValueError, match=r"attention_decode: lengths must have shape \(2\)"):
-        attention_decode(q[:, 0], k, v, torch.tensor([1]))
+    with pytest.raises(ValueError, match=r"decode_attention: lengths must have shape \(2\)"):
+        decode_attention(q[:, 0], k, v, torch.tensor([1]))
 
 
 @pytest.mark.gpu

@@ -101,10 +101,10 @@ def test_concurrent_streams_equal_generate(served):
 @pytest.mark.gpu
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_concurrent_streams_equal_generate_gpu(cuda_graph):
-    """The same on CUDA (fp32): the batcher decodes through the static step, optionally CUDA graphs."""
+    """The same on CUDA (fp32): the batcher decodes through StaticDecoder, optionally CUDA graphs."""
     base, engine, reference, stop = _serve("cuda", cuda_graph)
     try:
-        # the server decodes CUDA rows through the static step: compare with generate's static-step path
+        # the server decodes CUDA rows through StaticDecoder: compare with generate's StaticDecoder path
         _check_concurrent_streams(base, engine, reference, graph="on")
     finally:
         stop()

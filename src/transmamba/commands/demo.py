@@ -96,59 +96,46 @@ def _kb(n: int) -> str:
 @torch.no_grad()
 def decode_with_events(model, tokenizer, prompt: str, new_tokens: int, *, temperature: float,
                        top_k: int | None, seed: int) -> dict:
-    """Sample ``new_tokens`` after ``prompt`` step by step, recording every KV -> SSM conversion.
+    """Sample ``new_tokens`` after ``prompt`` with the library's `generate`, watching the decode cache after
+    the prefill and after every step (`on_step`) to record each KV -> SSM conversion.
 
     Returns {"text", "events": [{position, layer, transpoint, kv_positions, bytes_before, bytes_after}],
     "layers": [{layer, kind, transpoint, bytes_at_start, bytes_peak, bytes_end}], "cache_start", "cache_end"}.
     """
-    from transmamba.inference.sampling import make_generator, sample_next
+    from transmamba.inference.generate import generate
 
     model.eval()
-    ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
-    max_len = len(ids) + new_tokens
     limit = model.config.max_seq_len
-    if max_len > limit:
-        new_tokens = max(0, limit - len(ids))
-        max_len = limit
-    device = next(model.parameters()).device
-    cache = model.init_cache(1, max_len)
+    ids = (tokenizer.encode(prompt) or [tokenizer.eos_id])[-(limit - 1):]  # room for a new token
+    new_tokens = max(1, min(new_tokens, limit - len(ids)))
     kinds = list(model.kinds)
     tm_layers = [i for i, k in enumerate(kinds) if k == "transmamba"]
+    seen: dict = {}  # what the observer has seen so far
 
-    def converted(i: int) -> bool:
-        return bool(cache.states[i].converted.all())
-
-    start_bytes = cache.layer_nbytes()
-    peak = list(start_bytes)
-    events = []
-    was = {i: converted(i) for i in tm_layers}
-    prev = cache.layer_nbytes()
-
-    def record(position: int) -> None:
-        nonlocal prev
+    def watch(cache) -> None:
+        """After the prefill (position len(ids) - 1) and after each step (the position it consumed)."""
         now = cache.layer_nbytes()
+        if not seen:  # the prefill: compare against a fresh cache of the same size
+            fresh = model.init_cache(1, len(ids) + new_tokens)
+            seen.update(cache=cache, start=fresh.layer_nbytes(), prev=fresh.layer_nbytes(),
+                        peak=list(fresh.layer_nbytes()),
+                        was={i: bool(fresh.states[i].converted.all()) for i in tm_layers}, events=[])
+        position = int(cache.seqlen_offset[0]) - 1
         for i in tm_layers:
-            peak[i] = max(peak[i], now[i])
-            if not was[i] and converted(i):
-                was[i] = True
-                layer = model.mixer(i)
-                events.append({"position": position, "prefill": position < len(ids),
-                               "layer": i, "transpoint": int(layer.transpoint),
-                               "kv_positions": int(layer.transpoint), "bytes_before": prev[i],
-                               "bytes_after": now[i]})
-        prev = now
+            seen["peak"][i] = max(seen["peak"][i], now[i])
+            if not seen["was"][i] and bool(cache.states[i].converted.all()):
+                seen["was"][i] = True
+                P = int(model.mixer(i).transpoint)
+                seen["events"].append({"position": position, "prefill": position < len(ids), "layer": i,
+                                       "transpoint": P, "kv_positions": P, "bytes_before": seen["prev"][i],
+                                       "bytes_after": now[i]})
+        seen["prev"] = now
 
-    gen = make_generator(seed)
-    out_ids: list[int] = []
-    # prefill token by token would hide nothing, but a prompt longer than a TransPoint converts in prefill
-    logits = model(torch.tensor([ids], device=device), cache=cache).logits[:, -1]
-    record(len(ids) - 1)
-    for t in range(new_tokens):
-        tok = sample_next(logits.float(), temperature=temperature, top_k=top_k, generator=gen)
-        out_ids.append(int(tok[0]))
-        prev = cache.layer_nbytes()
-        logits = model.step(tok.to(device), cache)
-        record(len(ids) + t)
+    # cuda_graph="off": the eager step frees each layer's KV cache as it converts (a CUDA-graph workspace
+    # keeps its buffers for the next call), which is what the report shows
+    out = generate(model, [ids], new_tokens, temperature=temperature, top_k=top_k, seed=seed,
+                   cuda_graph="off", on_step=watch)[0][len(ids):]
+    cache, start_bytes, peak, events = seen["cache"], seen["start"], seen["peak"], seen["events"]
     end_bytes = cache.layer_nbytes()
     transformer_bytes = None
     try:  # what a same-width Transformer would hold (analytic; fp32 like this cache)
@@ -163,7 +150,7 @@ def decode_with_events(model, tokenizer, prompt: str, new_tokens: int, *, temper
         pass
     return {
         "prompt": prompt,
-        "text": tokenizer.decode(out_ids),
+        "text": tokenizer.decode(out),
         "events": events,
         "layers": [{"layer": i, "kind": kinds[i],
                     "transpoint": int(model.mixer(i).transpoint) if kinds[i] == "transmamba" else None,

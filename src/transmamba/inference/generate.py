@@ -7,8 +7,8 @@
    per-layer states are merged with `LayerState.stack` (`ModelCache.stack`). Every row keeps its own
    position (`seqlen_offset`), so attention RoPE, KV masks and TransMamba's TransPoints stay per row.
 2. Decode. Each step samples one token per row from the last logits (`inference/sampling.py`) and feeds
-   it through the model: `model.step`, or with `cuda_graph` the static step replayed from CUDA graphs
-   (`inference/static_decode.py`; same logits up to rounding, sampling stays outside the graph). A row
+   it through the model: `model.step`, eagerly or with `cuda_graph` captured in CUDA graphs and replayed
+   (`inference/static_decode.py`; the same step, sampling stays outside the graph). A row
    that emits a stop token is finished: it keeps the stop token, gets `pad_token_id` afterwards, and the
    loop ends when every row has finished or after `max_new_tokens`. The loop stays on the device (no host
    sync per token): tokens and stop flags live in device buffers read back at the end, "has every row
@@ -17,6 +17,8 @@
 
 The streamer, if given, is called after every step as `streamer(tokens, active)`: tokens (b,) long are
 this step's tokens in the caller's row order, active (b,) bool says which rows produced a real token.
+`on_step(cache)`, if given, sees the decode cache after the prefill and after every decode step (e.g. to
+watch its memory, `cache.layer_nbytes()`, and the TransMamba layers' conversions; `transmamba demo` does).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from transmamba.inference.sampling import check_sampling_args, make_generator, s
 from transmamba.inference.static_decode import StaticDecoder, graph_supported
 
 Streamer = Callable[[torch.Tensor, torch.Tensor], None]
+CacheObserver = Callable[[ModelCache], None]
 GRAPH_MIN_TOKENS = 8  # cuda_graph="auto": shorter runs do not repay a capture
 STOP_CHECK_EVERY = 16  # without a streamer: tokens between two host reads of "has every row stopped?"
 GRAPH_CHUNK = 16  # greedy CUDA-graph decoding: steps captured into one graph (0: single captured steps)
@@ -104,7 +107,7 @@ def _resolve_graph(model, cuda_graph, max_new_tokens: int) -> bool:
 # ---- a decode workspace kept between calls -----------------------------------------------------------------
 # CUDA graphs read fixed addresses, so a graph captured for one call's cache is useless to the next call,
 # which makes its own cache: every call paid an eager step and a capture per TransPoint signature (about two
-# eager steps of host time; transmamba-400m's eager static step takes 7.6 ms on the H200, against ~0.1 s for
+# eager steps of host time; transmamba-400m's eager step takes 7.6 ms on the H200, against ~0.1 s for
 # 128 tokens at batch 16). Calls whose prompts all have one length keep one workspace per model instead —
 # the cache buffers and the decoder with its graphs, as mamba_ssm's generation keeps its graph cache on the
 # model — keyed by what the graphs bake in (batch, max_len, dtype, device, TransPoints, the weights'
@@ -112,7 +115,7 @@ def _resolve_graph(model, cuda_graph, max_new_tokens: int) -> bool:
 # buffers and replays the same graphs. The workspace holds its cache's memory between calls (a later call
 # with another key replaces it); `release_decode_workspace(model)` frees it.
 _WORKSPACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> _Workspace
-_WORKSPACE_ON_CPU = False  # tests: the workspace path (static step, no graphs) on CPU models too
+_WORKSPACE_ON_CPU = False  # tests: the workspace path (StaticDecoder, no graphs) on CPU models too
 _KV_FIELDS = ("kv_B", "kv_x", "kv_dt")
 
 
@@ -217,6 +220,7 @@ def generate(
     streamer: Streamer | None = None,
     pad_token_id: int | None = None,
     cuda_graph: bool | str | None = "auto",
+    on_step: CacheObserver | None = None,
 ) -> torch.Tensor | list[list[int]]:
     """Generate up to `max_new_tokens` tokens after each prompt.
 
@@ -226,11 +230,13 @@ def generate(
     stop_tokens: ids that end a row (kept in its output).
     seed: seeds a private torch.Generator (None: the global RNG).
     pad_token_id: fills finished rows in a tensor result (default: the first stop token, else 0).
-    cuda_graph: decode through CUDA graphs of the static step. "auto" (default; also None): on a CUDA
+    cuda_graph: decode through CUDA graphs of `model.step`. "auto" (default; also None): on a CUDA
         device when `graph_supported(model)` and max_new_tokens >= GRAPH_MIN_TOKENS; a CUDA model that
         cannot be captured (MoE layers) decodes eagerly with a one-line RuntimeWarning; CPU models decode
         eagerly without one. "on" / True: required, a ValueError where impossible. "off" / False:
         `model.step`. A capture that fails at run time warns and goes on eagerly (`StaticDecoder`).
+    on_step: called as on_step(cache) after the prefill and after every decode step (rows in the cache's
+        order: prompts grouped by length); read-only use. Like a streamer, it keeps steps one at a time.
 
     Returns, for tensor input, a (batch, len + n) tensor (prompt then new tokens, finished rows padded);
     for list input, a list of lists (each prompt followed by its new tokens, up to and including a stop).
@@ -254,7 +260,7 @@ def generate(
     model.eval()
     try:
         new_tokens = _decode(model, prompts, max_new_tokens, use_greedy, temperature, top_k, top_p, stops,
-                             seed, streamer, pad_token_id, use_graph)
+                             seed, streamer, pad_token_id, use_graph, on_step)
     finally:
         model.train(was_training)
 
@@ -266,7 +272,7 @@ def generate(
 
 
 def _decode(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, stops, seed, streamer, pad,
-            use_graph=False):
+            use_graph=False, on_step=None):
     """The decode loop, kept on the device: tokens go into a (b, max_new_tokens) buffer, stop tokens set a
     device flag per row, and the host reads them back once at the end. Without a streamer the loop asks
     whether every row has finished only every STOP_CHECK_EVERY tokens (steps past that point produce
@@ -285,16 +291,16 @@ def _decode(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, s
         ws = _workspace(model, b, max_len)
     if ws is None:
         return _decode_on(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, stops, seed,
-                          streamer, pad, use_graph, None)
+                          streamer, pad, use_graph, None, on_step)
     try:
         return _decode_on(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, stops, seed,
-                          streamer, pad, use_graph, ws)
+                          streamer, pad, use_graph, ws, on_step)
     finally:
         ws.lock.release()
 
 
 def _decode_on(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, stops, seed, streamer, pad,
-               use_graph, ws):
+               use_graph, ws, on_step=None):
     """`_decode` on the workspace `ws` (its cache and decoder), or on a fresh cache when ws is None."""
     b = len(prompts)
     new_tokens: list[list[int]] = [[] for _ in range(b)]
@@ -305,6 +311,8 @@ def _decode_on(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p
         logits = model(ids, cache=cache, last_logits_only=True).logits[:, -1].float()
     else:
         cache, logits, order = prefill(model, prompts, max_len)
+    if on_step is not None:
+        on_step(cache)
     device = logits.device
     order_t = torch.tensor(order, dtype=torch.long, device=device)
     stops = stops.to(device)
@@ -339,7 +347,7 @@ def _decode_on(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p
         dec = ws.decoder
     else:
         dec = StaticDecoder(model, cache, cuda_graph=True) if use_graph else None
-    chunks = (dec is not None and greedy and streamer is None and GRAPH_CHUNK > 0
+    chunks = (dec is not None and greedy and streamer is None and on_step is None and GRAPH_CHUNK > 0
               and max_new_tokens >= CHUNK_MIN_TOKENS)
     check_every = 1 if streamer is not None else STOP_CHECK_EVERY
     nxt = advance(logits)
@@ -356,6 +364,8 @@ def _decode_on(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p
                 continue
             chunks = False
         step_logits = dec.step(nxt) if dec is not None else model.step(nxt, cache)
+        if on_step is not None:
+            on_step(cache)
         nxt = advance(step_logits)
         made += 1
     rows = tokens[:, :made].tolist()  # the one read-back of the tokens

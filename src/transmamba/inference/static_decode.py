@@ -1,17 +1,18 @@
-"""Decode loop driver for the static step, optionally replayed from CUDA graphs.
+"""Decode loop driver for the model's own static step, `model.step(ids, cache, modes, consts)`, optionally
+captured in CUDA graphs and replayed (as mamba_ssm's generation captures its model's step).
 
     dec = StaticDecoder(model, cache, cuda_graph=True)   # cache: prefilled, KV buffers sized for the run
     logits = dec.step(ids)                               # (b,) long -> (b, V), like model.step(ids, cache)
 
-The decoder keeps the rows' positions on the host (read once at construction, +1 per step), so it knows
-without a device sync, before every step:
+The decoder does the cache bookkeeping that keeps the step static. It keeps the rows' positions on the host
+(read once at construction, +1 per step), so it knows without a device sync, before every step:
 - which TransMamba rows reach their TransPoint P: it runs the Memory Converter for them outside the step
-  (`TransMamba._convert_rows`), and frees a layer's KV cache once every row is converted;
-- the step's mode signature (`static_step.layer_modes`): which TransMamba layers are in attention, SSM or
+  (`TransMamba.convert_rows`), and frees a layer's KV cache once every row is converted;
+- the step's mode signature (`model.layer_modes`): which TransMamba layers are in attention, SSM or
   mixed mode. A layer only moves attn -> mixed -> ssm, so a run sees at most 2 x (TransMamba layers) + 1
   signatures, and a signature never comes back once left.
-- that every attention row still fits its preallocated KV buffer (a clear error instead of an
-  out-of-bounds write).
+- that every attention row, and every TransMamba row before its P, still fits its preallocated KV buffer (a
+  clear error instead of an out-of-bounds write).
 
 With `cuda_graph=True` a new signature's first step runs eagerly (on the capture stream: it doubles as the
 warm-up that compiles kernels and initialises cuBLAS); if the next step has the same signature it is
@@ -19,14 +20,16 @@ captured into a CUDA graph and every later step with that signature is one `grap
 current signature's graph is kept (the old one can never be replayed again) and each graph has its own
 memory pool (freed with the graph). The returned logits of a replay live in the graph's output buffer:
 use them before the next step. If a capture fails, the decoder warns, records `capture_error`, puts the
-default CUDA generator back to its state before the capture and goes on with the eager static step.
+default CUDA generator back to its state before the capture and goes on with the step run eagerly.
 `run_chunk(ids, k, body)` captures k consecutive steps, each followed by `body` (e.g. greedy sampling that
 also records the token on the device), into one graph, so k tokens cost one replay and no host work. It
 runs only where `chunk_room(k)` holds: the current signature was already stepped and captured, no row
 reaches a TransPoint within the k steps and every KV buffer has room; elsewhere the caller takes single
 steps. `generate` uses it for greedy decoding without a streamer.
-The weights must not change while a decoder is in use (it reads A = -exp(A_log) and RoPE's frequencies once,
-and graphs hold the weights' addresses).
+The weights must not change while a decoder is in use (it reads `model.step_constants()`, A = -exp(A_log) and
+RoPE's frequencies, once, and graphs hold the weights' addresses). `model` is anything with CausalLM's
+decode interface (`blocks`, `kinds`, `mixer(i)`, `device`, `step`, `layer_modes`, `step_constants`); this
+package never imports `transmamba.models`.
 """
 
 from __future__ import annotations
@@ -36,9 +39,7 @@ import weakref
 
 import torch
 
-from transmamba.inference.static_step import layer_modes, static_step, step_constants
-
-UNSUPPORTED_GRAPH_KINDS = ("moe",)  # routing with data-dependent shapes (nonzero); eager static step only
+UNSUPPORTED_GRAPH_KINDS = ("moe",)  # routing with data-dependent shapes (nonzero); the step runs eagerly
 
 
 def graph_supported(model) -> tuple[bool, str]:
@@ -70,7 +71,7 @@ class StaticDecoder:
         self.keep_graphs = bool(keep_graphs)
         self.saved_graphs: dict[tuple, tuple] = {}  # signature -> (graph, its logits buffer)
         self._read_rows()
-        self.consts = step_constants(model)  # A = -exp(A_log), RoPE frequencies: read from the weights once
+        self.consts = model.step_constants()  # A = -exp(A_log), RoPE frequencies: read from the weights once
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_modes: tuple | None = None
         self.eager_modes: tuple | None = None  # signature of the last eager step (captured if seen again)
@@ -117,8 +118,9 @@ class StaticDecoder:
         self.graph = self.graph_modes = self.eager_modes = None
         self.chunk_graph = self.chunk_key = self._chunk_out = None
         self._read_rows()
-        for i, t in step_constants(self.model).items():
-            self.consts[i].copy_(t)
+        for i, fresh in self.model.step_constants().items():
+            for name, t in fresh.items():
+                self.consts[i][name].copy_(t)
 
     # ---- host-side bookkeeping -----------------------------------------------------------------------
     def _check_room(self) -> None:
@@ -127,6 +129,12 @@ class StaticDecoder:
             if kind == "attention" and top >= state.max_len:
                 raise ValueError(f"StaticDecoder: a row is at position {top} but layer {i}'s KV buffer holds "
                                  f"{state.max_len} positions; make the cache with a larger max_len")
+            if kind == "transmamba":
+                before = [p for p in self.positions if p < state.transpoint]
+                if before and max(before) >= state.kv_capacity:
+                    raise ValueError(f"StaticDecoder: a row is at position {max(before)} before layer {i}'s "
+                                     f"TransPoint but its KV buffer holds {state.kv_capacity} positions; "
+                                     "make the cache with a larger max_len")
 
     def _convert_due(self) -> None:
         """Memory Converter for rows at or past P that are not converted yet; free fully converted caches."""
@@ -135,7 +143,7 @@ class StaticDecoder:
             P = state.transpoint
             due = [r for r, (p, c) in enumerate(zip(self.positions, flags)) if p >= P and not c]
             if due:
-                layer._convert_rows(state, torch.tensor(due, dtype=torch.long, device=state.ssm_state.device))
+                layer.convert_rows(state, torch.tensor(due, dtype=torch.long, device=state.ssm_state.device))
                 for r in due:
                     flags[r] = True
 
@@ -153,7 +161,7 @@ class StaticDecoder:
                              f"got {tuple(ids.shape)}")
         self._check_room()
         self._convert_due()
-        modes = layer_modes(self.model, self.positions)
+        modes = self.model.layer_modes(self.positions)
         if self.graph is not None and modes != self.graph_modes:
             if self.keep_graphs:  # a later run (`reset`) may see this signature again
                 self.saved_graphs[self.graph_modes] = (self.graph, self._logits)
@@ -166,7 +174,7 @@ class StaticDecoder:
         if self.graph is None and not self.keep_graphs:
             self._drop_converted_caches()
         if not self.cuda_graph:
-            out = static_step(self.model, ids, self.cache, modes, self.consts)
+            out = self.model.step(ids, self.cache, modes, self.consts)
         elif modes == self.graph_modes:
             self._ids.copy_(ids)
             self.graph.replay()
@@ -187,7 +195,7 @@ class StaticDecoder:
         if not self.cuda_graph or self.graph_modes is None:
             return False
         self._convert_due()
-        if layer_modes(self.model, self.positions) != self.graph_modes:
+        if self.model.layer_modes(self.positions) != self.graph_modes:
             return False
         top = max(self.positions, default=0)
         for kind, state in zip(self.model.kinds, self.cache.states):
@@ -227,7 +235,7 @@ class StaticDecoder:
                 with torch.cuda.graph(graph, stream=stream, capture_error_mode="relaxed"):
                     cur = self._chunk_ids
                     for _ in range(k):
-                        cur = body(static_step(self.model, cur, self.cache, self.graph_modes, self.consts))
+                        cur = body(self.model.step(cur, self.cache, self.graph_modes, self.consts))
             except RuntimeError as err:  # no chunks from now on; the caller goes on step by step
                 self.cuda_graph = False
                 self.graph = self.graph_modes = None
@@ -256,7 +264,7 @@ class StaticDecoder:
         stream = self._side_stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            out = static_step(self.model, ids, self.cache, modes, self.consts)
+            out = self.model.step(ids, self.cache, modes, self.consts)
         torch.cuda.current_stream().wait_stream(stream)
         return out
 
@@ -278,7 +286,7 @@ class StaticDecoder:
             # relaxed: API calls that are not stream work (e.g. loading a kernel module) stay legal; this is
             # the mode the H100 graph tests passed in (docs/results/gpu-tests-after-graph-pool-fix.txt)
             with torch.cuda.graph(graph, stream=stream, capture_error_mode="relaxed"):
-                logits = static_step(self.model, self._ids, self.cache, modes, self.consts)
+                logits = self.model.step(self._ids, self.cache, modes, self.consts)
         except RuntimeError as err:  # capture recorded nothing that ran: go on without graphs
             self.capture_error = repr(err)
             self.cuda_graph = False
@@ -292,7 +300,7 @@ class StaticDecoder:
             warnings.warn(f"StaticDecoder: CUDA-graph capture failed, decoding without graphs: "
                           f"{type(err).__name__}: {first}", RuntimeWarning, stacklevel=3)
             torch.cuda.synchronize()
-            return static_step(self.model, ids, self.cache, modes, self.consts)
+            return self.model.step(ids, self.cache, modes, self.consts)
         self.graph, self.graph_modes, self._logits = graph, modes, logits
         self.captures += 1
         graph.replay()  # capturing recorded the step without running it

@@ -15,7 +15,9 @@ the other channels pass through unrotated.
 
 Decoding keeps a `KVState`: preallocated k/v buffers (b, max_len, n_kv_heads, head_dim), keys stored after
 RoPE, each row at its own `seqlen_offset`. A prefill with `state` writes the new keys at each row's offset and
-attends to everything the row holds; `step` appends one token per row.
+attends to everything the row holds; `step` appends one token per row, statically: an indexed store at each
+row's offset and attention over the whole buffer with the lengths on the device (`ops.decode_attention`), so
+no host sync and no shape that changes between steps (a step can be captured in a CUDA graph).
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ from torch import nn
 from transmamba.layers.state import KVState
 from transmamba.ops.attention import (
     apply_rope,
-    attention_decode,
     cached_attention,
     causal_attention,
+    decode_attention,
     position_in_document,
+    rope_decode,
+    rope_frequencies,
 )
 from transmamba.ops.checks import check_divides, check_shape
+from transmamba.ops.skinny_linear import skinny_linear
 
 
 class Attention(nn.Module):
@@ -130,21 +135,50 @@ class Attention(nn.Module):
             state.seqlen_offset += t
         return self.o_proj(out.reshape(b, t, self.n_heads * self.head_dim))
 
-    def step(self, hidden: torch.Tensor, state: KVState) -> torch.Tensor:
-        """One token per row: hidden (b, d_model) -> (b, d_model); appends to `state` in place."""
+    def step_constants(self) -> dict[str, torch.Tensor]:
+        """What every decode step would recompute from the weights: {"inv_freq": RoPE's inverse frequencies
+        base^(-2i/rope_dim), (rope_dim/2,) fp32} ({} without RoPE). Pass them to `step` as keywords."""
+        if not self.rope:
+            return {}
+        return {"inv_freq": rope_frequencies(self.rope_dim, self.rope_base, self.q_proj.weight.device)}
+
+    def step(self, hidden: torch.Tensor, state: KVState, *, inv_freq: torch.Tensor | None = None,
+             reduce: bool = True) -> torch.Tensor:
+        """One token per row: hidden (b, d_model) -> (b, d_model); appends to `state` in place.
+
+            q, k, v = q_proj(x), k_proj(x), v_proj(x)    (b, heads, head_dim), rotated at p = seqlen_offset
+            K[r, p_r], V[r, p_r] = k_r, v_r              indexed store, one slot per row
+            out_r = o_proj( Σ_{s ≤ p_r} softmax_s(q_r · K[r, s] / √head_dim) V[r, s] )
+
+        Static: attention runs over the whole preallocated buffer with the lengths p + 1 on the device, so
+        there is no host sync and every call launches the same kernels on the same buffers (CUDA-graph
+        capturable). The caller makes sure every row has room (p < max_len; `CausalLM.step` checks in eager
+        use, `StaticDecoder` on the host). inv_freq: from `step_constants` (computed here when None).
+        Linears go through `ops.skinny_linear`; reduce=False lets o_proj return its fp32 split-K partial
+        sums (S, b, d_model) on CUDA (no bias only), for `layers.norm.add_norm` to sum."""
         check_shape("Attention", "hidden", hidden, (None, self.d_model))
         b = hidden.shape[0]
         self._check_state(state, b)
-        q, k, v = self._qkv(hidden.unsqueeze(1))  # (b, 1, h, dh)
+        q = skinny_linear(hidden, self.q_proj).view(b, self.n_heads, self.head_dim)
+        k = skinny_linear(hidden, self.k_proj).view(b, self.n_kv_heads, self.head_dim)
+        v = skinny_linear(hidden, self.v_proj).view(b, self.n_kv_heads, self.head_dim)
+        pos = state.seqlen_offset  # (b,)
         if self.rope:
-            pos = state.seqlen_offset[:, None]  # (b, 1)
-            q, k = self.rotate(q, pos), self.rotate(k, pos)
-        state.write(k, v)
-        lengths = state.seqlen_offset + 1
-        end = int(lengths.max())
-        out = attention_decode(q[:, 0], state.k[:, :end], state.v[:, :end], lengths)  # (b, h, dh)
+            rd = self.rope_dim
+            if inv_freq is None:
+                inv_freq = rope_frequencies(rd, self.rope_base, hidden.device)
+            if rd == self.head_dim:
+                q, k = rope_decode(q, pos, inv_freq), rope_decode(k, pos, inv_freq)
+            else:  # partial rotary: the first rope_dim channels of each head
+                q = torch.cat([rope_decode(q[..., :rd].contiguous(), pos, inv_freq), q[..., rd:]], dim=-1)
+                k = torch.cat([rope_decode(k[..., :rd].contiguous(), pos, inv_freq), k[..., rd:]], dim=-1)
+        rows = torch.arange(b, device=hidden.device)
+        state.k[rows, pos] = k.to(state.k.dtype)
+        state.v[rows, pos] = v.to(state.v.dtype)
+        out = decode_attention(q, state.k, state.v, pos + 1)  # (b, h, dh)
         state.seqlen_offset += 1
-        return self.o_proj(out.reshape(b, self.n_heads * self.head_dim))
+        return skinny_linear(out.reshape(b, self.n_heads * self.head_dim), self.o_proj,
+                             reduce=reduce or self.o_proj.bias is not None)
 
     def init_state(self, batch: int, *, max_len: int, device=None, dtype=None) -> KVState:
         """Empty KV buffers for `batch` rows of up to `max_len` tokens."""

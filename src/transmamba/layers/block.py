@@ -3,6 +3,10 @@
 A token mixer (anything with `step` and `init_state`: Attention, Mamba1, Mamba2, TransMamba) receives
 `seq_idx` and `state`; a channel mixer (MLP, MoE) is called plainly on the normalised hidden states, in
 training (b, t, D) and decoding (b, D) alike. Submodules are `norm` (RMSNorm weight) and `mixer`.
+
+Decoding: `step(x)` = x + `mixer_step(norm(x))`, the mixer's own `step` (keywords such as a TransMamba
+layer's `mode` pass through). `CausalLM.step` calls `mixer_step` itself, to fuse each residual add with
+the next block's norm (`layers.norm.add_norm`).
 """
 
 from __future__ import annotations
@@ -35,12 +39,19 @@ class Block(nn.Module):
             return hidden + self.mixer(h, seq_idx=seq_idx, state=state)
         return hidden + self.mixer(h)
 
-    def step(self, hidden: torch.Tensor, state=None) -> torch.Tensor:
-        """One decode token per row: hidden (b, D) -> (b, D); the mixer's state is updated in place."""
-        h = self.norm(hidden)
+    def mixer_step(self, normed: torch.Tensor, state=None, **kw) -> torch.Tensor:
+        """The sub-layer's decode step on the normalised hidden states normed (b, D) -> (b, D): a token
+        mixer's `step(normed, state, **kw)`, a channel mixer's `step(normed, **kw)` where it has one (MLP),
+        else the module itself (MoE: routing has data-dependent shapes anyway)."""
         if self.is_token_mixer:
-            return hidden + self.mixer.step(h, state)
-        return hidden + self.mixer(h)
+            return self.mixer.step(normed, state, **kw)
+        step = getattr(self.mixer, "step", None)
+        return step(normed, **kw) if callable(step) else self.mixer(normed)
+
+    def step(self, hidden: torch.Tensor, state=None, **kw) -> torch.Tensor:
+        """One decode token per row: hidden (b, D) -> hidden + mixer_step(norm(hidden)); the mixer's state is
+        updated in place."""
+        return hidden + self.mixer_step(self.norm(hidden), state, **kw)
 
     def init_state(self, batch: int, *, max_len: int, device=None, dtype=None):
         """The mixer's decode state, or None for MLP / MoE."""

@@ -12,6 +12,10 @@ d_conv), conv1d.bias, dt_bias, A_log, D, norm.weight, out_proj.weight (+ biases 
 
 `dt_limit=(low, high)` clamps the step size after the softplus, dt_t = clamp(softplus(dt_t + dt_bias),
 low, high) (HF transformers' `time_step_limit`; mamba_ssm's `dt_limit`), in the forward and in `step` alike.
+
+`step` decodes one token per row with the states updated in place and no host sync (CUDA-graph capturable);
+on CUDA everything between in_proj and out_proj (conv update, SSD step, gated RMSNorm) is one kernel
+(`ops/ssm_decode/triton.py`) and the linears go through `ops.skinny_linear`.
 """
 
 from __future__ import annotations
@@ -23,10 +27,26 @@ from torch import nn
 
 from transmamba.layers.norm import RMSNormGated
 from transmamba.layers.ssm_state import Mamba2State
+from transmamba.ops import backend
 from transmamba.ops.checks import check_shape
 from transmamba.ops.conv import causal_conv1d, causal_conv1d_split, causal_conv1d_update
+from transmamba.ops.skinny_linear import skinny_linear
 from transmamba.ops.ssd import ssd, ssd_step
 from transmamba.ops.ssd.args import DEFAULT_CHUNK_SIZE
+
+
+def ssd_step_inplace(state: torch.Tensor, x, dt, A, B, C, D, dt_bias,
+                     dt_softplus: bool = True) -> torch.Tensor:
+    """`ops.ssd_step` writing the new state into `state` (b, h, p, n) (one kernel on CUDA); returns
+    y (b, h, p)."""
+    if backend.use_triton_inplace(state):
+        from transmamba.ops.ssd.triton import ssd_step_triton
+
+        return ssd_step_triton(state, x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                               inplace=True)[0]
+    y, new = ssd_step(state, x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus)
+    state.copy_(new)
+    return y
 
 
 def _positive_int(op: str, name: str, value) -> int:
@@ -252,24 +272,60 @@ class Mamba2(nn.Module):
         y = self.norm(y.reshape(b, t, self.d_inner), z)
         return self.out_proj(y)
 
-    def step(self, hidden: torch.Tensor, state: Mamba2State) -> torch.Tensor:
-        """One token per row: hidden (b, D) -> (b, D); updates `state` in place."""
+    def step_constants(self) -> dict[str, torch.Tensor]:
+        """What every decode step would recompute from the weights: {"A": -exp(A_log), (h,) fp32}. Pass it to
+        `step` as a keyword; made once per decoder, so the weights must not change meanwhile."""
+        return {"A": self.A.detach()}
+
+    def _fused_step_ok(self, state) -> bool:
+        """Whether `ops/ssm_decode/triton.py` can run this layer's SSM step on `state` (CUDA, defaults)."""
+        return (backend.use_triton_inplace(state.ssm_state) and self.D.dim() == 1 and self.d_conv >= 2
+                and self.conv_activation == "silu"  # the fused kernel applies SiLU after the conv
+                and self.norm.group_size == self.d_inner // self.ngroups
+                and self.dt_limit is None and self.conv1d.bias is not None)
+
+    def _fused_ssm_step(self, zxbcdt: torch.Tensor, state, A: torch.Tensor) -> torch.Tensor:
+        """conv update + SSD step + gated RMSNorm of one token in one launch: zxbcdt (b, d_in_proj) ->
+        (b, d_inner) for out_proj. Also advances state.seqlen_offset by one (in the same launch)."""
+        from transmamba.ops.ssm_decode.triton import mamba2_decode_triton
+
+        seq = state.seqlen_offset
+        inc = seq.dim() == 1 and seq.is_contiguous()
+        y = mamba2_decode_triton(zxbcdt, state.conv_state, self.conv_weight(), self.conv1d.bias,
+                                 state.ssm_state, A, self.dt_bias, self.D, self.norm.weight, self.norm.eps,
+                                 self.ngroups, self.headdim, seqlen_offset=seq if inc else None)
+        if not inc:
+            state.seqlen_offset += 1
+        return y
+
+    def step(self, hidden: torch.Tensor, state: Mamba2State, *, A: torch.Tensor | None = None,
+             reduce: bool = True) -> torch.Tensor:
+        """One token per row: hidden (b, D) -> (b, D); updates `state` in place.
+
+            xBC_t = silu(conv(conv_state, xBC_t)),   S' = exp(dt A) S + dt x Bᵀ,   y = S' C + D x
+            out = out_proj(rms_norm(y * silu(z)))
+
+        Static (no host sync, fixed shapes: CUDA-graph capturable). A: from `step_constants` (computed here
+        when None). reduce=False lets out_proj return its fp32 split-K partial sums (S, b, D) on CUDA (no
+        bias only), for `layers.norm.add_norm` to sum."""
         check_shape(type(self).__name__, "hidden", hidden, (None, self.d_model))
         b = hidden.shape[0]
         self.check_state(state, b, Mamba2State)
-        z, xbc, dt = self.split_proj(self.in_proj(hidden))
-        xbc, conv_new = causal_conv1d_update(
-            xbc, state.conv_state, self.conv_weight(), self.conv1d.bias, activation=self.conv_activation
-        )
-        x, B, C = self.split_xbc(xbc)
-        dt, dt_bias, dt_softplus = self.dt_args(dt)
-        y, ssm_new = ssd_step(
-            state.ssm_state, x, dt, self.A, B, C, D=self.D, dt_bias=dt_bias, dt_softplus=dt_softplus
-        )
+        A = self.A if A is None else A
+        zxbcdt = skinny_linear(hidden, self.in_proj)
+        reduce = reduce or self.out_proj.bias is not None
+        if self._fused_step_ok(state):
+            y = self._fused_ssm_step(zxbcdt, state, A)  # advances seqlen_offset
+            return skinny_linear(y, self.out_proj, reduce=reduce)
+        z, xbc, dt = self.split_proj(zxbcdt)
+        xbc, conv_new = causal_conv1d_update(xbc, state.conv_state, self.conv_weight(), self.conv1d.bias,
+                                             activation=self.conv_activation)
         state.conv_state.copy_(conv_new)
-        state.ssm_state.copy_(ssm_new)
+        x, B, C = self.split_xbc(xbc)
+        dt, dt_bias, dt_softplus = self.dt_args(dt)  # dt_limit, when the layer has one, applied here
+        y = ssd_step_inplace(state.ssm_state, x, dt, A, B, C, self.D, dt_bias, dt_softplus)
         state.seqlen_offset += 1
-        return self.out_proj(self.norm(y.reshape(b, self.d_inner), z))
+        return skinny_linear(self.norm(y.reshape(b, self.d_inner), z), self.out_proj, reduce=reduce)
 
     def _state_tensors(self, batch: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         device = self.in_proj.weight.device if device is None else device

@@ -6,6 +6,10 @@
 
 `group_size` normalises contiguous groups of that many channels separately. Both hold only `weight` (d,),
 initialised to ones.
+
+Decoding fuses the residual stream's adds with the next norm: `add_norm(h, delta, norm)` = (h + delta,
+norm(h + delta)) and `embed_norm(embed, ids, norm)` = (embed(ids), norm(embed(ids))), each one launch on CUDA
+(`ops/norm/triton_add.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from transmamba.ops import backend
 from transmamba.ops.norm import gated_rms_norm, rms_norm
 
 
@@ -71,3 +76,27 @@ class RMSNormGated(nn.Module):
             f"{self.weight.shape[0]}, eps={self.eps}, group_size={self.group_size}, "
             f"norm_before_gate={self.norm_before_gate}"
         )
+
+
+def add_norm(h: torch.Tensor, delta: torch.Tensor, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h + delta, norm(h + delta)) for one decode token per row: h (b, D); delta (b, D), or the fp32 split-K
+    partial sums (S, b, D) of the linear that made it (`ops.skinny_linear` with reduce=False), summed here.
+    One launch on CUDA (`ops/norm/triton_add.py`, for an RMSNorm), else the add and the module."""
+    if delta.dim() == 3 or (backend.use_triton_inplace(h) and h.dtype == delta.dtype):
+        from transmamba.ops.norm.triton_add import add_rms_norm_triton
+
+        return add_rms_norm_triton(h, delta, norm.weight, norm.eps)
+    h = h + delta
+    return h, norm(h)
+
+
+def embed_norm(embed: nn.Embedding, ids: torch.Tensor, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, norm(h)) with h = embed(ids), ids (b,) -> (b, D) twice: one launch on CUDA for a plain
+    nn.Embedding and an RMSNorm (`ops/norm/triton_add.py`), else the two modules."""
+    if (backend.use_triton_inplace(embed.weight) and type(norm) is RMSNorm and embed.padding_idx is None
+            and embed.max_norm is None):
+        from transmamba.ops.norm.triton_add import embed_rms_norm_triton
+
+        return embed_rms_norm_triton(ids, embed.weight, norm.weight, norm.eps)
+    h = embed(ids)
+    return h, norm(h)

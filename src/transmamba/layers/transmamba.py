@@ -9,6 +9,11 @@ With the Mamba-2 pieces of `layers.mamba2` (z, x, B, C, dt after in_proj, conv +
              out_t = out_proj(rms_norm(y_t * silu(z_t)))
 
 The converter is exact: outputs at t ≥ P equal a full Mamba-2 pass at t ≥ P. See docs/transmamba-layer.md.
+
+Decoding: `step(hidden, state, mode=...)` is static (no host sync, fixed shapes: CUDA-graph capturable) once
+the caller fixes the step's mode from the rows' positions (`step_mode`): "attn" (every row before P), "ssm"
+(every row at or past P, already converted by `convert_rows`, the Memory Converter) or "mixed". Without a
+mode (eager use) the layer does that bookkeeping itself (`prepare_step`: one device sync).
 """
 
 from __future__ import annotations
@@ -18,13 +23,23 @@ import math
 import torch
 import torch.nn.functional as F
 
-from transmamba.layers.mamba2 import Mamba2
+from transmamba.layers.mamba2 import Mamba2, ssd_step_inplace
 from transmamba.layers.shared_prefix import share_prefix
 from transmamba.layers.ssm_state import TransMambaState
-from transmamba.ops.attention import last_dim_contiguous, position_in_document
+from transmamba.ops.attention import (
+    apply_rope,
+    decode_attention,
+    last_dim_contiguous,
+    position_in_document,
+    rope_decode,
+    rope_frequencies,
+)
 from transmamba.ops.checks import check_shape
 from transmamba.ops.conv import causal_conv1d_update
+from transmamba.ops.skinny_linear import skinny_linear
 from transmamba.ops.ssd import ssd, ssd_final_state, ssd_step
+
+STEP_MODES = ("attn", "ssm", "mixed")
 
 
 def _check_transpoint(op: str, value) -> int:
@@ -166,8 +181,6 @@ class TransMamba(Mamba2):
         (s,) or (b, s)."""
         if not self.attn_rope:
             return t
-        from transmamba.ops.attention import apply_rope
-
         return apply_rope(t, positions, self.rope_base).to(t.dtype)
 
     def _ssm_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -285,8 +298,9 @@ class TransMamba(Mamba2):
                 f"transpoint={self.transpoint}; make a new state after changing the transpoint"
             )
 
-    def _convert_rows(self, state: TransMambaState, rows: torch.Tensor) -> None:
-        """Memory Converter for `rows` (long indices) whose caches hold all P prefix positions."""
+    def convert_rows(self, state: TransMambaState, rows: torch.Tensor) -> None:
+        """The Memory Converter for `rows` (long indices) whose KV caches hold all P prefix positions: their
+        SSM state becomes the final state of SSD over the cached (B, x, dt) (`_convert`), `converted` set."""
         P = state.transpoint
         h0 = self._convert(state.kv_x[rows, :P], state.kv_dt[rows, :P], state.kv_B[rows, :P])
         state.ssm_state[rows] = h0.to(state.ssm_state.dtype)
@@ -332,55 +346,115 @@ class TransMamba(Mamba2):
             all_rows = torch.arange(state.batch_size, device=x.device) if rows is None else rows
             todo = all_rows[~state.converted[idx]]
             if todo.numel():
-                self._convert_rows(state, todo)
+                self.convert_rows(state, todo)
             y, final = self._ssd(x[:, n_att:], dt[:, n_att:], B[:, n_att:], C[:, n_att:],
                                  initial_state=state.ssm_state[idx], return_final_state=True)
             state.ssm_state[idx] = final.to(state.ssm_state.dtype)
             parts.append(self._ssm_out(y, z[:, n_att:]))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
-    def step(self, hidden: torch.Tensor, state: TransMambaState) -> torch.Tensor:
-        """One token per row: hidden (b, D) -> (b, D). Rows before P decode with attention against their KV
-        cache; a row at its first position >= P converts its cache to the SSM state first."""
+    def step_mode(self, positions: list[int]) -> str:
+        """The decode mode for rows at `positions` (host ints) against this layer's TransPoint P: "attn" when
+        every row is before P, "ssm" when every row is at or past P, else "mixed"."""
+        P = self.transpoint
+        before = sum(1 for p in positions if p < P)
+        return "attn" if before == len(positions) else "ssm" if before == 0 else "mixed"
+
+    def prepare_step(self, state: TransMambaState, positions: list[int] | None = None) -> str:
+        """Eager bookkeeping before a `step` (reads the positions, when not given, and the converted flags
+        from the device): converts the rows at or past P that are not converted yet, grows the KV buffers
+        for the rows before P, frees them once every row is at or past P, and returns the step's mode."""
+        self._check_tm_state(state, state.batch_size)
+        positions = state.seqlen_offset.tolist() if positions is None else positions
+        P = state.transpoint
+        if state.kv_B is not None and any(p >= P for p in positions):  # (no cache left: all converted)
+            rows = ((state.seqlen_offset >= P) & ~state.converted).nonzero().squeeze(1)
+            if rows.numel():
+                self.convert_rows(state, rows)
+        before = [p for p in positions if p < P]
+        if before:
+            state.ensure_capacity(max(before) + 1)
+        mode = self.step_mode(positions)
+        if mode == "ssm":
+            state.drop_cache_if_done()
+        return mode
+
+    def step(self, hidden: torch.Tensor, state: TransMambaState, *, mode: str | None = None,
+             A: torch.Tensor | None = None, reduce: bool = True) -> torch.Tensor:
+        """One token per row: hidden (b, D) -> (b, D), in `mode` ("attn" | "ssm" | "mixed"); updates `state`.
+
+        attn:  K = B, V = x and dt of this token stored at slot seqlen_offset[row];
+               y = softmax(C·K/√N) V (+ D x), ungated RMSNorm (attn_rope rotates C at the row's position and
+               every cached B at its slot's; attn_d_skip / attn_norm drop the D skip / the norm).
+        ssm:   S' = exp(dt A) S + dt x Bᵀ, y = S' C + D x, gated RMSNorm (on CUDA conv + SSD step + norm in
+               one kernel).
+        mixed: both for every row; a row at or past P keeps the SSM result and the new SSM state (its KV
+               write goes to the last slot, which it never reads again), a row before P the attention one.
+
+        With a mode the step is static: attention runs over the whole KV buffer with the lengths on the
+        device, no host sync, so it can be captured in a CUDA graph; rows at or past P must already be
+        converted (`convert_rows`) and rows before P need room in the KV buffer. mode=None (eager use):
+        `prepare_step` does that bookkeeping and picks the mode. A: from `step_constants`. reduce=False lets
+        out_proj return its fp32 split-K partial sums on CUDA (no bias only), for `layers.norm.add_norm`.
+        """
         check_shape(type(self).__name__, "hidden", hidden, (None, self.d_model))
         b = hidden.shape[0]
         self._check_tm_state(state, b)
-        P = state.transpoint
-        z, xbc, dt = self.split_proj(self.in_proj(hidden))
-        xbc, conv_new = causal_conv1d_update(
-            xbc, state.conv_state, self.conv_weight(), self.conv1d.bias, activation=self.conv_activation
-        )
+        if mode is None:
+            mode = self.prepare_step(state)
+        elif mode not in STEP_MODES:
+            raise ValueError(f"TransMamba.step: mode must be one of {STEP_MODES}, got {mode!r}")
+        reduce = reduce or self.out_proj.bias is not None
+        zxbcdt = skinny_linear(hidden, self.in_proj)
+        if mode == "ssm" and self._fused_step_ok(state):  # the whole SSM path in one kernel on CUDA
+            y = self._fused_ssm_step(zxbcdt, state, self.A if A is None else A)  # advances seqlen_offset
+            return skinny_linear(y, self.out_proj, reduce=reduce)
+        z, xbc, dt = self.split_proj(zxbcdt)
+        xbc, conv_new = causal_conv1d_update(xbc, state.conv_state, self.conv_weight(), self.conv1d.bias,
+                                             activation=self.conv_activation)
         state.conv_state.copy_(conv_new)
         x, B, C = self.split_xbc(xbc)  # (b, h, p), (b, g, n), (b, g, n)
         pos = state.seqlen_offset
-        attn_rows = (pos < P).nonzero().squeeze(1)
-        ssm_rows = (pos >= P).nonzero().squeeze(1)
-        y = hidden.new_empty(b, self.d_inner)
-        if attn_rows.numel():
-            rp = pos[attn_rows]
-            state.ensure_capacity(int(rp.max()) + 1)
-            state.kv_B[attn_rows, rp] = B[attn_rows].to(state.kv_B.dtype)
-            state.kv_x[attn_rows, rp] = x[attn_rows].to(state.kv_x.dtype)
-            state.kv_dt[attn_rows, rp] = dt[attn_rows].to(state.kv_dt.dtype)
-            cap = state.kv_capacity
-            mask = torch.arange(cap, device=pos.device)[None, :] <= rp[:, None]  # (r, cap)
-            q = self._rotate(C[attn_rows, None], rp[:, None])
-            k = self._rotate(state.kv_B[attn_rows], torch.arange(cap, device=pos.device))
-            att = self._attend(q, k, state.kv_x[attn_rows], mask=mask[:, None, None, :])[:, 0]
-            y[attn_rows] = self._attention_out(att, x[attn_rows])
-        if ssm_rows.numel():
-            todo = ssm_rows[~state.converted[ssm_rows]]
-            if todo.numel():
-                self._convert_rows(state, todo)
-            ys, new = ssd_step(
-                state.ssm_state[ssm_rows], x[ssm_rows], dt[ssm_rows], self.A, B[ssm_rows], C[ssm_rows],
-                D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
-            )
-            state.ssm_state[ssm_rows] = new
-            y[ssm_rows] = self._ssm_out(ys, z[ssm_rows])
+        y_att = y_ssm = None
+        if mode != "ssm":
+            if state.kv_B is None:
+                raise ValueError(f"TransMamba.step: mode {mode!r} needs the KV cache, but it was dropped "
+                                 "(every row converted)")
+            cap = state.kv_B.shape[1]
+            slot = pos.clamp(max=cap - 1)
+            rows = torch.arange(b, device=hidden.device)
+            state.kv_B[rows, slot] = B.to(state.kv_B.dtype)
+            state.kv_x[rows, slot] = x.to(state.kv_x.dtype)
+            state.kv_dt[rows, slot] = dt.to(state.kv_dt.dtype)
+            g, h, p = self.ngroups, self.nheads, self.headdim
+            values = state.kv_x.reshape(b, cap, g, (h // g) * p)  # a group's heads as one value of width r·p
+            q, keys = C.to(state.kv_B.dtype), state.kv_B
+            if self.attn_rope:  # the cache keeps B unrotated (the converter needs it), so every key is
+                # rotated at its slot's position each step and the query at the row's position
+                q = rope_decode(q, pos, rope_frequencies(self.d_state, self.rope_base, hidden.device))
+                slots = torch.arange(cap, device=hidden.device)
+                keys = apply_rope(keys, slots, self.rope_base).to(keys.dtype)
+            att = decode_attention(q, keys, values, (pos + 1).clamp(max=cap),
+                                   scale=1.0 / math.sqrt(self.d_state))  # (b, g, r·p)
+            y_att = self._attention_out(att.reshape(b, h, p).to(x.dtype), x)
+        if mode != "attn":
+            A = self.A if A is None else A
+            if mode == "ssm":
+                ys = ssd_step_inplace(state.ssm_state, x, dt, A, B, C, self.D, self.dt_bias)
+            else:  # rows before P keep their (unused, zero) state
+                ys, new = ssd_step(state.ssm_state, x, dt, A, B, C, D=self.D, dt_bias=self.dt_bias,
+                                   dt_softplus=True)
+                state.ssm_state.copy_(torch.where((pos >= state.transpoint)[:, None, None, None],
+                                                  new.to(state.ssm_state.dtype), state.ssm_state))
+            y_ssm = self._ssm_out(ys, z)
+        if y_att is None:
+            y = y_ssm
+        elif y_ssm is None:
+            y = y_att
+        else:
+            y = torch.where((pos < state.transpoint)[:, None], y_att, y_ssm.to(y_att.dtype))
         state.seqlen_offset += 1
-        state.drop_cache_if_done()
-        return self.out_proj(y)
+        return skinny_linear(y, self.out_proj, reduce=reduce)
 
     def extra_repr(self) -> str:
         extra = f", attn_rope=True, rope_base={self.rope_base}" if self.attn_rope else ""
@@ -388,4 +462,4 @@ class TransMamba(Mamba2):
         return f"{super().extra_repr()}, transpoint={self.transpoint}, attn_d_skip={self.attn_d_skip}{extra}"
 
 
-__all__ = ["TransMamba", "position_in_document"]
+__all__ = ["STEP_MODES", "TransMamba", "position_in_document"]

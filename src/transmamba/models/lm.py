@@ -20,6 +20,10 @@ The `in_proj` of Mamba-2 / TransMamba mixers keeps torch's default Linear init (
 (C·B x on the SSM path, softmax(C·B) x on the attention path), and N(0, 0.02) instead makes them
 ~(0.02 √(3 d_model))² smaller at small widths (1/13 at d_model 64); see docs/reproduction.md, Diagnosis.
 
+Decoding: `step(ids, cache)` runs one token per row through every layer's own static `step`, each residual
+add fused with the next norm; `layer_modes` and `step_constants` fix what a CUDA graph of it bakes in
+(`inference/static_decode.py` captures and replays this very method).
+
 Checkpoints: `save_pretrained(dir)` writes config.json and model.safetensors (no pickle), each through a
 temporary file and os.replace, so a crash never leaves a half-written file under the final name.
 """
@@ -32,17 +36,21 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from transmamba.inference.cache import ModelCache
+from transmamba.layers.norm import add_norm, embed_norm
 from transmamba.models.config import ModelConfig
 from transmamba.models.pattern import MIXER_KINDS
 from transmamba.models.schedules import resolve_schedule
+from transmamba.ops.skinny_linear import skinny_linear
+
+if TYPE_CHECKING:  # models never import inference at import time (inference does not import models at all)
+    from transmamba.inference.cache import ModelCache
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -50,6 +58,8 @@ WEIGHTS_NAME = "model.safetensors"
 RESIDUAL_OUT_NAMES = ("out_proj", "o_proj", "down_proj")
 # Linear layers whose special init belongs to the mixer (Mamba-1's dt_proj: uniform weight, softplus⁻¹ bias)
 KEEP_INIT_NAMES = ("dt_proj",)
+# layer kinds whose `step` takes reduce=False (the output projection's split-K partials go to add_norm)
+_STEP_PARTIAL_KINDS = ("attention", "mamba2", "transmamba", "mlp")
 
 
 @dataclasses.dataclass
@@ -78,6 +88,13 @@ class PlainMLP(nn.Module):
         h = self.up_proj(hidden)
         h = F.gelu(h) if self.activation == "gelu" else F.relu(h).square()
         return self.down_proj(h)
+
+    def step(self, hidden: torch.Tensor, *, reduce: bool = True) -> torch.Tensor:
+        """The forward for one decode token per row, hidden (b, D) -> (b, D), through `ops.skinny_linear`
+        (on CUDA the activation fused into the up projection); reduce=False lets down_proj return its fp32
+        split-K partial sums (S, b, D) (no bias only), for `layers.norm.add_norm` to sum."""
+        h = skinny_linear(hidden, self.up_proj, act=self.activation)
+        return skinny_linear(h, self.down_proj, reduce=reduce or self.down_proj.bias is not None)
 
 
 def build_sublayer(kind: str, cfg: ModelConfig, transpoint: int | None = None) -> nn.Module:
@@ -275,6 +292,8 @@ class CausalLM(nn.Module):
     # ---- forward / decode ----------------------------------------------------------------------
     def init_cache(self, batch: int, max_len: int | None = None, *, device=None, dtype=None) -> ModelCache:
         """Fresh decode states (position 0) for `batch` rows; `max_len` sizes the KV buffers."""
+        from transmamba.inference.cache import ModelCache
+
         max_len = self.config.max_seq_len if max_len is None else max_len
         device = self.device if device is None else device
         states = []
@@ -397,17 +416,83 @@ class CausalLM(nn.Module):
             loss = loss + aux
         return CausalLMOutput(logits=None, loss=loss, aux_loss=aux)
 
-    def step(self, input_ids: torch.Tensor, cache: ModelCache) -> torch.Tensor:
-        """Decode one token per row: input_ids (b,) long -> logits (b, V); updates `cache` in place."""
+    def layer_modes(self, positions: list[int]) -> tuple[str, ...]:
+        """A decode step's signature for rows at `positions` (host ints): per layer its kind ("attention",
+        "mamba2", "mlp", ...) or, for a TransMamba layer, its `step_mode` ("attn" / "ssm" / "mixed")."""
+        return tuple(block.mixer.step_mode(positions) if kind == "transmamba" else kind
+                     for block, kind in zip(self.blocks, self.kinds))
+
+    def step_constants(self) -> dict[int, dict[str, torch.Tensor]]:
+        """Per layer, the keywords of its `step` that every step would otherwise recompute from the weights
+        (A = -exp(A_log) of Mamba-2 / TransMamba layers, RoPE frequencies of attention layers). Made once
+        per decoder, so the weights must not change while it decodes."""
+        out = {}
+        for i, block in enumerate(self.blocks):
+            make = getattr(block.mixer, "step_constants", None)
+            consts = make() if callable(make) else {}
+            if consts:
+                out[i] = consts
+        return out
+
+    def step(self, input_ids: torch.Tensor, cache: ModelCache, modes: tuple[str, ...] | None = None,
+             consts: dict[int, dict[str, torch.Tensor]] | None = None) -> torch.Tensor:
+        """Decode one token per row: input_ids (b,) long -> logits (b, V); updates `cache` in place.
+
+            h = embed(ids);  h = h + mixer_i(norm_i(h)) for each block;  logits = lm_head(norm(h))
+
+        Each residual add is fused with the next norm (`layers.norm.add_norm`; a mixer's output projection
+        may hand its split-K partial sums straight to it on CUDA), and every layer runs its own static step.
+
+        modes: `layer_modes(positions)` for the rows' positions (host ints). With it the step has no host
+        sync and launches the same kernels on the same buffers whenever the modes repeat, so it can be
+        captured in a CUDA graph (`inference.static_decode.StaticDecoder`); TransMamba rows at or past their
+        TransPoint must already be converted and every row needs room in the KV buffers (the decoder sees
+        to both). None (eager use): the positions are read from the cache (a device sync), attention rows
+        are checked for room and each TransMamba layer converts the rows that reached P
+        (`TransMamba.prepare_step`), then the modes follow from the positions. consts: `step_constants()`
+        (recomputed per step when None).
+        """
         if input_ids.ndim != 1:
             raise ValueError(f"CausalLM.step: input_ids must be (batch,), got shape {tuple(input_ids.shape)}")
         if input_ids.dtype.is_floating_point or input_ids.device != self.embed.weight.device:
             raise ValueError(f"CausalLM.step: input_ids must be integer ids on {self.embed.weight.device}, "
                              f"got {input_ids.dtype} on {input_ids.device}")
-        h = self.embed(input_ids)
-        for block, state in zip(self.blocks, cache.states):
-            h = block.step(h, state)
-        return self.lm_head(self.norm(h))
+        if len(cache) != len(self.blocks):
+            raise ValueError(f"CausalLM.step: cache has {len(cache)} layers, the model {len(self.blocks)}")
+        if modes is None:  # eager: the bookkeeping a decoder does on the host, here from the device
+            modes = self._prepare_step(cache)
+        elif len(modes) != len(self.blocks):
+            raise ValueError(f"CausalLM.step: {len(modes)} modes for {len(self.blocks)} layers")
+        consts = {} if consts is None else consts
+        blocks = self.blocks
+        h, n = embed_norm(self.embed, input_ids, blocks[0].norm)
+        for i, (block, kind, state) in enumerate(zip(blocks, self.kinds, cache.states)):
+            kw = consts.get(i, {})
+            if kind == "transmamba":
+                kw = {**kw, "mode": modes[i]}
+            if kind in _STEP_PARTIAL_KINDS:  # output projections may return split-K partials (add_norm sums)
+                kw = {**kw, "reduce": False}
+            delta = block.mixer_step(n, state, **kw)
+            h, n = add_norm(h, delta, blocks[i + 1].norm if i + 1 < len(blocks) else self.norm)
+        return skinny_linear(n, self.lm_head)
+
+    def _prepare_step(self, cache: ModelCache) -> tuple[str, ...]:
+        """Eager decoding: read the rows' positions (one device sync, only with attention or TransMamba
+        layers), check that every row has a free slot in each attention layer's KV buffer, let each
+        TransMamba layer convert its rows that reached P (`TransMamba.prepare_step`), and return the step's
+        modes (`layer_modes`)."""
+        if not {"attention", "transmamba"} & set(self.kinds):
+            return tuple(self.kinds)
+        positions = cache.seqlen_offset.tolist()
+        top = max(positions, default=0)
+        for i, (kind, state) in enumerate(zip(self.kinds, cache.states)):
+            if kind == "attention" and top >= state.max_len:
+                raise ValueError(f"CausalLM.step: a row is at position {top} but layer {i}'s KV buffer holds "
+                                 f"max_len={state.max_len} positions; make the cache with a larger max_len")
+        for block, kind, state in zip(self.blocks, self.kinds, cache.states):
+            if kind == "transmamba":
+                block.mixer.prepare_step(state, positions)
+        return self.layer_modes(positions)
 
     def generate(
         self,

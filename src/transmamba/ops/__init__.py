@@ -6,17 +6,17 @@ installed; nothing here imports Triton or touches CUDA at import time.
 """
 
 from transmamba.ops import selective_scan, ssd
-from transmamba.ops.attention import attention_decode, causal_attention
+from transmamba.ops.attention import causal_attention, decode_attention
 from transmamba.ops.conv import causal_conv1d, causal_conv1d_update
 from transmamba.ops.norm import gated_rms_norm, rms_norm
 from transmamba.ops.selective_scan import selective_state_update
 from transmamba.ops.ssd import ssd_final_state, ssd_step
 
 __all__ = [
-    "attention_decode",
     "causal_attention",
     "causal_conv1d",
     "causal_conv1d_update",
+    "decode_attention",
     "gated_rms_norm",
     "rms_norm",
     "selective_scan",

@@ -17,7 +17,7 @@ import os
 
 import torch
 
-__all__ = ["triton_available", "triton_disabled", "use_triton"]
+__all__ = ["triton_available", "triton_disabled", "use_triton", "use_triton_inplace"]
 
 
 @functools.cache
@@ -34,3 +34,8 @@ def triton_disabled() -> bool:
 def use_triton(t: torch.Tensor) -> bool:
     """Run the Triton kernel for tensor `t`: a CUDA tensor, triton installed, not disabled."""
     return t.is_cuda and not triton_disabled() and triton_available()
+
+
+def use_triton_inplace(t: torch.Tensor) -> bool:
+    """`use_triton(t)` for the decode kernels that read or write `t` in place: also contiguous, not fp64."""
+    return t.is_contiguous() and t.dtype != torch.float64 and use_triton(t)

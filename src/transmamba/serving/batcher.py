@@ -14,8 +14,8 @@ Continuous batching. The thread loops over:
    own `torch.Generator` (seeded from the request's `seed`), exactly as `generate` samples a batch of one;
 3. emit each row's token (and its new text), finish rows that hit a stop token, a stop string, max_tokens
    or whose client went away, and drop their rows from the cache (`ModelCache.select`);
-4. one `model.step` for the remaining rows (on CUDA the static step, replayed from CUDA graphs when enabled;
-   the decoder is rebuilt whenever the batch changes).
+4. one `model.step` for the remaining rows (on CUDA through `StaticDecoder`, replayed from CUDA graphs when
+   enabled; the decoder is rebuilt whenever the batch changes).
 So each row sees the same prefill, the same sampling calls and the same step math as `model.generate` on
 its prompt alone; only the floating-point rounding of batched matmuls can differ.
 

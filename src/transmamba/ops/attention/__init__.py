@@ -10,8 +10,9 @@ allowed(i) = {j ≤ i}; with `seq_idx` (b, t) also seq_idx[j] == seq_idx[i] (doc
 Rotary embeddings (`apply_rope`) rotate channel pairs (x[..., i], x[..., i + dh/2]) by angle
 position · base^(-2i/dh) (the "rotate half" convention of GPT-NeoX / Llama).
 
-Decoding reads a preallocated KV cache (b, L, hkv, dh) of which row r holds `lengths[r]` valid entries.
-`attention_reference` is the explicit softmax(QKᵀ)V with the same masks, for tests.
+Decoding (`decode_attention`, `ops/attention/decode.py`) reads a preallocated KV cache (b, L, hkv, dh) of
+which row r holds `lengths[r]` valid entries; `rope_decode` rotates one token per row. `attention_reference`
+is the explicit softmax(QKᵀ)V with the same masks, for tests.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ __all__ = [
     "position_in_document",
     "causal_attention",
     "cached_attention",
-    "attention_decode",
+    "rope_decode",
+    "rope_frequencies",
     "attention_reference",
     "last_dim_contiguous",
 ]
@@ -79,7 +81,7 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) 
     else:
         check_shape("apply_rope", "positions", positions, (b, t))
     half = dh // 2
-    inv_freq = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) * 2.0 / dh)  # (half,)
+    inv_freq = rope_frequencies(dh, base, x.device)  # (half,)
     fn = _triton_rope(x)
     if fn is not None:  # one fused kernel (fwd and bwd) instead of ~10 fp32 elementwise passes
         return fn(x, positions, inv_freq)
@@ -90,6 +92,28 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) 
     x1, x2 = xf[..., :half], xf[..., half:]
     out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
     return out.to(x.dtype)
+
+
+def rope_frequencies(dim: int, base: float, device=None) -> torch.Tensor:
+    """RoPE's inverse frequencies base^(-2i/dim), i = 0 .. dim/2 - 1: (dim/2,) fp32."""
+    return base ** (-torch.arange(dim // 2, device=device, dtype=torch.float32) * 2.0 / dim)
+
+
+def rope_decode(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """`apply_rope` for one token per row with the frequencies given (`rope_frequencies`): x (b, h, dh),
+    positions (b,) long -> (b, h, dh). No host sync and no data-dependent shape (a decode step can be
+    captured in a CUDA graph). CUDA: one Triton launch (`ops/attention/triton_rope.py`) instead of ~12
+    elementwise passes."""
+    if backend.use_triton_inplace(x):
+        from transmamba.ops.attention.triton_rope import rope_triton
+
+        return rope_triton(x.unsqueeze(1), positions[:, None], inv_freq)[:, 0]
+    half = x.shape[-1] // 2
+    angles = positions.to(torch.float32)[:, None] * inv_freq  # (b, half)
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]  # (b, 1, half)
+    xf = x.float()
+    x1, x2 = xf[..., :half], xf[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
 def _resolve_rope(rope, b: int, t: int, seq_idx, device) -> torch.Tensor | None:
@@ -213,25 +237,6 @@ def cached_attention(
         kdoc = torch.gather(seq_idx, 1, rel)
         mask = mask & (kdoc[:, None, :] == seq_idx[:, :, None])
     return _sdpa(q, k_cache, v_cache, mask.unsqueeze(1), False, scale)
-
-
-def attention_decode(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    lengths: torch.Tensor,
-    *,
-    scale: float | None = None,
-) -> torch.Tensor:
-    """One decode token per row: q (b, hq, dh) against k_cache, v_cache (b, L, hkv, dh), of which row r's
-    first lengths[r] entries are valid (the current token's key included). Returns (b, hq, dh)."""
-    if q.dim() != 3:
-        raise ValueError(
-            f"attention_decode: q must have shape (batch, q_heads, head_dim), got {tuple(q.shape)}"
-        )
-    b = q.shape[0]
-    check_shape("attention_decode", "lengths", lengths, (b,))
-    return cached_attention(q.unsqueeze(1), k_cache, v_cache, lengths - 1, scale=scale).squeeze(1)
 
 
 def attention_reference(

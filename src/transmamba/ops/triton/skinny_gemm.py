@@ -9,7 +9,7 @@ multiplies them with the matching (BM, BK) tiles of x (tl.dot, fp32 accumulation
 fp32 products, not tf32). With one K-slice the program adds the bias and stores y in x's dtype; with
 several, each stores its fp32 partial sum in a workspace (S, M, N) and a second kernel adds the S partials
 (in slice order, so the result is deterministic), the bias, and casts — or the caller takes the partials
-and adds them where it reads y (the static step's residual add + RMSNorm). An activation (GELU, squared
+and adds them where it reads y (the decode step's residual add + RMSNorm). An activation (GELU, squared
 ReLU) can be applied where y is stored (the MLP's up projection), saving its own launch. Split-K fills the
 GPU when N / BN gives fewer programs than it has SMs (out_proj, MLP down: N = d_model).
 
