@@ -58,6 +58,7 @@ MODELS = {
     "tm-rise": dict(family="transmamba", transpoints=(0.25, 0.75)),
     "tm-fall": dict(family="transmamba", transpoints=(0.75, 0.25)),
 }
+STAGES = ("gate", "lr", "main", "phonebook")
 SWAPS = {"trained": None, "swapped": "reverse", "all-attention": (1.0, 1.0), "all-ssm": (0.0, 0.0)}
 
 PLANS = {
@@ -222,7 +223,11 @@ class Sweep:
     def main_runs(self) -> int:
         p = self.plan
         return len(p["settings"]) * len(p["widths"]) * len(p["models"]) * len(p["seeds"]) + (
-            PHONEBOOK_WEIGHT * 3 * len(p["models"]) if p["phonebook"] and not self.args.no_phonebook else 0)
+            PHONEBOOK_WEIGHT * len(p["seeds"]) * len(p["models"]) if self.runs("phonebook") else 0)
+
+    def runs(self, stage: str) -> bool:
+        """Whether `stage` is part of this call (--stages; PhoneBook also needs the plan to include it)."""
+        return stage in self.args.stages and (stage != "phonebook" or self.plan["phonebook"])
 
     def main(self, lrs: dict[str, float]) -> None:
         p = self.plan
@@ -249,7 +254,7 @@ class Sweep:
         pb = dict(PHONEBOOK)
         if self.args.smoke:
             pb.update(n_entries=4, n_queries=2, vocab_size=64, n_layers=2, d_model=16, n_heads=2)
-        seeds = (0,) if self.args.smoke else (0, 1, 2)
+        seeds = (0,) if self.args.smoke else self.plan["seeds"]
         left = PHONEBOOK_WEIGHT * len(self.plan["models"]) * len(seeds)
         bs = 8 if self.args.smoke else 128
         for seed in seeds:
@@ -342,6 +347,13 @@ def report(out: Path) -> str:
     if chosen:
         lines += ["Learning rates chosen (best test accuracy at d_model 128, first setting, seed 0): "
                   + ", ".join(f"{k} {v:.1e}" for k, v in chosen[-1].items()), ""]
+    fixed: dict[str, float] = {}
+    for r in rows:
+        if r.get("stage") == "lr-fixed":
+            fixed.update(r["lrs"])
+    if fixed:
+        used = ", ".join(f"{k} {v:.1e}" for k, v in fixed.items())
+        lines += [f"Learning rates fixed (no sweep): {used}", ""]
     lr_rows = [r for r in rows if r.get("stage") == "lr" and "test_accuracy" in r]
     if lr_rows:
         all_lrs = sorted({r["lr"] for r in lr_rows})
@@ -400,7 +412,7 @@ def report(out: Path) -> str:
             m1, s1, _, _ = _stats([100 * r["digit_accuracy"] for r in sub])
             m2, s2, _, _ = _stats([100 * r["number_exact_match"] for r in sub])
             lines.append(f"| {name} | {m1:.1f} ± {s1:.1f} | {m2:.1f} ± {s2:.1f} | {len(sub)} | "
-                         f"{sub[0]['steps']} |")
+                         f"{sorted(r['steps'] for r in sub)[len(sub) // 2]} |")
         lines.append("")
     errors = [r for r in rows if "error" in r]
     if errors:
@@ -490,7 +502,10 @@ def main(argv=None) -> int:
     ap.add_argument("--settings", nargs="+", default=None, metavar="SEQ:PAIRS",
                     help="MQAR settings, e.g. 256:16 512:64 1024:128")
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
-    ap.add_argument("--no-phonebook", action="store_true", help="skip the PhoneBook stage")
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES,
+                    help="stages to run; without 'lr' every model trains at the first --lrs value. Several "
+                         "calls with disjoint --models/--seeds/--stages can share one GPU side by side; "
+                         "concatenate their jsonl files into one folder and run --report")
     ap.add_argument("--phonebook-lr", type=float, default=1e-3,
                     help="learning rate of every PhoneBook run (default 1e-3: on the CPU it beat 3e-3)")
     args = ap.parse_args(argv)
@@ -523,10 +538,17 @@ def main(argv=None) -> int:
     sweep.write({"stage": "plan", "device": str(sweep.device), "dtype": args.dtype,
                  "budget_s": sweep.budget, **{k: v for k, v in plan.items() if k != "budget_s"},
                  "gpu": torch.cuda.get_device_name(0) if sweep.device.type == "cuda" else None})
-    sweep.gate()
-    lrs = sweep.lr_sweep()
-    sweep.main(lrs)
-    if plan["phonebook"] and not args.no_phonebook:
+    if sweep.runs("gate"):
+        sweep.gate()
+    if sweep.runs("lr"):
+        lrs = sweep.lr_sweep()
+    else:
+        fixed = (args.lrs or plan["lrs"])[0]
+        lrs = {name: fixed for name in plan["models"]}
+        sweep.write({"stage": "lr-fixed", "lrs": lrs})
+    if sweep.runs("main"):
+        sweep.main(lrs)
+    if sweep.runs("phonebook"):
         sweep.phonebook(lrs)
     sweep.write({"stage": "done", "seconds": round(time.perf_counter() - sweep.t0, 1)})
     print(report(out))
