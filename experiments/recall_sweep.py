@@ -545,7 +545,8 @@ def main(argv=None) -> int:
     else:
         fixed = (args.lrs or plan["lrs"])[0]
         lrs = {name: fixed for name in plan["models"]}
-        sweep.write({"stage": "lr-fixed", "lrs": lrs})
+        if sweep.runs("main"):  # (PhoneBook has its own --phonebook-lr)
+            sweep.write({"stage": "lr-fixed", "lrs": lrs})
     if sweep.runs("main"):
         sweep.main(lrs)
     if sweep.runs("phonebook"):
