@@ -407,10 +407,10 @@ def build_report(data: dict[str, Any]) -> str:
 
 
 def _generation_md(rows: list[dict[str, Any]]) -> str:
-    head = ("| model | context x batch | generate tok/s | first-call tok/s | chunked tok/s | "
+    head = ("| model | context x batch | generate tok/s | first-call tok/s | "
             "captured step tok/s | generate / step | ms/token | bound ms | TTFT (s) | prefill peak GB | "
             "peak GB |")
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 11]
     f = lambda r, k, fmt: format(r[k], fmt) if isinstance(r.get(k), (int, float)) else "-"  # noqa: E731
     for r in rows:
         if "error" in r or "skipped" in r:
@@ -418,7 +418,7 @@ def _generation_md(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['model']} | {r['context']} x {r['batch']} | {why} |")
             continue
         lines.append(f"| {r['model']} | {r['context']} x {r['batch']} | {f(r, 'generate_tok_s', ',.0f')} | "
-                     f"{f(r, 'generate_cold_tok_s', ',.0f')} | {f(r, 'generate_chunked_tok_s', ',.0f')} | "
+                     f"{f(r, 'generate_cold_tok_s', ',.0f')} | "
                      f"{f(r, 'step_tok_s', ',.0f')} | "
                      f"{f(r, 'generate_frac', '.2f')} | "
                      f"{f(r, 'ms_per_token', '.3f')} | {f(r, 'bound_ms', '.3f')} | {f(r, 'ttft_s', '.3f')} | "

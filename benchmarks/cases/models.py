@@ -12,7 +12,8 @@ and batch b:
    every row is put at position c. A decode step's cost does not depend on the values, and this skips a
    128K-token prefill.
 2. three ways of running a step are timed, each over n steps (wall clock, synchronised at both ends,
-   so host overhead counts): `eager` = `CausalLM.step`, `static` = the static step run eagerly
+   so host overhead counts): `eager` = `CausalLM.step(ids, cache)` without modes (the same kernels, plus
+   the bookkeeping and its device sync every step), `static` = the static step run eagerly
    (`StaticDecoder(cuda_graph=False)`), `graph` = the static step replayed from a CUDA graph
    (`StaticDecoder(cuda_graph=True)`, after its eager step and capture).
 3. bound = bytes a step must move / measured copy bandwidth: every weight except the embedding table read
@@ -256,7 +257,7 @@ def decode_row(model, ctx: int, b: int, bw_GBps: float, target_ms: float) -> dic
             first = wall_ms(fn, 1)  # eager: warm-up; graph: the eager step of a new signature
             if name != "eager":
                 first = min(first, wall_ms(fn, 1))  # graph: the capture + first replay
-            n = _reps(first, target_ms, lo=2 if name == "eager" else 3)  # the old eager path is slow
+            n = _reps(first, target_ms, lo=2 if name == "eager" else 3)
             ms = wall_ms(fn, n)
             row[f"{name}_ms"] = ms
             row[f"{name}_tokens_per_s"] = b / ms * 1e3
@@ -436,19 +437,11 @@ def generation_row(model, ctx: int, b: int, n: int, reps: int, bw: float | None)
         gen_mod.release_decode_workspace(model)  # a first call at this shape: new cache, eager step, captures
         cold = timed_generate(model, ids, n + 1)[0]
         row["generate_cold_tok_s"] = b * n / max(cold - ttft, 1e-9)
-        least = gen_mod.CHUNK_MIN_TOKENS  # A/B: the same calls with chunks of captured steps forced on
-        gen_mod.CHUNK_MIN_TOKENS = 0
-        try:
-            timed_generate(model, ids, n + 1)
-            chunked = statistics.median([timed_generate(model, ids, n + 1)[0] for _ in range(reps)])
-        finally:
-            gen_mod.CHUNK_MIN_TOKENS = least
-        row["generate_chunked_tok_s"] = b * n / max(chunked - ttft, 1e-9)
         row.update(prefill_peak_GB=pre_peak, peak_GB=peak)
     gen_mod.release_decode_workspace(model)
     step_s, nbytes = captured_step(model, ids, n)
     row.update(step_tok_s=b * n / step_s, step_ms=step_s / n * 1e3, **nbytes)
-    for name in ("generate", "generate_cold", "generate_chunked"):
+    for name in ("generate", "generate_cold"):
         if f"{name}_tok_s" in row:
             row[f"{name}_frac"] = row[f"{name}_tok_s"] / row["step_tok_s"]
     if bw:

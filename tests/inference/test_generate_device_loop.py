@@ -1,5 +1,5 @@
 """`generate`'s device-side decode loop (tokens in a device buffer, stop flags read back every few steps,
-chunks of CUDA-graph steps) gives exactly what the plain per-step loop gives."""
+CUDA-graph steps) gives exactly what the plain per-step loop gives."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 
 from transmamba.inference.generate import generate, prefill
 from transmamba.inference.sampling import make_generator, sample_next
-from transmamba.inference.static_decode import StaticDecoder
 from transmamba.models.config import ModelConfig
 from transmamba.models.lm import CausalLM
 
@@ -102,73 +101,15 @@ def test_tensor_output_padding_unchanged():
 
 
 @pytest.mark.gpu
-def test_chunked_graph_generate_equals_eager_gpu(monkeypatch):
-    """Greedy CUDA-graph generate with chunks of captured steps between the TransPoints (forced on for this
-    80-token run) against eager generate (fp32: identical argmax)."""
-    gen_mod = importlib.import_module("transmamba.inference.generate")  # the package re-exports generate()
-
-    monkeypatch.setattr(gen_mod, "CHUNK_MIN_TOKENS", 0)
+def test_graph_generate_equals_eager_gpu():
+    """Greedy CUDA-graph generate (one replay of the captured step per token) across the TransPoints
+    against eager generate (fp32: identical argmax)."""
     model = _model(4, device="cuda")
     prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9, 10]]
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         graph = generate(model, prompts, 80, greedy=True, cuda_graph=True)
     assert graph == generate(model, prompts, 80, greedy=True, cuda_graph=False)
-
-
-@pytest.mark.gpu
-def test_run_chunk_equals_single_steps_gpu():
-    model = _model(5, device="cuda")
-    prompts = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [3] * 12]  # past both TransPoints: one signature
-    k = 8
-
-    def run(chunked: bool):
-        cache, logits, _ = prefill(model, prompts, 12 + 3 * k + 4)
-        dec = StaticDecoder(model, cache, cuda_graph=True)
-        toks = []
-        nxt = logits.argmax(-1)
-        for _ in range(2):  # eager step of the signature, then its single-step capture
-            nxt = dec.step(nxt).argmax(-1)
-            toks.append(nxt)
-        if chunked:
-            buf = torch.zeros(2, 2 * k, dtype=torch.long, device="cuda")
-            col = torch.zeros(1, dtype=torch.long, device="cuda")
-
-            def body(lg):
-                t = lg.argmax(-1)
-                buf.index_copy_(1, col, t[:, None])
-                col.add_(1)
-                return t
-
-            for _ in range(2):
-                assert dec.chunk_room(k)
-                nxt = dec.run_chunk(nxt, k, body)
-            assert dec.chunk_replays == 2
-            toks += list(buf.T)
-        else:
-            for _ in range(2 * k):
-                nxt = dec.step(nxt).argmax(-1)
-                toks.append(nxt)
-        return torch.stack(toks).tolist(), dec.positions
-
-    assert run(True) == run(False)
-
-
-def test_chunk_room_boundaries():
-    """A chunk of k steps may not carry a row to its TransPoint (positions p .. p+k-1 must stay < P for a
-    row before P), nor past a KV buffer; and it needs graphs on with the signature already captured."""
-    model = _model(6)  # TransPoints 5 and 9
-    cache, _, _ = prefill(model, [[1, 2], [3, 4, 5]], 20)  # rows at positions 2 and 3
-    dec = StaticDecoder(model, cache)
-    assert not dec.chunk_room(1)  # graphs off
-    dec.cuda_graph = True  # the bookkeeping alone (nothing is captured here)
-    assert not dec.chunk_room(1)  # signature not captured yet
-    dec.graph_modes = model.layer_modes(dec.positions)
-    assert dec.chunk_room(2)  # the row at 3 reaches position 4 < 5
-    assert not dec.chunk_room(3)  # ... and 5 = P with 3 steps
-    dec.positions = [10, 11]  # past both TransPoints (chunk_room converts the rows), KV buffers of 20
-    dec.graph_modes = model.layer_modes(dec.positions)
-    assert dec.chunk_room(9) and not dec.chunk_room(10)  # the attention buffer holds positions < 20
 
 
 def test_workspace_reuse_equals_fresh_cache(monkeypatch):

@@ -12,8 +12,7 @@
    that emits a stop token is finished: it keeps the stop token, gets `pad_token_id` afterwards, and the
    loop ends when every row has finished or after `max_new_tokens`. The loop stays on the device (no host
    sync per token): tokens and stop flags live in device buffers read back at the end, "has every row
-   finished?" is asked every STOP_CHECK_EVERY tokens (every token with a streamer), and greedy CUDA-graph
-   decoding without a streamer replays GRAPH_CHUNK steps, sampling included, per graph launch.
+   finished?" is asked every STOP_CHECK_EVERY tokens (every token with a streamer).
 
 The streamer, if given, is called after every step as `streamer(tokens, active)`: tokens (b,) long are
 this step's tokens in the caller's row order, active (b,) bool says which rows produced a real token.
@@ -39,10 +38,6 @@ Streamer = Callable[[torch.Tensor, torch.Tensor], None]
 CacheObserver = Callable[[ModelCache], None]
 GRAPH_MIN_TOKENS = 8  # cuda_graph="auto": shorter runs do not repay a capture
 STOP_CHECK_EVERY = 16  # without a streamer: tokens between two host reads of "has every row stopped?"
-GRAPH_CHUNK = 16  # greedy CUDA-graph decoding: steps captured into one graph (0: single captured steps)
-# ... only for runs this long: capturing a chunk costs the host time of GRAPH_CHUNK eager steps in every call
-# (the cache, so the graph's addresses, is new each call), repaid only where the host is the bottleneck
-CHUNK_MIN_TOKENS = 256
 GRAPH_CHOICES = {"auto": None, "on": True, "off": False, None: None, True: True, False: False}
 
 
@@ -277,10 +272,8 @@ def _decode(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, s
     device flag per row, and the host reads them back once at the end. Without a streamer the loop asks
     whether every row has finished only every STOP_CHECK_EVERY tokens (steps past that point produce
     padding, which is dropped: the result is the same as checking every step); with one it checks every
-    step, as the streamer sees every token anyway. With CUDA graphs, greedy decoding without a streamer
-    replays GRAPH_CHUNK steps (sampling and bookkeeping included) per graph launch where the TransPoint
-    signature allows (`StaticDecoder.run_chunk`), single captured steps elsewhere, for runs of at least
-    CHUNK_MIN_TOKENS tokens (the chunk's capture is paid in every call)."""
+    step, as the streamer sees every token anyway. With CUDA graphs each step is one replay of the
+    captured `model.step`; sampling runs outside the graph, on the device."""
     b = len(prompts)
     new_tokens: list[list[int]] = [[] for _ in range(b)]
     if max_new_tokens == 0:
@@ -317,7 +310,7 @@ def _decode_on(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p
     order_t = torch.tensor(order, dtype=torch.long, device=device)
     stops = stops.to(device)
     generator = make_generator(seed, device)
-    # device-side loop state, in cache row order (persistent buffers: a captured chunk writes into them)
+    # device-side loop state, in cache row order
     finished = torch.zeros(b, dtype=torch.bool, device=device)
     tokens = torch.full((b, max_new_tokens), pad, dtype=torch.long, device=device)
     col = torch.zeros(1, dtype=torch.long, device=device)  # the next column of `tokens`
@@ -347,8 +340,6 @@ def _decode_on(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p
         dec = ws.decoder
     else:
         dec = StaticDecoder(model, cache, cuda_graph=True) if use_graph else None
-    chunks = (dec is not None and greedy and streamer is None and on_step is None and GRAPH_CHUNK > 0
-              and max_new_tokens >= CHUNK_MIN_TOKENS)
     check_every = 1 if streamer is not None else STOP_CHECK_EVERY
     nxt = advance(logits)
     made, checked = 1, 0
@@ -357,12 +348,6 @@ def _decode_on(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p
             checked = made
             if bool(finished.all()):
                 break
-        if chunks and max_new_tokens - made >= GRAPH_CHUNK and dec.chunk_room(GRAPH_CHUNK):
-            out = dec.run_chunk(nxt, GRAPH_CHUNK, advance)
-            if out is not None:
-                nxt, made = out, made + GRAPH_CHUNK
-                continue
-            chunks = False
         step_logits = dec.step(nxt) if dec is not None else model.step(nxt, cache)
         if on_step is not None:
             on_step(cache)

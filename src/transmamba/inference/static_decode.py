@@ -21,11 +21,6 @@ current signature's graph is kept (the old one can never be replayed again) and 
 memory pool (freed with the graph). The returned logits of a replay live in the graph's output buffer:
 use them before the next step. If a capture fails, the decoder warns, records `capture_error`, puts the
 default CUDA generator back to its state before the capture and goes on with the step run eagerly.
-`run_chunk(ids, k, body)` captures k consecutive steps, each followed by `body` (e.g. greedy sampling that
-also records the token on the device), into one graph, so k tokens cost one replay and no host work. It
-runs only where `chunk_room(k)` holds: the current signature was already stepped and captured, no row
-reaches a TransPoint within the k steps and every KV buffer has room; elsewhere the caller takes single
-steps. `generate` uses it for greedy decoding without a streamer.
 The weights must not change while a decoder is in use (it reads `model.step_constants()`, A = -exp(A_log) and
 RoPE's frequencies, once, and graphs hold the weights' addresses). `model` is anything with CausalLM's
 decode interface (`blocks`, `kinds`, `mixer(i)`, `device`, `step`, `layer_modes`, `step_constants`); this
@@ -80,11 +75,6 @@ class StaticDecoder:
         self._stream = None
         self._ids = None
         self._logits = None
-        self.chunk_graph: torch.cuda.CUDAGraph | None = None  # see run_chunk
-        self.chunk_key: tuple | None = None
-        self._chunk_ids = None
-        self._chunk_out = None
-        self.chunk_replays = 0
 
     @property
     def model(self):
@@ -116,7 +106,6 @@ class StaticDecoder:
         if self.graph is not None and self.keep_graphs:
             self.saved_graphs[self.graph_modes] = (self.graph, self._logits)
         self.graph = self.graph_modes = self.eager_modes = None
-        self.chunk_graph = self.chunk_key = self._chunk_out = None
         self._read_rows()
         for i, fresh in self.model.step_constants().items():
             for name, t in fresh.items():
@@ -169,8 +158,6 @@ class StaticDecoder:
         if self.graph is None and modes in self.saved_graphs:
             self.graph, self._logits = self.saved_graphs.pop(modes)
             self.graph_modes = modes
-        if self.chunk_key is not None and modes != self.chunk_key[0]:
-            self.chunk_graph = self.chunk_key = self._chunk_out = None
         if self.graph is None and not self.keep_graphs:
             self._drop_converted_caches()
         if not self.cuda_graph:
@@ -186,74 +173,6 @@ class StaticDecoder:
             self.eager_modes = modes
         self.positions = [p + 1 for p in self.positions]
         return out
-
-    # ---- several steps in one graph ------------------------------------------------------------------
-    def chunk_room(self, k: int) -> bool:
-        """Whether the next k steps can run as one captured chunk: CUDA graphs on, the signature already
-        stepped (so its kernels are compiled), no TransMamba row reaching its TransPoint within them (no
-        conversion, same signature throughout) and room in every KV buffer."""
-        if not self.cuda_graph or self.graph_modes is None:
-            return False
-        self._convert_due()
-        if self.model.layer_modes(self.positions) != self.graph_modes:
-            return False
-        top = max(self.positions, default=0)
-        for kind, state in zip(self.model.kinds, self.cache.states):
-            if kind == "attention" and top + k > state.max_len:
-                return False
-            if kind == "transmamba":
-                P, cap = state.transpoint, state.kv_capacity
-                if any(p < P and (p + k > P or p + k > cap) for p in self.positions):
-                    return False
-        return True
-
-    @torch.no_grad()
-    def run_chunk(self, ids: torch.Tensor, k: int, body) -> torch.Tensor | None:
-        """k decode steps in one CUDA-graph replay: ids_0 = ids, logits_j = step(ids_j), ids_{j+1} =
-        body(logits_j); returns ids_k (a buffer of the graph: use it before the next call), or None when the
-        capture failed (a RuntimeWarning; graphs are off from then on and nothing ran). `body` maps
-        logits (b, V) to the next ids (b,) long with device work only (no host sync, no new shapes) and may
-        update its own persistent buffers (e.g. write the token into an output tensor at a device-side
-        column counter): it is captured, so it runs on every replay exactly as it ran at capture. Check
-        `chunk_room(k)` first. One chunk graph is kept (the current signature's, for one k); a body other
-        than the captured one needs a new decoder."""
-        if not self.chunk_room(k):
-            raise ValueError("StaticDecoder.run_chunk: the next steps cannot run as one chunk (check "
-                             "chunk_room first)")
-        key = (self.graph_modes, k)
-        if self.chunk_key != key:
-            self.chunk_graph = self.chunk_key = None
-            if not self.keep_graphs:
-                self._drop_converted_caches()
-            if self._chunk_ids is None:
-                self._chunk_ids = torch.empty_like(ids)
-            self._chunk_ids.copy_(ids)
-            stream = self._side_stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph, stream=stream, capture_error_mode="relaxed"):
-                    cur = self._chunk_ids
-                    for _ in range(k):
-                        cur = body(self.model.step(cur, self.cache, self.graph_modes, self.consts))
-            except RuntimeError as err:  # no chunks from now on; the caller goes on step by step
-                self.cuda_graph = False
-                self.graph = self.graph_modes = None
-                self.saved_graphs.clear()
-                self.capture_error = repr(err)
-                warnings.warn(f"StaticDecoder: capturing {k} steps failed, decoding without graphs: "
-                              f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}",
-                              RuntimeWarning, stacklevel=3)
-                torch.cuda.synchronize()
-                return None
-            torch.cuda.current_stream().wait_stream(stream)
-            self.chunk_graph, self.chunk_key, self._chunk_out = graph, key, cur
-        else:
-            self._chunk_ids.copy_(ids)
-        self.chunk_graph.replay()
-        self.chunk_replays += 1
-        self.positions = [p + k for p in self.positions]
-        return self._chunk_out
 
     def _side_stream(self) -> torch.cuda.Stream:
         if self._stream is None:

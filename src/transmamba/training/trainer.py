@@ -291,7 +291,9 @@ class Trainer:
         try:
             if self.info.is_main:
                 lock = RunLock(self.run_dir)
-            return self._fit(t_start)
+            result = self._fit(t_start)
+            dist_mod.barrier(self.info)  # every rank done before any tears the process group down
+            return result
         finally:
             if lock is not None:
                 lock.release()
