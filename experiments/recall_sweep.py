@@ -251,7 +251,7 @@ class Sweep:
     def phonebook(self, lrs: dict[str, float]) -> None:
         from transmamba.data.synthetic import phonebook
 
-        pb = dict(PHONEBOOK)
+        pb = dict(PHONEBOOK, n_layers=self.args.phonebook_layers, d_model=self.args.phonebook_width)
         if self.args.smoke:
             pb.update(n_entries=4, n_queries=2, vocab_size=64, n_layers=2, d_model=16, n_heads=2)
         seeds = (0,) if self.args.smoke else self.plan["seeds"]
@@ -401,14 +401,16 @@ def report(out: Path) -> str:
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
             lines.append("")
     pb = [r for r in rows if r.get("stage") == "phonebook" and "digit_accuracy" in r]
-    if pb:
-        p0 = pb[0]
+    for conf in dict.fromkeys((r["n_layers"], r["d_model"], r["lr"]) for r in pb):
+        sub_pb = [r for r in pb if (r["n_layers"], r["d_model"], r["lr"]) == conf]
+        p0 = sub_pb[0]
         lines += [f"## PhoneBook ({p0['n_entries']} entries, names of {p0['name_len']}, numbers of "
-                  f"{p0['number_len']} digits, {p0['n_layers']} layers + MLP, d_model {p0['d_model']})", "",
+                  f"{p0['number_len']} digits, {p0['n_layers']} layers + MLP, d_model {p0['d_model']}, "
+                  f"lr {p0['lr']:g})", "",
                   "| model | digit accuracy % | number exact match % | seeds | steps |",
                   "|---|---|---|---|---|"]
-        for name in dict.fromkeys(r["model"] for r in pb):
-            sub = [r for r in pb if r["model"] == name]
+        for name in dict.fromkeys(r["model"] for r in sub_pb):
+            sub = [r for r in sub_pb if r["model"] == name]
             m1, s1, _, _ = _stats([100 * r["digit_accuracy"] for r in sub])
             m2, s2, _, _ = _stats([100 * r["number_exact_match"] for r in sub])
             lines.append(f"| {name} | {m1:.1f} ± {s1:.1f} | {m2:.1f} ± {s2:.1f} | {len(sub)} | "
@@ -508,6 +510,11 @@ def main(argv=None) -> int:
                          "concatenate their jsonl files into one folder and run --report")
     ap.add_argument("--phonebook-lr", type=float, default=1e-3,
                     help="learning rate of every PhoneBook run (default 1e-3: on the CPU it beat 3e-3)")
+    ap.add_argument("--phonebook-layers", type=int, default=PHONEBOOK["n_layers"],
+                    help="mixer layers of the PhoneBook models (each followed by an MLP; TransMamba "
+                         "schedules are stretched over them)")
+    ap.add_argument("--phonebook-width", type=int, default=PHONEBOOK["d_model"],
+                    help="d_model of the PhoneBook models")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.report:
