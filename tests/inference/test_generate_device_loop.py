@@ -163,9 +163,13 @@ def test_workspace_graph_reuse_equals_eager_gpu():
         assert torch.equal(got, generate(model, ids, 24 - n, greedy=True, cuda_graph=False))
         captures.append(gen_mod._WORKSPACES[model].decoder.captures)
     assert captures[0] >= 1 and captures[0] == captures[1] == captures[2]
-    kw = dict(seed=4, top_k=20, top_p=0.9)
-    assert torch.equal(generate(model, ids, 20, cuda_graph=True, **kw),
-                       generate(model, ids, 20, cuda_graph=False, **kw))
+    for seed in (4, 5, 4):  # the workspace's graphs draw from its generator, re-seeded per call
+        kw = dict(seed=seed, top_k=20, top_p=0.9)
+        assert torch.equal(generate(model, ids, 20, cuda_graph=True, **kw),
+                           generate(model, ids, 20, cuda_graph=False, **kw))
+    streamed = []
+    got = generate(model, ids, 20, greedy=True, cuda_graph=True, streamer=lambda t, a: streamed.append(t))
+    assert torch.equal(got, generate(model, ids, 20, greedy=True, cuda_graph=False)) and len(streamed) == 20
     gen_mod.release_decode_workspace(model)
 
 

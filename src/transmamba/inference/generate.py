@@ -8,7 +8,8 @@
    position (`seqlen_offset`), so attention RoPE, KV masks and TransMamba's TransPoints stay per row.
 2. Decode. Each step samples one token per row from the last logits (`inference/sampling.py`) and feeds
    it through the model: `model.step`, eagerly or with `cuda_graph` captured in CUDA graphs and replayed
-   (`inference/static_decode.py`; the same step, sampling stays outside the graph). A row
+   (`inference/static_decode.py`). Without a streamer or on_step, the sampling and the token bookkeeping
+   are captured in the same graph as the step, so a decode token is one graph replay. A row
    that emits a stop token is finished: it keeps the stop token, gets `pad_token_id` afterwards, and the
    loop ends when every row has finished or after `max_new_tokens`. The loop stays on the device (no host
    sync per token): tokens and stop flags live in device buffers read back at the end, "has every row
@@ -120,6 +121,8 @@ class _Workspace:
     cache: ModelCache
     decoder: StaticDecoder | None = None
     kv: dict[int, tuple] = dataclasses.field(default_factory=dict)  # TransMamba KV buffers, by layer
+    loop: _Loop | None = None  # the decode loop's buffers, captured in the decoder's graphs as its tail
+    loop_key: tuple | None = None  # the sampling settings the loop (and so the decoder) was made for
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)  # held by the call using it
 
     def refill(self) -> None:
@@ -292,9 +295,59 @@ def _decode(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, s
         ws.lock.release()
 
 
+class _Loop:
+    """The device-side state of one decode loop, in cache row order, and its per-token work (`__call__`):
+    tokens (b, width) long, padding where a row had finished; col (1,) the next column; finished (b,) bool.
+    Every tensor keeps its address for the loop's life, so `__call__` can be captured in the step's CUDA
+    graph (`StaticDecoder(tail=...)`) and a workspace can keep the loop for later calls (`restart`)."""
+
+    def __init__(self, b: int, width: int, device, greedy: bool, temperature: float, top_k, top_p,
+                 stops: torch.Tensor, pad: int, seed: int | None):
+        self.greedy, self.temperature, self.top_k, self.top_p = greedy, temperature, top_k, top_p
+        self.finished = torch.zeros(b, dtype=torch.bool, device=device)
+        self.tokens = torch.full((b, width), pad, dtype=torch.long, device=device)
+        self.col = torch.zeros(1, dtype=torch.long, device=device)
+        self.pad_t = torch.full((b,), pad, dtype=torch.long, device=device)
+        self.stops = stops.to(device)
+        self.pad = pad
+        self.generator = make_generator(0 if seed is not None else None, device)
+        self.generators = () if self.generator is None else (self.generator,)  # for a graph to register
+        self.streamer: Streamer | None = None
+        self.order_t: torch.Tensor | None = None
+
+    def restart(self, seed: int | None, streamer: Streamer | None, order_t: torch.Tensor) -> None:
+        self.tokens.fill_(self.pad)
+        self.finished.zero_()
+        self.col.zero_()
+        if self.generator is not None:
+            self.generator.manual_seed(int(seed))
+        self.streamer, self.order_t = streamer, order_t
+
+    def __call__(self, step_logits: torch.Tensor) -> torch.Tensor:
+        """Sample the next token of every row from logits (b, V), record it (padding for finished rows) and
+        update the finished flags; device work only. -> the tokens to feed the model (b,)."""
+        nxt = sample_next(step_logits.float(), greedy=self.greedy, temperature=self.temperature,
+                          top_k=self.top_k, top_p=self.top_p, generator=self.generator)
+        active = ~self.finished
+        nxt = torch.where(active, nxt, self.pad_t)
+        self.tokens.index_copy_(1, self.col, nxt[:, None])
+        self.col.add_(1)
+        if self.stops.numel():
+            self.finished.logical_or_(active & (nxt[:, None] == self.stops).any(-1))  # (b, n_stops) compare
+        if self.streamer is not None:
+            order_t = self.order_t
+            self.streamer(torch.empty_like(nxt).index_copy_(0, order_t, nxt),
+                          torch.empty_like(active).index_copy_(0, order_t, active))
+        return nxt
+
+
 def _decode_on(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p, stops, seed, streamer, pad,
                use_graph, ws, on_step=None):
-    """`_decode` on the workspace `ws` (its cache and decoder), or on a fresh cache when ws is None."""
+    """`_decode` on the workspace `ws` (its cache and decoder), or on a fresh cache when ws is None.
+
+    Without a streamer or on_step, the per-token work (`_Loop.__call__`: sampling, recording, stop flags)
+    is the decoder's tail, captured with the step in one CUDA graph: a token is one replay. The workspace
+    keeps the loop and its decoder for later calls with the same sampling settings."""
     b = len(prompts)
     new_tokens: list[list[int]] = [[] for _ in range(b)]
     max_len = max(len(p) for p in prompts) + max_new_tokens
@@ -308,52 +361,43 @@ def _decode_on(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p
         on_step(cache)
     device = logits.device
     order_t = torch.tensor(order, dtype=torch.long, device=device)
-    stops = stops.to(device)
-    generator = make_generator(seed, device)
-    # device-side loop state, in cache row order
-    finished = torch.zeros(b, dtype=torch.bool, device=device)
-    tokens = torch.full((b, max_new_tokens), pad, dtype=torch.long, device=device)
-    col = torch.zeros(1, dtype=torch.long, device=device)  # the next column of `tokens`
-    pad_t = torch.full((b,), pad, dtype=torch.long, device=device)
-
-    def advance(step_logits: torch.Tensor) -> torch.Tensor:
-        """Sample the next token of every row from logits (b, V), record it (padding for finished rows)
-        and update the finished flags; device work only. -> the tokens to feed the model (b,)."""
-        nxt = sample_next(step_logits.float(), greedy=greedy, temperature=temperature, top_k=top_k,
-                          top_p=top_p, generator=generator)
-        active = ~finished
-        nxt = torch.where(active, nxt, pad_t)
-        tokens.index_copy_(1, col, nxt[:, None])
-        col.add_(1)
-        if stops.numel():
-            finished.logical_or_(active & (nxt[:, None] == stops).any(-1))  # (b, n_stops) compare
-        if streamer is not None:
-            streamer(torch.empty_like(nxt).index_copy_(0, order_t, nxt),
-                     torch.empty_like(active).index_copy_(0, order_t, active))
-        return nxt
+    # the loop's work as the decoder's tail (in its graphs; a CPU workspace runs the same path eagerly)
+    as_tail = (use_graph or ws is not None) and streamer is None and on_step is None
+    loop_key = (greedy, temperature, top_k, top_p, tuple(stops.tolist()), pad, seed is not None, as_tail)
+    if ws is not None and ws.loop is not None and ws.loop_key == loop_key:
+        loop = ws.loop
+    else:
+        loop = _Loop(b, max_len, device, greedy, temperature, top_k, top_p, stops, pad, seed)
+        if ws is not None:  # a decoder whose graphs hold another loop's buffers cannot serve this one
+            ws.loop, ws.loop_key, ws.decoder = loop, loop_key, None
+    loop.restart(seed, streamer, order_t)
+    tail = loop if as_tail else None
 
     if ws is not None:
         if ws.decoder is None:
-            ws.decoder = StaticDecoder(model, cache, cuda_graph=use_graph, keep_graphs=True)
+            ws.decoder = StaticDecoder(model, cache, cuda_graph=use_graph, keep_graphs=True, tail=tail)
         else:
             ws.decoder.reset()
         dec = ws.decoder
     else:
-        dec = StaticDecoder(model, cache, cuda_graph=True) if use_graph else None
+        dec = StaticDecoder(model, cache, cuda_graph=True, tail=tail) if use_graph else None
     check_every = 1 if streamer is not None else STOP_CHECK_EVERY
-    nxt = advance(logits)
+    nxt = loop(logits)
     made, checked = 1, 0
     while made < max_new_tokens:
-        if stops.numel() and made - checked >= check_every:
+        if loop.stops.numel() and made - checked >= check_every:
             checked = made
-            if bool(finished.all()):
+            if bool(loop.finished.all()):
                 break
-        step_logits = dec.step(nxt) if dec is not None else model.step(nxt, cache)
-        if on_step is not None:
-            on_step(cache)
-        nxt = advance(step_logits)
+        if tail is not None:
+            nxt = dec.step(nxt)  # step + loop in one replay
+        else:
+            step_logits = dec.step(nxt) if dec is not None else model.step(nxt, cache)
+            if on_step is not None:
+                on_step(cache)
+            nxt = loop(step_logits)
         made += 1
-    rows = tokens[:, :made].tolist()  # the one read-back of the tokens
+    rows = loop.tokens[:, :made].tolist()  # the one read-back of the tokens
     stop_set = set(stops.tolist())
     for r, row in enumerate(rows):
         end = next((i + 1 for i, t in enumerate(row) if t in stop_set), len(row))

@@ -4,6 +4,17 @@ captured in CUDA graphs and replayed (as mamba_ssm's generation captures its mod
     dec = StaticDecoder(model, cache, cuda_graph=True)   # cache: prefilled, KV buffers sized for the run
     logits = dec.step(ids)                               # (b,) long -> (b, V), like model.step(ids, cache)
 
+    dec = StaticDecoder(model, cache, cuda_graph=True, tail=advance)
+    ids = dec.step(ids)                                  # (b,) long -> advance(logits) (b,) long
+
+`tail` (optional) is device work on the step's logits that every step does next, e.g. `generate`'s
+sampling and bookkeeping of the new token: logits (b, V) -> next ids (b,) long. It is captured in the same
+CUDA graph as the step, so a decode token is one replay with no launches between the step and the
+sampling; it must touch only tensors that keep their addresses (static buffers) and may draw random
+numbers only from the default CUDA generator or a generator it registers (`tail.generators`, see
+`_capture_and_run`). With a tail, `step` returns the tail's ids in a buffer that the next replay
+overwrites; passing that buffer back as the next ids costs no copy.
+
 The decoder does the cache bookkeeping that keeps the step static. It keeps the rows' positions on the host
 (read once at construction, +1 per step), so it knows without a device sync, before every step:
 - which TransMamba rows reach their TransPoint P: it runs the Memory Converter for them outside the step
@@ -50,7 +61,8 @@ def graph_supported(model) -> tuple[bool, str]:
 class StaticDecoder:
     """See the module docstring. `model.step`'s contract: step(ids (b,) long) -> logits (b, V)."""
 
-    def __init__(self, model, cache, *, cuda_graph: bool = False, keep_graphs: bool = False):
+    def __init__(self, model, cache, *, cuda_graph: bool = False, keep_graphs: bool = False,
+                 tail=None):
         if cuda_graph:
             ok, why = graph_supported(model)
             if not ok:
@@ -64,7 +76,8 @@ class StaticDecoder:
         # keep_graphs: graphs of earlier signatures are kept (not freed), and the fully converted layers'
         # KV buffers too, so that a later run over the same cache buffers (`reset`) replays them
         self.keep_graphs = bool(keep_graphs)
-        self.saved_graphs: dict[tuple, tuple] = {}  # signature -> (graph, its logits buffer)
+        self.saved_graphs: dict[tuple, tuple] = {}  # signature -> (graph, its output buffer)
+        self.tail = tail  # logits (b, V) -> ids (b,), run (and captured) after every step
         self._read_rows()
         self.consts = model.step_constants()  # A = -exp(A_log), RoPE frequencies: read from the weights once
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -74,7 +87,7 @@ class StaticDecoder:
         self.capture_error: str | None = None  # set (and graphs turned off) if a capture fails
         self._stream = None
         self._ids = None
-        self._logits = None
+        self._logits = None  # the graph's output: logits, or the tail's ids
 
     @property
     def model(self):
@@ -161,9 +174,10 @@ class StaticDecoder:
         if self.graph is None and not self.keep_graphs:
             self._drop_converted_caches()
         if not self.cuda_graph:
-            out = self.model.step(ids, self.cache, modes, self.consts)
+            out = self._run(ids, modes)
         elif modes == self.graph_modes:
-            self._ids.copy_(ids)
+            if ids is not self._ids:  # a tail's output fed straight back needs no copy
+                self._ids.copy_(ids)
             self.graph.replay()
             out = self._logits
         elif modes == self.eager_modes:
@@ -174,6 +188,11 @@ class StaticDecoder:
         self.positions = [p + 1 for p in self.positions]
         return out
 
+    def _run(self, ids: torch.Tensor, modes: tuple) -> torch.Tensor:
+        """model.step, then the tail (if any): the work of one step, eager or under capture."""
+        logits = self.model.step(ids, self.cache, modes, self.consts)
+        return logits if self.tail is None else self.tail(logits)
+
     def _side_stream(self) -> torch.cuda.Stream:
         if self._stream is None:
             self._stream = torch.cuda.Stream(device=self.model.device)
@@ -183,7 +202,7 @@ class StaticDecoder:
         stream = self._side_stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            out = self.model.step(ids, self.cache, modes, self.consts)
+            out = self._run(ids, modes)
         torch.cuda.current_stream().wait_stream(stream)
         return out
 
@@ -191,8 +210,11 @@ class StaticDecoder:
         stream = self._side_stream()
         if self._ids is None:
             self._ids = torch.empty_like(ids)
-        self._ids.copy_(ids)
+        if ids is not self._ids:
+            self._ids.copy_(ids)
         graph = torch.cuda.CUDAGraph()
+        for gen in getattr(self.tail, "generators", ()):  # a tail's private generator, replayed in step
+            graph.register_generator_state(gen)
         # Each graph gets its own private memory pool: a pool shared through graph_pool_handle() is released
         # when the previous graph (the only one holding it) is freed at a signature change, and capturing
         # into it afterwards fails an allocator assert (seen on the H100 with TransMamba mode changes).
@@ -205,7 +227,10 @@ class StaticDecoder:
             # relaxed: API calls that are not stream work (e.g. loading a kernel module) stay legal; this is
             # the mode the H100 graph tests passed in (docs/results/gpu-tests-after-graph-pool-fix.txt)
             with torch.cuda.graph(graph, stream=stream, capture_error_mode="relaxed"):
-                logits = self.model.step(self._ids, self.cache, modes, self.consts)
+                out = self._run(self._ids, modes)
+                if self.tail is not None:  # the next step reads its ids where this one wrote them
+                    self._ids.copy_(out)
+                    out = self._ids
         except RuntimeError as err:  # capture recorded nothing that ran: go on without graphs
             self.capture_error = repr(err)
             self.cuda_graph = False
@@ -219,11 +244,11 @@ class StaticDecoder:
             warnings.warn(f"StaticDecoder: CUDA-graph capture failed, decoding without graphs: "
                           f"{type(err).__name__}: {first}", RuntimeWarning, stacklevel=3)
             torch.cuda.synchronize()
-            return self.model.step(ids, self.cache, modes, self.consts)
-        self.graph, self.graph_modes, self._logits = graph, modes, logits
+            return self._run(self._ids, modes)
+        self.graph, self.graph_modes, self._logits = graph, modes, out
         self.captures += 1
         graph.replay()  # capturing recorded the step without running it
-        return logits
+        return out
 
 
 def _default_generator(device: torch.device):
