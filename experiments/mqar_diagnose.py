@@ -85,6 +85,13 @@ def run_phonebook(args, spec: mqar.ModelSpec) -> None:
     test = mqar.evaluate(model, [mqar.MQARBatch(t.input_ids, t.labels)])
     print(f"test digit accuracy {test['accuracy']:.4f} loss {test['loss']:.3f} after {res.steps} steps",
           flush=True)
+    with torch.no_grad():
+        model.eval()
+        pred = model.lm_head(mqar.hidden_states(model, t.input_ids)).argmax(-1)[:, :-1]  # (b, T-1)
+        tgt = t.labels[:, 1:]
+        pos = (tgt != -100).nonzero()  # answers: number_len consecutive labelled positions per query
+        ok = (pred == tgt)[pos[:, 0], pos[:, 1]].view(-1, 2).float().mean(0)
+    print(f"test accuracy by digit: first {ok[0]:.4f}, second {ok[1]:.4f}", flush=True)
 
 
 def main() -> None:

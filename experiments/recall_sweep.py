@@ -282,12 +282,17 @@ class Sweep:
                                      vocab_size=pb["vocab_size"], seed=99_999)
                     tb = mqar.MQARBatch(test.input_ids.to(self.device), test.labels.to(self.device))
                     ev = mqar.evaluate(model, [tb], autocast_dtype=self.dtype)
-                    exact = _exact_numbers(model, tb, pb["number_len"], self.dtype)
+                    exact, by_digit = _number_scores(model, tb, pb["number_len"], self.dtype)
+                    e_len = pb["name_len"] + pb["number_len"] + 2
+                    book = test.input_ids[:, 1:1 + pb["n_entries"] * e_len].reshape(
+                        len(test.input_ids), pb["n_entries"], e_len)[:, :, pb["name_len"] + 1:-1]
+                    baseline = book_mode_baseline(book.numpy(), test.meta["answer_entry"].numpy())
                     self.write({"stage": "phonebook", "task": "phonebook", "model": name,
                                 "family": spec.family, **pb, "seed": seed, "lr": self.args.phonebook_lr,
                                 "steps": res.steps, "sec_per_step": round(sps, 5),
                                 "train_accuracy": res.train_accuracy, "digit_accuracy": ev["accuracy"],
-                                "number_exact_match": exact, "chance_digit": 0.1,
+                                "number_exact_match": exact, "digit_accuracy_by_position": by_digit,
+                                "book_mode_digit_accuracy": baseline, "chance_digit": 0.1,
                                 "chance_number": 0.1 ** pb["number_len"], "curve": res.curve})
                 except Exception as err:
                     self.write({"stage": "phonebook", "model": name, "seed": seed, "error": repr(err)[:400]})
@@ -303,8 +308,9 @@ def _points(model_kw: dict, n_layers: int):
 
 
 @torch.no_grad()
-def _exact_numbers(model, batch, number_len: int, dtype) -> float:
-    """Fraction of queried numbers whose every digit is predicted right (teacher-forced)."""
+def _number_scores(model, batch, number_len: int, dtype) -> tuple[float, list[float]]:
+    """(fraction of queried numbers whose every digit is predicted right, accuracy per digit position),
+    teacher-forced."""
     model.eval()
     with mqar._autocast(batch.input_ids.device, dtype):
         h = mqar.hidden_states(model, batch.input_ids)
@@ -316,7 +322,25 @@ def _exact_numbers(model, batch, number_len: int, dtype) -> float:
     # answers are runs of number_len consecutive labelled positions
     idx = mask.nonzero()
     per = ok[idx[:, 0], idx[:, 1]].view(-1, number_len)
-    return float(per.all(dim=1).float().mean())
+    return float(per.all(dim=1).float().mean()), [float(v) for v in per.float().mean(0)]
+
+
+def book_mode_baseline(number_digits: np.ndarray, answer_entry: np.ndarray) -> float:
+    """Digit accuracy of the best answer that ignores the queried name: for each digit position, the digit
+    most frequent at that position in the row's book (ties split evenly). number_digits (b, n_entries,
+    number_len); answer_entry (b, n_queries). A model at this level has learnt which digits the book holds,
+    not which entry the query names."""
+    b, n_entries, number_len = number_digits.shape
+    total = 0.0
+    for pos in range(number_len):
+        d = number_digits[:, :, pos]  # (b, n_entries)
+        counts = np.stack([(d == v).sum(1) for v in range(int(d.max()) + 1)], axis=1)  # (b, V)
+        top = counts.max(1, keepdims=True)
+        ties = (counts == top).sum(1)  # (b,)
+        ans = np.take_along_axis(d, answer_entry, axis=1)  # (b, n_queries)
+        hit = np.take_along_axis(counts, ans, axis=1) == top  # (b, n_queries)
+        total += float((hit / ties[:, None]).mean())
+    return total / number_len
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -407,14 +431,20 @@ def report(out: Path) -> str:
         lines += [f"## PhoneBook ({p0['n_entries']} entries, names of {p0['name_len']}, numbers of "
                   f"{p0['number_len']} digits, {p0['n_layers']} layers + MLP, d_model {p0['d_model']}, "
                   f"lr {p0['lr']:g})", "",
-                  "| model | digit accuracy % | number exact match % | seeds | steps |",
-                  "|---|---|---|---|---|"]
+                  "| model | digit accuracy % | by digit position % | number exact match % | seeds | steps |",
+                  "|---|---|---|---|---|---|"]
         for name in dict.fromkeys(r["model"] for r in sub_pb):
             sub = [r for r in sub_pb if r["model"] == name]
             m1, s1, _, _ = _stats([100 * r["digit_accuracy"] for r in sub])
             m2, s2, _, _ = _stats([100 * r["number_exact_match"] for r in sub])
-            lines.append(f"| {name} | {m1:.1f} ± {s1:.1f} | {m2:.1f} ± {s2:.1f} | {len(sub)} | "
+            pos = [r["digit_accuracy_by_position"] for r in sub if "digit_accuracy_by_position" in r]
+            by_pos = " / ".join(f"{100 * sum(v) / len(v):.1f}" for v in zip(*pos)) if pos else "–"
+            lines.append(f"| {name} | {m1:.1f} ± {s1:.1f} | {by_pos} | {m2:.1f} ± {s2:.1f} | {len(sub)} | "
                          f"{sorted(r['steps'] for r in sub)[len(sub) // 2]} |")
+        base = [r["book_mode_digit_accuracy"] for r in sub_pb if "book_mode_digit_accuracy" in r]
+        if base:
+            lines.append(f"\nChance 10 % per digit; answering with the digit most frequent at that position "
+                         f"in the book, whatever the name, scores {100 * base[0]:.1f} %.")
         lines.append("")
     errors = [r for r in rows if "error" in r]
     if errors:
