@@ -375,7 +375,7 @@ def report(out: Path) -> str:
     for r in rows:
         if r.get("stage") == "lr-fixed":
             fixed.update(r["lrs"])
-    if fixed:
+    if fixed and len({r["lr"] for r in rows if r.get("stage") == "main" and "lr" in r}) == 1:
         used = ", ".join(f"{k} {v:.1e}" for k, v in fixed.items())
         lines += [f"Learning rates fixed (no sweep): {used}", ""]
     lr_rows = [r for r in rows if r.get("stage") == "lr" and "test_accuracy" in r]
@@ -390,11 +390,16 @@ def report(out: Path) -> str:
                 cells.append(f"{100 * hit[0]['test_accuracy']:.1f}" if hit else "-")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    main = [r for r in rows if r.get("stage") == "main" and "test_accuracy" in r]
+    every = [r for r in rows if r.get("stage") == "main" and "test_accuracy" in r]
+    best = best_lrs(every)
+    main = [r for r in every if best[(r["seq_len"], r["n_pairs"], r["model"])] == r["lr"]]
     settings = sorted({(r["seq_len"], r["n_pairs"]) for r in main})
     for seq, n in settings:
         sub = [r for r in main if (r["seq_len"], r["n_pairs"]) == (seq, n)]
         widths = sorted({r["d_model"] for r in sub})
+        lines += lr_lines([r for r in every if (r["seq_len"], r["n_pairs"]) == (seq, n)], best)
+        used = ", ".join(f"{m} {lr:.1e}" for (q, k, m), lr in best.items() if (q, k) == (seq, n))
+        lines += [f"Learning rate per model (the best of its sweep): {used}", ""]
         lines += [f"## MQAR, seq_len {seq}, {n} pairs: test accuracy % (mean ± sd over seeds [min, max], n)",
                   "",
                   "| model | " + " | ".join(f"d {w}" for w in widths) + " | steps (median) |",
@@ -455,6 +460,50 @@ def report(out: Path) -> str:
     if main:
         plot(main, out / "mqar_vs_width.png")
     return text
+
+
+def best_lrs(main: list[dict]) -> dict[tuple, float]:
+    """(seq_len, n_pairs, model) -> the learning rate with the highest mean accuracy over the model's widths
+    (seed 0 where there are several), as Zoology picks per model; only learning rates run at every width
+    of the model compete (others are extra points in the table), unless none is."""
+    by: dict[tuple, dict[float, dict[int, list[float]]]] = {}
+    for r in main:
+        by.setdefault((r["seq_len"], r["n_pairs"], r["model"]), {}).setdefault(r["lr"], {}).setdefault(
+            r["d_model"], []).append((r["seed"], r["test_accuracy"]))
+    out = {}
+    for key, lrs in by.items():
+        widths = set().union(*(set(w) for w in lrs.values()))
+        full = [lr for lr, w in lrs.items() if set(w) == widths] or list(lrs)
+        common = set.intersection(*(set(lrs[lr]) for lr in full))
+
+        def score(lr, lrs=lrs, common=common):
+            accs = []
+            for w in common:
+                seeded = dict(lrs[lr][w])
+                accs.append(seeded.get(0, sum(seeded.values()) / len(seeded)))
+            return sum(accs) / max(1, len(accs))
+
+        out[key] = max(full, key=score)
+    return out
+
+
+def lr_lines(sub: list[dict], best: dict[tuple, float]) -> list[str]:
+    """Accuracy by learning rate and width (mean over seeds, their count), one row per (model, lr)."""
+    widths = sorted({r["d_model"] for r in sub})
+    seq, n = sub[0]["seq_len"], sub[0]["n_pairs"]
+    out = [f"### Learning rates, seq_len {seq}, {n} pairs: test accuracy % (mean over seeds, n); * = chosen",
+           "", "| model | lr | " + " | ".join(f"d {w}" for w in widths) + " |",
+           "|---|---|" + "---|" * len(widths)]
+    for name in dict.fromkeys(r["model"] for r in sub):
+        for lr in sorted({r["lr"] for r in sub if r["model"] == name}):
+            cells = []
+            for w in widths:
+                acc = [100 * r["test_accuracy"] for r in sub
+                       if r["model"] == name and r["lr"] == lr and r["d_model"] == w]
+                cells.append(f"{sum(acc) / len(acc):.1f} ({len(acc)})" if acc else "-")
+            mark = " *" if best[(seq, n, name)] == lr else ""
+            out.append(f"| {name} | {lr:.1e}{mark} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def ordering_lines(sub: list[dict], widths: list[int]) -> list[str]:
