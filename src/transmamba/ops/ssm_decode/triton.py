@@ -22,8 +22,6 @@ import torch
 import triton
 import triton.language as tl
 
-from transmamba.ops.triton.skinny_gemm import _sm_count
-
 KERNELS = ("head", "group")
 DEFAULT_KERNEL = "group"  # fastest in situ on the H100 (docs/performance.md, Decode); "head" about equal
 GROUP_TILE_MAX = 32768  # "group" only while a group's (heads, headdim, d_state) tile has at most this many
@@ -31,12 +29,11 @@ GROUP_TILE_MAX = 32768  # "group" only while a group's (heads, headdim, d_state)
 
 
 @triton.jit
-def _conv_silu(XROW, CST, CW, CB, ch, m, s_c, s_k, W: tl.constexpr, BW: tl.constexpr, HAS_CB: tl.constexpr,
-               WRITE: tl.constexpr = True):
+def _conv_silu(XROW, CST, CW, CB, ch, m, s_c, s_k, W: tl.constexpr, BW: tl.constexpr, HAS_CB: tl.constexpr):
     """Causal-conv update of channels ch (xBC indices) for one row: returns silu(conv) rounded to the input
-    dtype (as fp32) and, with WRITE, shifts the state in place. Threads may hold replicated copies of a
-    channel, so every tap is loaded before a barrier and only then is the shifted state stored (else a fast
-    replica could overwrite a tap a slow one has not read yet)."""
+    dtype (as fp32) and shifts the state in place. Threads may hold replicated copies of a channel, so every
+    tap is loaded before a barrier and only then is the shifted state stored (else a fast replica could
+    overwrite a tap a slow one has not read yet)."""
     kk = tl.arange(0, BW)
     mk = m[:, None] & (kk[None, :] < W - 1)
     taps = tl.load(CST + ch[:, None] * s_c + kk[None, :] * s_k, mask=mk, other=0.0)  # (C, BW) old state
@@ -46,10 +43,9 @@ def _conv_silu(XROW, CST, CW, CB, ch, m, s_c, s_k, W: tl.constexpr, BW: tl.const
     if HAS_CB:
         acc += tl.load(CB + ch, mask=m, other=0.0).to(tl.float32)
     acc += tl.load(CW + ch * W + W - 1, mask=m, other=0.0).to(tl.float32) * xv.to(tl.float32)
-    if WRITE:
-        tl.debug_barrier()
-        tl.store(CST + ch[:, None] * s_c + (kk[None, :] - 1) * s_k, taps, mask=mk & (kk[None, :] >= 1))
-        tl.store(CST + ch * s_c + (W - 2) * s_k, xv, mask=m)
+    tl.debug_barrier()
+    tl.store(CST + ch[:, None] * s_c + (kk[None, :] - 1) * s_k, taps, mask=mk & (kk[None, :] >= 1))
+    tl.store(CST + ch * s_c + (W - 2) * s_k, xv, mask=m)
     acc = acc * tl.sigmoid(acc)
     return acc.to(xv.dtype).to(tl.float32)
 
@@ -103,24 +99,17 @@ def _mamba2_decode_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT, SCR, SEQ,
 
 
 @triton.jit
-def _mamba2_decode_group_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT, SEQ, SCR, PSS, CNT,
+def _mamba2_decode_group_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT, SEQ,
                                 s_zx, s_cb, s_cc, s_ck, d_inner, conv_dim, dstate, eps,
                                 R: tl.constexpr, P: tl.constexpr, W: tl.constexpr, BW: tl.constexpr,
-                                BR: tl.constexpr, BN: tl.constexpr, NS: tl.constexpr, HAS_CB: tl.constexpr,
+                                BR: tl.constexpr, BN: tl.constexpr, HAS_CB: tl.constexpr,
                                 HAS_SEQ: tl.constexpr):
-    """The same step with a group's R heads as one (BR, P/NS, BN) tile per program (headdim P a power of 2):
-    every state load of the program is issued at once (the state read is the step's traffic). NS programs
-    share a group when (rows x groups) alone would leave most SMs idle (batch 1: 16 programs on 132 SMs);
-    each takes P/NS channels of every head of the group. The group's RMSNorm and the shift of its B / C conv
-    state then need every program of the group: each stores its gated u (fp32, SCR) and its sum of squares
-    (PSS), and counts itself done on CNT (acq_rel); the last one to arrive normalises the group's
-    channels, shifts the B / C conv state (every program has read it by then) and puts the count back to 0
-    for the next launch."""
+    """The same step with a group's R heads as one (BR, P, BN) tile (headdim P a power of 2): every state
+    load of the program is issued at once (the state read is the step's traffic), and the group's RMSNorm
+    needs no second pass."""
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
-    sp = tl.program_id(2)
     ngroups = tl.num_programs(1)
-    PS: tl.constexpr = P // NS  # channels of each head in this program
     zrow = ZX + b * s_zx
     xrow = zrow + d_inner  # xBC starts after z
     cst = CST + b * s_cb
@@ -128,97 +117,48 @@ def _mamba2_decode_group_kernel(ZX, CST, CW, CB, S, A, DTB, DD, NW, OUT, SEQ, SC
     mn = offs_n < dstate
     offs_r = tl.arange(0, BR)
     mr = offs_r < R
-    offs_p = sp * PS + tl.arange(0, PS)  # (PS,) this program's channels of each head
+    offs_p = tl.arange(0, P)
     h = g * R + offs_r  # (BR,) heads of the group
     ms = mr[:, None, None] & mn[None, None, :]  # (BR, 1, BN)
     so = S + ((b * (ngroups * R) + h[:, None, None]) * P + offs_p[None, :, None]) * dstate + offs_n[None, None, :]
-    st = tl.load(so, mask=ms, other=0.0)  # (BR, PS, BN): issued before the conv work below
-    bch = d_inner + g * dstate + offs_n
-    cch = d_inner + (ngroups + g) * dstate + offs_n
-    Bv = _conv_silu(xrow, cst, CW, CB, bch, mn, s_cc, s_ck, W, BW, HAS_CB, WRITE=NS == 1)
-    Cv = _conv_silu(xrow, cst, CW, CB, cch, mn, s_cc, s_ck, W, BW, HAS_CB, WRITE=NS == 1)
-    cx = g * R * P + offs_r[:, None] * P + offs_p[None, :]  # (BR, PS) channels in x, z and the output
-    m2 = mr[:, None]
-    xv = tl.reshape(_conv_silu(xrow, cst, CW, CB, tl.reshape(cx, (BR * PS,)), tl.reshape(m2 & (offs_p[None, :] >= 0), (BR * PS,)),
-                               s_cc, s_ck, W, BW, HAS_CB), (BR, PS))
+    st = tl.load(so, mask=ms, other=0.0)  # (BR, P, BN): issued before the conv work below
+    Bv = _conv_silu(xrow, cst, CW, CB, d_inner + g * dstate + offs_n, mn, s_cc, s_ck, W, BW, HAS_CB)
+    Cv = _conv_silu(xrow, cst, CW, CB, d_inner + (ngroups + g) * dstate + offs_n, mn, s_cc, s_ck, W, BW, HAS_CB)
+    offs_f = tl.arange(0, BR * P)  # the group's x channels, flat (head r, channel p) = r·P + p
+    mf = offs_f < R * P
+    xv = tl.reshape(_conv_silu(xrow, cst, CW, CB, g * R * P + offs_f, mf, s_cc, s_ck, W, BW, HAS_CB), (BR, P))
     dt = tl.load(zrow + d_inner + conv_dim + h, mask=mr, other=0.0).to(tl.float32) + tl.load(DTB + h, mask=mr, other=0.0).to(tl.float32)
     dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
     decay = tl.exp(dt * tl.load(A + h, mask=mr, other=0.0).to(tl.float32))  # (BR,)
     s_new = st.to(tl.float32) * decay[:, None, None] + (dt[:, None] * xv)[:, :, None] * Bv[None, None, :]
     tl.store(so, s_new.to(st.dtype), mask=ms)
     y = tl.sum(s_new * Cv[None, None, :], axis=2) + xv * tl.load(DD + h, mask=mr, other=0.0).to(tl.float32)[:, None]
+    cx = g * R * P + offs_r[:, None] * P + offs_p[None, :]  # (BR, P) channels in x, z and the output
+    m2 = mr[:, None]
     z = tl.load(zrow + cx, mask=m2, other=0.0)
     y = y.to(z.dtype).to(tl.float32)  # the unfused step stores y in the inputs' dtype
     zf = z.to(tl.float32)
     u = tl.where(m2, y * (zf * tl.sigmoid(zf)), 0.0)
-    ss = tl.sum(tl.sum(u * u, axis=1), axis=0)
-    if NS == 1:
-        rstd = 1.0 / tl.sqrt(ss / (R * P) + eps)
-        w = tl.load(NW + cx, mask=m2, other=0.0).to(tl.float32)
-        tl.store(OUT + b * d_inner + cx, (u * rstd * w).to(OUT.dtype.element_ty), mask=m2)
-        if HAS_SEQ:
-            if g == 0:  # the row's position moves on by one (one program per row writes it)
-                tl.store(SEQ + b, tl.load(SEQ + b) + 1)
-    else:
-        grp = b * ngroups + g
-        tl.store(SCR + b * d_inner + cx, u, mask=m2)
-        tl.store(PSS + grp * NS + sp, ss)
-        tl.debug_barrier()  # every thread's stores are issued before the release below
-        done = tl.atomic_add(CNT + grp, 1, sem="acq_rel", scope="gpu")
-        if done == NS - 1:  # the group's last program: every other one has stored and read what it needs
-            tot = tl.sum(tl.load(PSS + grp * NS + tl.arange(0, NS), cache_modifier=".cg"), axis=0)
-            rstd = 1.0 / tl.sqrt(tot / (R * P) + eps)
-            offs_f = tl.arange(0, BR * P)
-            mf = offs_f < R * P
-            ch = g * R * P + offs_f
-            uf = tl.load(SCR + b * d_inner + ch, mask=mf, other=0.0, cache_modifier=".cg")
-            w = tl.load(NW + ch, mask=mf, other=0.0).to(tl.float32)
-            tl.store(OUT + b * d_inner + ch, (uf * rstd * w).to(OUT.dtype.element_ty), mask=mf)
-            _conv_silu(xrow, cst, CW, CB, bch, mn, s_cc, s_ck, W, BW, HAS_CB)  # shift the B / C state
-            _conv_silu(xrow, cst, CW, CB, cch, mn, s_cc, s_ck, W, BW, HAS_CB)
-            tl.atomic_xchg(CNT + grp, 0)
-            if HAS_SEQ:
-                if g == 0:
-                    tl.store(SEQ + b, tl.load(SEQ + b) + 1)
-
-
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _counters(device: torch.device, n: int) -> torch.Tensor:
-    """n int32 zeros that every split launch on `device` leaves at zero (its last programs reset them).
-    One buffer per device, grown (never shrunk) when a launch needs more; made outside any graph capture
-    by the first launch of that size (a capture that needs a larger one makes it inside the capture's pool,
-    which is kept alive here)."""
-    buf = _COUNTERS.get(device)
-    if buf is None or buf.numel() < n:
-        buf = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
-        _COUNTERS[device] = buf
-    return buf
-
-
-def _splits(b: int, ngroups: int, headdim: int, n_sm: int) -> int:
-    """Programs per (row, group): a power of 2 up to headdim / 16 that gives about 2 programs per SM."""
-    ns = 1
-    while b * ngroups * ns < 2 * n_sm and headdim // (2 * ns) >= 16:
-        ns *= 2
-    return ns
+    rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(u * u, axis=1), axis=0) / (R * P) + eps)
+    w = tl.load(NW + cx, mask=m2, other=0.0).to(tl.float32)
+    tl.store(OUT + b * d_inner + cx, (u * rstd * w).to(OUT.dtype.element_ty), mask=m2)
+    if HAS_SEQ:
+        if g == 0:  # the row's position moves on by one (one program per row writes it)
+            tl.store(SEQ + b, tl.load(SEQ + b) + 1)
 
 
 def mamba2_decode_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, conv_weight: torch.Tensor,
                          conv_bias: torch.Tensor | None, ssm_state: torch.Tensor, A: torch.Tensor,
                          dt_bias: torch.Tensor, D: torch.Tensor, norm_weight: torch.Tensor, eps: float,
                          ngroups: int, headdim: int, *, kernel: str | None = None,
-                         num_warps: int | None = None, seqlen_offset: torch.Tensor | None = None,
-                         splits: int | None = None) -> torch.Tensor:
+                         num_warps: int | None = None, seqlen_offset: torch.Tensor | None = None) -> torch.Tensor:
     """zxbcdt (b, 2·d_inner + 2·G·N + H) with a contiguous last dim; conv_state (b, conv_dim, W-1) any
     strides; conv_weight (conv_dim, W); ssm_state (b, H, P, N) contiguous; A, dt_bias, D (H,); norm_weight
     (d_inner,). Updates conv_state and ssm_state in place; returns the normalised gated y (b, d_inner) in
     zxbcdt's dtype, ready for out_proj. kernel (default DEFAULT_KERNEL): "group" = one program per
     (row, group) with one (heads, headdim, d_state) tile (headdim a power of 2 >= 16 and the tile at most
     GROUP_TILE_MAX elements, else "head"); "head" = one program per (row, group) walking the group's heads
-    in turn. num_warps overrides the launch's (for benchmarks). splits: programs per (row, group) of
-    "group" (a power of 2 dividing headdim; default: enough to give ~2 programs per SM, `_splits`).
+    in turn. num_warps overrides the launch's (for benchmarks).
     seqlen_offset (b,) int, if given, is incremented in place (the layer state's position; saves a launch)."""
     b = zxbcdt.shape[0]
     nheads, dstate = ssm_state.shape[1], ssm_state.shape[3]
@@ -242,19 +182,12 @@ def mamba2_decode_triton(zxbcdt: torch.Tensor, conv_state: torch.Tensor, conv_we
     BR = triton.next_power_of_2(R)
     if (kernel == "group" and headdim == triton.next_power_of_2(headdim) and headdim >= 16
             and BR * headdim * BN <= GROUP_TILE_MAX):
-        ns = _splits(b, ngroups, headdim, _sm_count(zxbcdt.device)) if splits is None else splits
-        warps = num_warps or (16 if BR * headdim * BN // ns >= 16384 else 4)
-        if ns > 1:
-            scratch = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)
-            pss = torch.empty(b * ngroups * ns, device=zxbcdt.device, dtype=torch.float32)
-            cnt = _counters(zxbcdt.device, b * ngroups)
-        else:
-            scratch = pss = cnt = out  # unused
-        _mamba2_decode_group_kernel[(b, ngroups, ns)](
+        warps = num_warps or (16 if BR * headdim * BN >= 16384 else 4)
+        _mamba2_decode_group_kernel[(b, ngroups)](
             zxbcdt, conv_state, conv_weight.contiguous(), conv_b, ssm_state, A, dt_bias, D, norm_weight, out, seq,
-            scratch, pss, cnt, zxbcdt.stride(0), *conv_state.stride(), d_inner, conv_dim, dstate, float(eps),
-            R=R, P=headdim, W=width, BW=BW, BR=BR, BN=BN, NS=ns, HAS_CB=conv_bias is not None,
-            HAS_SEQ=has_seq, num_warps=warps,
+            zxbcdt.stride(0), *conv_state.stride(), d_inner, conv_dim, dstate, float(eps),
+            R=R, P=headdim, W=width, BW=BW, BR=BR, BN=BN, HAS_CB=conv_bias is not None, HAS_SEQ=has_seq,
+            num_warps=warps,
         )
         return out
     scratch = torch.empty(b, d_inner, device=zxbcdt.device, dtype=torch.float32)
