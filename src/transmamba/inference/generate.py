@@ -367,6 +367,7 @@ def _decode_on(model, prompts, max_new_tokens, greedy, temperature, top_k, top_p
     if ws is not None and ws.loop is not None and ws.loop_key == loop_key:
         loop = ws.loop
     else:
+        # width max_len, not max_new_tokens: a workspace's later call may ask for more new tokens
         loop = _Loop(b, max_len, device, greedy, temperature, top_k, top_p, stops, pad, seed)
         if ws is not None:  # a decoder whose graphs hold another loop's buffers cannot serve this one
             ws.loop, ws.loop_key, ws.decoder = loop, loop_key, None
